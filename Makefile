@@ -1,0 +1,28 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv if needed.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint aot bench gpu-check
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# Main job on its built-in default: interpreter self-check of the conv op + AOT compile table.
+demo: $(VENV)/.installed
+	$(BIN)/inception-kernels check
+
+# Full CPU test suite (Triton interpreter, reference oracle, AOT compiles for sm_80/sm_90), plus lint.
+test: $(VENV)/.installed
+	$(BIN)/ruff check inception_kernels tests benchmarks
+	$(BIN)/python -m pytest -q -ra
+
+aot: $(VENV)/.installed
+	$(BIN)/python -m inception_kernels.aot --arch 80 90
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_conv.py

@@ -1,0 +1,957 @@
+"""Fused NHWC convolution: implicit-GEMM Triton kernels, launchers, ``torch.library`` registration, autograd.
+
+    y = act(residual + residual_scale * (conv(x, w; stride, padding) * scale[k] + bias[k]))
+
+Layout: tensors are logical NCHW stored channels_last (physically NHWC); weights keep PyTorch's (K, C, R, S)
+layout and are repacked per call into the GEMM-friendly layouts the kernels read ((R, S, C, K) forward,
+(R, S, K, C) for dgrad). All kernels take explicit element strides, so an input, a residual, ``out`` and
+``grad_out`` may each be a channel slice of a larger channels_last buffer.
+
+GEMM views (M rows, N columns, reduction):
+* forward: M = N·P·Q output pixels, N = K output channels, reduction over (r, s, c) with c innermost.
+* dgrad:   M = N·H·W input pixels, split into stride_h·stride_w phases so that every (pixel, tap) pair the
+  kernel visits is a real one (no zero-insertion, no wasted MMAs for stride 2), N = C, reduction (r, s, k).
+* wgrad:   M = K, N = C per tap (r, s), reduction over N·P·Q, split-K into a fixed number of slabs summed in
+  a fixed order (deterministic: the same bits on every run).
+Backward first runs one memory-bound pass over grad_out (ReLU mask from the saved output, residual grad,
+bias-grad partial sums), then dgrad and wgrad read its result.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _backend
+from . import reference
+from ._registry import KernelSpec, register_kernel
+
+_TORCH_TO_TL = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+MAX_KERNEL = 7
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+def _conv_fwd(
+    x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr,
+    N, C, H, W, K, P, Q,
+    sxn, sxc, sxh, sxw,
+    son, sok, sop, soq,
+    srn, srk, srp, srq,
+    stride_h, stride_w, pad_t, pad_l,
+    res_scale,
+    R: tl.constexpr, S: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    M = N * P * Q
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(K, BLOCK_N)
+    # Grouped tile order: GROUP_M row tiles share the weight columns while they sit in L2.
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_m = offs_m < M
+    mask_n = offs_n < K
+    q = offs_m % Q
+    t = offs_m // Q
+    p = t % P
+    n = t // P
+    h_base = p * stride_h - pad_t
+    w_base = q * stride_w - pad_l
+    x_row = x_ptr + n.to(tl.int64) * sxn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    num_cb = tl.cdiv(C, BLOCK_C)
+    # One flat loop over (r, s, c-block) so the compiler software-pipelines across taps too.
+    for it in range(R * S * num_cb):
+        cb = it % num_cb
+        rs = it // num_cb
+        r = rs // S
+        s = rs % S
+        h = h_base + r
+        w = w_base + s
+        valid = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        cc = cb * BLOCK_C + offs_c
+        mask_c = cc < C
+        a_ptrs = (x_row + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + cc.to(tl.int64)[None, :] * sxc
+        a = tl.load(a_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
+        b_ptrs = w_ptr + (rs * C + cc)[:, None] * K + offs_n[None, :]
+        b = tl.load(b_ptrs, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    if HAS_SCALE:
+        acc = acc * tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    acc = acc * res_scale
+    n64 = n.to(tl.int64)
+    p64 = p.to(tl.int64)
+    q64 = q.to(tl.int64)
+    mask_out = mask_m[:, None] & mask_n[None, :]
+    if HAS_RES:
+        r_ptrs = res_ptr + (n64 * srn + p64 * srp + q64 * srq)[:, None] + offs_n.to(tl.int64)[None, :] * srk
+        acc = acc + tl.load(r_ptrs, mask=mask_out, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    o_ptrs = out_ptr + (n64 * son + p64 * sop + q64 * soq)[:, None] + offs_n.to(tl.int64)[None, :] * sok
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+
+
+def _epilogue_bwd(
+    g_ptr, y_ptr, gp_ptr, gres_ptr, gbias_ptr,
+    M, K, P, Q,
+    sgn, sgk, sgp, sgq,
+    syn, syk, syp, syq,
+    res_scale,
+    RELU: tl.constexpr, WRITE_GRES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """gz = grad_out · [y > 0]; gres = gz; gp = residual_scale · gz (contiguous NHWC); bias partials Σ_m gp."""
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_k = offs_k < K
+    mask = mask_m[:, None] & mask_k[None, :]
+    q = (offs_m % Q).to(tl.int64)
+    t = offs_m // Q
+    p = (t % P).to(tl.int64)
+    n = (t // P).to(tl.int64)
+    k64 = offs_k.to(tl.int64)
+    g = tl.load(g_ptr + (n * sgn + p * sgp + q * sgq)[:, None] + k64[None, :] * sgk, mask=mask, other=0.0)
+    g = g.to(tl.float32)
+    if RELU:
+        y = tl.load(y_ptr + (n * syn + p * syp + q * syq)[:, None] + k64[None, :] * syk, mask=mask, other=0.0)
+        g = tl.where(y > 0, g, 0.0)
+    dense = offs_m.to(tl.int64)[:, None] * K + k64[None, :]
+    if WRITE_GRES:
+        tl.store(gres_ptr + dense, g.to(gres_ptr.dtype.element_ty), mask=mask)
+    gp = g * res_scale
+    tl.store(gp_ptr + dense, gp.to(gp_ptr.dtype.element_ty), mask=mask)
+    tl.store(gbias_ptr + pid_m * K + offs_k, tl.sum(gp, axis=0), mask=mask_k)
+
+
+def _conv_dgrad(
+    g_ptr, w_ptr, dx_ptr,
+    N, C, H, W, K, P, Q,
+    sgn, sgk, sgp, sgq,
+    sdn, sdc, sdh, sdw,
+    stride_h, stride_w, pad_t, pad_l,
+    R: tl.constexpr, S: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """dx[n, h, w, c] = Σ_{r, s, k} g[n, p, q, k] · w[r, s, k, c] with h = p·stride_h − pad_t + r.
+
+    Program axis 1 is the stride phase (a, b): it owns the input pixels with (h + pad_t) % stride_h == a and
+    (w + pad_l) % stride_w == b, which receive exactly the taps r ≡ a, s ≡ b; so every loaded row is a real
+    contribution. Pixels that no tap reaches get an explicit zero.
+    """
+    pid = tl.program_id(0)
+    phase = tl.program_id(1)
+    a = phase // stride_w
+    b = phase % stride_w
+    Hs = tl.cdiv(H, stride_h)
+    Ws = tl.cdiv(W, stride_w)
+    M = N * Hs * Ws
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(C, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_n = offs_n < C
+    j = offs_m % Ws
+    t = offs_m // Ws
+    i = t % Hs
+    n = t // Hs
+    h = (a - pad_t % stride_h + stride_h) % stride_h + i * stride_h
+    w = (b - pad_l % stride_w + stride_w) % stride_w + j * stride_w
+    mask_m = (offs_m < M) & (h < H) & (w < W)
+    hb = (h + pad_t) // stride_h
+    wb = (w + pad_l) // stride_w
+    g_row = g_ptr + n.to(tl.int64) * sgn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    taps_r = (R - a + stride_h - 1) // stride_h
+    taps_s = (S - b + stride_w - 1) // stride_w
+    num_kb = tl.cdiv(K, BLOCK_K)
+    for it in range(taps_r * taps_s * num_kb):
+        kb = it % num_kb
+        tap = it // num_kb
+        jr = tap // taps_s
+        js = tap % taps_s
+        r = a + jr * stride_h
+        s = b + js * stride_w
+        p = hb - jr
+        q = wb - js
+        valid = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        kk = kb * BLOCK_K + offs_k
+        mask_k = kk < K
+        a_ptrs = (g_row + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None] + kk.to(tl.int64)[None, :] * sgk
+        g = tl.load(a_ptrs, mask=valid[:, None] & mask_k[None, :], other=0.0)
+        b_ptrs = w_ptr + ((r * S + s) * K + kk)[:, None] * C + offs_n[None, :]
+        wt = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(g, wt, acc, input_precision=DOT_PRECISION)
+
+    d_ptrs = (
+        dx_ptr
+        + (n.to(tl.int64) * sdn + h.to(tl.int64) * sdh + w.to(tl.int64) * sdw)[:, None]
+        + offs_n.to(tl.int64)[None, :] * sdc
+    )
+    tl.store(d_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _conv_wgrad(
+    x_ptr, g_ptr, ws_ptr,
+    N, C, H, W, K, P, Q,
+    sxn, sxc, sxh, sxw,
+    sgn, sgk, sgp, sgq,
+    stride_h, stride_w, pad_t, pad_l,
+    rows_per_split,
+    R: tl.constexpr, S: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Partial weight gradient of one split: ws[split, k, c, r, s] = Σ_{m in split} g[m, k] · x[m ⊕ (r, s), c].
+
+    Here BLOCK_M tiles K (output rows), BLOCK_N tiles C, BLOCK_K tiles the N·P·Q reduction. Each split writes
+    its own fp32 slab; the launcher sums the slabs in a fixed order.
+    """
+    pid_m = tl.program_id(0)
+    pid_1 = tl.program_id(1)
+    split = tl.program_id(2)
+    num_cb = tl.cdiv(C, BLOCK_N)
+    rs = pid_1 // num_cb
+    cb = pid_1 % num_cb
+    r = rs // S
+    s = rs % S
+    offs_k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_k = offs_k < K
+    mask_c = offs_c < C
+    NPQ = N * P * Q
+    start = split * rows_per_split
+    stop = tl.minimum(start + rows_per_split, NPQ)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for m0 in range(start, stop, BLOCK_K):
+        offs_r = m0 + tl.arange(0, BLOCK_K)
+        mask_r = offs_r < stop
+        q = offs_r % Q
+        t = offs_r // Q
+        p = t % P
+        n = (t // P).to(tl.int64)
+        h = p * stride_h - pad_t + r
+        w = q * stride_w - pad_l + s
+        valid = mask_r & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        g_ptrs = (
+            g_ptr + (n * sgn + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None]
+            + offs_k.to(tl.int64)[None, :] * sgk
+        )
+        g = tl.load(g_ptrs, mask=mask_r[:, None] & mask_k[None, :], other=0.0)
+        x_ptrs = (
+            x_ptr + (n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None]
+            + offs_c.to(tl.int64)[None, :] * sxc
+        )
+        xv = tl.load(x_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
+        acc = tl.dot(tl.trans(g), xv, acc, input_precision=DOT_PRECISION)
+    ws_ptrs = (
+        ws_ptr + split.to(tl.int64) * K * C * (R * S)
+        + (offs_k[:, None] * C + offs_c[None, :]).to(tl.int64) * (R * S) + rs
+    )
+    tl.store(ws_ptrs, acc, mask=mask_k[:, None] & mask_c[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autotune configs and the pruning rule (shared by GPU autotuning, the interpreter and the AOT check)
+# ----------------------------------------------------------------------------------------------------------
+def _cfg(bm: int, bn: int, bk_name: str, bk: int, warps: int, stages: int, **extra) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, bk_name: bk, **extra}, num_warps=warps, num_stages=stages)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_C, warps, stages): big tiles for wide layers, narrow-N tiles for K = 32..96,
+# BLOCK_C = 16 for the C = 3 stem.
+FWD_CONFIGS = tuple(
+    _cfg(bm, bn, "BLOCK_C", bc, w, st, GROUP_M=8)
+    for bm, bn, bc, w, st in [
+        (128, 128, 32, 8, 3),
+        (128, 128, 64, 8, 3),
+        (128, 64, 32, 4, 4),
+        (128, 64, 64, 4, 3),
+        (64, 128, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+        (128, 32, 32, 4, 4),
+        (64, 32, 64, 4, 3),
+        (128, 64, 16, 4, 4),
+        (64, 32, 16, 4, 4),
+    ]
+)
+# dgrad: BLOCK_N tiles C, BLOCK_K tiles the K reduction.
+DGRAD_CONFIGS = tuple(
+    _cfg(bm, bn, "BLOCK_K", bk, w, st, GROUP_M=8)
+    for bm, bn, bk, w, st in [
+        (128, 128, 32, 8, 3),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+        (128, 32, 32, 4, 4),
+        (64, 32, 64, 4, 3),
+        (64, 16, 32, 4, 4),
+    ]
+)
+# wgrad: BLOCK_M tiles K, BLOCK_N tiles C, BLOCK_K tiles N·P·Q.
+WGRAD_CONFIGS = tuple(
+    _cfg(bm, bn, "BLOCK_K", bk, w, st)
+    for bm, bn, bk, w, st in [
+        (128, 128, 32, 8, 3),
+        (128, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (64, 64, 64, 4, 3),
+        (64, 32, 64, 4, 3),
+        (32, 32, 64, 4, 3),
+        (32, 16, 64, 4, 3),
+        (16, 16, 64, 4, 3),
+    ]
+)
+EPILOGUE_BWD_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=1)
+
+_SMEM_BUDGET = 160 * 1024  # fits sm_80 (164 KB) and sm_90 (227 KB)
+
+
+def _dim_cap(n: int) -> int:
+    return max(16, triton.next_power_of_2(int(n)))
+
+
+def prune_configs(configs: Sequence[triton.Config], dims: dict[str, int], elem_bytes: int) -> list[triton.Config]:
+    """Keep the configs whose tiles do not exceed the problem (beyond the 16 that ``tl.dot`` needs).
+
+    ``dims`` maps each block name to the extent it tiles. A config survives when, for every block, the tile is
+    at most the next power of two of the extent, and the pipelined tiles fit the shared-memory budget. If no
+    config survives, the one with the smallest tiles is kept.
+    """
+    kept = []
+    for cfg in configs:
+        kw = cfg.kwargs
+        if any(kw[name] > _dim_cap(extent) for name, extent in dims.items()):
+            continue
+        bm, bn = kw["BLOCK_M"], kw["BLOCK_N"]
+        bk = kw.get("BLOCK_C", kw.get("BLOCK_K"))
+        smem = max(cfg.num_stages - 1, 1) * (bm * bk + bk * bn) * elem_bytes
+        if smem > _SMEM_BUDGET:
+            continue
+        kept.append(cfg)
+    if not kept:
+        kept = [min(configs, key=lambda c: math.prod(v for k, v in c.kwargs.items() if k.startswith("BLOCK")))]
+    return kept
+
+
+def _early_prune(dim_args: dict[str, str]):
+    """An ``early_config_prune`` hook mapping block names to the kernel arguments they tile."""
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        dims = {blk: _dim_value(args, arg) for blk, arg in dim_args.items()}
+        return prune_configs(configs, dims, args["x_ptr" if "x_ptr" in args else "g_ptr"].element_size())
+
+    return prune
+
+
+def _dim_value(args: dict, expr: str) -> int:
+    # "N*P*Q" style products of integer arguments.
+    return math.prod(int(args[name]) for name in expr.split("*"))
+
+
+_FWD_DIMS = {"BLOCK_M": "N*P*Q", "BLOCK_N": "K", "BLOCK_C": "C"}
+_DGRAD_DIMS = {"BLOCK_M": "N*H*W", "BLOCK_N": "C", "BLOCK_K": "K"}
+_WGRAD_DIMS = {"BLOCK_M": "K", "BLOCK_N": "C", "BLOCK_K": "N*P*Q"}
+
+_AUTOTUNE_KEYS = ["N", "C", "H", "W", "K", "P", "Q", "stride_h", "stride_w", "R", "S"]
+
+
+def _jit(fn, configs, dims):
+    kernel = triton.jit(fn)
+    return triton.autotune(
+        configs=list(configs), key=_AUTOTUNE_KEYS, prune_configs_by={"early_config_prune": _early_prune(dims)}
+    )(kernel)
+
+
+_conv_fwd_kernel = _jit(_conv_fwd, FWD_CONFIGS, _FWD_DIMS)
+_conv_dgrad_kernel = _jit(_conv_dgrad, DGRAD_CONFIGS, _DGRAD_DIMS)
+_conv_wgrad_kernel = _jit(_conv_wgrad, WGRAD_CONFIGS, _WGRAD_DIMS)
+_epilogue_bwd_kernel = triton.jit(_epilogue_bwd)
+
+
+def _launch(kernel, grid, dims: dict[str, int], elem_bytes: int, config: triton.Config | None, *args, **kwargs):
+    """Launch an autotuned kernel; in the interpreter (no GPU to time configs on) or when ``config`` is given,
+    launch the wrapped JIT function with one config chosen by the same pruning rule."""
+    if config is None and not _backend.interpreter_active():
+        kernel[grid](*args, **kwargs)
+        return
+    if config is None:
+        kept = prune_configs(kernel.configs, dims, elem_bytes)
+        config = min(kept, key=lambda c: math.prod(v for k, v in c.kwargs.items() if k.startswith("BLOCK")))
+    meta = dict(config.kwargs)
+    kernel.fn[lambda _: grid({**kwargs, **meta})](
+        *args, **kwargs, **meta, num_warps=config.num_warps, num_stages=config.num_stages
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers (tensors already validated; all channels_last-strided)
+# ----------------------------------------------------------------------------------------------------------
+def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
+    if dtype != torch.float32 or device.type != "cuda":
+        return "ieee"
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def out_shape(x_shape, w_shape, stride, padding) -> tuple[int, int, int, int]:
+    N, _, H, W = x_shape
+    K, _, R, S = w_shape
+    top, bottom, left, right = padding
+    P = (H + top + bottom - R) // stride[0] + 1
+    Q = (W + left + right - S) // stride[1] + 1
+    return N, K, P, Q
+
+
+def _new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
+
+
+def conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None):
+    """Launch the forward kernel writing ``out`` (any NHWC-strided (N, K, P, Q) view)."""
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = out.shape
+    wp = weight.permute(2, 3, 1, 0).contiguous()  # (R, S, C, K)
+    dummy = wp
+    res = residual if residual is not None else out
+    grid = lambda meta: (triton.cdiv(N * P * Q, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
+    dims = {"BLOCK_M": N * P * Q, "BLOCK_N": K, "BLOCK_C": C}
+    _launch(
+        _conv_fwd_kernel, grid, dims, x.element_size(), config,
+        x, wp, out,
+        scale if scale is not None else dummy, bias if bias is not None else dummy, res,
+        N, C, H, W, K, P, Q,
+        *x.stride(), *out.stride(), *res.stride(),
+        stride[0], stride[1], padding[0], padding[2],
+        float(residual_scale),
+        R=R, S=S, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+        RELU=bool(relu), DOT_PRECISION=_dot_precision(x.dtype, x.device),
+    )  # fmt: skip
+    return out
+
+
+def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
+    """Split-K count for wgrad: enough programs to fill the GPU, each split keeping >= 256 reduction rows."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        sms = 4  # interpreter: still exercise several splits
+    want = max(1, (2 * sms + tiles - 1) // tiles)
+    return int(max(1, min(want, rows // 256 if device.type == "cuda" else rows // 16, 64)))
+
+
+def conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None):
+    """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None."""
+    need_x, need_w, need_scale, need_bias, need_res = need
+    configs = configs or {}
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = grad_out.shape
+    M = N * P * Q
+    dev = x.device
+    gp = _new_cl((N, K, P, Q), x, dtype=grad_out.dtype)
+    gres = _new_cl((N, K, P, Q), x, dtype=grad_out.dtype) if need_res else gp
+    cfg = EPILOGUE_BWD_CONFIG
+    bm, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_K"]
+    gbias_part = torch.empty((triton.cdiv(M, bm), K), device=dev, dtype=torch.float32)
+    ysrc = y if relu else grad_out
+    _epilogue_bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(K, bk))](
+        grad_out, ysrc, gp, gres, gbias_part,
+        M, K, P, Q, *grad_out.stride(), *ysrc.stride(),
+        float(residual_scale),
+        RELU=bool(relu), WRITE_GRES=bool(need_res), BLOCK_M=bm, BLOCK_K=bk,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    dbias = gbias_part.sum(0) if need_bias else None
+    dres = gres if need_res else None
+    prec = _dot_precision(x.dtype, dev)
+
+    dx = None
+    if need_x:
+        wd = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
+        wd = wd.permute(2, 3, 0, 1).contiguous()  # (R, S, K, C)
+        dx = _new_cl((N, C, H, W), x)
+        phases = stride[0] * stride[1]
+        Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
+        grid = lambda meta: (triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]), phases)
+        _launch(
+            _conv_dgrad_kernel, grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
+            x.element_size(), configs.get("dgrad"),
+            gp, wd, dx,
+            N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(),
+            stride[0], stride[1], padding[0], padding[2],
+            R=R, S=S, DOT_PRECISION=prec,
+        )  # fmt: skip
+
+    dw = dscale = None
+    if need_w or need_scale:
+        probe = configs.get("wgrad") or prune_configs(
+            WGRAD_CONFIGS, {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}, x.element_size()
+        )[0]
+        tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
+        nsplit = splits or _wgrad_splits(tiles, M, dev)
+        rows = triton.cdiv(M, nsplit)
+        ws = torch.empty((nsplit, K, C, R, S), device=dev, dtype=torch.float32)
+        grid = lambda meta: (
+            triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
+        )  # fmt: skip
+        _launch(
+            _conv_wgrad_kernel, grid, {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M},
+            x.element_size(), configs.get("wgrad"),
+            x, gp, ws,
+            N, C, H, W, K, P, Q, *x.stride(), *gp.stride(),
+            stride[0], stride[1], padding[0], padding[2],
+            rows,
+            R=R, S=S, DOT_PRECISION=prec,
+        )  # fmt: skip
+        g_unscaled = ws.sum(0)  # fixed-order reduction over splits: deterministic
+        if need_w:
+            dw = g_unscaled if scale is None else g_unscaled * scale.float().view(-1, 1, 1, 1)
+            dw = dw.to(weight.dtype)
+        if need_scale:
+            dscale = (g_unscaled * weight.float()).sum((1, 2, 3))
+    return dx, dw, dscale, dbias, dres
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference math for the custom ops when Triton cannot run on the tensors' device (e.g. a CPU tensor without
+# the interpreter): keeps torch.ops.inception_kernels.* usable everywhere.
+# ----------------------------------------------------------------------------------------------------------
+def _reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
+    return reference.conv2d(
+        x, weight, stride=tuple(stride), padding=tuple(padding), scale=scale, bias=bias,
+        activation="relu" if relu else None, residual=residual, residual_scale=residual_scale,
+    )  # fmt: skip
+
+
+def _reference_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need):
+    with torch.enable_grad():
+        xs = x.detach().requires_grad_(need[0])
+        ws = weight.detach().requires_grad_(need[1])
+        sc = scale.detach().requires_grad_(need[2]) if scale is not None else None
+        K = weight.shape[0]
+        bz = torch.zeros(K, dtype=x.dtype, device=x.device, requires_grad=True)
+        pre = _reference_fwd(xs, ws, sc, bz, None, stride, padding, 1.0, False)
+        # y = act(res + rs * pre): d/dpre = rs * mask, d/dres = mask
+        mask = (y > 0) if relu else torch.ones_like(y, dtype=torch.bool)
+        gz = torch.where(mask, grad_out, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device))
+        inputs = [t for t in (xs, ws, sc, bz) if t is not None]
+        grads = torch.autograd.grad(pre, inputs, gz * residual_scale, allow_unused=True)
+    it = iter(grads)
+    dx, dw = next(it), next(it)
+    dscale = next(it) if scale is not None else None
+    dbias = next(it)
+    return dx, dw, dscale, dbias, gz.contiguous(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library registration
+# ----------------------------------------------------------------------------------------------------------
+def _use_triton(t: torch.Tensor) -> bool:
+    return _backend.triton_can_run(t) and _backend.requested_backend() != "reference"
+
+
+@torch.library.custom_op("inception_kernels::conv2d_fwd", mutates_args=())
+def _conv2d_fwd_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    residual_scale: float,
+    relu: bool,
+) -> torch.Tensor:
+    shape = out_shape(x.shape, weight.shape, stride, padding)
+    out = _new_cl(shape, x)
+    if _use_triton(x):
+        return conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
+    out.copy_(_reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu))
+    return out
+
+
+@_conv2d_fwd_op.register_fake
+def _(x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
+    return _new_cl(out_shape(x.shape, weight.shape, stride, padding), x)
+
+
+@torch.library.custom_op("inception_kernels::conv2d_fwd_out", mutates_args=("out",))
+def _conv2d_fwd_out_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    residual_scale: float,
+    relu: bool,
+    out: torch.Tensor,
+) -> None:
+    if _use_triton(x):
+        conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
+    else:
+        out.copy_(_reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu))
+
+
+@_conv2d_fwd_out_op.register_fake
+def _(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out):
+    return None
+
+
+@torch.library.custom_op("inception_kernels::conv2d_bwd", mutates_args=())
+def _conv2d_bwd_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    y: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    residual_scale: float,
+    relu: bool,
+    need: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    need = tuple(bool(v) for v in need)
+    if _use_triton(x):
+        grads = conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
+    else:
+        grads = _reference_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
+    return _pack_grads(grads, need, grad_out, x, weight, scale)
+
+
+def _grad_templates(grad_out, x, weight, scale):
+    # dscale and dbias come back in float32; autograd casts them to the parameters' dtype.
+    K = weight.shape[0]
+    return (
+        lambda: _new_cl(x.shape, x),
+        lambda: torch.empty_like(weight, memory_format=torch.contiguous_format),
+        lambda: torch.empty(K, dtype=torch.float32, device=x.device),
+        lambda: torch.empty(K, dtype=torch.float32, device=x.device),
+        lambda: _new_cl(grad_out.shape, x, dtype=grad_out.dtype),
+    )
+
+
+def _pack_grads(grads, need, grad_out, x, weight, scale):
+    """Custom ops return real tensors only: a gradient that was not asked for comes back as an empty tensor."""
+    out = []
+    for g, wanted, make in zip(grads, need, _grad_templates(grad_out, x, weight, scale)):
+        if wanted and g is not None:
+            t = make()
+            if g.dtype == t.dtype and g.stride() == t.stride():
+                out.append(g)  # already in the promised layout: no copy
+            else:
+                out.append(t.copy_(g))
+        else:
+            out.append(x.new_empty(0))
+    return tuple(out)
+
+
+@_conv2d_bwd_op.register_fake
+def _(grad_out, x, weight, scale, y, stride, padding, residual_scale, relu, need):
+    return tuple(
+        make() if wanted else x.new_empty(0)
+        for wanted, make in zip(need, _grad_templates(grad_out, x, weight, scale))
+    )
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    x, weight, scale, bias, residual, stride, padding, residual_scale, relu = inputs
+    ctx.save_for_backward(x, weight, scale, output)
+    ctx.conf = (tuple(stride), tuple(padding), float(residual_scale), bool(relu))
+    ctx.has_scale = scale is not None
+    ctx.has_bias = bias is not None
+    ctx.has_res = residual is not None
+
+
+def _fwd_backward(ctx, grad_out):
+    x, weight, scale, y = ctx.saved_tensors
+    stride, padding, residual_scale, relu = ctx.conf
+    return _run_backward(ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu) + (None,) * 4
+
+
+def _run_backward(ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu):
+    nig = ctx.needs_input_grad
+    need = [nig[0], nig[1], ctx.has_scale and nig[2], ctx.has_bias and nig[3], ctx.has_res and nig[4]]
+    if not any(need):
+        return (None,) * 5
+    grads = torch.ops.inception_kernels.conv2d_bwd(
+        grad_out, x, weight, scale, y, list(stride), list(padding), residual_scale, relu, need
+    )
+    return tuple(g if wanted else None for g, wanted in zip(grads, need))
+
+
+_conv2d_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+class _Conv2dIntoSlice(torch.autograd.Function):
+    """Autograd for the ``out=`` form: the op writes a view (a channel slice of a larger buffer) in place.
+
+    The written slice is kept as a plain reference (not ``save_for_backward``): the block engine keeps writing
+    *other* slices of the same buffer, which bumps the shared version counter without touching this slice.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, scale, bias, residual, out, stride, padding, residual_scale, relu):
+        torch.ops.inception_kernels.conv2d_fwd_out(
+            x, weight, scale, bias, residual, list(stride), list(padding), residual_scale, relu, out
+        )
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(x, weight, scale)
+        ctx.y = out.detach()
+        ctx.conf = (tuple(stride), tuple(padding), float(residual_scale), bool(relu))
+        ctx.has_scale = scale is not None
+        ctx.has_bias = bias is not None
+        ctx.has_res = residual is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, scale = ctx.saved_tensors
+        grads = _run_backward(ctx, grad_out, x, weight, scale, ctx.y, *ctx.conf)
+        return grads + (None,) * 5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public entry point and argument checking
+# ----------------------------------------------------------------------------------------------------------
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        return (int(v[0]), int(v[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+def _padding4(v) -> tuple[int, int, int, int]:
+    if isinstance(v, (tuple, list)) and len(v) == 4:
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            raise TypeError(f"padding must hold ints, got {v!r}")
+        pad = tuple(int(i) for i in v)
+    else:
+        try:
+            ph, pw = _pair(v, "padding")
+        except TypeError:
+            raise TypeError(f"padding must be an int, (ph, pw) or (top, bottom, left, right); got {v!r}") from None
+        pad = (ph, ph, pw, pw)
+    if any(p < 0 for p in pad):
+        raise ValueError(f"padding must be non-negative, got {v!r}")
+    return pad
+
+
+def _is_nhwc_strided(t: torch.Tensor) -> bool:
+    """Channels innermost and (n, h, w) laid out without overlap: a channels_last tensor or a channel slice."""
+    N, K, P, Q = t.shape
+    sn, sk, sp, sq = t.stride()
+    return (sk == 1 or K == 1) and (sq >= K or Q == 1) and (sp >= Q * sq or P == 1) and (sn >= P * sp or N == 1)
+
+
+def _check_tensor(t, name: str, *, dims: int, dtype: torch.dtype | None, device: torch.device):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-D, got shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but x is on {device}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but x has {dtype}; all tensors must share x's dtype")
+
+
+def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    dev = x.device
+    _check_tensor(weight, "weight", dims=4, dtype=x.dtype, device=dev)
+    N, C, H, W = x.shape
+    K, Cw, R, S = weight.shape
+    if Cw != C:
+        raise ValueError(f"weight has {Cw} input channels but x has {C} (weight shape {tuple(weight.shape)})")
+    if not (1 <= R <= MAX_KERNEL and 1 <= S <= MAX_KERNEL):
+        raise ValueError(f"weight kernel size {R}x{S} is not supported (1..{MAX_KERNEL} in each dimension)")
+    st = _pair(stride, "stride")
+    if any(s not in (1, 2) for s in st):
+        raise ValueError(f"stride must be 1 or 2 in each dimension, got {stride!r}")
+    pad = _padding4(padding)
+    _, _, P, Q = out_shape(x.shape, weight.shape, st, pad)
+    if P < 1 or Q < 1:
+        raise ValueError(f"x of spatial size {H}x{W} is smaller than the {R}x{S} kernel with padding {pad}")
+    for name, t in (("scale", scale), ("bias", bias)):
+        if t is None:
+            continue
+        _check_tensor(t, name, dims=1, dtype=None, device=dev)
+        if t.dtype not in (x.dtype, torch.float32):
+            raise TypeError(f"{name} must be float32 or x's dtype {x.dtype}, got {t.dtype}")
+        if t.shape[0] != K:
+            raise ValueError(f"{name} must have length K={K} (weight.shape[0]), got {t.shape[0]}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    if isinstance(residual_scale, bool) or not isinstance(residual_scale, (int, float)):
+        raise TypeError(f"residual_scale must be a float, got {type(residual_scale).__name__}")
+    if not math.isfinite(residual_scale):
+        raise ValueError(f"residual_scale must be finite, got {residual_scale}")
+    if residual is not None:
+        _check_tensor(residual, "residual", dims=4, dtype=x.dtype, device=dev)
+        if tuple(residual.shape) != (N, K, P, Q):
+            raise ValueError(f"residual must have shape {(N, K, P, Q)}, got {tuple(residual.shape)}")
+    if out is not None:
+        _check_tensor(out, "out", dims=4, dtype=x.dtype, device=dev)
+        if tuple(out.shape) != (N, K, P, Q):
+            raise ValueError(f"out must have shape {(N, K, P, Q)}, got {tuple(out.shape)}")
+        if not _is_nhwc_strided(out):
+            raise ValueError(
+                f"out must be channels_last or a channel slice of a channels_last tensor, got strides {out.stride()}"
+            )
+        for name, t in (("x", x), ("residual", residual)):
+            if t is not None and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+                raise ValueError(f"out must not share memory with {name}")
+    return st, pad
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | tuple[int, int, int, int] = 0,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+    residual_scale: float = 1.0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused convolution ``act(residual + residual_scale * (conv(x, weight) * scale[k] + bias[k]))``.
+
+    Args:
+        x: (N, C, H, W) float32/bfloat16/float16, channels_last (a contiguous NCHW input is converted once).
+        weight: (K, C, R, S), 1 <= R, S <= 7 (1×n and n×1 included), same dtype as x.
+        stride: 1 or 2, or a pair. padding: int, (ph, pw) or (top, bottom, left, right) zeros.
+        scale, bias: optional (K,) per-output-channel (folded BN or conv bias); float32 or x's dtype.
+        activation: None or "relu".
+        residual: optional (N, K, P, Q) tensor added after scaling; absent counts as 0 (residual_scale still
+            multiplies the conv term).
+        out: optional (N, K, P, Q) channels_last tensor or channel slice ``buf[:, off:off + K]`` of one; the op
+            writes there and nowhere else, and returns it.
+
+    Returns: (N, K, P, Q) channels_last tensor (``out`` when given). Accumulation is float32; float32 inputs
+    use TF32 on the GPU only when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default for convs).
+    """
+    stride_t, pad = _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out)
+    x = x.contiguous(memory_format=torch.channels_last) if not _is_nhwc_strided(x) else x
+    relu = activation == "relu"
+    rs = float(residual_scale)
+    backend = _backend.resolve(x)
+    if backend == "reference" or x.numel() == 0 or weight.shape[0] == 0:
+        y = reference.conv2d(
+            x, weight, stride=stride_t, padding=pad, scale=scale, bias=bias, activation=activation,
+            residual=residual, residual_scale=rs,
+        )  # fmt: skip
+        if out is None:
+            return y.contiguous(memory_format=torch.channels_last)
+        return out.copy_(y)
+    if out is None:
+        return torch.ops.inception_kernels.conv2d_fwd(x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu)
+    return _Conv2dIntoSlice.apply(x, weight, scale, bias, residual, out, stride_t, pad, rs, relu)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AOT registration: the Triton types of each kernel's runtime arguments per dtype
+# ----------------------------------------------------------------------------------------------------------
+def _types(names: str, ty: str) -> dict[str, str]:
+    return {n.strip(): ty for n in names.split(",") if n.strip()}
+
+
+@functools.cache
+def _fwd_arg_types(dt: str) -> dict[str, object]:
+    return {
+        **_types("x_ptr, w_ptr, out_ptr, res_ptr", f"*{dt}"),
+        **_types("scale_ptr, bias_ptr", "*fp32"),
+        **_types("N, C, H, W, K, P, Q, sxn, sxc, sxh, sxw, son, sok, sop, soq, srn, srk, srp, srq", "i32"),
+        **_types("stride_h, stride_w, pad_t, pad_l", "i32"),
+        "res_scale": "fp32",
+        "R": 3, "S": 3, "HAS_SCALE": True, "HAS_BIAS": True, "HAS_RES": True, "RELU": True,
+        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee",
+    }  # fmt: skip
+
+
+@functools.cache
+def _dgrad_arg_types(dt: str) -> dict[str, object]:
+    return {
+        **_types("g_ptr, w_ptr, dx_ptr", f"*{dt}"),
+        **_types("N, C, H, W, K, P, Q, sgn, sgk, sgp, sgq, sdn, sdc, sdh, sdw", "i32"),
+        **_types("stride_h, stride_w, pad_t, pad_l", "i32"),
+        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee",
+    }  # fmt: skip
+
+
+@functools.cache
+def _wgrad_arg_types(dt: str) -> dict[str, object]:
+    return {
+        **_types("x_ptr, g_ptr", f"*{dt}"),
+        "ws_ptr": "*fp32",
+        **_types("N, C, H, W, K, P, Q, sxn, sxc, sxh, sxw, sgn, sgk, sgp, sgq", "i32"),
+        **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split", "i32"),
+        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee",
+    }  # fmt: skip
+
+
+@functools.cache
+def _epi_arg_types(dt: str) -> dict[str, object]:
+    return {
+        **_types("g_ptr, y_ptr, gp_ptr, gres_ptr", f"*{dt}"),
+        "gbias_ptr": "*fp32",
+        **_types("M, K, P, Q, sgn, sgk, sgp, sgq, syn, syk, syp, syq", "i32"),
+        "res_scale": "fp32",
+        "RELU": True, "WRITE_GRES": True,
+    }  # fmt: skip
+
+
+register_kernel(KernelSpec("conv2d_fwd", _conv_fwd, FWD_CONFIGS, _fwd_arg_types))
+register_kernel(KernelSpec("conv2d_dgrad", _conv_dgrad, DGRAD_CONFIGS, _dgrad_arg_types))
+register_kernel(KernelSpec("conv2d_wgrad", _conv_wgrad, WGRAD_CONFIGS, _wgrad_arg_types))
+register_kernel(KernelSpec("conv2d_epilogue_bwd", _epilogue_bwd, (EPILOGUE_BWD_CONFIG,), _epi_arg_types))

@@ -438,7 +438,12 @@ def out_shape(x_shape, w_shape, stride, padding) -> tuple[int, int, int, int]:
 
 
 def _new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Every tensor a launcher allocates comes from here or :func:`_new_buf` (tests poison them with NaN)."""
     return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
+
+
+def _new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:
+    return torch.empty(shape, device=device, dtype=dtype)
 
 
 def conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None):
@@ -488,7 +493,7 @@ def conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, paddin
     gres = _new_cl((N, K, P, Q), x, dtype=grad_out.dtype) if need_res else gp
     cfg = EPILOGUE_BWD_CONFIG
     bm, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_K"]
-    gbias_part = torch.empty((triton.cdiv(M, bm), K), device=dev, dtype=torch.float32)
+    gbias_part = _new_buf((triton.cdiv(M, bm), K), dev)
     ysrc = y if relu else grad_out
     _epilogue_bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(K, bk))](
         grad_out, ysrc, gp, gres, gbias_part,
@@ -526,7 +531,7 @@ def conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, paddin
         tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
         nsplit = splits or _wgrad_splits(tiles, M, dev)
         rows = triton.cdiv(M, nsplit)
-        ws = torch.empty((nsplit, K, C, R, S), device=dev, dtype=torch.float32)
+        ws = _new_buf((nsplit, K, C, R, S), dev)
         grid = lambda meta: (
             triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
         )  # fmt: skip
@@ -725,10 +730,14 @@ class _Conv2dIntoSlice(torch.autograd.Function):
 
     The written slice is kept as a plain reference (not ``save_for_backward``): the block engine keeps writing
     *other* slices of the same buffer, which bumps the shared version counter without touching this slice.
+    Note: PyTorch's CopySlices hands this node a contiguous *clone* of the gradient slice; the kernels accept
+    any strides, and the block engine avoids the clone by owning its buffer's backward.
+    ``out`` is the first input because autograd's CopySlices (which rebases the buffer's history onto this
+    node) hands the gradient of the written view to input 0.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, scale, bias, residual, out, stride, padding, residual_scale, relu):
+    def forward(ctx, out, x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
         torch.ops.inception_kernels.conv2d_fwd_out(
             x, weight, scale, bias, residual, list(stride), list(padding), residual_scale, relu, out
         )
@@ -744,8 +753,16 @@ class _Conv2dIntoSlice(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, scale = ctx.saved_tensors
-        grads = _run_backward(ctx, grad_out, x, weight, scale, ctx.y, *ctx.conf)
-        return grads + (None,) * 5
+        nig = ctx.needs_input_grad
+        ctx.needs_input_grad = nig[1:]  # _run_backward indexes (x, weight, scale, bias, residual)
+        try:
+            grads = _run_backward(ctx, grad_out, x, weight, scale, ctx.y, *ctx.conf)
+        finally:
+            ctx.needs_input_grad = nig
+        # The old contents of the slice were overwritten: their gradient is zero. CopySlices copies it into the
+        # buffer's gradient, so an expanded scalar suffices (None would drop the whole buffer's gradient).
+        zero = grad_out.new_zeros(()).expand_as(grad_out)
+        return (zero,) + grads + (None,) * 4
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -896,7 +913,7 @@ def conv2d(
         return out.copy_(y)
     if out is None:
         return torch.ops.inception_kernels.conv2d_fwd(x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu)
-    return _Conv2dIntoSlice.apply(x, weight, scale, bias, residual, out, stride_t, pad, rs, relu)
+    return _Conv2dIntoSlice.apply(out, x, weight, scale, bias, residual, stride_t, pad, rs, relu)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,271 @@
+"""ops.conv2d: our kernels against the fp64 reference, forward and every gradient, on awkward shapes.
+
+On a machine without a GPU the kernels run in the Triton interpreter (fp32, IEEE); with a GPU they run compiled.
+"""
+
+import math
+
+import pytest
+import torch
+
+from inception_kernels.ops import conv, conv2d, reference
+
+# (N, C, H, W, K, (R, S), stride, padding)
+CASES = {
+    "1x1": (2, 5, 6, 6, 7, (1, 1), 1, 0),
+    "3x3_multiblock": (1, 20, 5, 7, 37, (3, 3), 1, 1),
+    "5x5": (2, 4, 7, 7, 6, (5, 5), 1, 2),
+    "7x7_s2_stem_C3": (1, 3, 11, 11, 8, (7, 7), 2, 3),
+    "1x3": (1, 6, 5, 6, 9, (1, 3), 1, (0, 1)),
+    "3x1": (2, 6, 6, 5, 9, (3, 1), 1, (1, 0)),
+    "1x7": (1, 10, 7, 9, 12, (1, 7), 1, (0, 3)),
+    "7x1": (1, 10, 9, 7, 12, (7, 1), 1, (3, 0)),
+    "3x3_s2_valid_odd": (2, 5, 9, 9, 6, (3, 3), 2, 0),
+    "3x3_s2_HneW_odd": (3, 4, 9, 7, 5, (3, 3), 2, 1),
+    "3x3_HW1": (2, 5, 1, 1, 6, (3, 3), 1, 1),
+    "1x1_HW1": (3, 5, 1, 1, 6, (1, 1), 1, 0),
+    "1x1_s2_odd": (1, 4, 7, 5, 5, (1, 1), 2, 0),
+    "asym_pad_s2": (1, 4, 8, 8, 5, (3, 3), 2, (0, 1, 1, 0)),
+    "2x2_s2_mixed_stride": (1, 3, 7, 8, 4, (2, 2), (2, 1), 0),
+}
+
+TOL = {torch.float32: 2e-5 if conv._backend.interpreter_active() else 1e-4}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(case, device, dtype=torch.float32, *, scale=True, bias=True, residual=False):
+    N, C, H, W, K, (R, S), stride, padding = case
+    x = torch.randn(N, C, H, W, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(K, C, R, S, device=device, dtype=dtype) / math.sqrt(C * R * S)
+    sc = (torch.rand(K, device=device) + 0.5) if scale else None
+    b = torch.randn(K, device=device) if bias else None
+    st = conv._pair(stride, "stride")
+    pad = conv._padding4(padding)
+    shape = conv.out_shape(x.shape, w.shape, st, pad)
+    res = torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last) if residual else None
+    return dict(x=x, weight=w, scale=sc, bias=b, residual=res, stride=stride, padding=padding)
+
+
+def reference_fp64(inp, activation, residual_scale):
+    def lift(v):
+        if not isinstance(v, torch.Tensor) or (v.dtype == torch.float64 and v.requires_grad):
+            return v  # already a float64 leaf of another reference graph (shared input)
+        return v.detach().double().requires_grad_()
+
+    d = {k: lift(v) for k, v in inp.items()}
+    y = reference.conv2d(
+        d["x"], d["weight"], stride=conv._pair(d["stride"], "stride"), padding=conv._padding4(d["padding"]),
+        scale=d["scale"], bias=d["bias"], activation=activation, residual=d["residual"],
+        residual_scale=residual_scale,
+    )  # fmt: skip
+    return y, d
+
+
+def grads_of(inp):
+    return {k: v for k, v in inp.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("epilogue", ["bn_relu", "residual", "plain"])
+def test_forward_backward_vs_fp64(name, epilogue, device, poison):
+    case = CASES[name]
+    act = None if epilogue == "plain" else "relu"
+    rs = 0.17 if epilogue == "residual" else 1.0
+    inp = make_inputs(
+        case, device, scale=epilogue != "plain", bias=True, residual=epilogue == "residual"
+    )
+    leaves = grads_of(inp)
+    for t in leaves.values():
+        t.requires_grad_()
+    y = conv2d(**inp, activation=act, residual_scale=rs)
+    y_ref, dref = reference_fp64(inp, act, rs)
+    assert y.shape == y_ref.shape
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert not y.isnan().any(), "unwritten output elements"
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+
+    g = torch.randn_like(y)
+    names = list(leaves)
+    ours = torch.autograd.grad(y, [leaves[k] for k in names], g)
+    theirs = torch.autograd.grad(y_ref, [dref[k] for k in names], g.double())
+    for k, a, b in zip(names, ours, theirs):
+        assert a.shape == b.shape, k
+        assert not a.isnan().any(), f"grad {k} has unwritten elements"
+        assert rel_err(a, b) < TOL[torch.float32], f"grad {k}: {rel_err(a, b):.2e}"
+
+
+@pytest.mark.parametrize("name", ["3x3_multiblock", "7x7_s2_stem_C3", "1x7", "3x3_s2_HneW_odd"])
+def test_out_slice_concat_free_and_strided_grad(name, device, poison):
+    """Two convs write disjoint channel slices of one NaN-poisoned buffer; gradients flow back through the buffer.
+
+    (PyTorch's CopySlices hands an in-place-on-view op a contiguous clone of its gradient slice; the block engine
+    avoids that by owning the buffer's backward. The kernels' strided-slice path is tested below.)
+    """
+    N, C, H, W, K, RS, stride, padding = CASES[name]
+    inp1 = make_inputs(CASES[name], device)
+    K2 = 5
+    inp2 = make_inputs((N, C, H, W, K2, RS, stride, padding), device, scale=False)
+    inp2["x"] = inp1["x"]
+    x = inp1["x"].requires_grad_()
+    for d in (inp1, inp2):
+        for k in ("weight", "scale", "bias"):
+            if d[k] is not None:
+                d[k].requires_grad_()
+    _, _, P, Q = conv.out_shape(x.shape, inp1["weight"].shape, conv._pair(stride, "s"), conv._padding4(padding))
+    off1, off2, total = 3, 3 + K + 2, 3 + K + 2 + K2 + 4
+    buf = torch.full((N, total, P, Q), float("nan"), device=device).to(memory_format=torch.channels_last)
+    o1 = conv2d(**inp1, activation="relu", out=buf[:, off1 : off1 + K])
+    o2 = conv2d(**inp2, activation=None, out=buf[:, off2 : off2 + K2])
+    assert o1.data_ptr() == buf[:, off1].data_ptr() and o2.data_ptr() == buf[:, off2].data_ptr()
+    # nothing outside the two slices was touched
+    outside = torch.ones(total, dtype=torch.bool)
+    outside[off1 : off1 + K] = False
+    outside[off2 : off2 + K2] = False
+    assert buf[:, outside].isnan().all()
+    y1, d1 = reference_fp64(inp1, "relu", 1.0)
+    y2, d2 = reference_fp64({**inp2, "x": d1["x"]}, None, 1.0)
+    assert rel_err(buf[:, off1 : off1 + K], y1) < TOL[torch.float32]
+    assert rel_err(buf[:, off2 : off2 + K2], y2) < TOL[torch.float32]
+
+    # backward through the buffer: each op receives a strided channel slice of the buffer's gradient
+    seen = []
+    orig = conv.conv_bwd
+
+    def spy(grad_out, *a, **k):
+        seen.append(grad_out.shape)
+        return orig(grad_out, *a, **k)
+
+    conv.conv_bwd = spy
+    try:
+        # As in a network, the buffer's gradient is a channels_last tensor (NaN outside the slices stays
+        # out of every leaf's gradient because nothing there depends on a leaf).
+        gbuf = torch.randn(N, total, P, Q, device=device).to(memory_format=torch.channels_last)
+        loss_ours = (buf * gbuf).sum()
+        leaves = [x, inp1["weight"], inp1["scale"], inp1["bias"], inp2["weight"], inp2["bias"]]
+        ours = torch.autograd.grad(loss_ours, leaves)
+    finally:
+        conv.conv_bwd = orig
+    assert sorted(s[1] for s in seen) == sorted([K, K2]), "both slice writers ran their backward kernels"
+    loss_ref = (y1 * gbuf[:, off1 : off1 + K].double()).sum() + (y2 * gbuf[:, off2 : off2 + K2].double()).sum()
+    refs = torch.autograd.grad(
+        loss_ref, [d1["x"], d1["weight"], d1["scale"], d1["bias"], d2["weight"], d2["bias"]]
+    )
+    for a, b in zip(ours, refs):
+        assert rel_err(a, b) < TOL[torch.float32]
+
+
+def test_strided_grad_out_functional(device):
+    """A grad_out that is a channel slice of a larger tensor reaches the kernels as is (no .contiguous())."""
+    inp = make_inputs(CASES["3x3_s2_HneW_odd"], device, residual=True)
+    for t in grads_of(inp).values():
+        t.requires_grad_()
+    y = conv2d(**inp, activation="relu", residual_scale=0.5)
+    N, K, P, Q = y.shape
+    big = torch.randn(N, K + 7, P, Q, device=device).to(memory_format=torch.channels_last)
+    g = big[:, 4 : 4 + K]
+    seen = []
+    orig = conv.conv_bwd
+
+    def spy(grad_out, *a, **k):
+        seen.append(grad_out.stride())
+        return orig(grad_out, *a, **k)
+
+    conv.conv_bwd = spy
+    try:
+        ours = torch.autograd.grad(y, list(grads_of(inp).values()), g)
+    finally:
+        conv.conv_bwd = orig
+    assert seen == [g.stride()]
+    y_ref, d = reference_fp64(inp, "relu", 0.5)
+    refs = torch.autograd.grad(y_ref, [d[k] for k in grads_of(inp)], g.double())
+    for a, b in zip(ours, refs):
+        assert rel_err(a, b) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("which", ["fwd", "dgrad", "wgrad"])
+def test_every_autotune_config(which, device, poison):
+    """Each config the autotuner may pick computes the same function (tile edges, masks, grouped order)."""
+    case = (2, 20, 7, 9, 35, (3, 3), 2, 1)
+    inp = make_inputs(case, device, residual=True)
+    x, w, sc, b, res = inp["x"], inp["weight"], inp["scale"], inp["bias"], inp["residual"]
+    st, pad = (2, 2), (1, 1, 1, 1)
+    y_ref, d = reference_fp64(inp, "relu", 0.3)
+    g = torch.randn(y_ref.shape, device=device).to(memory_format=torch.channels_last)
+    gx, gw = torch.autograd.grad(y_ref, [d["x"], d["weight"]], g.double())
+    configs = {"fwd": conv.FWD_CONFIGS, "dgrad": conv.DGRAD_CONFIGS, "wgrad": conv.WGRAD_CONFIGS}[which]
+    for cfg in configs:
+        if which == "fwd":
+            out = conv._new_cl(y_ref.shape, x)
+            conv.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, out, config=cfg)
+            assert rel_err(out, y_ref) < TOL[torch.float32], cfg
+            continue
+        y = conv._new_cl(y_ref.shape, x)
+        conv.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, y)
+        grads = conv.conv_bwd(g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, False, False), configs={which: cfg})
+        ref = gx if which == "dgrad" else gw
+        got = grads[0] if which == "dgrad" else grads[1]
+        assert rel_err(got, ref) < TOL[torch.float32], cfg
+
+
+@pytest.mark.parametrize("splits", [1, 3, 7])
+def test_wgrad_split_k_deterministic(splits, device):
+    inp = make_inputs((3, 6, 9, 9, 10, (3, 3), 1, 1), device)
+    x, w, sc = inp["x"], inp["weight"], inp["scale"]
+    y_ref, d = reference_fp64(inp, None, 1.0)
+    g = torch.randn(y_ref.shape, device=device).to(memory_format=torch.channels_last)
+    (gw_ref,) = torch.autograd.grad(y_ref, [d["weight"]], g.double())
+    args = (g, x, w, sc, g, 1.0, False, (1, 1), (1, 1, 1, 1), (False, True, False, False, False))
+    first = conv.conv_bwd(*args, splits=splits)[1]
+    again = conv.conv_bwd(*args, splits=splits)[1]
+    assert torch.equal(first, again), "wgrad must give the same bits on every run"
+    assert rel_err(first, gw_ref) < TOL[torch.float32]
+
+
+def test_nchw_input_accepted(device):
+    inp = make_inputs(CASES["3x3_multiblock"], device)
+    x_nchw = inp["x"].contiguous()
+    assert not x_nchw.is_contiguous(memory_format=torch.channels_last)
+    y = conv2d(**{**inp, "x": x_nchw}, activation="relu")
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+
+
+def test_input_slice_at_channel_offset(device):
+    """x itself may be a channel slice of a larger channels_last buffer (a branch reading part of a block)."""
+    inp = make_inputs(CASES["1x3"], device)
+    N, C, H, W = inp["x"].shape
+    big = torch.randn(N, C + 9, H, W, device=device).to(memory_format=torch.channels_last)
+    big[:, 4 : 4 + C] = inp["x"]
+    xs = big[:, 4 : 4 + C].requires_grad_(False)
+    y = conv2d(**{**inp, "x": xs}, activation="relu")
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+
+
+def test_reference_backend_switch(monkeypatch, device):
+    inp = make_inputs(CASES["1x1"], device)
+    called = []
+    monkeypatch.setattr(conv, "conv_fwd_into", lambda *a, **k: called.append(1))
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    y = conv2d(**inp, activation="relu")
+    assert not called
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert rel_err(y, y_ref) < 1e-6
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="INCEPTION_KERNELS_BACKEND"):
+        conv2d(**inp)
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "cuda")
+    with pytest.raises(NotImplementedError, match="CUDA C\\+\\+"):
+        conv2d(**inp)
+
+
+def test_auto_backend_on_cpu_is_reference(monkeypatch):
+    from inception_kernels import _backend
+
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "auto")
+    assert _backend.resolve(torch.zeros(1)) == "reference"

@@ -629,6 +629,7 @@ def _conv2d_fwd_out_op(
     relu: bool,
     out: torch.Tensor,
 ) -> None:
+    _check_no_alias(out, x, residual)
     if _use_triton(x):
         conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
     else:
@@ -863,10 +864,15 @@ def _validate(x, weight, stride, padding, scale, bias, activation, residual, res
             raise ValueError(
                 f"out must be channels_last or a channel slice of a channels_last tensor, got strides {out.stride()}"
             )
-        for name, t in (("x", x), ("residual", residual)):
-            if t is not None and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
-                raise ValueError(f"out must not share memory with {name}")
+        if not torch.compiler.is_compiling():  # checked again inside the op at run time
+            _check_no_alias(out, x, residual)
     return st, pad
+
+
+def _check_no_alias(out, x, residual):
+    for name, t in (("x", x), ("residual", residual)):
+        if t is not None and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+            raise ValueError(f"out must not share memory with {name}")
 
 
 def conv2d(
@@ -913,7 +919,13 @@ def conv2d(
         return out.copy_(y)
     if out is None:
         return torch.ops.inception_kernels.conv2d_fwd(x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu)
-    return _Conv2dIntoSlice.apply(out, x, weight, scale, bias, residual, stride_t, pad, rs, relu)
+    tensors = (x, weight, scale, bias, residual)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        # Dynamo cannot trace autograd.Function.mark_dirty: under torch.compile use the functional form for
+        # training (or the block engine, which owns its buffer's backward).
+        return _Conv2dIntoSlice.apply(out, x, weight, scale, bias, residual, stride_t, pad, rs, relu)
+    torch.ops.inception_kernels.conv2d_fwd_out(x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu, out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

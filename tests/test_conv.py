@@ -46,7 +46,11 @@ def make_inputs(case, device, dtype=torch.float32, *, scale=True, bias=True, res
     st = conv._pair(stride, "stride")
     pad = conv._padding4(padding)
     shape = conv.out_shape(x.shape, w.shape, st, pad)
-    res = torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last) if residual else None
+    res = (
+        torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        if residual
+        else None
+    )
     return dict(x=x, weight=w, scale=sc, bias=b, residual=res, stride=stride, padding=padding)
 
 
@@ -75,9 +79,7 @@ def test_forward_backward_vs_fp64(name, epilogue, device, poison):
     case = CASES[name]
     act = None if epilogue == "plain" else "relu"
     rs = 0.17 if epilogue == "residual" else 1.0
-    inp = make_inputs(
-        case, device, scale=epilogue != "plain", bias=True, residual=epilogue == "residual"
-    )
+    inp = make_inputs(case, device, scale=epilogue != "plain", bias=True, residual=epilogue == "residual")
     leaves = grads_of(inp)
     for t in leaves.values():
         t.requires_grad_()
@@ -115,7 +117,9 @@ def test_out_slice_concat_free_and_strided_grad(name, device, poison):
         for k in ("weight", "scale", "bias"):
             if d[k] is not None:
                 d[k].requires_grad_()
-    _, _, P, Q = conv.out_shape(x.shape, inp1["weight"].shape, conv._pair(stride, "s"), conv._padding4(padding))
+    _, _, P, Q = conv.out_shape(
+        x.shape, inp1["weight"].shape, conv._pair(stride, "s"), conv._padding4(padding)
+    )
     off1, off2, total = 3, 3 + K + 2, 3 + K + 2 + K2 + 4
     buf = torch.full((N, total, P, Q), float("nan"), device=device).to(memory_format=torch.channels_last)
     o1 = conv2d(**inp1, activation="relu", out=buf[:, off1 : off1 + K])
@@ -150,7 +154,9 @@ def test_out_slice_concat_free_and_strided_grad(name, device, poison):
     finally:
         conv.conv_bwd = orig
     assert sorted(s[1] for s in seen) == sorted([K, K2]), "both slice writers ran their backward kernels"
-    loss_ref = (y1 * gbuf[:, off1 : off1 + K].double()).sum() + (y2 * gbuf[:, off2 : off2 + K2].double()).sum()
+    loss_ref = (y1 * gbuf[:, off1 : off1 + K].double()).sum() + (
+        y2 * gbuf[:, off2 : off2 + K2].double()
+    ).sum()
     refs = torch.autograd.grad(
         loss_ref, [d1["x"], d1["weight"], d1["scale"], d1["bias"], d2["weight"], d2["bias"]]
     )
@@ -205,7 +211,9 @@ def test_every_autotune_config(which, device, poison):
             continue
         y = conv._new_cl(y_ref.shape, x)
         conv.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, y)
-        grads = conv.conv_bwd(g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, False, False), configs={which: cfg})
+        grads = conv.conv_bwd(
+            g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, False, False), configs={which: cfg}
+        )
         ref = gx if which == "dgrad" else gw
         got = grads[0] if which == "dgrad" else grads[1]
         assert rel_err(got, ref) < TOL[torch.float32], cfg

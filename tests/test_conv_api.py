@@ -19,39 +19,110 @@ BAD = [
     ("x not a tensor", lambda d, dev: {**d, "x": [1.0]}, TypeError, "x must be a torch.Tensor"),
     ("x not 4-D", lambda d, dev: {**d, "x": torch.randn(4, 6, 6, device=dev)}, ValueError, "x must be 4-D"),
     ("int dtype", lambda d, dev: {**d, "x": d["x"].to(torch.int32)}, TypeError, "x must be float32"),
-    ("weight not 4-D", lambda d, dev: {**d, "weight": torch.randn(8, 4, 3, device=dev)}, ValueError, "weight must be 4-D"),
-    ("channel mismatch", lambda d, dev: {**d, "weight": torch.randn(8, 5, 3, 3, device=dev)}, ValueError,
-     "weight has 5 input channels but x has 4"),
+    (
+        "weight not 4-D",
+        lambda d, dev: {**d, "weight": torch.randn(8, 4, 3, device=dev)},
+        ValueError,
+        "weight must be 4-D",
+    ),
+    (
+        "channel mismatch",
+        lambda d, dev: {**d, "weight": torch.randn(8, 5, 3, 3, device=dev)},
+        ValueError,
+        "weight has 5 input channels but x has 4",
+    ),
     ("dtype mix", lambda d, dev: {**d, "weight": d["weight"].double()}, TypeError, "weight has dtype"),
     ("device mix", lambda d, dev: {**d, "weight": d["weight"].to("meta")}, ValueError, "weight is on meta"),
-    ("kernel 9x9", lambda d, dev: {**d, "weight": torch.randn(8, 4, 9, 9, device=dev)}, ValueError,
-     "kernel size 9x9 is not supported"),
+    (
+        "kernel 9x9",
+        lambda d, dev: {**d, "weight": torch.randn(8, 4, 9, 9, device=dev)},
+        ValueError,
+        "kernel size 9x9 is not supported",
+    ),
     ("stride 3", lambda d, dev: {**d, "stride": 3}, ValueError, "stride must be 1 or 2"),
     ("stride bad type", lambda d, dev: {**d, "stride": "2"}, TypeError, "stride must be an int"),
     ("negative padding", lambda d, dev: {**d, "padding": -1}, ValueError, "padding must be non-negative"),
     ("padding 3-tuple", lambda d, dev: {**d, "padding": (1, 1, 1)}, TypeError, "padding must be an int"),
-    ("too small", lambda d, dev: {**d, "x": cl(2, 4, 2, 2, device=dev)}, ValueError, "smaller than the 3x3 kernel"),
-    ("scale length", lambda d, dev: {**d, "scale": torch.ones(7, device=dev)}, ValueError, "scale must have length K=8"),
-    ("bias length", lambda d, dev: {**d, "bias": torch.ones(9, device=dev)}, ValueError, "bias must have length K=8"),
+    (
+        "too small",
+        lambda d, dev: {**d, "x": cl(2, 4, 2, 2, device=dev)},
+        ValueError,
+        "smaller than the 3x3 kernel",
+    ),
+    (
+        "scale length",
+        lambda d, dev: {**d, "scale": torch.ones(7, device=dev)},
+        ValueError,
+        "scale must have length K=8",
+    ),
+    (
+        "bias length",
+        lambda d, dev: {**d, "bias": torch.ones(9, device=dev)},
+        ValueError,
+        "bias must have length K=8",
+    ),
     ("bias 2-D", lambda d, dev: {**d, "bias": torch.ones(8, 1, device=dev)}, ValueError, "bias must be 1-D"),
-    ("scale fp64", lambda d, dev: {**d, "scale": torch.ones(8, device=dev, dtype=torch.float64)}, TypeError,
-     "scale must be float32"),
-    ("activation", lambda d, dev: {**d, "activation": "gelu"}, ValueError, "activation must be None or 'relu'"),
-    ("residual shape", lambda d, dev: {**d, "residual": cl(2, 8, 5, 5, device=dev)}, ValueError,
-     "residual must have shape"),
-    ("residual dtype", lambda d, dev: {**d, "residual": cl(2, 8, 4, 4, device=dev).double()}, TypeError,
-     "residual has dtype"),
-    ("residual_scale type", lambda d, dev: {**d, "residual_scale": "0.1"}, TypeError, "residual_scale must be a float"),
+    (
+        "scale fp64",
+        lambda d, dev: {**d, "scale": torch.ones(8, device=dev, dtype=torch.float64)},
+        TypeError,
+        "scale must be float32",
+    ),
+    (
+        "activation",
+        lambda d, dev: {**d, "activation": "gelu"},
+        ValueError,
+        "activation must be None or 'relu'",
+    ),
+    (
+        "residual shape",
+        lambda d, dev: {**d, "residual": cl(2, 8, 5, 5, device=dev)},
+        ValueError,
+        "residual must have shape",
+    ),
+    (
+        "residual dtype",
+        lambda d, dev: {**d, "residual": cl(2, 8, 4, 4, device=dev).double()},
+        TypeError,
+        "residual has dtype",
+    ),
+    (
+        "residual_scale type",
+        lambda d, dev: {**d, "residual_scale": "0.1"},
+        TypeError,
+        "residual_scale must be a float",
+    ),
     ("out shape", lambda d, dev: {**d, "out": cl(2, 7, 4, 4, device=dev)}, ValueError, "out must have shape"),
     ("out dtype", lambda d, dev: {**d, "out": cl(2, 8, 4, 4, device=dev).half()}, TypeError, "out has dtype"),
-    ("out device", lambda d, dev: {**d, "out": torch.empty(2, 8, 4, 4, device="meta")}, ValueError, "out is on meta"),
-    ("out NCHW", lambda d, dev: {**d, "out": torch.empty(2, 8, 4, 4, device=dev)}, ValueError,
-     "out must be channels_last or a channel slice"),
-    ("out NCHW slice", lambda d, dev: {**d, "out": torch.empty(2, 12, 4, 4, device=dev)[:, 2:10]}, ValueError,
-     "out must be channels_last or a channel slice"),
-    ("out aliases x", lambda d, dev: {**d, "x": (b := cl(2, 12, 4, 4, device=dev))[:, :4],
-                                      "weight": torch.randn(8, 4, 1, 1, device=dev), "out": b[:, 4:12]},
-     ValueError, "out must not share memory with x"),
+    (
+        "out device",
+        lambda d, dev: {**d, "out": torch.empty(2, 8, 4, 4, device="meta")},
+        ValueError,
+        "out is on meta",
+    ),
+    (
+        "out NCHW",
+        lambda d, dev: {**d, "out": torch.empty(2, 8, 4, 4, device=dev)},
+        ValueError,
+        "out must be channels_last or a channel slice",
+    ),
+    (
+        "out NCHW slice",
+        lambda d, dev: {**d, "out": torch.empty(2, 12, 4, 4, device=dev)[:, 2:10]},
+        ValueError,
+        "out must be channels_last or a channel slice",
+    ),
+    (
+        "out aliases x",
+        lambda d, dev: {
+            **d,
+            "x": (b := cl(2, 12, 4, 4, device=dev))[:, :4],
+            "weight": torch.randn(8, 4, 1, 1, device=dev),
+            "out": b[:, 4:12],
+        },
+        ValueError,
+        "out must not share memory with x",
+    ),
 ]
 
 
@@ -104,7 +175,11 @@ def test_opcheck_conv2d_bwd(device):
     x, w, sc, b, res = _op_args(device, False)
     y = torch.ops.inception_kernels.conv2d_fwd(x, w, sc, b, res, [2, 2], [1, 1, 1, 1], 0.3, True)
     g = torch.randn_like(y)
-    for need in ([True, True, True, True, True], [True, False, False, True, False], [False, True, True, False, False]):
+    for need in (
+        [True, True, True, True, True],
+        [True, False, False, True, False],
+        [False, True, True, False, False],
+    ):
         args = (g, x, w, sc, y, [2, 2], [1, 1, 1, 1], 0.3, True, need)
         torch.library.opcheck(torch.ops.inception_kernels.conv2d_bwd.default, args)
 
@@ -113,7 +188,9 @@ def test_opcheck_conv2d_bwd(device):
 def _block(x, w1, b1, w2, sc2, b2):
     # two fused convs in a chain, the second with a residual-free folded-BN epilogue
     h = conv2d(x, w1, padding=(0, 1), bias=b1, activation="relu")
-    return conv2d(h, w2, padding=(1, 0), scale=sc2, bias=b2, activation="relu", residual=h, residual_scale=0.5)
+    return conv2d(
+        h, w2, padding=(1, 0), scale=sc2, bias=b2, activation="relu", residual=h, residual_scale=0.5
+    )
 
 
 def test_torch_compile_fullgraph_matches_eager(device):
@@ -136,8 +213,9 @@ def test_torch_compile_fullgraph_matches_eager(device):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # and both match the reference
     ref = reference.conv2d(x, w1, padding=(0, 0, 1, 1), bias=b1, activation="relu")
-    ref = reference.conv2d(ref, w2, padding=(1, 1, 0, 0), scale=sc2, bias=b2, activation="relu", residual=ref,
-                           residual_scale=0.5)
+    ref = reference.conv2d(
+        ref, w2, padding=(1, 1, 0, 0), scale=sc2, bias=b2, activation="relu", residual=ref, residual_scale=0.5
+    )
     torch.testing.assert_close(y_eager, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -158,7 +236,13 @@ def test_torch_compile_fullgraph_out_slice(device):
         eager = two_branches(x, w1, w2)
         compiled = torch.compile(two_branches, fullgraph=True)(x, w1, w2)
     torch.testing.assert_close(compiled, eager)
-    ref = torch.cat([torch.relu(torch.nn.functional.conv2d(x, w1)), torch.relu(torch.nn.functional.conv2d(x, w2, padding=1))], 1)
+    ref = torch.cat(
+        [
+            torch.relu(torch.nn.functional.conv2d(x, w1)),
+            torch.relu(torch.nn.functional.conv2d(x, w2, padding=1)),
+        ],
+        1,
+    )
     torch.testing.assert_close(eager[:, :7], ref, rtol=1e-4, atol=1e-4)
 
 

@@ -89,7 +89,9 @@ def _conv_fwd(
         valid = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
         cc = cb * BLOCK_C + offs_c
         mask_c = cc < C
-        a_ptrs = (x_row + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + cc.to(tl.int64)[None, :] * sxc
+        a_ptrs = (x_row + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + cc.to(tl.int64)[
+            None, :
+        ] * sxc
         a = tl.load(a_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
         b_ptrs = w_ptr + (rs * C + cc)[:, None] * K + offs_n[None, :]
         b = tl.load(b_ptrs, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
@@ -211,7 +213,9 @@ def _conv_dgrad(
         valid = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
         kk = kb * BLOCK_K + offs_k
         mask_k = kk < K
-        a_ptrs = (g_row + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None] + kk.to(tl.int64)[None, :] * sgk
+        a_ptrs = (g_row + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None] + kk.to(tl.int64)[
+            None, :
+        ] * sgk
         g = tl.load(a_ptrs, mask=valid[:, None] & mask_k[None, :], other=0.0)
         b_ptrs = w_ptr + ((r * S + s) * K + kk)[:, None] * C + offs_n[None, :]
         wt = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -268,19 +272,23 @@ def _conv_wgrad(
         w = q * stride_w - pad_l + s
         valid = mask_r & (h >= 0) & (h < H) & (w >= 0) & (w < W)
         g_ptrs = (
-            g_ptr + (n * sgn + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None]
+            g_ptr
+            + (n * sgn + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None]
             + offs_k.to(tl.int64)[None, :] * sgk
         )
         g = tl.load(g_ptrs, mask=mask_r[:, None] & mask_k[None, :], other=0.0)
         x_ptrs = (
-            x_ptr + (n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None]
+            x_ptr
+            + (n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None]
             + offs_c.to(tl.int64)[None, :] * sxc
         )
         xv = tl.load(x_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
         acc = tl.dot(tl.trans(g), xv, acc, input_precision=DOT_PRECISION)
     ws_ptrs = (
-        ws_ptr + split.to(tl.int64) * K * C * (R * S)
-        + (offs_k[:, None] * C + offs_c[None, :]).to(tl.int64) * (R * S) + rs
+        ws_ptr
+        + split.to(tl.int64) * K * C * (R * S)
+        + (offs_k[:, None] * C + offs_c[None, :]).to(tl.int64) * (R * S)
+        + rs
     )
     tl.store(ws_ptrs, acc, mask=mask_k[:, None] & mask_c[None, :])
 
@@ -289,7 +297,9 @@ def _conv_wgrad(
 # Autotune configs and the pruning rule (shared by GPU autotuning, the interpreter and the AOT check)
 # ----------------------------------------------------------------------------------------------------------
 def _cfg(bm: int, bn: int, bk_name: str, bk: int, warps: int, stages: int, **extra) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, bk_name: bk, **extra}, num_warps=warps, num_stages=stages)
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, bk_name: bk, **extra}, num_warps=warps, num_stages=stages
+    )
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_C, warps, stages): big tiles for wide layers, narrow-N tiles for K = 32..96,
@@ -345,7 +355,9 @@ def _dim_cap(n: int) -> int:
     return max(16, triton.next_power_of_2(int(n)))
 
 
-def prune_configs(configs: Sequence[triton.Config], dims: dict[str, int], elem_bytes: int) -> list[triton.Config]:
+def prune_configs(
+    configs: Sequence[triton.Config], dims: dict[str, int], elem_bytes: int
+) -> list[triton.Config]:
     """Keep the configs whose tiles do not exceed the problem (beyond the 16 that ``tl.dot`` needs).
 
     ``dims`` maps each block name to the extent it tiles. A config survives when, for every block, the tile is
@@ -364,7 +376,9 @@ def prune_configs(configs: Sequence[triton.Config], dims: dict[str, int], elem_b
             continue
         kept.append(cfg)
     if not kept:
-        kept = [min(configs, key=lambda c: math.prod(v for k, v in c.kwargs.items() if k.startswith("BLOCK")))]
+        kept = [
+            min(configs, key=lambda c: math.prod(v for k, v in c.kwargs.items() if k.startswith("BLOCK")))
+        ]
     return kept
 
 
@@ -404,7 +418,9 @@ _conv_wgrad_kernel = _jit(_conv_wgrad, WGRAD_CONFIGS, _WGRAD_DIMS)
 _epilogue_bwd_kernel = triton.jit(_epilogue_bwd)
 
 
-def _launch(kernel, grid, dims: dict[str, int], elem_bytes: int, config: triton.Config | None, *args, **kwargs):
+def _launch(
+    kernel, grid, dims: dict[str, int], elem_bytes: int, config: triton.Config | None, *args, **kwargs
+):
     """Launch an autotuned kernel; in the interpreter (no GPU to time configs on) or when ``config`` is given,
     launch the wrapped JIT function with one config chosen by the same pruning rule."""
     if config is None and not _backend.interpreter_active():
@@ -439,7 +455,9 @@ def out_shape(x_shape, w_shape, stride, padding) -> tuple[int, int, int, int]:
 
 def _new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     """Every tensor a launcher allocates comes from here or :func:`_new_buf` (tests poison them with NaN)."""
-    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
+    return torch.empty(
+        shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last
+    )
 
 
 def _new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:
@@ -480,7 +498,9 @@ def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
     return int(max(1, min(want, rows // 256 if device.type == "cuda" else rows // 16, 64)))
 
 
-def conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None):
+def conv_bwd(
+    grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None
+):
     """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None."""
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
@@ -513,7 +533,10 @@ def conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, paddin
         dx = _new_cl((N, C, H, W), x)
         phases = stride[0] * stride[1]
         Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
-        grid = lambda meta: (triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]), phases)
+        grid = lambda meta: (
+            triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),
+            phases,
+        )
         _launch(
             _conv_dgrad_kernel, grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
             x.element_size(), configs.get("dgrad"),
@@ -525,9 +548,10 @@ def conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, paddin
 
     dw = dscale = None
     if need_w or need_scale:
-        probe = configs.get("wgrad") or prune_configs(
-            WGRAD_CONFIGS, {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}, x.element_size()
-        )[0]
+        probe = (
+            configs.get("wgrad")
+            or prune_configs(WGRAD_CONFIGS, {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}, x.element_size())[0]
+        )
         tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
         nsplit = splits or _wgrad_splits(tiles, M, dev)
         rows = triton.cdiv(M, nsplit)
@@ -709,7 +733,9 @@ def _fwd_setup_context(ctx, inputs, output):
 def _fwd_backward(ctx, grad_out):
     x, weight, scale, y = ctx.saved_tensors
     stride, padding, residual_scale, relu = ctx.conf
-    return _run_backward(ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu) + (None,) * 4
+    return (
+        _run_backward(ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu) + (None,) * 4
+    )
 
 
 def _run_backward(ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu):
@@ -777,7 +803,11 @@ def _pair(v, name: str) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
         return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+    if (
+        isinstance(v, (tuple, list))
+        and len(v) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    ):
         return (int(v[0]), int(v[1]))
     raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
 
@@ -791,7 +821,9 @@ def _padding4(v) -> tuple[int, int, int, int]:
         try:
             ph, pw = _pair(v, "padding")
         except TypeError:
-            raise TypeError(f"padding must be an int, (ph, pw) or (top, bottom, left, right); got {v!r}") from None
+            raise TypeError(
+                f"padding must be an int, (ph, pw) or (top, bottom, left, right); got {v!r}"
+            ) from None
         pad = (ph, ph, pw, pw)
     if any(p < 0 for p in pad):
         raise ValueError(f"padding must be non-negative, got {v!r}")
@@ -802,7 +834,9 @@ def _is_nhwc_strided(t: torch.Tensor) -> bool:
     """Channels innermost and (n, h, w) laid out without overlap: a channels_last tensor or a channel slice."""
     N, K, P, Q = t.shape
     sn, sk, sp, sq = t.stride()
-    return (sk == 1 or K == 1) and (sq >= K or Q == 1) and (sp >= Q * sq or P == 1) and (sn >= P * sp or N == 1)
+    return (
+        (sk == 1 or K == 1) and (sq >= K or Q == 1) and (sp >= Q * sq or P == 1) and (sn >= P * sp or N == 1)
+    )
 
 
 def _check_tensor(t, name: str, *, dims: int, dtype: torch.dtype | None, device: torch.device):
@@ -904,7 +938,9 @@ def conv2d(
     Returns: (N, K, P, Q) channels_last tensor (``out`` when given). Accumulation is float32; float32 inputs
     use TF32 on the GPU only when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default for convs).
     """
-    stride_t, pad = _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out)
+    stride_t, pad = _validate(
+        x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out
+    )
     x = x.contiguous(memory_format=torch.channels_last) if not _is_nhwc_strided(x) else x
     relu = activation == "relu"
     rs = float(residual_scale)
@@ -918,13 +954,17 @@ def conv2d(
             return y.contiguous(memory_format=torch.channels_last)
         return out.copy_(y)
     if out is None:
-        return torch.ops.inception_kernels.conv2d_fwd(x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu)
+        return torch.ops.inception_kernels.conv2d_fwd(
+            x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu
+        )
     tensors = (x, weight, scale, bias, residual)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         # Dynamo cannot trace autograd.Function.mark_dirty: under torch.compile use the functional form for
         # training (or the block engine, which owns its buffer's backward).
         return _Conv2dIntoSlice.apply(out, x, weight, scale, bias, residual, stride_t, pad, rs, relu)
-    torch.ops.inception_kernels.conv2d_fwd_out(x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu, out)
+    torch.ops.inception_kernels.conv2d_fwd_out(
+        x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu, out
+    )
     return out
 
 

@@ -277,3 +277,18 @@ def test_auto_backend_on_cpu_is_reference(monkeypatch):
 
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "auto")
     assert _backend.resolve(torch.zeros(1)) == "reference"
+
+
+@pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
+def test_heuristic_config_fills_the_gpu_and_fits_the_problem(kind):
+    configs = {"fwd": conv.FWD_CONFIGS, "dgrad": conv.DGRAD_CONFIGS, "wgrad": conv.WGRAD_CONFIGS}[kind]
+    red = "BLOCK_C" if kind == "fwd" else "BLOCK_K"
+    # big problem: a large tile and a full wave; tiny problem: tiles no larger than the extents allow
+    big = (("BLOCK_M", 32 * 17 * 17), ("BLOCK_N", 192), (red, 768))
+    cfg = conv.heuristic_config(kind, big, 2, 1, 132)
+    assert cfg in configs
+    grid = math.ceil(big[0][1] / cfg.kwargs["BLOCK_M"]) * math.ceil(192 / cfg.kwargs["BLOCK_N"])
+    assert grid >= 132 and cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"] >= 64 * 64
+    small = (("BLOCK_M", 20), ("BLOCK_N", 3), (red, 5))
+    cfg = conv.heuristic_config(kind, small, 4, 1, 132)
+    assert cfg.kwargs["BLOCK_N"] <= 16 or cfg is min(configs, key=conv._tile_volume)

@@ -140,3 +140,15 @@ def test_gpu_cuda_graph_capture():
     torch.cuda.synchronize()
     assert not torch.equal(y_static, y_eager)
     assert torch.equal(y_static, f())
+
+
+def test_gpu_autotune_path(monkeypatch):
+    """INCEPTION_KERNELS_AUTOTUNE=1 times the configs and runs the winner: same function."""
+    monkeypatch.setenv("INCEPTION_KERNELS_AUTOTUNE", "1")
+    inp = _inputs(SHAPES["v3_7b_1x3"], torch.bfloat16)
+    g = torch.randn(8, 384, 8, 8, device="cuda").to(memory_format=torch.channels_last)
+    y_ref, g_ref = _run(inp, reference.conv2d, g, upcast=torch.float64)
+    y, gr = _run(inp, conv2d, g)
+    assert rel_err(y, y_ref) < 1e-2
+    for k in g_ref:
+        assert rel_err(gr[k], g_ref[k]) < 2e-2, k

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -418,17 +419,57 @@ _conv_wgrad_kernel = _jit(_conv_wgrad, WGRAD_CONFIGS, _WGRAD_DIMS)
 _epilogue_bwd_kernel = triton.jit(_epilogue_bwd)
 
 
-def _launch(
-    kernel, grid, dims: dict[str, int], elem_bytes: int, config: triton.Config | None, *args, **kwargs
-):
-    """Launch an autotuned kernel; in the interpreter (no GPU to time configs on) or when ``config`` is given,
-    launch the wrapped JIT function with one config chosen by the same pruning rule."""
-    if config is None and not _backend.interpreter_active():
-        kernel[grid](*args, **kwargs)
-        return
+def _tile_volume(cfg: triton.Config) -> int:
+    return math.prod(v for k, v in cfg.kwargs.items() if k.startswith("BLOCK"))
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=4096)
+def heuristic_config(kind: str, dims: tuple, elem_bytes: int, programs_per_tile: int, sms: int) -> triton.Config:
+    """One config without timing anything: the largest output tile that still gives every SM a program.
+
+    ``dims`` = ((block name, extent), ...); the first two blocks tile the output. Among the configs that survive
+    :func:`prune_configs`, pick the largest BLOCK_M·BLOCK_N whose grid (times ``programs_per_tile``, the stride
+    phases or split-K slabs) is at least one wave of ``sms`` programs, then the deepest reduction block; if no
+    config fills a wave, the one with the most programs.
+    """
+    configs = {"fwd": FWD_CONFIGS, "dgrad": DGRAD_CONFIGS, "wgrad": WGRAD_CONFIGS}[kind]
+    d = dict(dims)
+    kept = prune_configs(configs, d, elem_bytes)
+
+    def programs(c):
+        return math.ceil(d["BLOCK_M"] / c.kwargs["BLOCK_M"]) * math.ceil(d["BLOCK_N"] / c.kwargs["BLOCK_N"])
+
+    red = "BLOCK_C" if kind == "fwd" else "BLOCK_K"
+    full = [c for c in kept if programs(c) * programs_per_tile >= sms]
+    if full:
+        return max(full, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.kwargs[red], -c.num_stages))
+    return max(kept, key=lambda c: (programs(c), c.kwargs[red]))
+
+
+def autotune_enabled() -> bool:
+    """``INCEPTION_KERNELS_AUTOTUNE=1`` times every surviving config per shape (slow first call, best speed);
+    the default picks one config per shape with :func:`heuristic_config` (no timing, one compile)."""
+    return os.environ.get("INCEPTION_KERNELS_AUTOTUNE", "0") not in ("", "0")
+
+
+def _launch(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, *args, **kwargs):
+    """Launch ``kernel`` (a triton.autotune object) with: the given config; else in the interpreter the smallest
+    config that survives pruning (no GPU to time on; small tiles exercise every mask and loop); else the
+    autotuner when enabled; else the heuristic config."""
     if config is None:
-        kept = prune_configs(kernel.configs, dims, elem_bytes)
-        config = min(kept, key=lambda c: math.prod(v for k, v in c.kwargs.items() if k.startswith("BLOCK")))
+        if _backend.interpreter_active():
+            config = min(prune_configs(kernel.configs, dims, elem_bytes), key=_tile_volume)
+        elif autotune_enabled():
+            kernel[grid](*args, **kwargs)
+            return
+        else:
+            config = heuristic_config(kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device))
     meta = dict(config.kwargs)
     kernel.fn[lambda _: grid({**kwargs, **meta})](
         *args, **kwargs, **meta, num_warps=config.num_warps, num_stages=config.num_stages
@@ -475,7 +516,7 @@ def conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_sc
     grid = lambda meta: (triton.cdiv(N * P * Q, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
     dims = {"BLOCK_M": N * P * Q, "BLOCK_N": K, "BLOCK_C": C}
     _launch(
-        _conv_fwd_kernel, grid, dims, x.element_size(), config,
+        _conv_fwd_kernel, "fwd", grid, dims, x.element_size(), config, 1, x.device,
         x, wp, out,
         scale if scale is not None else dummy, bias if bias is not None else dummy, res,
         N, C, H, W, K, P, Q,
@@ -490,10 +531,7 @@ def conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_sc
 
 def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
     """Split-K count for wgrad: enough programs to fill the GPU, each split keeping >= 256 reduction rows."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 4  # interpreter: still exercise several splits
+    sms = _num_sms(device)  # 4 in the interpreter: still exercises several splits
     want = max(1, (2 * sms + tiles - 1) // tiles)
     return int(max(1, min(want, rows // 256 if device.type == "cuda" else rows // 16, 64)))
 
@@ -538,8 +576,8 @@ def conv_bwd(
             phases,
         )
         _launch(
-            _conv_dgrad_kernel, grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
-            x.element_size(), configs.get("dgrad"),
+            _conv_dgrad_kernel, "dgrad", grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
+            x.element_size(), configs.get("dgrad"), phases, dev,
             gp, wd, dx,
             N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(),
             stride[0], stride[1], padding[0], padding[2],
@@ -548,9 +586,10 @@ def conv_bwd(
 
     dw = dscale = None
     if need_w or need_scale:
-        probe = (
-            configs.get("wgrad")
-            or prune_configs(WGRAD_CONFIGS, {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}, x.element_size())[0]
+        wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
+        max_split = _wgrad_splits(1, M, dev)
+        probe = configs.get("wgrad") or heuristic_config(
+            "wgrad", tuple(wdims.items()), x.element_size(), max_split, _num_sms(dev)
         )
         tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
         nsplit = splits or _wgrad_splits(tiles, M, dev)
@@ -560,8 +599,8 @@ def conv_bwd(
             triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
         )  # fmt: skip
         _launch(
-            _conv_wgrad_kernel, grid, {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M},
-            x.element_size(), configs.get("wgrad"),
+            _conv_wgrad_kernel, "wgrad", grid, wdims,
+            x.element_size(), configs.get("wgrad"), nsplit, dev,
             x, gp, ws,
             N, C, H, W, K, P, Q, *x.stride(), *gp.stride(),
             stride[0], stride[1], padding[0], padding[2],

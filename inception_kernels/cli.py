@@ -54,7 +54,7 @@ def run_conv_checks(device) -> tuple[list[dict], bool]:
         ours_in = [t.detach().clone().requires_grad_() for t in leaves]
         ref_in = [t.detach().double().requires_grad_() for t in leaves]
 
-        def call(fn, ts):
+        def call(fn, ts, st=st, pad=pad, rs=rs):
             xx, ww, ss, bb, *rr = ts
             return fn(xx, ww, stride=st, padding=pad, scale=ss, bias=bb, activation="relu",
                       residual=rr[0] if rr else None, residual_scale=rs)  # fmt: skip

@@ -1,0 +1,467 @@
+"""Ahead-of-time compile check of every registered Triton kernel, without a GPU.
+
+Every :class:`~inception_kernels.ops._registry.KernelSpec` is compiled for every autotune config, dtype and
+target architecture (default sm_80 and sm_90a) with ``triton.compile`` on an ``ASTSource``, the way
+``triton.tools.compile`` does it. Each compile gives one row::
+
+    kernel, config, arch, dtype, registers, spill_bytes, shared_bytes, mma_instructions, ok, error
+
+``registers`` and ``spill_bytes`` come from ``cuobjdump --dump-resource-usage`` on the cubin (``REG`` and
+``STACK``: the per-thread stack frame, which is where ptxas puts spilled registers, and what the driver later
+reports to Triton as ``n_spills``); ``shared_bytes`` is the compiled kernel's ``shared`` metadata (the
+dynamic shared memory it must be launched with); ``mma_instructions`` counts the ``HMMA`` (sm_80) and
+``HGMMA`` (sm_90a wgmma) lines of the SASS. A row fails (``ok=False``) when the compile raises, or when the
+kernel needs more shared memory than the architecture has, since it could then never launch there.
+
+Usage::
+
+    python -m inception_kernels.aot [--arch 80 90] [--dtype fp32 bf16 fp16] [--kernel SUBSTRING] [--json PATH]
+
+The exit status is non-zero when any row failed. ``TRITON_INTERPRET=1`` in the environment is fine: the tool
+builds fresh ``JITFunction`` objects from the undecorated kernel functions and compiles with the interpreter
+switched off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import io
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+FIELDS = (
+    "kernel",
+    "config",
+    "arch",
+    "dtype",
+    "registers",
+    "spill_bytes",
+    "shared_bytes",
+    "mma_instructions",
+    "ok",
+    "error",
+)
+
+DEFAULT_ARCHES = (80, 90)
+DEFAULT_DTYPES = ("fp32", "bf16", "fp16")
+
+# Largest dynamic shared memory one block may opt into, per compute capability (CUDA programming guide,
+# "Technical Specifications per Compute Capability").
+MAX_SHARED_BYTES = {
+    70: 98304,
+    75: 65536,
+    80: 166912,
+    86: 101376,
+    87: 166912,
+    89: 101376,
+    90: 232448,
+    100: 232448,
+    120: 101376,
+}
+
+_SCALAR_TYPES = {
+    "i1", "i8", "i16", "i32", "i64", "u1", "u8", "u16", "u32", "u64",
+    "fp8e4nv", "fp8e5", "fp8e4b15", "fp16", "bf16", "fp32", "fp64",
+}  # fmt: skip
+
+_MMA_RE = re.compile(r"\bH(?:G)?MMA\b")
+_REG_RE = re.compile(r"\bREG:(\d+)")
+_STACK_RE = re.compile(r"\bSTACK:(\d+)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building the compile inputs
+# ----------------------------------------------------------------------------------------------------------
+def config_name(config) -> str:
+    """A short name for a ``triton.Config``: ``BLOCK_M=128, BLOCK_N=64, BLOCK_C=32`` -> ``BM128_BN64_BC32_w4_s3``.
+
+    Each meta-parameter is abbreviated to the initials of its ``_``-separated words (``GROUP_M`` -> ``GM``);
+    when two of a config's names would abbreviate alike, the full names are used.
+    """
+    kwargs = dict(config.kwargs)
+    abbrev = {k: "".join(part[:1] for part in k.split("_") if part) or k for k in kwargs}
+    if len(set(abbrev.values())) != len(abbrev):
+        abbrev = {k: k for k in kwargs}
+    parts = [f"{abbrev[k]}{_value_str(v)}" for k, v in kwargs.items()]
+    parts.append(f"w{config.num_warps}")
+    parts.append(f"s{config.num_stages}")
+    if getattr(config, "num_ctas", 1) not in (None, 1):
+        parts.append(f"c{config.num_ctas}")
+    if getattr(config, "maxnreg", None) is not None:
+        parts.append(f"r{config.maxnreg}")
+    return "_".join(parts)
+
+
+def _value_str(v) -> str:
+    if isinstance(v, bool):
+        return str(int(v))
+    return str(v)
+
+
+def _is_type_string(v) -> bool:
+    return isinstance(v, str) and (v.startswith("*") or v in _SCALAR_TYPES)
+
+
+def _kernel_fn(fn):
+    """The plain Python function of ``fn``, unwrapping a ``JITFunction`` / ``InterpretedFunction`` / autotuner."""
+    seen = 0
+    while not isinstance(fn, types.FunctionType) and hasattr(fn, "fn") and seen < 8:
+        fn = fn.fn
+        seen += 1
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"not a Python kernel function: {fn!r}")
+    return fn
+
+
+def _referenced_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _referenced_names(const)
+    return names
+
+
+def fresh_jit(fn, _memo: dict | None = None):
+    """A new ``triton.runtime.jit.JITFunction`` for the plain function ``fn``.
+
+    Under ``TRITON_INTERPRET=1`` the ``@triton.jit`` helpers a kernel calls are ``InterpretedFunction`` objects
+    in its module globals, which the compiler cannot call; the new ``JITFunction`` gets a copy of the globals
+    in which each such helper is replaced by a fresh ``JITFunction`` of its own (recursively). Helpers reached
+    through a module attribute (``helpers.fn``) or a closure are not rewritten.
+    """
+    from triton.runtime.jit import JITFunction
+
+    memo = {} if _memo is None else _memo
+    fn = _kernel_fn(fn)
+    if fn in memo:
+        return memo[fn]
+    jit_fn = JITFunction(fn)
+    memo[fn] = jit_fn
+    replaced = {}
+    for name in _referenced_names(fn.__code__):
+        val = fn.__globals__.get(name)
+        if val is None or isinstance(val, JITFunction):
+            continue
+        if type(val).__name__ == "InterpretedFunction" and isinstance(getattr(val, "fn", None), types.FunctionType):
+            replaced[name] = fresh_jit(val.fn, memo)
+    if replaced:
+        jit_fn.__globals__ = {**fn.__globals__, **replaced}
+    return jit_fn
+
+
+def build_signature(jit_fn, config, arg_values: dict) -> tuple[dict, dict, dict]:
+    """The ``(signature, constexprs, pointer_params)`` of one compile, in the ``ASTSource`` format of Triton >= 3.3.
+
+    ``signature`` maps every parameter name to its Triton type, or ``"constexpr"``; ``constexprs`` maps every
+    constexpr parameter to its value. A parameter annotated ``tl.constexpr`` takes its value from the config
+    kwargs or ``arg_values``; any other parameter takes a type string from ``arg_values`` (a non-type value,
+    e.g. ``None``, makes it a specialised constant, as the JIT does).
+    """
+    params = list(jit_fn.params)
+    names = [p.name for p in params]
+    meta = dict(config.kwargs)
+    unknown = sorted((set(meta) | set(arg_values)) - set(names))
+    if unknown:
+        raise ValueError(f"arg_types/config name parameters the kernel does not have: {', '.join(unknown)}")
+    both = sorted(set(meta) & set(arg_values))
+    if both:
+        raise ValueError(f"parameters given by both the config and arg_types: {', '.join(both)}")
+    sig_params = inspect.signature(jit_fn.fn).parameters
+    signature, constexprs, pointers = {}, {}, []
+    for i, p in enumerate(params):
+        name = p.name
+        if name in meta:
+            val = meta[name]
+        elif name in arg_values:
+            val = arg_values[name]
+        elif sig_params[name].default is not inspect.Parameter.empty:
+            val = sig_params[name].default
+        else:
+            raise ValueError(f"no type or value for parameter {name!r}")
+        if not p.is_constexpr and _is_type_string(val):
+            signature[name] = val
+            if val.startswith("*"):
+                pointers.append(i)
+        else:
+            signature[name] = "constexpr"
+            constexprs[name] = val
+    return signature, constexprs, pointers
+
+
+def _make_source(jit_fn, signature: dict, constexprs: dict, pointers: list[int], backend):
+    from triton.compiler import ASTSource
+
+    params = inspect.signature(ASTSource.__init__).parameters
+    if "constexprs" in params:
+        # Triton >= 3.3: constexprs in the signature as "constexpr", attrs {(index,): [[name, value]]}.
+        parse_attr = getattr(backend, "parse_attr", None)
+        align = parse_attr("D") if parse_attr is not None else [["tt.divisibility", 16]]
+        attrs = {(i,): align for i in pointers} if align else {}
+        return ASTSource(fn=jit_fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    # Triton <= 3.2: the signature lists the runtime parameters only; constants are keyed by name.
+    runtime_sig = {k: v for k, v in signature.items() if v != "constexpr"}
+    return ASTSource(fn=jit_fn, signature=runtime_sig, constants=constexprs)
+
+
+@contextlib.contextmanager
+def interpreter_off():
+    """Temporarily switch off ``TRITON_INTERPRET`` (the environment variable and the ``triton.knobs`` override)."""
+    saved_env = os.environ.pop("TRITON_INTERPRET", None)
+    runtime = None
+    saved_knob = None
+    try:
+        from triton import knobs
+
+        runtime = knobs.runtime
+        saved_knob = runtime.__dict__.pop("interpret", None)
+    except (ImportError, AttributeError):
+        runtime = None
+    try:
+        yield
+    finally:
+        if saved_env is not None:
+            os.environ["TRITON_INTERPRET"] = saved_env
+        if runtime is not None and saved_knob is not None:
+            runtime.__dict__["interpret"] = saved_knob
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inspecting the cubin
+# ----------------------------------------------------------------------------------------------------------
+def _nvidia_tool(name: str) -> str:
+    try:
+        from triton import knobs
+
+        tool = getattr(knobs.nvidia, name)
+        if tool is not None:
+            return tool.path
+    except (ImportError, AttributeError):
+        pass
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    if os.path.exists(path):
+        return path
+    raise RuntimeError(f"cannot find {name} (Triton's bundled CUDA tools)")
+
+
+def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
+    """``(registers, stack_bytes, mma_instructions)`` of a single-kernel cubin, via the bundled ``cuobjdump``."""
+    with tempfile.TemporaryDirectory(prefix="ik_aot_") as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        proc = subprocess.run(
+            [_nvidia_tool("cuobjdump"), "--dump-resource-usage", "--dump-sass", path],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed: {(proc.stderr or proc.stdout).strip().splitlines()[:1]}")
+    out = proc.stdout
+    regs = _REG_RE.search(out)
+    stack = _STACK_RE.search(out)
+    if regs is None or stack is None:
+        raise RuntimeError("cuobjdump printed no resource usage")
+    mma = sum(1 for line in out.splitlines() if _MMA_RE.search(line))
+    return int(regs.group(1)), int(stack.group(1)), mma
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One compile
+# ----------------------------------------------------------------------------------------------------------
+def _error_line(e: BaseException) -> str:
+    name = type(e).__name__
+    node = getattr(e, "node", None)
+    if hasattr(e, "error_message") and node is not None:  # triton CompilationError
+        msg = e.error_message or (repr(e.__cause__) if e.__cause__ is not None else "")
+        where = f" at {node.lineno}:{node.col_offset}" if hasattr(node, "lineno") else ""
+        lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
+        return f"{name}{where}: {lines[0] if lines else ''}".rstrip(": ")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{name}: {lines[0]}" if lines else name
+
+
+def compile_one(spec, config, dtype: str, arch: int) -> dict:
+    """Compile one (kernel, config, dtype, arch) and return its row (never raises)."""
+    row = {
+        "kernel": spec.name,
+        "config": "?",
+        "arch": int(arch),
+        "dtype": dtype,
+        "registers": None,
+        "spill_bytes": None,
+        "shared_bytes": None,
+        "mma_instructions": None,
+        "ok": False,
+        "error": None,
+    }
+    captured = io.StringIO()
+    try:
+        row["config"] = config_name(config)
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+
+        target = GPUTarget("cuda", int(arch), 32)
+        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        if getattr(config, "num_ctas", 1) not in (None, 1):
+            options["num_ctas"] = config.num_ctas
+        if getattr(config, "maxnreg", None) is not None:
+            options["maxnreg"] = config.maxnreg
+        # ptxas failures print the whole PTX to stdout: keep it out of the table.
+        with interpreter_off(), contextlib.redirect_stdout(captured):
+            jit_fn = fresh_jit(spec.fn)
+            signature, constexprs, pointers = build_signature(jit_fn, config, dict(spec.arg_types(dtype)))
+            src = _make_source(jit_fn, signature, constexprs, pointers, make_backend(target))
+            compiled = triton.compile(src, target=target, options=options)
+        row["shared_bytes"] = int(compiled.metadata.shared)
+        row["registers"], row["spill_bytes"], row["mma_instructions"] = cubin_stats(compiled.asm["cubin"])
+        limit = MAX_SHARED_BYTES.get(int(arch))
+        if limit is not None and row["shared_bytes"] > limit:
+            row["error"] = f"OutOfResources: shared memory {row['shared_bytes']} B > sm_{arch} limit {limit} B"
+        else:
+            row["ok"] = True
+    except Exception as e:  # noqa: BLE001 - a failed compile is a row, not a crash
+        row["error"] = _error_line(e)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------
+# All compiles
+# ----------------------------------------------------------------------------------------------------------
+_POOL_SPECS: list = []
+
+
+def _pool_compile(job: tuple[int, int, str, int]) -> dict:
+    si, ci, dtype, arch = job
+    spec = _POOL_SPECS[si]
+    return compile_one(spec, spec.configs[ci], dtype, arch)
+
+
+def registered_kernels() -> list:
+    """The registry, filled by importing :mod:`inception_kernels.ops`."""
+    import inception_kernels.ops  # noqa: F401 - registers the kernels
+    from inception_kernels.ops import _registry
+
+    return list(_registry.KERNELS)
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def compile_all(
+    arches: Iterable[int] = DEFAULT_ARCHES,
+    dtypes: Iterable[str] = DEFAULT_DTYPES,
+    name_filter: str | None = None,
+    *,
+    specs: Sequence | None = None,
+    jobs: int | None = None,
+) -> list[dict]:
+    """Compile every kernel x config x dtype x arch; one row (a dict with the keys :data:`FIELDS`) each.
+
+    ``name_filter`` keeps the kernels whose name contains it. ``specs`` replaces the registry (tests);
+    ``jobs`` is the number of worker processes (default: the CPU count, at most 8; 1 compiles in-process).
+    Rows come back in kernel, config, dtype, arch order.
+    """
+    global _POOL_SPECS
+    specs = registered_kernels() if specs is None else list(specs)
+    if name_filter:
+        specs = [s for s in specs if name_filter in s.name]
+    jobs_list = [
+        (si, ci, dtype, int(arch))
+        for si, spec in enumerate(specs)
+        for ci in range(len(spec.configs))
+        for dtype in dtypes
+        for arch in arches
+    ]
+    if not jobs_list:
+        return []
+    n = default_jobs() if jobs is None else max(1, int(jobs))
+    n = min(n, len(jobs_list))
+    _POOL_SPECS = specs
+    try:
+        if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # fork: the workers inherit the specs (their functions need not be importable or picklable).
+            ctx = multiprocessing.get_context("fork")
+            with interpreter_off(), ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+                return list(pool.map(_pool_compile, jobs_list))
+        return [_pool_compile(job) for job in jobs_list]
+    finally:
+        _POOL_SPECS = []
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The rows as an aligned text table, one line each (errors last, unpadded)."""
+    headers = ("kernel", "config", "arch", "dtype", "regs", "spill", "shared", "mma", "ok", "error")
+
+    def cell(row, field):
+        v = row.get(field)
+        if field == "ok":
+            return "ok" if v else "FAIL"
+        if field == "arch":
+            return f"sm_{v}"
+        return "-" if v is None else str(v)
+
+    table = [headers] + [tuple(cell(r, f) for f in FIELDS) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers) - 1)]
+    right = {2, 4, 5, 6, 7}  # numbers right-aligned
+    out = []
+    for line in table:
+        cells = [line[i].rjust(widths[i]) if i in right else line[i].ljust(widths[i]) for i in range(len(widths))]
+        err = line[-1]
+        out.append(("  ".join(cells) + ("  " + err if err not in ("-", "error") or line is table[0] else "")).rstrip())
+    return "\n".join(out)
+
+
+def write_json(rows: Sequence[dict], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump([{k: r[k] for k in FIELDS} for r in rows], f, indent=1)
+        f.write("\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m inception_kernels.aot",
+        description="Compile every registered Triton kernel ahead of time (no GPU needed) and report "
+        "registers, spills, shared memory and tensor-core instructions.",
+    )
+    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHES), help="compute capabilities")
+    parser.add_argument("--dtype", nargs="+", default=list(DEFAULT_DTYPES), choices=DEFAULT_DTYPES)
+    parser.add_argument("--kernel", default=None, metavar="NAME_SUBSTRING", help="only kernels whose name has it")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as a JSON list")
+    parser.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: CPU count)")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    rows = compile_all(args.arch, args.dtype, args.kernel, jobs=args.jobs)
+    elapsed = time.perf_counter() - start
+    if args.json:
+        write_json(rows, args.json)
+    if not rows:
+        print(f"no kernels matched (filter {args.kernel!r})", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    failed = sum(not r["ok"] for r in rows)
+    print(
+        f"\n{len(rows)} compiles, {failed} failed, {elapsed:.1f} s "
+        f"({elapsed / len(rows):.2f} s per compile, {args.jobs or default_jobs()} jobs)"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,9 +17,13 @@ Usage::
 
     python -m inception_kernels.aot [--arch 80 90] [--dtype fp32 bf16 fp16] [--kernel SUBSTRING] [--json PATH]
 
-The exit status is non-zero when any row failed. ``TRITON_INTERPRET=1`` in the environment is fine: the tool
-builds fresh ``JITFunction`` objects from the undecorated kernel functions and compiles with the interpreter
-switched off.
+The exit status is non-zero when any row failed (2 when no kernel matched).
+
+Each compile builds a fresh ``JITFunction`` from the undecorated kernel function, so the module-level kernels
+may be interpreter objects. ``TRITON_INTERPRET=1`` is fine too: once ``triton.language`` has been imported
+under it, Triton's own ``@jit`` helpers (``tl.cdiv``, ``tl.sum``, ...) are interpreter objects as well and this
+process cannot compile, so :func:`compile_all` then runs the compiles in fresh Python processes without it.
+Results land in Triton's cache (``~/.triton/cache``): a rerun costs mainly the ``cuobjdump`` calls.
 """
 
 from __future__ import annotations
@@ -132,7 +136,7 @@ def _referenced_names(code: types.CodeType) -> set[str]:
     return names
 
 
-def fresh_jit(fn, _memo: dict | None = None):
+def fresh_jit(fn, _memo: dict | None = None, _jit_kwargs: dict | None = None):
     """A new ``triton.runtime.jit.JITFunction`` for the plain function ``fn``.
 
     Under ``TRITON_INTERPRET=1`` the ``@triton.jit`` helpers a kernel calls are ``InterpretedFunction`` objects
@@ -146,15 +150,19 @@ def fresh_jit(fn, _memo: dict | None = None):
     fn = _kernel_fn(fn)
     if fn in memo:
         return memo[fn]
-    jit_fn = JITFunction(fn)
+    accepted = inspect.signature(JITFunction.__init__).parameters
+    kwargs = {k: v for k, v in (_jit_kwargs or {}).items() if k in accepted and k != "fn"}
+    jit_fn = JITFunction(fn, **kwargs)
     memo[fn] = jit_fn
     replaced = {}
     for name in _referenced_names(fn.__code__):
         val = fn.__globals__.get(name)
         if val is None or isinstance(val, JITFunction):
             continue
-        if type(val).__name__ == "InterpretedFunction" and isinstance(getattr(val, "fn", None), types.FunctionType):
-            replaced[name] = fresh_jit(val.fn, memo)
+        if type(val).__name__ == "InterpretedFunction" and isinstance(
+            getattr(val, "fn", None), types.FunctionType
+        ):
+            replaced[name] = fresh_jit(val.fn, memo, getattr(val, "kwargs", None))
     if replaced:
         jit_fn.__globals__ = {**fn.__globals__, **replaced}
     return jit_fn
@@ -256,8 +264,8 @@ def _nvidia_tool(name: str) -> str:
     raise RuntimeError(f"cannot find {name} (Triton's bundled CUDA tools)")
 
 
-def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
-    """``(registers, stack_bytes, mma_instructions)`` of a single-kernel cubin, via the bundled ``cuobjdump``."""
+def disassemble(cubin: bytes) -> str:
+    """``cuobjdump --dump-resource-usage --dump-sass`` of a cubin (Triton's bundled ``cuobjdump``)."""
     with tempfile.TemporaryDirectory(prefix="ik_aot_") as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -269,8 +277,14 @@ def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
             check=False,
         )
     if proc.returncode != 0:
-        raise RuntimeError(f"cuobjdump failed: {(proc.stderr or proc.stdout).strip().splitlines()[:1]}")
-    out = proc.stdout
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RuntimeError(f"cuobjdump failed: {lines[0] if lines else proc.returncode}")
+    return proc.stdout
+
+
+def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
+    """``(registers, stack_bytes, mma_instructions)`` of a single-kernel cubin."""
+    out = disassemble(cubin)
     regs = _REG_RE.search(out)
     stack = _STACK_RE.search(out)
     if regs is None or stack is None:
@@ -282,75 +296,80 @@ def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------------------------------------
 # One compile
 # ----------------------------------------------------------------------------------------------------------
-def _error_line(e: BaseException) -> str:
+def _error_line(e: BaseException, fn=None) -> str:
+    """One line: the exception type and the first line of its message (for a Triton ``CompilationError``, the
+    kernel source location and the underlying error instead of the source excerpt)."""
     name = type(e).__name__
     node = getattr(e, "node", None)
     if hasattr(e, "error_message") and node is not None:  # triton CompilationError
         msg = e.error_message or (repr(e.__cause__) if e.__cause__ is not None else "")
-        where = f" at {node.lineno}:{node.col_offset}" if hasattr(node, "lineno") else ""
+        where = ""
+        if hasattr(node, "lineno"):
+            where = f" at {node.lineno}:{node.col_offset}"
+            with contextlib.suppress(Exception):  # line numbers count from the kernel's ``def``
+                fn = _kernel_fn(fn)
+                first = inspect.getsourcelines(fn)[1]
+                where = f" at {os.path.basename(inspect.getsourcefile(fn))}:{first + node.lineno - 1}:{node.col_offset}"
         lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
         return f"{name}{where}: {lines[0] if lines else ''}".rstrip(": ")
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return f"{name}: {lines[0]}" if lines else name
 
 
+def compile_kernel(spec, config, dtype: str, arch: int):
+    """``triton.compile`` one (kernel, config, dtype, arch) for ``GPUTarget("cuda", arch, 32)``; raises on failure.
+
+    Returns Triton's ``CompiledKernel`` (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata.shared``, ...). The
+    process must not have imported ``triton.language`` under ``TRITON_INTERPRET=1``.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+
+    if _language_interpreted():
+        raise RuntimeError(
+            "triton.language was imported with TRITON_INTERPRET=1, so this process cannot compile; "
+            "compile_all() compiles in fresh processes then"
+        )
+    target = GPUTarget("cuda", int(arch), 32)
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    if getattr(config, "num_ctas", 1) not in (None, 1):
+        options["num_ctas"] = config.num_ctas
+    if getattr(config, "maxnreg", None) is not None:
+        options["maxnreg"] = config.maxnreg
+    with interpreter_off():
+        jit_fn = fresh_jit(spec.fn)
+        signature, constexprs, pointers = build_signature(jit_fn, config, dict(spec.arg_types(dtype)))
+        src = _make_source(jit_fn, signature, constexprs, pointers, make_backend(target))
+        return triton.compile(src, target=target, options=options)
+
+
 def compile_one(spec, config, dtype: str, arch: int) -> dict:
     """Compile one (kernel, config, dtype, arch) and return its row (never raises)."""
-    row = {
-        "kernel": spec.name,
-        "config": "?",
-        "arch": int(arch),
-        "dtype": dtype,
-        "registers": None,
-        "spill_bytes": None,
-        "shared_bytes": None,
-        "mma_instructions": None,
-        "ok": False,
-        "error": None,
-    }
-    captured = io.StringIO()
+    row = dict.fromkeys(FIELDS)
+    row.update(kernel=spec.name, config="?", arch=int(arch), dtype=dtype, ok=False)
     try:
         row["config"] = config_name(config)
-        import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler.compiler import make_backend
-
-        target = GPUTarget("cuda", int(arch), 32)
-        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-        if getattr(config, "num_ctas", 1) not in (None, 1):
-            options["num_ctas"] = config.num_ctas
-        if getattr(config, "maxnreg", None) is not None:
-            options["maxnreg"] = config.maxnreg
         # ptxas failures print the whole PTX to stdout: keep it out of the table.
-        with interpreter_off(), contextlib.redirect_stdout(captured):
-            jit_fn = fresh_jit(spec.fn)
-            signature, constexprs, pointers = build_signature(jit_fn, config, dict(spec.arg_types(dtype)))
-            src = _make_source(jit_fn, signature, constexprs, pointers, make_backend(target))
-            compiled = triton.compile(src, target=target, options=options)
+        with contextlib.redirect_stdout(io.StringIO()):
+            compiled = compile_kernel(spec, config, dtype, arch)
         row["shared_bytes"] = int(compiled.metadata.shared)
         row["registers"], row["spill_bytes"], row["mma_instructions"] = cubin_stats(compiled.asm["cubin"])
         limit = MAX_SHARED_BYTES.get(int(arch))
         if limit is not None and row["shared_bytes"] > limit:
-            row["error"] = f"OutOfResources: shared memory {row['shared_bytes']} B > sm_{arch} limit {limit} B"
+            row["error"] = (
+                f"OutOfResources: shared memory {row['shared_bytes']} B > sm_{arch} limit {limit} B"
+            )
         else:
             row["ok"] = True
     except Exception as e:  # noqa: BLE001 - a failed compile is a row, not a crash
-        row["error"] = _error_line(e)
+        row["error"] = _error_line(e, spec.fn)
     return row
 
 
 # ----------------------------------------------------------------------------------------------------------
 # All compiles
 # ----------------------------------------------------------------------------------------------------------
-_POOL_SPECS: list = []
-
-
-def _pool_compile(job: tuple[int, int, str, int]) -> dict:
-    si, ci, dtype, arch = job
-    spec = _POOL_SPECS[si]
-    return compile_one(spec, spec.configs[ci], dtype, arch)
-
-
 def registered_kernels() -> list:
     """The registry, filled by importing :mod:`inception_kernels.ops`."""
     import inception_kernels.ops  # noqa: F401 - registers the kernels
@@ -361,6 +380,190 @@ def registered_kernels() -> list:
 
 def default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _truthy_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "off", "no")
+
+
+def interpreter_active() -> bool:
+    """Whether Triton's interpreter is (or was, when ``triton.language`` was imported) on in this process.
+
+    Then ``triton.language``'s own ``@jit`` functions (``tl.cdiv``, ``tl.sum``, ...) are ``InterpretedFunction``
+    objects, which the compiler cannot use, so the compiles must run in fresh processes.
+    """
+    if _truthy_env("TRITON_INTERPRET"):
+        return True
+    knobs = getattr(sys.modules.get("triton"), "knobs", None)
+    if knobs is not None and getattr(knobs.runtime, "interpret", False):
+        return True
+    return _language_interpreted()
+
+
+def _language_interpreted() -> bool:
+    standard = sys.modules.get("triton.language.standard")
+    return standard is not None and type(getattr(standard, "cdiv", None)).__name__ == "InterpretedFunction"
+
+
+# In-process / forked workers: the specs are a module global that forked workers inherit.
+_POOL_SPECS: list = []
+
+
+def _pool_compile(job: tuple[int, int, str, int]) -> dict:
+    si, ci, dtype, arch = job
+    spec = _POOL_SPECS[si]
+    return compile_one(spec, spec.configs[ci], dtype, arch)
+
+
+def _run_in_process(specs: list, jobs: list, n: int) -> list[dict]:
+    global _POOL_SPECS
+    _POOL_SPECS = specs
+    try:
+        if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # fork: the workers inherit the specs (their functions need not be importable or picklable).
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+                return list(pool.map(_pool_compile, jobs))
+        return [_pool_compile(job) for job in jobs]
+    finally:
+        _POOL_SPECS = []
+
+
+# Fresh-process workers: each spec travels as the address of a module-level object.
+def _spec_address(spec) -> dict:
+    fn = _kernel_fn(spec.fn)
+    try:
+        path = inspect.getsourcefile(fn)
+    except TypeError:
+        path = None
+    return {"name": spec.name, "module": fn.__module__, "qualname": fn.__qualname__, "path": path}
+
+
+def _importable(spec) -> bool:
+    """Whether a fresh process can find ``spec`` by importing its function's module (judged from this process)."""
+    try:
+        addr = _spec_address(spec)
+    except TypeError:
+        return False
+    module = sys.modules.get(addr["module"])
+    if addr["module"] == "__main__" or module is None:
+        return False
+    registry = sys.modules.get("inception_kernels.ops._registry")
+    registered = list(registry.KERNELS) if registry is not None else []
+    return any(spec is obj for obj in [*vars(module).values(), *registered])
+
+
+def _is_spec(obj) -> bool:
+    return all(hasattr(obj, a) for a in ("name", "fn", "configs", "arg_types")) and not isinstance(obj, type)
+
+
+def _resolve_spec(addr: dict):
+    import importlib
+    import importlib.util
+
+    def matches(obj) -> bool:
+        if not _is_spec(obj) or obj.name != addr["name"]:
+            return False
+        try:
+            fn = _kernel_fn(obj.fn)
+        except TypeError:
+            return False
+        return fn.__qualname__ == addr["qualname"]
+
+    module = None
+    if addr["module"] != "__main__":
+        try:
+            module = importlib.import_module(addr["module"])
+        except ImportError:
+            module = None
+    if module is None and addr["path"]:
+        mod_name = "_inception_kernels_aot_" + re.sub(r"\W", "_", addr["module"])
+        loader_spec = importlib.util.spec_from_file_location(mod_name, addr["path"])
+        if loader_spec is not None and loader_spec.loader is not None:
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[mod_name] = module
+            loader_spec.loader.exec_module(module)
+    candidates = []
+    if module is not None:
+        for val in vars(module).values():
+            candidates.extend(val if isinstance(val, (list, tuple)) else [val])
+    registry = sys.modules.get("inception_kernels.ops._registry")
+    if registry is not None:
+        candidates.extend(registry.KERNELS)
+    for obj in candidates:
+        if matches(obj):
+            return obj
+    raise LookupError(
+        f"KernelSpec {addr['name']!r} ({addr['module']}.{addr['qualname']}) not found in a fresh process: "
+        "with the Triton interpreter on, specs must be module-level objects or registered on import"
+    )
+
+
+def _worker_main(job_path: str, out_path: str) -> int:
+    """Fresh-process entry point: compile the jobs of ``job_path``, write the rows to ``out_path``."""
+    with open(job_path) as f:
+        work = json.load(f)
+    rows = []
+    resolved: dict[int, object] = {}
+    for job in work["jobs"]:
+        si, ci, dtype, arch = job
+        addr = work["specs"][si]
+        try:
+            if si not in resolved:
+                resolved[si] = _resolve_spec(addr)
+            spec = resolved[si]
+            rows.append(compile_one(spec, spec.configs[ci], dtype, arch))
+        except Exception as e:  # noqa: BLE001
+            rows.append(_failed_row(addr["name"], "?", arch, dtype, _error_line(e)))
+        with open(out_path, "w") as f:  # rewritten after each compile: a crash loses only the current one
+            json.dump(rows, f)
+    return 0
+
+
+def _failed_row(kernel: str, config: str, arch: int, dtype: str, error: str) -> dict:
+    row = dict.fromkeys(FIELDS)
+    row.update(kernel=kernel, config=config, arch=int(arch), dtype=dtype, ok=False, error=error)
+    return row
+
+
+def _run_in_fresh_processes(specs: list, jobs: list, n: int) -> list[dict]:
+    addresses = [_spec_address(s) for s in specs]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    chunks = [list(range(i, len(jobs), n)) for i in range(n)]  # round robin: each worker gets every kernel
+    results: list[dict | None] = [None] * len(jobs)
+    with tempfile.TemporaryDirectory(prefix="ik_aot_") as tmp:
+        procs = []
+        for w, chunk in enumerate(chunks):
+            job_path = os.path.join(tmp, f"jobs{w}.json")
+            out_path = os.path.join(tmp, f"rows{w}.json")
+            with open(job_path, "w") as f:
+                json.dump({"specs": addresses, "jobs": [jobs[i] for i in chunk]}, f)
+            err_path = os.path.join(tmp, f"stderr{w}.txt")
+            cmd = [sys.executable, "-m", "inception_kernels.aot", "--_worker", job_path, out_path]
+            with open(err_path, "w") as err:
+                proc = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                )
+            procs.append((chunk, out_path, err_path, proc))
+        for chunk, out_path, err_path, proc in procs:
+            proc.wait()
+            rows = []
+            if os.path.exists(out_path):
+                with open(out_path) as f:
+                    rows = json.load(f)
+            with open(err_path, errors="replace") as f:
+                lines = [ln for ln in f.read().splitlines() if ln.strip()]
+            crash = f"worker process exited with {proc.returncode}: {lines[-1] if lines else ''}".strip()
+            for k, i in enumerate(chunk):
+                si, ci, dtype, arch = jobs[i]
+                if k < len(rows):
+                    results[i] = rows[k]
+                else:
+                    spec = specs[si]
+                    results[i] = _failed_row(spec.name, config_name(spec.configs[ci]), arch, dtype, crash)
+    return results  # type: ignore[return-value]
 
 
 def compile_all(
@@ -374,15 +577,21 @@ def compile_all(
     """Compile every kernel x config x dtype x arch; one row (a dict with the keys :data:`FIELDS`) each.
 
     ``name_filter`` keeps the kernels whose name contains it. ``specs`` replaces the registry (tests);
-    ``jobs`` is the number of worker processes (default: the CPU count, at most 8; 1 compiles in-process).
-    Rows come back in kernel, config, dtype, arch order.
+    ``jobs`` is the number of worker processes (default: the CPU count, at most 8). Rows come back in
+    kernel, config, dtype, arch order.
+
+    With ``jobs=1`` the compiles run in this process. Otherwise they run in fresh Python processes, which import
+    each spec again: that needs a spec that is a module-level object of an importable module, or is registered
+    when its module is imported (as the package's kernels are); other specs go to forked workers instead. When
+    the Triton interpreter is on here (``TRITON_INTERPRET=1``) the compiles always run in fresh processes
+    without it, and a spec they cannot import gives a failed row.
     """
-    global _POOL_SPECS
+    arches, dtypes = [int(a) for a in arches], list(dtypes)
     specs = registered_kernels() if specs is None else list(specs)
     if name_filter:
         specs = [s for s in specs if name_filter in s.name]
     jobs_list = [
-        (si, ci, dtype, int(arch))
+        (si, ci, dtype, arch)
         for si, spec in enumerate(specs)
         for ci in range(len(spec.configs))
         for dtype in dtypes
@@ -392,16 +601,9 @@ def compile_all(
         return []
     n = default_jobs() if jobs is None else max(1, int(jobs))
     n = min(n, len(jobs_list))
-    _POOL_SPECS = specs
-    try:
-        if n > 1 and "fork" in multiprocessing.get_all_start_methods():
-            # fork: the workers inherit the specs (their functions need not be importable or picklable).
-            ctx = multiprocessing.get_context("fork")
-            with interpreter_off(), ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-                return list(pool.map(_pool_compile, jobs_list))
-        return [_pool_compile(job) for job in jobs_list]
-    finally:
-        _POOL_SPECS = []
+    if interpreter_active() or (n > 1 and all(_importable(s) for s in specs)):
+        return _run_in_fresh_processes(specs, jobs_list, n)
+    return _run_in_process(specs, jobs_list, n)
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -414,6 +616,8 @@ def format_table(rows: Sequence[dict]) -> str:
             return "ok" if v else "FAIL"
         if field == "arch":
             return f"sm_{v}"
+        if field == "error":
+            return v or ""
         return "-" if v is None else str(v)
 
     table = [headers] + [tuple(cell(r, f) for f in FIELDS) for r in rows]
@@ -421,9 +625,10 @@ def format_table(rows: Sequence[dict]) -> str:
     right = {2, 4, 5, 6, 7}  # numbers right-aligned
     out = []
     for line in table:
-        cells = [line[i].rjust(widths[i]) if i in right else line[i].ljust(widths[i]) for i in range(len(widths))]
-        err = line[-1]
-        out.append(("  ".join(cells) + ("  " + err if err not in ("-", "error") or line is table[0] else "")).rstrip())
+        cells = [
+            line[i].rjust(widths[i]) if i in right else line[i].ljust(widths[i]) for i in range(len(widths))
+        ]
+        out.append("  ".join([*cells, line[-1]]).rstrip())
     return "\n".join(out)
 
 
@@ -434,14 +639,21 @@ def write_json(rows: Sequence[dict], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--_worker"]:
+        return _worker_main(*argv[1:3])
     parser = argparse.ArgumentParser(
         prog="python -m inception_kernels.aot",
         description="Compile every registered Triton kernel ahead of time (no GPU needed) and report "
         "registers, spills, shared memory and tensor-core instructions.",
     )
-    parser.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHES), help="compute capabilities")
+    parser.add_argument(
+        "--arch", type=int, nargs="+", default=list(DEFAULT_ARCHES), help="compute capabilities"
+    )
     parser.add_argument("--dtype", nargs="+", default=list(DEFAULT_DTYPES), choices=DEFAULT_DTYPES)
-    parser.add_argument("--kernel", default=None, metavar="NAME_SUBSTRING", help="only kernels whose name has it")
+    parser.add_argument(
+        "--kernel", default=None, metavar="NAME_SUBSTRING", help="only kernels whose name has it"
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as a JSON list")
     parser.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: CPU count)")
     args = parser.parse_args(argv)

@@ -1,0 +1,218 @@
+"""Ahead-of-time compile check (``inception_kernels.aot``): compiles for sm_80 / sm_90a without a GPU.
+
+The toy kernels and their specs live at module level: under ``TRITON_INTERPRET=1`` (no GPU here) the tool
+compiles in fresh processes, which find a spec again by importing its module.
+"""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import triton
+import triton.language as tl
+
+from inception_kernels import aot
+from inception_kernels.ops._registry import KernelSpec
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Toy kernels (undecorated, as the registry holds them)
+# ----------------------------------------------------------------------------------------------------------
+def _toy_gemm(
+    a_ptr, b_ptr, c_ptr,
+    M, N, K, stride_am, stride_bk, stride_cm,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        kk = k * BLOCK_K + rk
+        a = tl.load(a_ptr + rm[:, None] * stride_am + kk[None, :], mask=kk[None, :] < K, other=0.0)
+        b = tl.load(b_ptr + kk[:, None] * stride_bk + rn[None, :], mask=kk[:, None] < K, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def _toy_gemm_types(dt):
+    return {
+        **{p: f"*{dt}" for p in ("a_ptr", "b_ptr", "c_ptr")},
+        **{p: "i32" for p in ("M", "N", "K", "stride_am", "stride_bk", "stride_cm")},
+        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee",
+    }
+
+
+def _toy_broken(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(x_ptr + offs, x + undefined_name, mask=offs < n)  # noqa: F821 - deliberately broken
+
+
+TOY_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3)
+TOY_GEMM = KernelSpec("toy_gemm", _toy_gemm, (TOY_CONFIG,), _toy_gemm_types)
+TOY_BROKEN = KernelSpec(
+    "toy_broken", _toy_broken, (triton.Config({"BLOCK": 128}, num_warps=4, num_stages=1),),
+    lambda dt: {"x_ptr": f"*{dt}", "n": "i32"},
+)  # fmt: skip
+
+
+def _clean_env():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, os.path.dirname(os.path.abspath(__file__))])
+    return env
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure-Python parts
+# ----------------------------------------------------------------------------------------------------------
+def test_config_name():
+    assert aot.config_name(TOY_CONFIG) == "BM64_BN64_BK32_w4_s3"
+    cfg = triton.Config(
+        {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 32, "GROUP_M": 8}, num_warps=4, num_stages=3
+    )
+    assert aot.config_name(cfg) == "BM128_BN64_BC32_GM8_w4_s3"
+    clash = triton.Config({"BLOCK_M": 16, "BIG_M": True}, num_warps=2, num_stages=1)
+    assert aot.config_name(clash) == "BLOCK_M16_BIG_M1_w2_s1"
+
+
+def test_build_signature():
+    jit_fn = aot.fresh_jit(_toy_gemm)
+    sig, constexprs, pointers = aot.build_signature(jit_fn, TOY_CONFIG, _toy_gemm_types("bf16"))
+    assert list(sig) == jit_fn.arg_names
+    assert sig["a_ptr"] == "*bf16" and sig["M"] == "i32" and sig["BLOCK_M"] == "constexpr"
+    assert constexprs == {"DOT_PRECISION": "ieee", "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}
+    assert pointers == [0, 1, 2]
+    missing = {k: v for k, v in _toy_gemm_types("bf16").items() if k != "K"}
+    with pytest.raises(ValueError, match="'K'"):
+        aot.build_signature(jit_fn, TOY_CONFIG, missing)
+    with pytest.raises(ValueError, match="does not have: bogus"):
+        aot.build_signature(jit_fn, TOY_CONFIG, {**_toy_gemm_types("bf16"), "bogus": "i32"})
+
+
+def test_format_table_aligned():
+    rows = [
+        dict(zip(aot.FIELDS, ("k", "BM64_w4_s3", 80, "bf16", 96, 0, 16384, 8, True, None))),
+        dict(zip(aot.FIELDS, ("longer_kernel", "BM16_w4_s3", 90, "fp32", None, None, None, None, False, "Boom: x"))),
+    ]  # fmt: skip
+    lines = aot.format_table(rows).splitlines()
+    assert len(lines) == 3 and lines[0].split()[:4] == ["kernel", "config", "arch", "dtype"]
+    assert lines[1].index("sm_80") == lines[2].index("sm_90")
+    assert lines[2].endswith("FAIL  Boom: x")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compiles
+# ----------------------------------------------------------------------------------------------------------
+def test_toy_gemm_sm80_sm90(tmp_path, monkeypatch):
+    from inception_kernels.ops import _registry
+
+    monkeypatch.setattr(_registry, "KERNELS", [TOY_GEMM, TOY_BROKEN])
+    out = tmp_path / "rows.json"
+    assert (
+        aot.main(["--kernel", "toy_gemm", "--arch", "80", "90", "--dtype", "bf16", "--json", str(out)]) == 0
+    )
+    rows = json.loads(out.read_text())
+    assert [(r["arch"], r["dtype"]) for r in rows] == [(80, "bf16"), (90, "bf16")]
+    for r in rows:
+        assert list(r) == list(aot.FIELDS)
+        assert r["ok"] is True and r["error"] is None, r
+        assert r["kernel"] == "toy_gemm" and r["config"] == "BM64_BN64_BK32_w4_s3"
+        assert 0 < r["registers"] <= 255
+        assert r["spill_bytes"] == 0
+        assert r["shared_bytes"] > 0
+        assert r["mma_instructions"] > 0
+
+
+def test_toy_gemm_hmma_on_sm80_hgmma_on_sm90():
+    """bf16 tl.dot lowers to mma.sync (HMMA) on sm_80 and to wgmma (HGMMA) on sm_90a."""
+    script = (
+        "import json, test_aot\n"
+        "from inception_kernels import aot\n"
+        "out = {}\n"
+        "for arch in (80, 90):\n"
+        "    k = aot.compile_kernel(test_aot.TOY_GEMM, test_aot.TOY_CONFIG, 'bf16', arch)\n"
+        "    sass = aot.disassemble(k.asm['cubin'])\n"
+        "    out[arch] = [sum(f' {op}.' in line for line in sass.splitlines()) for op in ('HMMA', 'HGMMA')]\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=_clean_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    hmma80, hgmma80 = counts["80"]
+    hmma90, hgmma90 = counts["90"]
+    assert hmma80 > 0 and hgmma80 == 0
+    assert hgmma90 > 0 and hmma90 == 0
+
+
+def test_broken_kernel_fails_and_cli_exits_nonzero(tmp_path, monkeypatch, capsys):
+    from inception_kernels.ops import _registry
+
+    monkeypatch.setattr(_registry, "KERNELS", [TOY_GEMM, TOY_BROKEN])
+    out = tmp_path / "rows.json"
+    rc = aot.main(["--kernel", "toy_", "--arch", "80", "--dtype", "fp16", "--json", str(out)])
+    assert rc != 0
+    rows = {r["kernel"]: r for r in json.loads(out.read_text())}
+    assert rows["toy_gemm"]["ok"] is True
+    broken = rows["toy_broken"]
+    assert broken["ok"] is False
+    assert "undefined_name" in broken["error"] and "\n" not in broken["error"]
+    assert broken["error"].startswith("CompilationError at test_aot.py:")
+    assert broken["registers"] is None and broken["mma_instructions"] is None
+    table = capsys.readouterr().out
+    assert "FAIL" in table and "1 failed" in table
+
+
+def test_cli_unknown_kernel_exits_nonzero():
+    proc = subprocess.run(
+        [sys.executable, "-m", "inception_kernels.aot", "--kernel", "no_such_kernel_xyz"],
+        env={**os.environ, **{"PYTHONPATH": _clean_env()["PYTHONPATH"]}},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "no kernels matched" in proc.stderr
+
+
+def test_package_kernels_compile_sm90_bf16():
+    """Every registered kernel x config compiles for sm_90a bf16, and the conv GEMMs run on tensor cores."""
+    specs = aot.registered_kernels()
+    if not specs:
+        pytest.skip("no kernels registered in inception_kernels.ops._registry.KERNELS")
+    rows = aot.compile_all(arches=(90,), dtypes=("bf16",))
+    assert len(rows) == sum(len(s.configs) for s in specs)
+    failed = [r for r in rows if not r["ok"]]
+    assert not failed, "\n" + aot.format_table(failed)
+    gemm_kernels = {
+        s.name for s in specs if s.name.startswith("conv2d") and "tl.dot(" in inspect.getsource(s.fn)
+    }
+    assert gemm_kernels, "no conv2d kernel calls tl.dot"
+    no_mma = [r for r in rows if r["kernel"] in gemm_kernels and r["mma_instructions"] <= 0]
+    assert not no_mma, "\n" + aot.format_table(no_mma)
+
+
+def test_local_spec():
+    """A spec defined inside a function compiles in-process; fresh processes (interpreter on) cannot find it."""
+
+    def local_copy(x_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2, mask=offs < n)
+
+    spec = KernelSpec(
+        "toy_local", local_copy, (triton.Config({"BLOCK": 256}, num_warps=4, num_stages=1),),
+        lambda dt: {"x_ptr": f"*{dt}", "n": "i32"},
+    )  # fmt: skip
+    (row,) = aot.compile_all(arches=(80,), dtypes=("fp32",), specs=[spec])
+    if aot.interpreter_active():
+        assert row["ok"] is False and row["error"].startswith("LookupError: KernelSpec 'toy_local'")
+    else:
+        assert row["ok"] is True and row["mma_instructions"] == 0 and row["config"] == "B256_w4_s1"

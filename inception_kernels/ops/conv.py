@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -430,7 +431,9 @@ def _num_sms(device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def heuristic_config(kind: str, dims: tuple, elem_bytes: int, programs_per_tile: int, sms: int) -> triton.Config:
+def heuristic_config(
+    kind: str, dims: tuple, elem_bytes: int, programs_per_tile: int, sms: int
+) -> triton.Config:
     """One config without timing anything: the largest output tile that still gives every SM a program.
 
     ``dims`` = ((block name, extent), ...); the first two blocks tile the output. Among the configs that survive
@@ -448,7 +451,9 @@ def heuristic_config(kind: str, dims: tuple, elem_bytes: int, programs_per_tile:
     red = "BLOCK_C" if kind == "fwd" else "BLOCK_K"
     full = [c for c in kept if programs(c) * programs_per_tile >= sms]
     if full:
-        return max(full, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.kwargs[red], -c.num_stages))
+        return max(
+            full, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.kwargs[red], -c.num_stages)
+        )
     return max(kept, key=lambda c: (programs(c), c.kwargs[red]))
 
 
@@ -469,7 +474,9 @@ def _launch(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, dev
             kernel[grid](*args, **kwargs)
             return
         else:
-            config = heuristic_config(kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device))
+            config = heuristic_config(
+                kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device)
+            )
     meta = dict(config.kwargs)
     kernel.fn[lambda _: grid({**kwargs, **meta})](
         *args, **kwargs, **meta, num_warps=config.num_warps, num_stages=config.num_stages
@@ -505,12 +512,50 @@ def _new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
+_PACK_CACHE: dict = {}
+_PACK_CACHE_MAX = 1024
+
+
+def packed_weight(
+    weight: torch.Tensor, perm: tuple[int, ...], scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given), in one kernel.
+
+    Unscaled packs are cached per weight tensor and reused while ``weight._version`` is unchanged (an
+    optimizer step or any in-place write invalidates them), so inference repacks each weight once.
+    """
+    cacheable = (
+        scale is None
+        and not torch.compiler.is_compiling()
+        and not (weight.is_cuda and torch.cuda.is_current_stream_capturing())
+    )
+    key = (id(weight), perm)
+    if cacheable:
+        hit = _PACK_CACHE.get(key)
+        if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+            return hit[2]
+    src = weight.permute(*perm)
+    out = torch.empty(src.shape, dtype=weight.dtype, device=weight.device)
+    if scale is None:
+        out.copy_(src)
+    else:
+        k_dim = perm.index(0)
+        view = [1] * weight.dim()
+        view[k_dim] = -1
+        torch.mul(src, scale.to(weight.dtype).view(view), out=out)
+    if cacheable:
+        if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
+            _PACK_CACHE.clear()
+        _PACK_CACHE[key] = (weakref.ref(weight), weight._version, out)
+    return out
+
+
 def conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None):
     """Launch the forward kernel writing ``out`` (any NHWC-strided (N, K, P, Q) view)."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = out.shape
-    wp = weight.permute(2, 3, 1, 0).contiguous()  # (R, S, C, K)
+    wp = packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K)
     dummy = wp
     res = residual if residual is not None else out
     grid = lambda meta: (triton.cdiv(N * P * Q, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
@@ -566,8 +611,7 @@ def conv_bwd(
 
     dx = None
     if need_x:
-        wd = weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
-        wd = wd.permute(2, 3, 0, 1).contiguous()  # (R, S, K, C)
+        wd = packed_weight(weight, (2, 3, 0, 1), scale)  # (R, S, K, C), scale folded in
         dx = _new_cl((N, C, H, W), x)
         phases = stride[0] * stride[1]
         Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
@@ -763,32 +807,71 @@ def _(grad_out, x, weight, scale, y, stride, padding, residual_scale, relu, need
 def _fwd_setup_context(ctx, inputs, output):
     x, weight, scale, bias, residual, stride, padding, residual_scale, relu = inputs
     ctx.save_for_backward(x, weight, scale, output)
+    _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu)
+
+
+def _fwd_backward(ctx, grad_out):
+    x, weight, scale, y = ctx.saved_tensors
+    stride, padding, residual_scale, relu = ctx.conf
+    grads = _run_backward(
+        ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu, direct=False
+    )
+    return grads + (None,) * 4
+
+
+def _run_backward(
+    ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu, first=0, direct=True
+):
+    """Gradients of (x, weight, scale, bias, residual), whose ``needs_input_grad`` flags start at ``first``."""
+    nig = ctx.needs_input_grad[first : first + 5]
+    need = (nig[0], nig[1], ctx.has_scale and nig[2], ctx.has_bias and nig[3], ctx.has_res and nig[4])
+    if not any(need):
+        return (None,) * 5
+    if direct and _eager_direct(x) and type(grad_out) in _PLAIN_TENSORS:
+        return conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
+    grads = torch.ops.inception_kernels.conv2d_bwd(
+        grad_out, x, weight, scale, y, list(stride), list(padding), residual_scale, relu, list(need)
+    )
+    return tuple(g if wanted else None for g, wanted in zip(grads, need))
+
+
+def _eager_direct(x: torch.Tensor) -> bool:
+    """Outside torch.compile, call the launchers directly: the torch.library dispatch of a Python custom op
+    costs tens of microseconds per call, more than a small Inception layer takes on the GPU. Under
+    torch.compile the registered ops are used, so graphs see opaque, correctly-faked ops."""
+    return type(x) in _PLAIN_TENSORS and not torch.compiler.is_compiling() and _use_triton(x)
+
+
+# Fake, functional and other tracing tensor subclasses must go through the registered ops.
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu):
     ctx.conf = (tuple(stride), tuple(padding), float(residual_scale), bool(relu))
     ctx.has_scale = scale is not None
     ctx.has_bias = bias is not None
     ctx.has_res = residual is not None
 
 
-def _fwd_backward(ctx, grad_out):
-    x, weight, scale, y = ctx.saved_tensors
-    stride, padding, residual_scale, relu = ctx.conf
-    return (
-        _run_backward(ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu) + (None,) * 4
-    )
-
-
-def _run_backward(ctx, grad_out, x, weight, scale, y, stride, padding, residual_scale, relu):
-    nig = ctx.needs_input_grad
-    need = [nig[0], nig[1], ctx.has_scale and nig[2], ctx.has_bias and nig[3], ctx.has_res and nig[4]]
-    if not any(need):
-        return (None,) * 5
-    grads = torch.ops.inception_kernels.conv2d_bwd(
-        grad_out, x, weight, scale, y, list(stride), list(padding), residual_scale, relu, need
-    )
-    return tuple(g if wanted else None for g, wanted in zip(grads, need))
-
-
 _conv2d_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+class _Conv2dFn(torch.autograd.Function):
+    """Eager autograd of the functional form: launchers called directly (no op dispatch); the ReLU mask comes
+    from the saved output. Traced code uses the registered op and its ``register_autograd`` instead."""
+
+    @staticmethod
+    def forward(ctx, x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
+        y = _new_cl(out_shape(x.shape, weight.shape, stride, padding), x)
+        conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, y)
+        ctx.save_for_backward(x, weight, scale, y)
+        _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, scale, y = ctx.saved_tensors
+        return _run_backward(ctx, grad_out, x, weight, scale, y, *ctx.conf) + (None,) * 4
 
 
 class _Conv2dIntoSlice(torch.autograd.Function):
@@ -804,31 +887,31 @@ class _Conv2dIntoSlice(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
-        torch.ops.inception_kernels.conv2d_fwd_out(
-            x, weight, scale, bias, residual, list(stride), list(padding), residual_scale, relu, out
-        )
+        _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
         ctx.mark_dirty(out)
         ctx.save_for_backward(x, weight, scale)
         ctx.y = out.detach()
-        ctx.conf = (tuple(stride), tuple(padding), float(residual_scale), bool(relu))
-        ctx.has_scale = scale is not None
-        ctx.has_bias = bias is not None
-        ctx.has_res = residual is not None
+        _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, scale = ctx.saved_tensors
-        nig = ctx.needs_input_grad
-        ctx.needs_input_grad = nig[1:]  # _run_backward indexes (x, weight, scale, bias, residual)
-        try:
-            grads = _run_backward(ctx, grad_out, x, weight, scale, ctx.y, *ctx.conf)
-        finally:
-            ctx.needs_input_grad = nig
+        grads = _run_backward(ctx, grad_out, x, weight, scale, ctx.y, *ctx.conf, first=1)
         # The old contents of the slice were overwritten: their gradient is zero. CopySlices copies it into the
         # buffer's gradient, so an expanded scalar suffices (None would drop the whole buffer's gradient).
         zero = grad_out.new_zeros(()).expand_as(grad_out)
         return (zero,) + grads + (None,) * 4
+
+
+def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out):
+    if _eager_direct(x):
+        _check_no_alias(out, x, residual)
+        conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
+    else:
+        torch.ops.inception_kernels.conv2d_fwd_out(
+            x, weight, scale, bias, residual, list(stride), list(padding), residual_scale, relu, out
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -992,18 +1075,23 @@ def conv2d(
         if out is None:
             return y.contiguous(memory_format=torch.channels_last)
         return out.copy_(y)
-    if out is None:
-        return torch.ops.inception_kernels.conv2d_fwd(
-            x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu
-        )
     tensors = (x, weight, scale, bias, residual)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if out is None:
+        if not _eager_direct(x):
+            # torch.compile / export / fake tensors: the registered op, with its registered autograd.
+            return torch.ops.inception_kernels.conv2d_fwd(
+                x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu
+            )
+        if needs_grad:
+            return _Conv2dFn.apply(x, weight, scale, bias, residual, stride_t, pad, rs, relu)
+        y = _new_cl(out_shape(x.shape, weight.shape, stride_t, pad), x)
+        return conv_fwd_into(x, weight, scale, bias, residual, stride_t, pad, rs, relu, y)
+    if needs_grad:
         # Dynamo cannot trace autograd.Function.mark_dirty: under torch.compile use the functional form for
         # training (or the block engine, which owns its buffer's backward).
         return _Conv2dIntoSlice.apply(out, x, weight, scale, bias, residual, stride_t, pad, rs, relu)
-    torch.ops.inception_kernels.conv2d_fwd_out(
-        x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu, out
-    )
+    _fwd_into(x, weight, scale, bias, residual, stride_t, pad, rs, relu, out)
     return out
 
 

@@ -114,6 +114,10 @@ def _value_str(v) -> str:
 
 
 def _is_type_string(v) -> bool:
+    """A Triton type such as ``"*bf16"`` or ``"i32"``; ``"i32:16"`` is an integer known to be a multiple of 16
+    (what the JIT infers at run time for, e.g., channels_last strides when the channel count is)."""
+    if isinstance(v, str) and v.endswith(":16"):
+        v = v[:-3]
     return isinstance(v, str) and (v.startswith("*") or v in _SCALAR_TYPES)
 
 
@@ -198,9 +202,11 @@ def build_signature(jit_fn, config, arg_values: dict) -> tuple[dict, dict, dict]
         else:
             raise ValueError(f"no type or value for parameter {name!r}")
         if not p.is_constexpr and _is_type_string(val):
+            divisible = val.startswith("*") or val.endswith(":16")
+            val = val.removesuffix(":16")
             signature[name] = val
-            if val.startswith("*"):
-                pointers.append(i)
+            if divisible:
+                pointers.append(i)  # 16-divisibility attribute, as the JIT gives aligned pointers
         else:
             signature[name] = "constexpr"
             constexprs[name] = val

@@ -292,3 +292,14 @@ def test_heuristic_config_fills_the_gpu_and_fits_the_problem(kind):
     small = (("BLOCK_M", 20), ("BLOCK_N", 3), (red, 5))
     cfg = conv.heuristic_config(kind, small, 4, 1, 132)
     assert cfg.kwargs["BLOCK_N"] <= 16 or cfg is min(configs, key=conv._tile_volume)
+
+
+def test_index_type_switches_to_64_bit_past_2_31_elements():
+    import triton.language as tl
+
+    small = torch.empty((8, 64, 35, 35), device="meta").to(memory_format=torch.channels_last)
+    assert conv.index_type(small, None) == tl.int32
+    # a channel slice of a huge buffer counts by the span of its strides, not its own numel
+    huge_slice = torch.empty((64, 2048, 128, 128), device="meta").to(memory_format=torch.channels_last)[:, :16]
+    assert huge_slice.numel() < 2**31
+    assert conv.index_type(small, huge_slice) == tl.int64

@@ -20,6 +20,7 @@ bias-grad partial sums), then dgrad and wgrad read its result.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import weakref
@@ -50,7 +51,7 @@ def _conv_fwd(
     res_scale,
     R: tl.constexpr, S: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -76,7 +77,7 @@ def _conv_fwd(
     n = t // P
     h_base = p * stride_h - pad_t
     w_base = q * stride_w - pad_l
-    x_row = x_ptr + n.to(tl.int64) * sxn
+    x_row = x_ptr + n.to(IDX_T) * sxn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     num_cb = tl.cdiv(C, BLOCK_C)
@@ -91,9 +92,7 @@ def _conv_fwd(
         valid = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
         cc = cb * BLOCK_C + offs_c
         mask_c = cc < C
-        a_ptrs = (x_row + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + cc.to(tl.int64)[
-            None, :
-        ] * sxc
+        a_ptrs = (x_row + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None] + cc.to(IDX_T)[None, :] * sxc
         a = tl.load(a_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
         b_ptrs = w_ptr + (rs * C + cc)[:, None] * K + offs_n[None, :]
         b = tl.load(b_ptrs, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
@@ -104,16 +103,16 @@ def _conv_fwd(
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     acc = acc * res_scale
-    n64 = n.to(tl.int64)
-    p64 = p.to(tl.int64)
-    q64 = q.to(tl.int64)
+    n64 = n.to(IDX_T)
+    p64 = p.to(IDX_T)
+    q64 = q.to(IDX_T)
     mask_out = mask_m[:, None] & mask_n[None, :]
     if HAS_RES:
-        r_ptrs = res_ptr + (n64 * srn + p64 * srp + q64 * srq)[:, None] + offs_n.to(tl.int64)[None, :] * srk
+        r_ptrs = res_ptr + (n64 * srn + p64 * srp + q64 * srq)[:, None] + offs_n.to(IDX_T)[None, :] * srk
         acc = acc + tl.load(r_ptrs, mask=mask_out, other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    o_ptrs = out_ptr + (n64 * son + p64 * sop + q64 * soq)[:, None] + offs_n.to(tl.int64)[None, :] * sok
+    o_ptrs = out_ptr + (n64 * son + p64 * sop + q64 * soq)[:, None] + offs_n.to(IDX_T)[None, :] * sok
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
 
 
@@ -123,7 +122,7 @@ def _epilogue_bwd(
     sgn, sgk, sgp, sgq,
     syn, syk, syp, syq,
     res_scale,
-    RELU: tl.constexpr, WRITE_GRES: tl.constexpr,
+    RELU: tl.constexpr, WRITE_GRES: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """gz = grad_out · [y > 0]; gres = gz; gp = residual_scale · gz (contiguous NHWC); bias partials Σ_m gp."""
@@ -134,17 +133,17 @@ def _epilogue_bwd(
     mask_m = offs_m < M
     mask_k = offs_k < K
     mask = mask_m[:, None] & mask_k[None, :]
-    q = (offs_m % Q).to(tl.int64)
+    q = (offs_m % Q).to(IDX_T)
     t = offs_m // Q
-    p = (t % P).to(tl.int64)
-    n = (t // P).to(tl.int64)
-    k64 = offs_k.to(tl.int64)
+    p = (t % P).to(IDX_T)
+    n = (t // P).to(IDX_T)
+    k64 = offs_k.to(IDX_T)
     g = tl.load(g_ptr + (n * sgn + p * sgp + q * sgq)[:, None] + k64[None, :] * sgk, mask=mask, other=0.0)
     g = g.to(tl.float32)
     if RELU:
         y = tl.load(y_ptr + (n * syn + p * syp + q * syq)[:, None] + k64[None, :] * syk, mask=mask, other=0.0)
         g = tl.where(y > 0, g, 0.0)
-    dense = offs_m.to(tl.int64)[:, None] * K + k64[None, :]
+    dense = offs_m.to(IDX_T)[:, None] * K + k64[None, :]
     if WRITE_GRES:
         tl.store(gres_ptr + dense, g.to(gres_ptr.dtype.element_ty), mask=mask)
     gp = g * res_scale
@@ -159,7 +158,7 @@ def _conv_dgrad(
     sdn, sdc, sdh, sdw,
     stride_h, stride_w, pad_t, pad_l,
     R: tl.constexpr, S: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """dx[n, h, w, c] = Σ_{r, s, k} g[n, p, q, k] · w[r, s, k, c] with h = p·stride_h − pad_t + r.
@@ -197,7 +196,7 @@ def _conv_dgrad(
     mask_m = (offs_m < M) & (h < H) & (w < W)
     hb = (h + pad_t) // stride_h
     wb = (w + pad_l) // stride_w
-    g_row = g_ptr + n.to(tl.int64) * sgn
+    g_row = g_ptr + n.to(IDX_T) * sgn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     taps_r = (R - a + stride_h - 1) // stride_h
@@ -215,9 +214,7 @@ def _conv_dgrad(
         valid = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
         kk = kb * BLOCK_K + offs_k
         mask_k = kk < K
-        a_ptrs = (g_row + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None] + kk.to(tl.int64)[
-            None, :
-        ] * sgk
+        a_ptrs = (g_row + p.to(IDX_T) * sgp + q.to(IDX_T) * sgq)[:, None] + kk.to(IDX_T)[None, :] * sgk
         g = tl.load(a_ptrs, mask=valid[:, None] & mask_k[None, :], other=0.0)
         b_ptrs = w_ptr + ((r * S + s) * K + kk)[:, None] * C + offs_n[None, :]
         wt = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -225,8 +222,8 @@ def _conv_dgrad(
 
     d_ptrs = (
         dx_ptr
-        + (n.to(tl.int64) * sdn + h.to(tl.int64) * sdh + w.to(tl.int64) * sdw)[:, None]
-        + offs_n.to(tl.int64)[None, :] * sdc
+        + (n.to(IDX_T) * sdn + h.to(IDX_T) * sdh + w.to(IDX_T) * sdw)[:, None]
+        + offs_n.to(IDX_T)[None, :] * sdc
     )
     tl.store(d_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -239,7 +236,7 @@ def _conv_wgrad(
     stride_h, stride_w, pad_t, pad_l,
     rows_per_split,
     R: tl.constexpr, S: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Partial weight gradient of one split: ws[split, k, c, r, s] = Σ_{m in split} g[m, k] · x[m ⊕ (r, s), c].
@@ -269,27 +266,27 @@ def _conv_wgrad(
         q = offs_r % Q
         t = offs_r // Q
         p = t % P
-        n = (t // P).to(tl.int64)
+        n = (t // P).to(IDX_T)
         h = p * stride_h - pad_t + r
         w = q * stride_w - pad_l + s
         valid = mask_r & (h >= 0) & (h < H) & (w >= 0) & (w < W)
         g_ptrs = (
             g_ptr
-            + (n * sgn + p.to(tl.int64) * sgp + q.to(tl.int64) * sgq)[:, None]
-            + offs_k.to(tl.int64)[None, :] * sgk
+            + (n * sgn + p.to(IDX_T) * sgp + q.to(IDX_T) * sgq)[:, None]
+            + offs_k.to(IDX_T)[None, :] * sgk
         )
         g = tl.load(g_ptrs, mask=mask_r[:, None] & mask_k[None, :], other=0.0)
         x_ptrs = (
             x_ptr
-            + (n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None]
-            + offs_c.to(tl.int64)[None, :] * sxc
+            + (n * sxn + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None]
+            + offs_c.to(IDX_T)[None, :] * sxc
         )
         xv = tl.load(x_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
         acc = tl.dot(tl.trans(g), xv, acc, input_precision=DOT_PRECISION)
     ws_ptrs = (
         ws_ptr
-        + split.to(tl.int64) * K * C * (R * S)
-        + (offs_k[:, None] * C + offs_c[None, :]).to(tl.int64) * (R * S)
+        + split.to(IDX_T) * K * C * (R * S)
+        + (offs_k[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S)
         + rs
     )
     tl.store(ws_ptrs, acc, mask=mask_k[:, None] & mask_c[None, :])
@@ -486,6 +483,17 @@ def _launch(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, dev
 # ----------------------------------------------------------------------------------------------------------
 # Launchers (tensors already validated; all channels_last-strided)
 # ----------------------------------------------------------------------------------------------------------
+def index_type(*tensors: torch.Tensor | None):
+    """tl.int32 offsets when every element of every tensor is reachable in 31 bits, else tl.int64.
+
+    64-bit offset arithmetic costs registers in every [BLOCK, BLOCK] pointer tile; it is only paid for when a
+    tensor really spans 2**31 elements (checked from sizes and strides, so slices of huge buffers count)."""
+    for t in tensors:
+        if t is not None and sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) >= 2**31 - 1:
+            return tl.int64
+    return tl.int32
+
+
 def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     if dtype != torch.float32 or device.type != "cuda":
         return "ieee"
@@ -569,7 +577,7 @@ def conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_sc
         stride[0], stride[1], padding[0], padding[2],
         float(residual_scale),
         R=R, S=S, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-        RELU=bool(relu), DOT_PRECISION=_dot_precision(x.dtype, x.device),
+        RELU=bool(relu), DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=index_type(x, out, residual),
     )  # fmt: skip
     return out
 
@@ -598,11 +606,12 @@ def conv_bwd(
     bm, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_K"]
     gbias_part = _new_buf((triton.cdiv(M, bm), K), dev)
     ysrc = y if relu else grad_out
+    idx = index_type(grad_out, x, y, gp)
     _epilogue_bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(K, bk))](
         grad_out, ysrc, gp, gres, gbias_part,
         M, K, P, Q, *grad_out.stride(), *ysrc.stride(),
         float(residual_scale),
-        RELU=bool(relu), WRITE_GRES=bool(need_res), BLOCK_M=bm, BLOCK_K=bk,
+        RELU=bool(relu), WRITE_GRES=bool(need_res), IDX_T=idx, BLOCK_M=bm, BLOCK_K=bk,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     dbias = gbias_part.sum(0) if need_bias else None
@@ -625,7 +634,7 @@ def conv_bwd(
             gp, wd, dx,
             N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(),
             stride[0], stride[1], padding[0], padding[2],
-            R=R, S=S, DOT_PRECISION=prec,
+            R=R, S=S, DOT_PRECISION=prec, IDX_T=idx,
         )  # fmt: skip
 
     dw = dscale = None
@@ -649,7 +658,7 @@ def conv_bwd(
             N, C, H, W, K, P, Q, *x.stride(), *gp.stride(),
             stride[0], stride[1], padding[0], padding[2],
             rows,
-            R=R, S=S, DOT_PRECISION=prec,
+            R=R, S=S, DOT_PRECISION=prec, IDX_T=idx,
         )  # fmt: skip
         g_unscaled = ws.sum(0)  # fixed-order reduction over splits: deterministic
         if need_w:
@@ -1098,53 +1107,72 @@ def conv2d(
 # ----------------------------------------------------------------------------------------------------------
 # AOT registration: the Triton types of each kernel's runtime arguments per dtype
 # ----------------------------------------------------------------------------------------------------------
+# The AOT table describes the common run-time case: channels_last tensors whose channel counts are multiples of
+# 16. The JIT then specializes the channel stride to the constant 1 and marks the other strides 16-divisible.
+_UNIT_STRIDES = {"sxc": 1, "sok": 1, "srk": 1, "sgk": 1, "sdc": 1, "syk": 1}
+
+
+def _for(fn, types: dict) -> dict:
+    """Keep the entries that name parameters of ``fn`` (the shared stride table names all kernels' strides)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in types.items() if k in params}
+
+
 def _types(names: str, ty: str) -> dict[str, str]:
     return {n.strip(): ty for n in names.split(",") if n.strip()}
 
 
 @functools.cache
 def _fwd_arg_types(dt: str) -> dict[str, object]:
-    return {
+    return _for(_conv_fwd, {
         **_types("x_ptr, w_ptr, out_ptr, res_ptr", f"*{dt}"),
         **_types("scale_ptr, bias_ptr", "*fp32"),
-        **_types("N, C, H, W, K, P, Q, sxn, sxc, sxh, sxw, son, sok, sop, soq, srn, srk, srp, srq", "i32"),
+        **_types("N, H, W, P, Q", "i32"),
+        **_types("C, K", "i32:16"),
+        **_types("sxn, sxh, sxw, son, sop, soq, srn, srp, srq", "i32:16"),
         **_types("stride_h, stride_w, pad_t, pad_l", "i32"),
         "res_scale": "fp32",
         "R": 3, "S": 3, "HAS_SCALE": True, "HAS_BIAS": True, "HAS_RES": True, "RELU": True,
-        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee",
-    }  # fmt: skip
+        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+    })  # fmt: skip
 
 
 @functools.cache
 def _dgrad_arg_types(dt: str) -> dict[str, object]:
-    return {
+    return _for(_conv_dgrad, {
         **_types("g_ptr, w_ptr, dx_ptr", f"*{dt}"),
-        **_types("N, C, H, W, K, P, Q, sgn, sgk, sgp, sgq, sdn, sdc, sdh, sdw", "i32"),
+        **_types("N, H, W, P, Q", "i32"),
+        **_types("C, K", "i32:16"),
+        **_types("sgn, sgp, sgq, sdn, sdh, sdw", "i32:16"),
         **_types("stride_h, stride_w, pad_t, pad_l", "i32"),
-        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee",
-    }  # fmt: skip
+        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+    })  # fmt: skip
 
 
 @functools.cache
 def _wgrad_arg_types(dt: str) -> dict[str, object]:
-    return {
+    return _for(_conv_wgrad, {
         **_types("x_ptr, g_ptr", f"*{dt}"),
         "ws_ptr": "*fp32",
-        **_types("N, C, H, W, K, P, Q, sxn, sxc, sxh, sxw, sgn, sgk, sgp, sgq", "i32"),
+        **_types("N, H, W, P, Q", "i32"),
+        **_types("C, K", "i32:16"),
+        **_types("sxn, sxh, sxw, sgn, sgp, sgq", "i32:16"),
         **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split", "i32"),
-        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee",
-    }  # fmt: skip
+        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+    })  # fmt: skip
 
 
 @functools.cache
 def _epi_arg_types(dt: str) -> dict[str, object]:
-    return {
+    return _for(_epilogue_bwd, {
         **_types("g_ptr, y_ptr, gp_ptr, gres_ptr", f"*{dt}"),
         "gbias_ptr": "*fp32",
-        **_types("M, K, P, Q, sgn, sgk, sgp, sgq, syn, syk, syp, syq", "i32"),
+        **_types("M, P, Q", "i32"),
+        **_types("K", "i32:16"),
+        **_types("sgn, sgp, sgq, syn, syp, syq", "i32:16"),
         "res_scale": "fp32",
-        "RELU": True, "WRITE_GRES": True,
-    }  # fmt: skip
+        "RELU": True, "WRITE_GRES": True, "IDX_T": tl.int32, **_UNIT_STRIDES,
+    })  # fmt: skip
 
 
 register_kernel(KernelSpec("conv2d_fwd", _conv_fwd, FWD_CONFIGS, _fwd_arg_types))

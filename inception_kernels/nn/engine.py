@@ -1,0 +1,368 @@
+"""The block engine: one executor for every Inception block, described as data.
+
+A block is a small tree. Each top-level :class:`Branch` is a chain of layers (:class:`Conv`, :class:`Pool`) that
+may end in a fork (sub-branches reading the chain's output, as Inception-v3's E block and Inception-v4's C block).
+Every leaf owns a channel range of the block output, in table order. The merge is either
+
+* ``"concat"``: leaves write into their slice of one preallocated channels_last buffer (no ``torch.cat``), or
+* ``"residual"``: ``act(x + scale · (W · concat + b))`` — the concat buffer feeds a linear 1×1 up-projection whose
+  epilogue adds the scaled residual (Inception-ResNet).
+
+Execution modes (per call): ``reference`` is plain PyTorch (conv, batch_norm, relu, pools, ``torch.cat``) — the
+oracle; eval writes every leaf straight into its slice with BN folded, and runs sibling 1×1 convs that read the
+block input as one GEMM whose output channels are split between the leaf slice and a temporary (horizontal
+fusion); train uses our conv with ``nn.BatchNorm2d`` on batch statistics and writes leaves into their slices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import _backend
+from ..ops import conv as conv_ops
+from .layers import ConvBNAct, _pair, _VersionCache
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The table vocabulary
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Conv:
+    """A convolution. ``bn=True``: conv → BN → ReLU (``ConvBNAct``, state-dict prefix ``name``). ``bn=False``:
+    a linear conv with bias (a plain ``nn.Conv2d`` named ``name``), used for residual up-projections."""
+
+    name: str
+    out: int
+    kernel: int | tuple[int, int] = 1
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 0
+    bn: bool = True
+    act: bool = True
+
+
+@dataclass(frozen=True)
+class Pool:
+    kind: str  # "max" or "avg"
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 0
+    count_include_pad: bool = True
+    ceil_mode: bool = False
+
+
+@dataclass(frozen=True)
+class Branch:
+    layers: tuple = ()
+    fork: tuple = ()  # sub-branches reading this chain's output; then the leaves are the fork's branches
+
+
+@dataclass(frozen=True)
+class Block:
+    branches: tuple
+    merge: str = "concat"  # or "residual"
+    proj: Conv | None = None  # residual: the linear 1x1 up-projection (bn=False)
+    scale: float = 1.0  # residual scale
+    act: bool = True  # residual: ReLU after the sum
+
+
+def branch(*layers, fork=()) -> Branch:
+    return Branch(tuple(layers), tuple(fork))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shape arithmetic
+# ----------------------------------------------------------------------------------------------------------
+def _out_size(size: int, k: int, s: int, p: int, ceil: bool = False) -> int:
+    span = size + 2 * p - k
+    n = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (n - 1) * s >= size + p:
+        n -= 1
+    return n
+
+
+def layer_hw(layer, hw: tuple[int, int]) -> tuple[int, int]:
+    if isinstance(layer, Conv):
+        (kh, kw), (sh, sw), (ph, pw) = _pair(layer.kernel), _pair(layer.stride), _pair(layer.padding)
+        return _out_size(hw[0], kh, sh, ph), _out_size(hw[1], kw, sw, pw)
+    k, s, p = layer.kernel, layer.stride, layer.padding
+    return _out_size(hw[0], k, s, p, layer.ceil_mode), _out_size(hw[1], k, s, p, layer.ceil_mode)
+
+
+def _pool(layer: Pool, x: torch.Tensor) -> torch.Tensor:
+    if layer.kind == "max":
+        return F.max_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
+    return F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode,
+                        count_include_pad=layer.count_include_pad)  # fmt: skip
+
+
+def _new_like(x: torch.Tensor, channels: int, hw: tuple[int, int]) -> torch.Tensor:
+    return torch.empty((x.shape[0], channels, *hw), device=x.device, dtype=x.dtype,
+                       memory_format=torch.channels_last)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Module construction helpers
+# ----------------------------------------------------------------------------------------------------------
+def set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    """Register ``module`` at ``dotted`` (e.g. ``"branch1.0"``), creating ModuleDict containers on the way, so
+    that state-dict keys match the reference implementation's ``nn.Sequential`` layout."""
+    parts = dotted.split(".")
+    node = root
+    for p in parts[:-1]:
+        if p not in node._modules:
+            node.add_module(p, nn.ModuleDict())
+        node = node._modules[p]
+    node.add_module(parts[-1], module)
+
+
+def get_submodule(root: nn.Module, dotted: str) -> nn.Module:
+    node = root
+    for p in dotted.split("."):
+        node = node._modules[p]
+    return node
+
+
+def make_layer(layer: Conv, in_channels: int, eps: float = 1e-3) -> nn.Module:
+    if layer.bn:
+        return ConvBNAct(
+            in_channels, layer.out, layer.kernel, layer.stride, layer.padding, eps=eps, act=layer.act
+        )
+    return nn.Conv2d(
+        in_channels, layer.out, layer.kernel, stride=layer.stride, padding=layer.padding, bias=True
+    )
+
+
+def _chain_channels(layers, c: int) -> int:
+    for layer in layers:
+        if isinstance(layer, Conv):
+            c = layer.out
+    return c
+
+
+@dataclass
+class _Leaf:
+    lo: int
+    hi: int
+
+
+@dataclass
+class _Plan:
+    """Precomputed structure of a block: leaf channel ranges and the horizontal-fusion group."""
+
+    leaves: list = field(default_factory=list)  # per top-level branch: _Leaf, or a list of _Leaf for a fork
+    out_channels: int = 0
+    hfuse: list = field(default_factory=list)  # indices of top-level branches fused at their first 1x1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The block module
+# ----------------------------------------------------------------------------------------------------------
+class InceptionBlock(nn.Module):
+    """Executes one :class:`Block` table. ``in_channels`` is the channel count of the block input."""
+
+    def __init__(self, in_channels: int, spec: Block, eps: float = 1e-3, hfuse: bool = True):
+        super().__init__()
+        self.spec = spec
+        self.in_channels = in_channels
+        plan = _Plan()
+        offset = 0
+        for br in spec.branches:
+            c = in_channels
+            for layer in br.layers:
+                if isinstance(layer, Conv):
+                    set_submodule(self, layer.name, make_layer(layer, c, eps))
+                c = _chain_channels((layer,), c)
+            if br.fork:
+                sub = []
+                for fb in br.fork:
+                    fc = c
+                    for layer in fb.layers:
+                        if isinstance(layer, Conv):
+                            set_submodule(self, layer.name, make_layer(layer, fc, eps))
+                        fc = _chain_channels((layer,), fc)
+                    sub.append(_Leaf(offset, offset + fc))
+                    offset += fc
+                plan.leaves.append(sub)
+            else:
+                plan.leaves.append(_Leaf(offset, offset + c))
+                offset += c
+        plan.out_channels = offset
+        if spec.merge == "residual":
+            if spec.proj is None or spec.proj.bn:
+                raise ValueError("a residual block needs a linear (bn=False) up-projection `proj`")
+            set_submodule(self, spec.proj.name, make_layer(spec.proj, offset, eps))
+            if spec.proj.out != in_channels:
+                raise ValueError(
+                    f"residual up-projection gives {spec.proj.out} channels, block input has {in_channels}"
+                )
+        # Horizontal fusion: top-level branches whose first layer is a stride-1, unpadded 1x1 ConvBNAct reading x.
+        firsts = [
+            i for i, br in enumerate(spec.branches)
+            if br.layers and isinstance(br.layers[0], Conv) and br.layers[0].bn
+            and _pair(br.layers[0].kernel) == (1, 1) and _pair(br.layers[0].stride) == (1, 1)
+            and _pair(br.layers[0].padding) == (0, 0)
+        ]  # fmt: skip
+        leaf_firsts = [i for i in firsts if len(spec.branches[i].layers) == 1 and not spec.branches[i].fork]
+        if hfuse and len(firsts) >= 2 and len(leaf_firsts) <= 1:
+            # the (at most one) leaf goes first: its channels land in the block output, the rest in a temporary
+            plan.hfuse = leaf_firsts + [i for i in firsts if i not in leaf_firsts]
+        self.plan = plan
+        self._hcache = _VersionCache()
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.proj.out if self.spec.merge == "residual" else self.plan.out_channels
+
+    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        br = self.spec.branches[0]
+        for layer in br.layers:
+            hw = layer_hw(layer, hw)
+        if br.fork:
+            for layer in br.fork[0].layers:
+                hw = layer_hw(layer, hw)
+        return hw
+
+    # -------------------------------------------------------------------------------------------- reference
+    def _run_ref(self, layers, x):
+        for layer in layers:
+            if isinstance(layer, Pool):
+                x = _pool(layer, x)
+            elif layer.bn:
+                x = self._layer(layer)(x, reference=True)
+            else:
+                x = self._layer(layer)(x)
+        return x
+
+    def _layer(self, layer: Conv):
+        return get_submodule(self, layer.name)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for br in self.spec.branches:
+            y = self._run_ref(br.layers, x)
+            if br.fork:
+                outs.extend(self._run_ref(fb.layers, y) for fb in br.fork)
+            else:
+                outs.append(y)
+        cat = torch.cat(outs, 1)
+        if self.spec.merge == "concat":
+            return cat
+        y = x + self.spec.scale * self._layer(self.spec.proj)(cat)
+        return F.relu(y) if self.spec.act else y
+
+    # -------------------------------------------------------------------------------------------- fused
+    def _run_chain(self, layers, x, dest):
+        """Run a chain; the last layer writes into ``dest`` (a channel slice) when given."""
+        for j, layer in enumerate(layers):
+            last = j == len(layers) - 1
+            target = dest if last else None
+            if isinstance(layer, Conv):
+                x = self._layer(layer)(x, out=target)
+            else:
+                y = _pool(layer, x)
+                x = y if target is None else target.copy_(y)
+        return x
+
+    def _fused_1x1(self):
+        """Concatenated weight and folded (scale, bias) of the horizontally fused 1x1 convs (eval only)."""
+        mods = [self._layer(self.spec.branches[i].layers[0]) for i in self.plan.hfuse]
+        tensors = [t for m in mods for t in (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean,
+                                                 m.bn.running_var)]  # fmt: skip
+
+        def compute():
+            ks = [m.out_channels for m in mods]
+            w0 = mods[0].conv.weight
+            weight = torch.empty((sum(ks), *w0.shape[1:]), device=w0.device, dtype=w0.dtype)
+            scale = torch.empty(sum(ks), device=w0.device, dtype=torch.float32)
+            bias = torch.empty_like(scale)
+            lo = 0
+            for m, k in zip(mods, ks):
+                s, b = m.folded()
+                weight[lo : lo + k].copy_(m.conv.weight)
+                scale[lo : lo + k].copy_(s)
+                bias[lo : lo + k].copy_(b)
+                lo += k
+            return weight, scale, bias, ks
+
+        return self._hcache.get(tensors, compute)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _backend.resolve(x) == "reference":
+            return self.forward_reference(x)
+        x = (
+            x
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else x.contiguous(memory_format=torch.channels_last)
+        )
+        hw = self.out_hw(tuple(x.shape[-2:]))
+        out = _new_like(x, self.plan.out_channels, hw)
+        started = {}
+        if self.plan.hfuse and not self.training and not _needs_grad(self, x):
+            started = self._run_hfused(x, out)
+        for i, br in enumerate(self.spec.branches):
+            leaf = self.plan.leaves[i]
+            layers = br.layers
+            inp = x
+            if i in started:
+                inp, layers = started[i], layers[1:]
+                if not layers and not br.fork:
+                    continue  # the fused GEMM already wrote this leaf's slice
+            if br.fork:
+                y = self._run_chain(layers, inp, None) if layers else inp
+                for fb, fl in zip(br.fork, leaf):
+                    self._run_chain(fb.layers, y, out[:, fl.lo : fl.hi])
+            else:
+                self._run_chain(layers, inp, out[:, leaf.lo : leaf.hi])
+        if self.spec.merge == "concat":
+            return out
+        proj = self._layer(self.spec.proj)
+        return conv_ops.conv2d(out, proj.weight, bias=proj.bias, residual=x, residual_scale=self.spec.scale,
+                               activation="relu" if self.spec.act else None)  # fmt: skip
+
+    def _run_hfused(self, x, out):
+        """One GEMM for the sibling 1x1 convs on x; returns {branch index: its output (a slice)}."""
+        weight, scale, bias, ks = self._fused_1x1()
+        order = self.plan.hfuse
+        first_is_leaf = (
+            len(self.spec.branches[order[0]].layers) == 1 and not self.spec.branches[order[0]].fork
+        )
+        started = {}
+        if first_is_leaf and conv_ops._eager_direct(x):
+            leaf = self.plan.leaves[order[0]]
+            dest = out[:, leaf.lo : leaf.hi]
+            tmp = _new_like(x, sum(ks[1:]), x.shape[-2:])
+            conv_ops.conv_fwd_into(
+                x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
+            )
+            started[order[0]] = dest
+            lo = 0
+            for i, k in zip(order[1:], ks[1:]):
+                started[i] = tmp[:, lo : lo + k]
+                lo += k
+        else:
+            # no leaf among the fused convs, or a traced call (torch.compile): one GEMM into a temporary
+            tmp = conv_ops.conv2d(x, weight, scale=scale, bias=bias, activation="relu")
+            lo = 0
+            for i, k in zip(order, ks):
+                started[i] = tmp[:, lo : lo + k]
+                lo += k
+            if first_is_leaf:
+                leaf = self.plan.leaves[order[0]]
+                started[order[0]] = out[:, leaf.lo : leaf.hi].copy_(started[order[0]])
+        return started
+
+
+def _needs_grad(module: nn.Module, x: torch.Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in module.parameters())
+
+
+def count_macs_conv(layer: Conv, cin: int, hw_out: tuple[int, int]) -> int:
+    (kh, kw) = _pair(layer.kernel)
+    return cin * layer.out * kh * kw * math.prod(hw_out)

@@ -1,0 +1,159 @@
+"""The model zoo against torchvision / timm: same parameters (state_dict strict), same function in eval and train
+mode, forward and backward, on the reference backend at full size and on our kernels at the smallest legal input."""
+
+import pytest
+import torch
+
+from inception_kernels.models import create_model, list_models
+from inception_kernels.utils import count_launches
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def randomize_bn(model):
+    """Random BN affine parameters and running statistics (fresh networks have trivial ones)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+# name, our kwargs, reference factory, full-size input, smallest legal input, params (with the reference's heads)
+REFERENCES = {
+    "inception_v3": (
+        dict(aux_logits=True),
+        lambda: torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True),
+        (299, 299), (75, 75), 27_161_264,
+    ),
+}
+
+
+def _pair(name):
+    kwargs, factory, *_ = REFERENCES[name]
+    ref = randomize_bn(factory())
+    ours = create_model(name, **kwargs)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_parameter_count_and_strict_state_dict(name):
+    ours, ref = _pair(name)
+    n = sum(p.numel() for p in ours.parameters())
+    assert n == sum(p.numel() for p in ref.parameters()) == REFERENCES[name][4]
+    assert list(ours.state_dict()) == list(ref.state_dict()) or set(ours.state_dict()) == set(ref.state_dict())
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+@pytest.mark.parametrize("size", ["full", "odd"])
+def test_eval_equals_reference_backend(name, size, monkeypatch):
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    ours, ref = _pair(name)
+    ours.eval(), ref.eval()
+    h, w = REFERENCES[name][2]
+    if size == "odd":
+        h, w = h + 32, w  # e.g. 331x299
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        assert rel_err(ours(x), ref(x)) < 1e-5
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_train_forward_backward_and_running_stats(name, monkeypatch):
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    ours, ref = _pair(name)
+    ours.train(), ref.train()
+    x = torch.randn(2, 3, *REFERENCES[name][2])
+    torch.manual_seed(1)  # same dropout mask for both
+    out_o = ours(x)
+    torch.manual_seed(1)
+    out_r = ref(x)
+    outs_o = out_o if isinstance(out_o, tuple) else (out_o,)
+    outs_r = out_r if isinstance(out_r, tuple) else (out_r,)
+    assert len(outs_o) == len(outs_r)
+    loss_o = sum((o * torch.linspace(-1, 1, o.shape[1])).sum() for o in outs_o)
+    loss_r = sum((o * torch.linspace(-1, 1, o.shape[1])).sum() for o in outs_r)
+    for a, b in zip(outs_o, outs_r):
+        assert rel_err(a, b) < 1e-4
+    loss_o.backward()
+    loss_r.backward()
+    ref_params = dict(ref.named_parameters())
+    for k, p in ours.named_parameters():
+        assert rel_err(p.grad, ref_params[k].grad) < 1e-4, k
+    ref_buffers = dict(ref.named_buffers())
+    for k, b in ours.named_buffers():
+        assert torch.allclose(b.double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_eval_our_kernels_smallest_input(name, device):
+    """Our kernels (interpreter without a GPU) with folded BN, slices and horizontal fusion vs fp64 reference."""
+    ours, ref = _pair(name)
+    ours.eval(), ref.eval()
+    x = torch.randn(1, 3, *REFERENCES[name][3])
+    with torch.no_grad():
+        expected = ref.double()(x.double())
+        ours = ours.to(device)
+        with count_launches() as launches:
+            got = ours(x.to(device))
+    assert not got.isnan().any()
+    assert rel_err(got.cpu(), expected) < 1e-4
+    assert launches.count > 0
+
+
+def test_fused_forward_is_concat_free(monkeypatch):
+    """No torch.cat in the fused eval forward of a block (leaves write their slices)."""
+    from inception_kernels.models.inception_v3 import block_e
+    from inception_kernels.nn.engine import InceptionBlock
+
+    blk = randomize_bn(InceptionBlock(24, block_e())).eval()
+    calls = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or real_cat(*a, **k))
+    x = torch.randn(1, 24, 3, 3).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = blk(x)
+    assert not calls
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    with torch.no_grad():
+        y_ref = blk(x)
+    assert calls  # the oracle concatenates
+    assert rel_err(y, y_ref) < 1e-4
+
+
+def test_horizontal_fusion_matches_unfused():
+    from inception_kernels.models.inception_v3 import block_a
+    from inception_kernels.nn.engine import InceptionBlock
+
+    fused = randomize_bn(InceptionBlock(20, block_a(32))).eval()
+    unfused = InceptionBlock(20, block_a(32), hfuse=False).eval()
+    unfused.load_state_dict(fused.state_dict())
+    assert fused.plan.hfuse == [0, 1, 2] and unfused.plan.hfuse == []
+    x = torch.randn(2, 20, 5, 5).to(memory_format=torch.channels_last)
+    with torch.no_grad(), count_launches() as c_fused:
+        a = fused(x)
+    with torch.no_grad(), count_launches() as c_unfused:
+        b = unfused(x)
+    assert rel_err(a, b) < 1e-5
+    assert c_fused.count < c_unfused.count
+
+
+def test_list_models():
+    assert "inception_v3" in list_models()
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("inception_v9")
+
+
+def test_min_size_error():
+    model = create_model("inception_v3", aux_logits=False).eval()
+    with pytest.raises(ValueError, match="at least 75x75"):
+        model(torch.randn(1, 3, 60, 60))

@@ -300,6 +300,8 @@ def test_index_type_switches_to_64_bit_past_2_31_elements():
     small = torch.empty((8, 64, 35, 35), device="meta").to(memory_format=torch.channels_last)
     assert conv.index_type(small, None) == tl.int32
     # a channel slice of a huge buffer counts by the span of its strides, not its own numel
-    huge_slice = torch.empty((80, 2048, 128, 128), device="meta").to(memory_format=torch.channels_last)[:, :16]
+    huge_slice = torch.empty((80, 2048, 128, 128), device="meta").to(memory_format=torch.channels_last)[
+        :, :16
+    ]
     assert huge_slice.numel() < 2**31
     assert conv.index_type(small, huge_slice) == tl.int64

@@ -1,43 +1,43 @@
 """The model zoo: networks as tables executed by the block engine.
 
-``create_model(name, **kwargs)`` builds a network; ``list_models()`` names them.
+``create_model(name, **kwargs)`` builds a network; ``list_models()`` names the ones available.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
 import torch.nn as nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# name -> (module, class name). Modules load on first use.
+_MODELS = {
+    "googlenet": ("googlenet", "GoogLeNet"),
+    "inception_v2": ("inception_v2", "InceptionV2"),
+    "inception_v3": ("inception_v3", "InceptionV3"),
+    "inception_v4": ("inception_v4", "InceptionV4"),
+    "inception_resnet_v1": ("inception_resnet", "InceptionResNetV1"),
+    "inception_resnet_v2": ("inception_resnet", "InceptionResNetV2"),
+    "inception_resnet_v2_paper": ("inception_resnet", "InceptionResNetV2Paper"),
+}
 
 
-def register_model(name: str):
-    def wrap(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
+def _resolve(name: str):
+    module, cls = _MODELS[name]
+    try:
+        mod = importlib.import_module(f".{module}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith(f"models.{module}"):
+            return None
+        raise
+    return getattr(mod, cls, None)
 
 
 def list_models() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    return sorted(name for name in _MODELS if _resolve(name) is not None)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    _load_all()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
-
-
-def _load_all() -> None:
-    from . import inception_v3  # noqa: F401
-
-
-@register_model("inception_v3")
-def _inception_v3(**kwargs) -> nn.Module:
-    from .inception_v3 import InceptionV3
-
-    return InceptionV3(**kwargs)
+    factory = _resolve(name) if name in _MODELS else None
+    if factory is None:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return factory(**kwargs)

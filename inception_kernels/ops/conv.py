@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -712,23 +713,25 @@ def _reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_s
 
 
 def _reference_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need):
-    with torch.enable_grad():
-        xs = x.detach().requires_grad_(need[0])
-        ws = weight.detach().requires_grad_(need[1])
-        sc = scale.detach().requires_grad_(need[2]) if scale is not None else None
-        K = weight.shape[0]
-        bz = torch.zeros(K, dtype=x.dtype, device=x.device, requires_grad=True)
-        pre = _reference_fwd(xs, ws, sc, bz, None, stride, padding, 1.0, False)
-        # y = act(res + rs * pre): d/dpre = rs * mask, d/dres = mask
-        mask = (y > 0) if relu else torch.ones_like(y, dtype=torch.bool)
-        gz = torch.where(mask, grad_out, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device))
-        inputs = [t for t in (xs, ws, sc, bz) if t is not None]
-        grads = torch.autograd.grad(pre, inputs, gz * residual_scale, allow_unused=True)
-    it = iter(grads)
-    dx, dw = next(it), next(it)
-    dscale = next(it) if scale is not None else None
-    dbias = next(it)
-    return dx, dw, dscale, dbias, gz.contiguous(memory_format=torch.channels_last)
+    """Explicit PyTorch gradients (no autograd: custom-op implementations run below the autograd key)."""
+    top, bottom, left, right = padding
+    mask = y > 0 if relu else None
+    gz = grad_out if mask is None else torch.where(mask, grad_out, torch.zeros((), dtype=grad_out.dtype))
+    gp = gz * residual_scale
+    xp = F.pad(x, (left, right, top, bottom))
+    dx = dw = dscale = None
+    if need[0]:
+        g_conv = gp if scale is None else gp * scale.to(gp.dtype).view(1, -1, 1, 1)
+        dxp = torch.nn.grad.conv2d_input(xp.shape, weight, g_conv, stride=tuple(stride))
+        dx = dxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
+    if need[1] or need[2]:
+        g_unscaled = torch.nn.grad.conv2d_weight(xp, weight.shape, gp, stride=tuple(stride)).float()
+        if need[1]:
+            dw = g_unscaled if scale is None else g_unscaled * scale.float().view(-1, 1, 1, 1)
+        if need[2]:
+            dscale = (g_unscaled * weight.float()).sum((1, 2, 3))
+    dbias = gp.float().sum((0, 2, 3)) if need[3] else None
+    return dx, dw, dscale, dbias, gz
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -867,7 +870,8 @@ def _run_backward(
     need = (nig[0], nig[1], ctx.has_scale and nig[2], ctx.has_bias and nig[3], ctx.has_res and nig[4])
     if not any(need):
         return (None,) * 5
-    if direct and _eager_direct(x) and type(grad_out) in _PLAIN_TENSORS:
+    if direct and type(grad_out) in _PLAIN_TENSORS and not torch.compiler.is_compiling():
+        # the forward ran our kernels directly: so does the backward, whatever the backend switch says now
         return conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
     grads = torch.ops.inception_kernels.conv2d_bwd(
         grad_out, x, weight, scale, y, list(stride), list(padding), residual_scale, relu, list(need)
@@ -911,7 +915,7 @@ class _Conv2dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, scale, y = ctx.saved_tensors
-        return _run_backward(ctx, grad_out, x, weight, scale, y, *ctx.conf) + (None,) * 4
+        return _run_backward(ctx, grad_out, x, weight, scale, y, *ctx.conf, direct=True) + (None,) * 4
 
 
 class _Conv2dIntoSlice(torch.autograd.Function):
@@ -927,6 +931,7 @@ class _Conv2dIntoSlice(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
+        ctx.direct = _eager_direct(x)
         _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
         ctx.mark_dirty(out)
         ctx.save_for_backward(x, weight, scale)
@@ -937,7 +942,7 @@ class _Conv2dIntoSlice(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, scale = ctx.saved_tensors
-        grads = _run_backward(ctx, grad_out, x, weight, scale, ctx.y, *ctx.conf, first=1)
+        grads = _run_backward(ctx, grad_out, x, weight, scale, ctx.y, *ctx.conf, first=1, direct=ctx.direct)
         # The old contents of the slice were overwritten: their gradient is zero. CopySlices copies it into the
         # buffer's gradient, so an expanded scalar suffices (None would drop the whole buffer's gradient).
         zero = grad_out.new_zeros(()).expand_as(grad_out)

@@ -305,3 +305,18 @@ def test_index_type_switches_to_64_bit_past_2_31_elements():
     ]
     assert huge_slice.numel() < 2**31
     assert conv.index_type(small, huge_slice) == tl.int64
+
+
+def test_split_destination_horizontal_fusion(device, poison):
+    """One GEMM, two destinations: channels [0, K1) into a slice of a block output, [K1, K) into a temporary."""
+    inp = make_inputs((2, 12, 5, 6, 30, (1, 1), 1, 0), device)
+    x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    buf = torch.full((2, 40, 5, 6), float("nan"), device=device).to(memory_format=torch.channels_last)
+    tmp = conv._new_cl((2, 19, 5, 6), x)  # poisoned
+    conv.conv_fwd_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp)
+    assert rel_err(buf[:, 7:18], y_ref[:, :11]) < TOL[torch.float32]
+    assert rel_err(tmp, y_ref[:, 11:]) < TOL[torch.float32]
+    assert buf[:, :7].isnan().all() and buf[:, 18:].isnan().all()
+    with pytest.raises(ValueError, match="split the K output channels"):
+        conv.conv_fwd_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp[:, :5])

@@ -252,3 +252,21 @@ def test_reference_path_uses_no_kernels(monkeypatch, device):
     d = _ok(device)
     y = conv2d(d["x"], d["weight"], padding=1)
     assert y.shape == (2, 8, 6, 6)
+
+
+def test_registered_ops_reference_path_matches_kernels(monkeypatch, device):
+    """The registered ops also serve tensors Triton cannot run on (reference math inside the op): same results,
+    including the backward op, which must not rely on autograd (op implementations run below the autograd key)."""
+    x, w, sc, b, res = _op_args(device, False)
+    args = (x, w, sc, b, res, [2, 2], [1, 0, 1, 2], 0.3, True)
+    y_k = torch.ops.inception_kernels.conv2d_fwd(*args)
+    g = torch.randn_like(y_k)
+    need = [True, True, True, True, True]
+    grads_k = torch.ops.inception_kernels.conv2d_bwd(g, x, w, sc, y_k, [2, 2], [1, 0, 1, 2], 0.3, True, need)
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    y_r = torch.ops.inception_kernels.conv2d_fwd(*args)
+    grads_r = torch.ops.inception_kernels.conv2d_bwd(g, x, w, sc, y_r, [2, 2], [1, 0, 1, 2], 0.3, True, need)
+    torch.testing.assert_close(y_r, y_k, rtol=1e-4, atol=1e-5)
+    for a, b_ in zip(grads_r, grads_k):
+        assert a.shape == b_.shape and a.dtype == b_.dtype
+        torch.testing.assert_close(a, b_, rtol=1e-4, atol=1e-4)

@@ -107,6 +107,14 @@ with_timeout "$BENCH_TIMEOUT" "$PY" benchmarks/bench_conv.py "${BENCH_FLAGS[@]}"
 BENCH_RC=${PIPESTATUS[0]}
 log "bench rc=$BENCH_RC"
 
+# ---------------------------------------------------------------------------------------------- networks
+MODELS_FLAGS=(--quick)
+[[ "${FULL:-0}" == "1" ]] && MODELS_FLAGS=()
+log "bench_models.py ${MODELS_FLAGS[*]} (timeout ${MODELS_TIMEOUT:-150}s; log: $OUT/bench_models.log)"
+with_timeout "${MODELS_TIMEOUT:-150}" "$PY" benchmarks/bench_models.py "${MODELS_FLAGS[@]}" --out "$OUT" \
+    2>&1 | tee "$OUT/bench_models.log"
+log "bench_models rc=${PIPESTATUS[0]}"
+
 # ---------------------------------------------------------------------------------------------- summary
 "$PY" - "$OUT" "$PIP_RC" "$TEST_RC" "$BENCH_RC" "$BENCH_MODE" "$(($(date +%s) - T0))" <<'EOF' | tee "$OUT/summary.md"
 import os
@@ -150,6 +158,9 @@ desc = ", ".join(f"{v} {k}" for k, v in counts.items() if k != "tests") if count
 print(f"| pytest (GPU) | rc {test_rc} ({test_note}): {desc} |")
 print(f"| bench_conv.py ({mode}) | rc {bench_rc} ({bench_note}) |")
 print()
+for extra in ("bench_models.md",):
+    if os.path.exists(os.path.join(out, extra)):
+        print(open(os.path.join(out, extra)).read())
 md = os.path.join(out, "bench_conv.md")
 if os.path.exists(md):
     print(open(md).read())

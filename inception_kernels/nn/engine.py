@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..ops import conv as conv_ops
+from ..ops import reference
 from .layers import ConvBNAct, _pair, _VersionCache
 
 
@@ -249,7 +250,7 @@ class InceptionBlock(nn.Module):
                 outs.extend(self._run_ref(fb.layers, y) for fb in br.fork)
             else:
                 outs.append(y)
-        cat = torch.cat(outs, 1)
+        cat = reference.concat(outs)
         if self.spec.merge == "concat":
             return cat
         y = x + self.spec.scale * self._layer(self.spec.proj)(cat)

@@ -44,3 +44,8 @@ def conv2d(
     if activation == "relu":
         y = torch.relu(y)
     return y
+
+
+def concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The reference merge of an Inception block: concatenation over channels (the fused path writes slices)."""
+    return torch.cat(tensors, 1)

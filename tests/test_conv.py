@@ -320,3 +320,19 @@ def test_split_destination_horizontal_fusion(device, poison):
     assert buf[:, :7].isnan().all() and buf[:, 18:].isnan().all()
     with pytest.raises(ValueError, match="split the K output channels"):
         conv.conv_fwd_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp[:, :5])
+
+
+@pytest.mark.skipif(not conv._backend.interpreter_active(), reason="interpreter-only behaviour")
+def test_interpreter_refuses_bf16_instead_of_computing_garbage():
+    x = torch.randn(1, 4, 5, 5, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 4, 3, 3, dtype=torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="no bfloat16"):
+        conv2d(x, w, padding=1)
+
+
+@pytest.mark.skipif(not conv._backend.interpreter_active(), reason="interpreter-only behaviour")
+def test_interpreter_fp16(device):
+    inp = make_inputs(CASES["3x3_s2_HneW_odd"], device, dtype=torch.float16)
+    y = conv2d(**inp, activation="relu")
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert rel_err(y, y_ref) < 2e-3

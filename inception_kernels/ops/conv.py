@@ -587,6 +587,7 @@ def conv_fwd_into(
     With ``out2`` (horizontal fusion), ``out`` receives the first ``out.shape[1]`` output channels and ``out2``
     the remaining ones: one GEMM serves sibling convolutions whose results go to different buffers.
     """
+    _check_interpretable(x)
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, K1, P, Q = out.shape
@@ -613,6 +614,14 @@ def conv_fwd_into(
     return out
 
 
+def _check_interpretable(x: torch.Tensor) -> None:
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and _backend.interpreter_active():
+        raise NotImplementedError(
+            "the Triton interpreter has no bfloat16 arithmetic (its results would be wrong): run bfloat16 on a "
+            "GPU, or use float32/float16, or INCEPTION_KERNELS_BACKEND=reference"
+        )
+
+
 def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
     """Split-K count for wgrad: enough programs to fill the GPU, each split keeping >= 256 reduction rows."""
     sms = _num_sms(device)
@@ -624,6 +633,7 @@ def conv_bwd(
     grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None
 ):
     """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None."""
+    _check_interpretable(x)
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
     N, C, H, W = x.shape

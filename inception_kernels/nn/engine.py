@@ -109,6 +109,14 @@ def _new_like(x: torch.Tensor, channels: int, hw: tuple[int, int]) -> torch.Tens
 # ----------------------------------------------------------------------------------------------------------
 # Module construction helpers
 # ----------------------------------------------------------------------------------------------------------
+class _Container(nn.ModuleDict):
+    """Holds a reference ``nn.Sequential``'s parameterized members under their indices ("0", "1", ...); integer
+    indexing works as on the Sequential (``block.branch1[0]``)."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(str(key))
+
+
 def set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
     """Register ``module`` at ``dotted`` (e.g. ``"branch1.0"``), creating ModuleDict containers on the way, so
     that state-dict keys match the reference implementation's ``nn.Sequential`` layout."""
@@ -116,7 +124,7 @@ def set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
     node = root
     for p in parts[:-1]:
         if p not in node._modules:
-            node.add_module(p, nn.ModuleDict())
+            node.add_module(p, _Container())
         node = node._modules[p]
     node.add_module(parts[-1], module)
 

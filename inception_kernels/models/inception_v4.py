@@ -17,7 +17,7 @@ BN eps 1e-3; the pool branches' 3×3 average excludes padding (``count_include_p
     features.18    Reduction-B                                          → 1536 @ 8² (Fig. 8)
     features.19-21 3 × Inception-C                                      → 1536 (Fig. 6)
 
-42,679,816 parameters, 12.27 G multiply-adds at 299² (convolutions and the classifier). The smallest legal input
+42,679,816 parameters, 12.25 G multiply-adds at 299² (convolutions and the classifier). The smallest legal input
 is 75×75 (every stage keeps at least a 1×1 grid).
 
 The blocks shared with the residual networks (:func:`stem_v4`, :func:`reduction_a`) are used by
@@ -62,7 +62,9 @@ def mixed_5a() -> Block:
     return Block((branch(Conv("conv", 192, 3, stride=2)), branch(Pool("max", 3, 2))))
 
 
-def stem_v4(names=("features.0", "features.1", "features.2", "features.3", "features.4", "features.5")) -> list:
+def stem_v4(
+    names=("features.0", "features.1", "features.2", "features.3", "features.4", "features.5"),
+) -> list:
     """Fig. 3 as six stages (three convs, Mixed_3a/4a/5a) registered under ``names``; 299² → 384 @ 35²."""
     n = list(names)
     return [(n[0], Conv(n[0], 32, 3, stride=2)), (n[1], Conv(n[1], 32, 3)), (n[2], Conv(n[2], 64, 3, padding=1)),

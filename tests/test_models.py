@@ -3,28 +3,12 @@ mode, forward and backward, on the reference backend at full size and on our ker
 
 import pytest
 import torch
+from helpers import check_train_block, randomize_bn, rel_err
 
 from inception_kernels.models import create_model, list_models
 from inception_kernels.utils import count_launches
 
 torchvision = pytest.importorskip("torchvision")
-
-
-def rel_err(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def randomize_bn(model):
-    """Random BN affine parameters and running statistics (fresh networks have trivial ones)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 # name, our kwargs, reference factory, full-size input, smallest legal input, params (with the reference's heads)
@@ -172,33 +156,13 @@ def _v3_blocks():
 
 @pytest.mark.parametrize("block", ["v3_A", "v3_B", "v3_C", "v3_D", "v3_E"])
 def test_train_block_on_our_kernels(block, device, monkeypatch):
-    """Train mode on our kernels: batch-statistics BN, leaves written into slices; output, every gradient and
-    the updated running statistics against the same block on the reference backend in fp64.
-
-    (Whole networks are compared in train mode on the reference backend above: at the smallest legal input the
-    deepest BN layers see 2 values per channel, where fp32-vs-fp64 differences are amplified without bound.)"""
-    import copy
-
+    """Train mode on our kernels vs the reference backend in fp64 (see helpers.check_train_block). Whole networks
+    are compared in train mode on the reference backend above: at the smallest legal input the deepest BN layers
+    see 2 values per channel, where fp32-vs-fp64 differences are amplified without bound."""
     from inception_kernels.nn.engine import InceptionBlock
 
     spec, cin = _v3_blocks()[block]
-    ours = randomize_bn(InceptionBlock(cin, spec)).train()
-    ref = copy.deepcopy(ours).double()
-    ours = ours.to(device)
-    x = torch.randn(3, cin, 9, 9)
-    y = ours(x.to(device).to(memory_format=torch.channels_last))
-    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-    y_ref = ref(x.double())
-    g = torch.randn(y_ref.shape, dtype=torch.float64)
-    (y * g.to(device, torch.float32)).sum().backward()
-    (y_ref * g).sum().backward()
-    assert rel_err(y.cpu(), y_ref) < 1e-4
-    ref_params = dict(ref.named_parameters())
-    for k, p in ours.named_parameters():
-        assert rel_err(p.grad.cpu(), ref_params[k].grad) < 1e-4, k
-    ref_buffers = dict(ref.named_buffers())
-    for k, b in ours.named_buffers():
-        assert torch.allclose(b.cpu().double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
+    check_train_block(InceptionBlock(cin, spec), 7, device, monkeypatch, batch=2)
 
 
 def test_torch_compile_reference_backend_matches_eager(monkeypatch):

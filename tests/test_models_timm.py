@@ -15,36 +15,15 @@ import copy
 
 import pytest
 import torch
+from helpers import check_train_block, n_params, randomize_bn, rel_err
 
 from inception_kernels.models import create_model, list_models
 from inception_kernels.models import inception_resnet as ir
 from inception_kernels.models import inception_v4 as v4
 from inception_kernels.nn.engine import InceptionBlock
-from inception_kernels.nn.layers import ConvBNAct
 from inception_kernels.utils import count_launches, count_macs
 
 timm = pytest.importorskip("timm")
-
-
-def rel_err(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def randomize_bn(model):
-    """Random BN affine parameters and running statistics (fresh networks have trivial ones)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 # name: (full-size input, smallest legal input, parameters, multiply-adds at 299²)
@@ -397,64 +376,9 @@ def test_eval_block_on_our_kernels(block, device, monkeypatch):
         assert (y_ref < 0).any()  # no ReLU after the sum
 
 
-def relu_margin(block, x):
-    """Smallest |input| of any ReLU of ``block`` (train mode, reference backend) on ``x``; running statistics are
-    left untouched (the probe runs on a copy)."""
-    block = copy.deepcopy(block)
-    pre, hooks = [], []
-    for m in block.modules():
-        if isinstance(m, ConvBNAct) and m.act:
-            hooks.append(m.bn.register_forward_hook(lambda mod, i, o: pre.append(o.abs().min().item())))
-    if block.spec.merge == "residual" and block.spec.act:
-        proj = block.get_submodule(block.spec.proj.name)
-        hooks.append(proj.register_forward_hook(
-            lambda mod, i, o: pre.append((x + block.spec.scale * o).abs().min().item())))  # fmt: skip
-    with torch.no_grad():
-        block(x)
-    for h in hooks:
-        h.remove()
-    return min(pre, default=float("inf"))
-
-
-def draw_input_off_relu_kinks(ref, shape, monkeypatch, margin=1e-5):
-    """A random input on which no ReLU input of the fp64 reference lies within ``margin`` of 0.
-
-    A pre-activation within fp32 rounding of the kink takes the other side of the ReLU in fp32 than in fp64; that
-    one flipped mask entry moves a whole BN channel's gradient (batch statistics couple its values), and the
-    fp32-vs-fp64 gradients differ by ~1e-2 (plain PyTorch fp32 does the same: about one draw in 200 for a
-    reduction block at these sizes). Such inputs test rounding luck, not the kernels, so they are redrawn
-    (1 to 4 draws here)."""
-    with monkeypatch.context() as m:
-        m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-        for _ in range(100):
-            x = torch.randn(shape)
-            if relu_margin(ref, x.double()) > margin:
-                return x
-    raise AssertionError("no input without a near-kink ReLU input in 100 draws")
-
-
 @pytest.mark.parametrize("block", TRAIN_BLOCKS)
 def test_train_block_on_our_kernels(block, device, monkeypatch):
     """Batch-statistics BN, leaves written into slices, the residual epilogue's backward: output, every gradient
     (input included) and the updated running statistics against the reference backend in fp64."""
     spec, cin, size = BLOCKS[block]
-    ours = randomize_bn(InceptionBlock(cin, spec)).train()
-    ref = copy.deepcopy(ours).double()
-    ours = ours.to(device)
-    x = draw_input_off_relu_kinks(ref, (2, cin, size, size), monkeypatch)
-    x_o = x.to(device).to(memory_format=torch.channels_last).requires_grad_(True)
-    x_r = x.double().requires_grad_(True)
-    y = ours(x_o)
-    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-    y_ref = ref(x_r)
-    g = torch.randn(y_ref.shape, dtype=torch.float64)
-    (y * g.to(device, torch.float32)).sum().backward()
-    (y_ref * g).sum().backward()
-    assert rel_err(y.cpu(), y_ref) < 1e-4
-    assert rel_err(x_o.grad.cpu(), x_r.grad) < 1e-4
-    ref_params = dict(ref.named_parameters())
-    for k, p in ours.named_parameters():
-        assert rel_err(p.grad.cpu(), ref_params[k].grad) < 1e-4, k
-    ref_buffers = dict(ref.named_buffers())
-    for k, b in ours.named_buffers():
-        assert torch.allclose(b.cpu().double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
+    check_train_block(InceptionBlock(cin, spec), size, device, monkeypatch)

@@ -7,32 +7,12 @@ import functools
 
 import pytest
 import torch
+from helpers import n_params, randomize_bn, rel_err
 
 from inception_kernels.models import create_model
 from inception_kernels.utils import count_launches, count_macs
 
 torchvision = pytest.importorskip("torchvision")
-
-
-def rel_err(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def randomize_bn(model):
-    """Random BN affine parameters and running statistics (fresh networks have trivial ones)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @functools.cache

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .. import _backend
 from ..nn.engine import Block, Conv, Pool, branch
 from ..nn.layers import ConvBNAct
-from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
+from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
 
@@ -160,13 +160,7 @@ class GoogLeNet(nn.Module):
         return stages_hw(self, self.stages, hw)
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        """torchvision's ``transform_input`` (ImageNet normalization → (x − 0.5)/0.5) as a per-channel scale and
-        shift instead of three slices and a ``torch.cat``: x·(std/0.5) + (mean − 0.5)/0.5, the same arithmetic."""
-        if not self.transform_input:
-            return x
-        scale = x.new_tensor([0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5]).view(1, 3, 1, 1)
-        shift = x.new_tensor([(0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5]).view(1, 3, 1, 1)
-        return x * scale + shift
+        return transform_input(x) if self.transform_input else x
 
     def forward(self, x: torch.Tensor):
         check_min_size("googlenet", tuple(x.shape[-2:]), self.out_hw, MIN_SIZE)

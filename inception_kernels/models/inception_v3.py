@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..nn.engine import Block, Conv, Pool, branch
 from ..nn.layers import ConvBNAct
-from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
+from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
 
 InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
 
@@ -158,12 +158,7 @@ class InceptionV3(nn.Module):
         return self.AuxLogits is not None
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        """torchvision's ``transform_input``: ImageNet normalization → (x − 0.5)/0.5, per channel (same ops)."""
-        if not self.transform_input:
-            return x
-        scale = x.new_tensor([0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5]).view(1, 3, 1, 1)
-        shift = x.new_tensor([(0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5]).view(1, 3, 1, 1)
-        return x * scale + shift
+        return transform_input(x) if self.transform_input else x
 
     def forward(self, x: torch.Tensor):
         check_min_size("inception_v3", tuple(x.shape[-2:]), lambda hw: stages_hw(self, self.stages_a + self.stages_b, hw),

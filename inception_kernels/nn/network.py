@@ -69,3 +69,11 @@ def check_min_size(model_name: str, hw: tuple[int, int], stages_out_hw, minimum:
         ok = oh >= 1 and ow >= 1
     if not ok:
         raise ValueError(f"{model_name} needs an input of at least {minimum}x{minimum} pixels, got {h}x{w}")
+
+
+def transform_input(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``transform_input``: re-normalize ImageNet-normalized input to (x − 0.5)/0.5 per channel,
+    as x·(std/0.5) + (mean − 0.5)/0.5 — the same arithmetic, without slicing and ``torch.cat``."""
+    scale = x.new_tensor([0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5]).view(1, 3, 1, 1)
+    shift = x.new_tensor([(0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5]).view(1, 3, 1, 1)
+    return x * scale + shift

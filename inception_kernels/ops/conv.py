@@ -377,25 +377,27 @@ def prune_configs(
 ) -> list[triton.Config]:
     """Keep the configs whose tiles do not exceed the problem (beyond the 16 that ``tl.dot`` needs).
 
-    ``dims`` maps each block name to the extent it tiles. A config survives when, for every block, the tile is
-    at most the next power of two of the extent, and the pipelined tiles fit the shared-memory budget. If no
-    config survives, the one with the smallest tiles is kept.
+    ``dims`` maps each block name to the extent it tiles, output blocks first and the reduction block last. A
+    config survives when, for every block, the tile is at most the next power of two of the extent, and the
+    pipelined tiles fit the shared-memory budget. If none survives, the reduction block's limit is dropped (a
+    short reduction only wastes part of one loop step; oversized output tiles multiply idle programs); if still
+    none, the config with the smallest tiles is kept.
     """
-    kept = []
-    for cfg in configs:
+
+    def fits(cfg, limits) -> bool:
         kw = cfg.kwargs
-        if any(kw[name] > _dim_cap(extent) for name, extent in dims.items()):
-            continue
-        bm, bn = kw["BLOCK_M"], kw["BLOCK_N"]
+        if any(kw[name] > _dim_cap(extent) for name, extent in limits.items()):
+            return False
         bk = kw.get("BLOCK_C", kw.get("BLOCK_K"))
-        smem = max(cfg.num_stages - 1, 1) * (bm * bk + bk * bn) * elem_bytes
-        if smem > _SMEM_BUDGET:
-            continue
-        kept.append(cfg)
+        smem = max(cfg.num_stages - 1, 1) * (kw["BLOCK_M"] * bk + bk * kw["BLOCK_N"]) * elem_bytes
+        return smem <= _SMEM_BUDGET
+
+    kept = [cfg for cfg in configs if fits(cfg, dims)]
     if not kept:
-        kept = [
-            min(configs, key=lambda c: math.prod(v for k, v in c.kwargs.items() if k.startswith("BLOCK")))
-        ]
+        output_only = dict(list(dims.items())[:-1])
+        kept = [cfg for cfg in configs if fits(cfg, output_only)]
+    if not kept:
+        kept = [min(configs, key=_tile_volume)]
     return kept
 
 

@@ -382,3 +382,37 @@ def test_train_block_on_our_kernels(block, device, monkeypatch):
     (input included) and the updated running statistics against the reference backend in fp64."""
     spec, cin, size = BLOCKS[block]
     check_train_block(InceptionBlock(cin, spec), size, device, monkeypatch)
+
+
+def test_inception_v3_equals_timm(monkeypatch):
+    """timm's inception_v3 (same names as torchvision's): strict load, eval and train outputs equal."""
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    ref = randomize_bn(timm.create_model("inception_v3", pretrained=False, aux_logits=True, num_classes=37))
+    ours = create_model("inception_v3", num_classes=37)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert n_params(ours) == n_params(ref)
+    x = torch.randn(2, 3, 299, 299)
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        want = ref(x)
+        want = want[0] if isinstance(want, tuple) else want  # timm returns (logits, aux) whenever aux_logits
+        assert rel_err(ours(x), want) < 1e-5
+    ours.train(), ref.train()
+    torch.manual_seed(3)
+    out_o = ours(x)
+    torch.manual_seed(3)
+    out_r = ref(x)
+    assert rel_err(out_o[0], out_r[0]) < 1e-4 and rel_err(out_o[1], out_r[1]) < 1e-4
+
+
+def test_inception_resnet_v2_our_kernels_smallest_input(device):
+    """The whole timm-equal Inception-ResNet-v2 on our kernels (interpreter without a GPU) at 75x75, eval."""
+    ref = randomize_bn(timm.create_model("inception_resnet_v2", pretrained=False)).eval()
+    ours = create_model("inception_resnet_v2")
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours = ours.eval().to(device)
+    x = torch.randn(1, 3, 75, 75)
+    with torch.no_grad():
+        expected = ref.double()(x.double())
+        got = ours(x.to(device))
+    assert rel_err(got.cpu(), expected) < 1e-4

@@ -388,7 +388,7 @@ def test_inception_v3_equals_timm(monkeypatch):
     """timm's inception_v3 (same names as torchvision's): strict load, eval and train outputs equal."""
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
     ref = randomize_bn(timm.create_model("inception_v3", pretrained=False, aux_logits=True, num_classes=37))
-    ours = create_model("inception_v3", num_classes=37)
+    ours = create_model("inception_v3", num_classes=37, dropout=ref.head_drop.p)  # timm default: 0
     ours.load_state_dict(ref.state_dict(), strict=True)
     assert n_params(ours) == n_params(ref)
     x = torch.randn(2, 3, 299, 299)

@@ -22,7 +22,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff", "torchvision"],
+        "dev": ["pytest>=7", "ruff", "torchvision", "timm"],
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["inception-kernels=inception_kernels.cli:main"]},

@@ -174,3 +174,22 @@ def test_torch_compile_reference_backend_matches_eager(monkeypatch):
         eager = model(x)
         compiled = torch.compile(model)(x)
     assert rel_err(compiled, eager) < 1e-5
+
+
+def test_slice_merge_backward_hands_out_views_not_copies():
+    """Training-mode merge: the leaves' gradients are strided channel views of the block gradient."""
+    from inception_kernels.nn.engine import _SliceMerge
+
+    a = torch.randn(2, 3, 4, 5, requires_grad=True)
+    b = torch.randn(2, 6, 4, 5, requires_grad=True).to(memory_format=torch.channels_last)
+    out = _SliceMerge.apply((4, 5), a, b)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, torch.cat([a, b], 1))
+    g = torch.randn(2, 9, 4, 5).to(memory_format=torch.channels_last)
+    ctx = type("Ctx", (), {"ranges": [(0, 3), (3, 9)]})()
+    _, ga, gb = _SliceMerge.backward(ctx, g)
+    for view, (lo, hi) in ((ga, (0, 3)), (gb, (3, 9))):
+        assert view.untyped_storage().data_ptr() == g.untyped_storage().data_ptr()  # a view, no copy
+        assert torch.equal(view, g[:, lo:hi])
+    ga_auto, gb_auto = torch.autograd.grad(out, [a, b], g)
+    assert torch.equal(ga_auto, g[:, :3]) and torch.equal(gb_auto, g[:, 3:])

@@ -309,9 +309,14 @@ class InceptionBlock(nn.Module):
             else x.contiguous(memory_format=torch.channels_last)
         )
         hw = self.out_hw(tuple(x.shape[-2:]))
-        out = _new_like(x, self.plan.out_channels, hw)
+        grad = _needs_grad(self, x)
+        # Without autograd every leaf writes its slice of the preallocated output. With autograd the leaves
+        # produce their tensors and _SliceMerge places them: its backward hands each leaf a strided view of the
+        # block's gradient (an in-place write into a slice would make autograd clone every gradient slice).
+        out = None if grad else _new_like(x, self.plan.out_channels, hw)
+        leaf_outs = []
         started = {}
-        if self.plan.hfuse and not self.training and not _needs_grad(self, x):
+        if self.plan.hfuse and not self.training and not grad:
             started = self._run_hfused(x, out)
         for i, br in enumerate(self.spec.branches):
             leaf = self.plan.leaves[i]
@@ -324,9 +329,11 @@ class InceptionBlock(nn.Module):
             if br.fork:
                 y = self._run_chain(layers, inp, None) if layers else inp
                 for fb, fl in zip(br.fork, leaf):
-                    self._run_chain(fb.layers, y, out[:, fl.lo : fl.hi])
+                    leaf_outs.append(self._run_chain(fb.layers, y, None if grad else out[:, fl.lo : fl.hi]))
             else:
-                self._run_chain(layers, inp, out[:, leaf.lo : leaf.hi])
+                leaf_outs.append(self._run_chain(layers, inp, None if grad else out[:, leaf.lo : leaf.hi]))
+        if grad:
+            out = _SliceMerge.apply(hw, *leaf_outs)
         if self.spec.merge == "concat":
             return out
         proj = self._layer(self.spec.proj)
@@ -364,6 +371,28 @@ class InceptionBlock(nn.Module):
                 leaf = self.plan.leaves[order[0]]
                 started[order[0]] = out[:, leaf.lo : leaf.hi].copy_(started[order[0]])
         return started
+
+
+class _SliceMerge(torch.autograd.Function):
+    """Place the leaf outputs (N, C_i, P, Q) side by side in one channels_last buffer; backward returns each
+    leaf's gradient as a strided channel view of the block gradient (no copy)."""
+
+    @staticmethod
+    def forward(ctx, hw, *leaves):
+        ref = leaves[0]
+        out = _new_like(ref, sum(t.shape[1] for t in leaves), hw)
+        lo = 0
+        ranges = []
+        for t in leaves:
+            out[:, lo : lo + t.shape[1]].copy_(t)
+            ranges.append((lo, lo + t.shape[1]))
+            lo += t.shape[1]
+        ctx.ranges = ranges
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None,) + tuple(grad[:, lo:hi] for lo, hi in ctx.ranges)
 
 
 def _needs_grad(module: nn.Module, x: torch.Tensor) -> bool:

@@ -83,9 +83,29 @@ def check_train_block(block, size, device, monkeypatch, batch=2):
     (y_ref * g).sum().backward()
     assert rel_err(y.cpu(), y_ref) < 1e-4
     assert rel_err(x_o.grad.cpu(), x_r.grad) < 1e-4
+    assert_same_grads_and_buffers(ours, ref)
+
+
+def check_eval_on_our_kernels(ours, ref, x, device):
+    """Eval forward on our kernels (the interpreter without a GPU) against the reference model in fp64."""
+    from inception_kernels.utils import count_launches
+
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        expected = ref.double()(x.double())
+        ours = ours.to(device)
+        with count_launches() as launches:
+            got = ours(x.to(device))
+    assert not got.isnan().any()
+    assert rel_err(got.cpu(), expected) < 1e-4
+    assert launches.count > 0
+
+
+def assert_same_grads_and_buffers(ours, ref, tol=1e-4):
+    """Every parameter gradient and every buffer (running statistics, batch counters) of ``ours`` matches ``ref``."""
     ref_params = dict(ref.named_parameters())
     for k, p in ours.named_parameters():
-        assert rel_err(p.grad.cpu(), ref_params[k].grad) < 1e-4, k
+        assert rel_err(p.grad.cpu(), ref_params[k].grad) < tol, k
     ref_buffers = dict(ref.named_buffers())
     for k, b in ours.named_buffers():
-        assert torch.allclose(b.cpu().double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
+        assert torch.allclose(b.cpu().double(), ref_buffers[k].double(), rtol=tol, atol=1e-6), k

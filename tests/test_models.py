@@ -3,7 +3,13 @@ mode, forward and backward, on the reference backend at full size and on our ker
 
 import pytest
 import torch
-from helpers import check_train_block, randomize_bn, rel_err
+from helpers import (
+    assert_same_grads_and_buffers,
+    check_eval_on_our_kernels,
+    check_train_block,
+    randomize_bn,
+    rel_err,
+)
 
 from inception_kernels.models import create_model, list_models
 from inception_kernels.utils import count_launches
@@ -74,28 +80,14 @@ def test_train_forward_backward_and_running_stats(name, monkeypatch):
         assert rel_err(a, b) < 1e-4
     loss_o.backward()
     loss_r.backward()
-    ref_params = dict(ref.named_parameters())
-    for k, p in ours.named_parameters():
-        assert rel_err(p.grad, ref_params[k].grad) < 1e-4, k
-    ref_buffers = dict(ref.named_buffers())
-    for k, b in ours.named_buffers():
-        assert torch.allclose(b.double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
+    assert_same_grads_and_buffers(ours, ref)
 
 
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_eval_our_kernels_smallest_input(name, device):
     """Our kernels (interpreter without a GPU) with folded BN, slices and horizontal fusion vs fp64 reference."""
     ours, ref = _pair(name)
-    ours.eval(), ref.eval()
-    x = torch.randn(1, 3, *REFERENCES[name][3])
-    with torch.no_grad():
-        expected = ref.double()(x.double())
-        ours = ours.to(device)
-        with count_launches() as launches:
-            got = ours(x.to(device))
-    assert not got.isnan().any()
-    assert rel_err(got.cpu(), expected) < 1e-4
-    assert launches.count > 0
+    check_eval_on_our_kernels(ours, ref, torch.randn(1, 3, *REFERENCES[name][3]), device)
 
 
 def test_fused_forward_is_concat_free(monkeypatch):

@@ -15,7 +15,14 @@ import copy
 
 import pytest
 import torch
-from helpers import check_train_block, n_params, randomize_bn, rel_err
+from helpers import (
+    assert_same_grads_and_buffers,
+    check_eval_on_our_kernels,
+    check_train_block,
+    n_params,
+    randomize_bn,
+    rel_err,
+)
 
 from inception_kernels.models import create_model, list_models
 from inception_kernels.models import inception_resnet as ir
@@ -71,27 +78,13 @@ def test_train_forward_backward_and_running_stats(name, monkeypatch):
     weight = torch.linspace(-1, 1, out_r.shape[1])
     (out_o * weight).sum().backward()
     (out_r * weight).sum().backward()
-    ref_params = dict(ref.named_parameters())
-    for k, p in ours.named_parameters():
-        assert rel_err(p.grad, ref_params[k].grad) < 1e-4, k
-    ref_buffers = dict(ref.named_buffers())
-    for k, b in ours.named_buffers():
-        assert torch.allclose(b.double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
+    assert_same_grads_and_buffers(ours, ref)
 
 
 def test_eval_our_kernels_smallest_input(device):
     """Inception-v4 on our kernels (interpreter without a GPU: ~30 s) at 75×75, vs timm in fp64."""
     ours, ref = _pair("inception_v4")
-    ours.eval(), ref.eval()
-    x = torch.randn(1, 3, *REFERENCES["inception_v4"][1])
-    with torch.no_grad():
-        expected = ref.double()(x.double())
-        ours = ours.to(device)
-        with count_launches() as launches:
-            got = ours(x.to(device))
-    assert not got.isnan().any()
-    assert rel_err(got.cpu(), expected) < 1e-4
-    assert launches.count > 0
+    check_eval_on_our_kernels(ours, ref, torch.randn(1, 3, *REFERENCES["inception_v4"][1]), device)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 import torch
-from helpers import n_params, randomize_bn, rel_err
+from helpers import assert_same_grads_and_buffers, check_eval_on_our_kernels, n_params, randomize_bn, rel_err
 
 from inception_kernels.models import create_model
 from inception_kernels.utils import count_launches, count_macs
@@ -151,16 +151,7 @@ def test_googlenet_eval_our_kernels_smallest_input(device):
     """Our kernels (the interpreter without a GPU): folded BN, slices, horizontal fusion, ceil-mode max-pools,
     the transform_input scale/shift, against torchvision in fp64 at the smallest legal input (15×15)."""
     ours, ref = _googlenet_pair(aux_logits=True, transform_input=True)
-    ours.eval(), ref.eval()
-    x = torch.randn(1, 3, 15, 15)
-    with torch.no_grad():
-        expected = ref.double()(x.double())
-        ours = ours.to(device)
-        with count_launches() as launches:
-            got = ours(x.to(device))
-    assert not got.isnan().any()
-    assert rel_err(got.cpu(), expected) < 1e-4
-    assert launches.count > 0
+    check_eval_on_our_kernels(ours, ref, torch.randn(1, 3, 15, 15), device)
 
 
 @pytest.mark.parametrize("paper_5x5", [False, True])
@@ -182,12 +173,7 @@ def test_googlenet_train_block_on_our_kernels(paper_5x5, device, monkeypatch):
     (y * g.to(device, torch.float32)).sum().backward()
     (y_ref * g).sum().backward()
     assert rel_err(y.cpu(), y_ref) < 1e-4
-    ref_params = dict(ref.named_parameters())
-    for k, p in ours.named_parameters():
-        assert rel_err(p.grad.cpu(), ref_params[k].grad) < 1e-4, k
-    ref_buffers = dict(ref.named_buffers())
-    for k, b in ours.named_buffers():
-        assert torch.allclose(b.cpu().double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
+    assert_same_grads_and_buffers(ours, ref)
 
 
 def test_googlenet_min_size(monkeypatch):

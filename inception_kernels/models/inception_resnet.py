@@ -57,13 +57,9 @@ import torch.nn as nn
 
 from ..nn.engine import Block, Conv, Pool, branch
 from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
-from .inception_v4 import reduction_a, stem_v4
+from .inception_v4 import _avg, reduction_a, stem_v4
 
 MIN_SIZE = 75
-
-
-def _avg() -> Pool:
-    return Pool("avg", 3, 1, 1, count_include_pad=False)
 
 
 def _residual(branches, width: int, scale: float, act: bool) -> Block:

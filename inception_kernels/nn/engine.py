@@ -146,13 +146,6 @@ def make_layer(layer: Conv, in_channels: int, eps: float = 1e-3) -> nn.Module:
     )
 
 
-def _chain_channels(layers, c: int) -> int:
-    for layer in layers:
-        if isinstance(layer, Conv):
-            c = layer.out
-    return c
-
-
 @dataclass
 class _Leaf:
     lo: int
@@ -181,19 +174,11 @@ class InceptionBlock(nn.Module):
         plan = _Plan()
         offset = 0
         for br in spec.branches:
-            c = in_channels
-            for layer in br.layers:
-                if isinstance(layer, Conv):
-                    set_submodule(self, layer.name, make_layer(layer, c, eps))
-                c = _chain_channels((layer,), c)
+            c = self._build_chain(br.layers, in_channels, eps)
             if br.fork:
                 sub = []
                 for fb in br.fork:
-                    fc = c
-                    for layer in fb.layers:
-                        if isinstance(layer, Conv):
-                            set_submodule(self, layer.name, make_layer(layer, fc, eps))
-                        fc = _chain_channels((layer,), fc)
+                    fc = self._build_chain(fb.layers, c, eps)
                     sub.append(_Leaf(offset, offset + fc))
                     offset += fc
                 plan.leaves.append(sub)
@@ -222,6 +207,14 @@ class InceptionBlock(nn.Module):
             plan.hfuse = leaf_firsts + [i for i in firsts if i not in leaf_firsts]
         self.plan = plan
         self._hcache = _VersionCache()
+
+    def _build_chain(self, layers, c: int, eps: float) -> int:
+        """Register the chain's conv modules; returns the chain's output channel count."""
+        for layer in layers:
+            if isinstance(layer, Conv):
+                set_submodule(self, layer.name, make_layer(layer, c, eps))
+                c = layer.out
+        return c
 
     @property
     def out_channels(self) -> int:

@@ -44,19 +44,15 @@ def _triton_backend(monkeypatch):
 
 @pytest.fixture
 def poison(monkeypatch):
-    """Every buffer the conv launchers allocate starts as NaN, so an element a kernel fails to write shows up."""
-    from inception_kernels.ops import conv
+    """Every buffer our launchers allocate starts as NaN, so an element a kernel fails to write shows up."""
+    from inception_kernels.ops import _tile, conv
 
-    orig_cl, orig_buf = conv._new_cl, conv._new_buf
+    def poisoned(alloc):
+        return lambda *a, **k: alloc(*a, **k).fill_(float("nan"))
 
-    def new_cl(*a, **k):
-        return orig_cl(*a, **k).fill_(float("nan"))
-
-    def new_buf(*a, **k):
-        return orig_buf(*a, **k).fill_(float("nan"))
-
-    monkeypatch.setattr(conv, "_new_cl", new_cl)
-    monkeypatch.setattr(conv, "_new_buf", new_buf)
+    for mod, cl, buf in ((conv, "_new_cl", "_new_buf"), (_tile, "new_cl", "new_buf")):
+        monkeypatch.setattr(mod, cl, poisoned(getattr(mod, cl)))
+        monkeypatch.setattr(mod, buf, poisoned(getattr(mod, buf)))
 
 
 _SEED = int(os.environ.get("INCEPTION_KERNELS_TEST_SEED", int.from_bytes(os.urandom(4), "little")))

@@ -45,6 +45,7 @@ MAX_KERNEL = 7
 # ----------------------------------------------------------------------------------------------------------
 def _conv_fwd(
     x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr,
+    st_cnt_ptr, st_mean_ptr, st_m2_ptr,
     N, C, H, W, K, P, Q,
     sxn, sxc, sxh, sxw,
     son, sok, sop, soq,
@@ -54,7 +55,7 @@ def _conv_fwd(
     res_scale, k_split,
     R: tl.constexpr, S: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
-    HAS_OUT2: tl.constexpr,
+    HAS_OUT2: tl.constexpr, STATS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
@@ -116,6 +117,18 @@ def _conv_fwd(
         acc = acc + tl.load(r_ptrs, mask=mask_out, other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
+    if STATS:
+        # Batch-norm statistics of this tile (BLOCK_M rows x BLOCK_N channels) from the fp32 accumulator: row
+        # count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean
+        # dwarfs the spread). bn_finalize combines the per-tile partials in a fixed order (Chan et al.).
+        cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
+        t_mean = tl.sum(tl.where(mask_m[:, None], acc, 0.0), axis=0) / cnt
+        dev = tl.where(mask_m[:, None], acc - t_mean[None, :], 0.0)
+        t_m2 = tl.sum(dev * dev, axis=0)
+        tl.store(st_mean_ptr + pid_m * K + offs_n, t_mean, mask=mask_n)
+        tl.store(st_m2_ptr + pid_m * K + offs_n, t_m2, mask=mask_n)
+        if pid_n == 0:
+            tl.store(st_cnt_ptr + pid_m, cnt.to(tl.float32))
     if HAS_OUT2:
         # Horizontal fusion: output channels [0, k_split) go to out, [k_split, K) to out2 (channel 0 onwards).
         first = offs_n < k_split
@@ -542,6 +555,24 @@ def _new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
+STATS_ROWS = min(c.kwargs["BLOCK_M"] for c in FWD_CONFIGS)
+
+
+def stats_partials(M: int, K: int, device: torch.device):
+    """Buffers for the forward kernel's BN-statistics epilogue: (count, mean, M2) per row tile of the output.
+
+    Sized for the smallest BLOCK_M any config may use (``STATS_ROWS`` rows per partial); a config with larger
+    tiles fills fewer rows, and the zeroed counts mark the rest empty. The count buffer is (T,), mean and M2
+    are (T, K) float32.
+    """
+    tiles = triton.cdiv(M, STATS_ROWS)
+    return (
+        torch.zeros(tiles, device=device, dtype=torch.float32),
+        _new_buf((tiles, K), device),
+        _new_buf((tiles, K), device),
+    )
+
+
 _PACK_CACHE: dict = {}
 _PACK_CACHE_MAX = 1024
 
@@ -582,12 +613,15 @@ def packed_weight(
 
 
 def conv_fwd_into(
-    x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None, out2=None
-):
+    x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None, out2=None,
+    stats=None,
+):  # fmt: skip
     """Launch the forward kernel writing ``out`` (any NHWC-strided (N, K, P, Q) view).
 
     With ``out2`` (horizontal fusion), ``out`` receives the first ``out.shape[1]`` output channels and ``out2``
     the remaining ones: one GEMM serves sibling convolutions whose results go to different buffers.
+    With ``stats`` (the buffers of :func:`stats_partials`), the epilogue also writes per-tile batch-norm
+    partial statistics of the output (see ``ops.batchnorm.bn_finalize``).
     """
     _check_interpretable(x)
     N, C, H, W = x.shape
@@ -605,12 +639,13 @@ def conv_fwd_into(
         _conv_fwd_kernel, "fwd", grid, dims, x.element_size(), config, 1, x.device,
         x, wp, out,
         scale if scale is not None else dummy, bias if bias is not None else dummy, res, o2,
+        *(stats if stats is not None else (dummy, dummy, dummy)),
         N, C, H, W, K, P, Q,
         *x.stride(), *out.stride(), *res.stride(), *o2.stride(),
         stride[0], stride[1], padding[0], padding[2],
         float(residual_scale), K1 if out2 is not None else K,
         R=R, S=S, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-        RELU=bool(relu), HAS_OUT2=out2 is not None,
+        RELU=bool(relu), HAS_OUT2=out2 is not None, STATS=stats is not None,
         DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=index_type(x, out, residual, out2),
     )  # fmt: skip
     return out
@@ -1174,7 +1209,7 @@ def _types(names: str, ty: str) -> dict[str, str]:
 def _fwd_arg_types(dt: str) -> dict[str, object]:
     return _for(_conv_fwd, {
         **_types("x_ptr, w_ptr, out_ptr, res_ptr, out2_ptr", f"*{dt}"),
-        **_types("scale_ptr, bias_ptr", "*fp32"),
+        **_types("scale_ptr, bias_ptr, st_cnt_ptr, st_mean_ptr, st_m2_ptr", "*fp32"),
         **_types("N, H, W, P, Q", "i32"),
         **_types("C, K", "i32:16"),
         **_types("sxn, sxh, sxw, son, sop, soq, srn, srp, srq, s2n, s2p, s2q", "i32:16"),
@@ -1182,7 +1217,7 @@ def _fwd_arg_types(dt: str) -> dict[str, object]:
         **_types("stride_h, stride_w, pad_t, pad_l", "i32"),
         "res_scale": "fp32",
         "R": 3, "S": 3, "HAS_SCALE": True, "HAS_BIAS": True, "HAS_RES": True, "RELU": True, "HAS_OUT2": False,
-        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+        "STATS": False, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
 
 

@@ -1,0 +1,73 @@
+"""Shared pieces of the memory-bound Triton kernels (batch norm, pooling, residual add).
+
+Those kernels view an activation as a (M, C) matrix, M = N·H·W pixels in (n, h, w) order and C channels
+contiguous (channels_last), and work on [BLOCK_M, BLOCK_C] tiles. Every tensor comes with its own
+(n, c, h, w) element strides, so any of them may be a channel slice of a larger channels_last buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Tile of the elementwise / reduction kernels: 64 pixels x 64 channels, 4 warps (16 KB of fp32 per operand).
+BLOCK_M = 64
+BLOCK_C = 64
+NUM_WARPS = 4
+
+
+@triton.jit
+def pixel_offsets(offs_m, H, W, sn, sh, sw, IDX_T: tl.constexpr):
+    """Element offset of pixel m = (n·H + h)·W + w for a tensor with strides (sn, ·, sh, sw)."""
+    w = offs_m % W
+    t = offs_m // W
+    h = t % H
+    n = t // H
+    return n.to(IDX_T) * sn + h.to(IDX_T) * sh + w.to(IDX_T) * sw
+
+
+def grid_2d(M: int, C: int):
+    return (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
+
+
+def is_channels_inner(t: torch.Tensor) -> bool:
+    """4-D with unit channel stride (channels_last storage, possibly a channel slice of a larger buffer)."""
+    return t.dim() == 4 and (t.shape[1] == 1 or t.stride(1) == 1)
+
+
+def tl_index_type(*tensors: torch.Tensor | None):
+    """int32 offsets unless one of the tensors spans 2**31 elements (then int64)."""
+    for t in tensors:
+        if t is not None and sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) >= 2**31 - 1:
+            return tl.int64
+    return tl.int32
+
+
+def new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Every activation-shaped tensor these launchers allocate (tests poison them with NaN)."""
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
+
+
+def new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def check_activation(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+    if not is_channels_inner(t):
+        raise ValueError(
+            f"{name} must be a 4-D channels_last tensor (or a channel slice of one); got shape "
+            f"{tuple(t.shape)} with strides {t.stride()}"
+        )
+
+
+def check_out(out: torch.Tensor, shape, like: torch.Tensor, name: str = "out") -> None:
+    check_activation(out, name)
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(f"{name} must be {like.dtype} on {like.device}, got {out.dtype} on {out.device}")

@@ -1,0 +1,552 @@
+"""Training-mode batch norm, fused: statistics, BN-apply + ReLU into a slice, and their backward.
+
+    y   = conv(x)                                 (statistics of y from the conv epilogue, or bn_stats)
+    out = act((y − mean) · invstd · γ + β)        (bn_act: written into any channels_last slice)
+
+Statistics are numerically stable: each tile reduces its pixels to (count, mean, M2 = Σ(v − mean)²) with two
+passes over registers, and :func:`bn_finalize` combines the tiles in a fixed order with Chan et al.'s
+pairwise update, shifted by the first tile's mean -- no E[v²] − E[v]² cancellation when the mean dwarfs the
+spread, and the same bits on every run (no atomics).
+
+Backward (``bn_act_backward``) recomputes the ReLU mask and x̂ from the saved pre-BN tensor: with M = N·H·W,
+g' = g·[z > 0], z = x̂·γ + β, dβ = Σ g', dγ = Σ g'·x̂, dx = γ·invstd·(g' − dβ/M − x̂·dγ/M). Two passes: per-tile
+partial sums (summed in a fixed order), then the elementwise dx. ``grad_out`` may be a strided channel slice of
+a block's gradient.
+
+:func:`conv_bn_act` is the training step of ``ConvBNAct``: our conv with the statistics epilogue, the finalize
+(which also updates the running statistics exactly like ``nn.BatchNorm2d``: momentum, unbiased variance), and
+BN-apply + ReLU written straight to the destination. It saves the conv input, the pre-BN output and the
+per-channel statistics; the post-activation output is not saved (its mask is recomputed).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _backend
+from ..utils import record_launch
+from . import _tile, conv as conv_ops, reference
+from ._registry import KernelSpec, register_kernel
+from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets
+
+FINALIZE_BLOCK_T = 32
+FINALIZE_BLOCK_C = 64
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+def _bn_partials(
+    x_ptr, cnt_ptr, mean_ptr, m2_ptr,
+    M, C, H, W,
+    sxn, sxc, sxh, sxw,
+    IDX_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """(count, mean, M2) of each [BLOCK_M pixels, BLOCK_C channels] tile of x."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_m = offs_m < M
+    mask_c = offs_c < C
+    mask = mask_m[:, None] & mask_c[None, :]
+    px = pixel_offsets(offs_m, H, W, sxn, sxh, sxw, IDX_T)
+    v = tl.load(x_ptr + px[:, None] + offs_c.to(IDX_T)[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
+    cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
+    t_mean = tl.sum(v, axis=0) / cnt
+    dev = tl.where(mask_m[:, None], v - t_mean[None, :], 0.0)
+    tl.store(mean_ptr + pid_m * C + offs_c, t_mean, mask=mask_c)
+    tl.store(m2_ptr + pid_m * C + offs_c, tl.sum(dev * dev, axis=0), mask=mask_c)
+    if pid_c == 0:
+        tl.store(cnt_ptr + pid_m, cnt.to(tl.float32))
+
+
+def _bn_finalize(
+    cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, var_ptr, invstd_ptr, rmean_ptr, rvar_ptr,
+    T, C, eps, momentum, unbias,
+    UPDATE_RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Combine T tile partials per channel (fixed order) into mean, biased var, invstd; update running stats.
+
+    Tiles with count 0 are empty (a conv config with tiles larger than the partial rows leaves some unused).
+    Values are shifted by tile 0's mean (tile 0 is never empty) so the sums stay small.
+    """
+    pid = tl.program_id(0)
+    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    shift = tl.load(pmean_ptr + offs_c, mask=mask_c, other=0.0)
+    acc_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    acc_mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    acc_m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        n = tl.load(cnt_ptr + offs_t, mask=offs_t < T, other=0.0)
+        live = (n > 0)[:, None] & mask_c[None, :]
+        ptrs = offs_t[:, None] * C + offs_c[None, :]
+        mu = tl.where(live, tl.load(pmean_ptr + ptrs, mask=live, other=0.0) - shift[None, :], 0.0)
+        m2 = tl.where(live, tl.load(pm2_ptr + ptrs, mask=live, other=0.0), 0.0)
+        nb = tl.sum(n, axis=0)
+        nb_safe = tl.maximum(nb, 1.0)
+        mb = tl.sum(n[:, None] * mu, axis=0) / nb_safe
+        d = tl.where(live, mu - mb[None, :], 0.0)
+        m2b = tl.sum(m2, axis=0) + tl.sum(n[:, None] * d * d, axis=0)
+        tot = acc_n + nb
+        frac = nb / tl.maximum(tot, 1.0)
+        delta = mb - acc_mean
+        acc_mean = acc_mean + delta * frac
+        acc_m2 = acc_m2 + m2b + delta * delta * acc_n * frac
+        acc_n = tot
+    mean = shift + acc_mean
+    var = acc_m2 / acc_n
+    tl.store(mean_ptr + offs_c, mean, mask=mask_c)
+    tl.store(var_ptr + offs_c, var, mask=mask_c)
+    tl.store(invstd_ptr + offs_c, 1.0 / tl.sqrt(var + eps), mask=mask_c)
+    if UPDATE_RUNNING:
+        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        rm = (1.0 - momentum) * rm + momentum * mean
+        rv = (1.0 - momentum) * rv + momentum * (var * unbias)
+        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
+        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+
+
+@triton.jit
+def _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    mean = tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0)
+    invstd = tl.load(invstd_ptr + offs_c, mask=mask_c, other=0.0)
+    if HAS_W:
+        w = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        w = tl.full(mean.shape, 1.0, tl.float32)
+    if HAS_B:
+        b = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        b = tl.zeros(mean.shape, tl.float32)
+    return mean, invstd, w, b
+
+
+def _bn_act_fwd(
+    x_ptr, out_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr,
+    M, C, H, W,
+    sxn, sxc, sxh, sxw,
+    son, soc, soh, sow,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, IDX_T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask = (offs_m < M)[:, None] & mask_c[None, :]
+    c64 = offs_c.to(IDX_T)[None, :]
+    xp = pixel_offsets(offs_m, H, W, sxn, sxh, sxw, IDX_T)[:, None] + c64 * sxc
+    v = tl.load(x_ptr + xp, mask=mask, other=0.0).to(tl.float32)
+    mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
+    z = (v - mean[None, :]) * (invstd * w)[None, :] + b[None, :]
+    if RELU:
+        z = tl.maximum(z, 0.0)
+    op = pixel_offsets(offs_m, H, W, son, soh, sow, IDX_T)[:, None] + c64 * soc
+    tl.store(out_ptr + op, z.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
+                 sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU: tl.constexpr, IDX_T: tl.constexpr):  # fmt: skip
+    """(g', x̂) of a tile: the incoming gradient through the ReLU (mask recomputed) and the normalized input."""
+    c64 = offs_c.to(IDX_T)[None, :]
+    gp = pixel_offsets(offs_m, H, W, sgn, sgh, sgw, IDX_T)[:, None] + c64 * sgc
+    xp = pixel_offsets(offs_m, H, W, sxn, sxh, sxw, IDX_T)[:, None] + c64 * sxc
+    g = tl.load(g_ptr + gp, mask=mask, other=0.0).to(tl.float32)
+    xhat = (tl.load(x_ptr + xp, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * invstd[None, :]
+    if RELU:
+        g = tl.where(xhat * w[None, :] + b[None, :] > 0, g, 0.0)
+    return g, xhat
+
+
+def _bn_act_bwd_reduce(
+    g_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, pb_ptr, pw_ptr,
+    M, C, H, W,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, IDX_T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Per-tile Σ g' and Σ g'·x̂ (the dβ and dγ partials)."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask = (offs_m < M)[:, None] & mask_c[None, :]
+    mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
+    g, xhat = _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
+                           sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU, IDX_T)  # fmt: skip
+    tl.store(pb_ptr + pid_m * C + offs_c, tl.sum(g, axis=0), mask=mask_c)
+    tl.store(pw_ptr + pid_m * C + offs_c, tl.sum(tl.where(mask, g * xhat, 0.0), axis=0), mask=mask_c)
+
+
+def _bn_act_bwd_dx(
+    g_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, gb_ptr, gw_ptr, dx_ptr,
+    M, C, H, W, inv_m,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    sdn, sdc, sdh, sdw,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, IDX_T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """dx = γ·invstd·(g' − dβ/M − x̂·dγ/M)."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask = (offs_m < M)[:, None] & mask_c[None, :]
+    mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
+    g, xhat = _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
+                           sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU, IDX_T)  # fmt: skip
+    gb = tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0) * inv_m
+    gw = tl.load(gw_ptr + offs_c, mask=mask_c, other=0.0) * inv_m
+    dx = (w * invstd)[None, :] * (g - gb[None, :] - xhat * gw[None, :])
+    dp = pixel_offsets(offs_m, H, W, sdn, sdh, sdw, IDX_T)[:, None] + offs_c.to(IDX_T)[None, :] * sdc
+    tl.store(dx_ptr + dp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+_bn_partials_kernel = triton.jit(_bn_partials)
+_bn_finalize_kernel = triton.jit(_bn_finalize)
+_bn_act_fwd_kernel = triton.jit(_bn_act_fwd)
+_bn_act_bwd_reduce_kernel = triton.jit(_bn_act_bwd_reduce)
+_bn_act_bwd_dx_kernel = triton.jit(_bn_act_bwd_dx)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers (Triton)
+# ----------------------------------------------------------------------------------------------------------
+def _tile_args():
+    return dict(BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
+
+
+def _check_interpretable(x: torch.Tensor) -> None:
+    conv_ops._check_interpretable(x)
+
+
+def stats_partials_of(x: torch.Tensor):
+    """Per-tile (count, mean, M2) partials of x (for a tensor our conv did not produce)."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    T = triton.cdiv(M, BLOCK_M)
+    cnt = _tile.new_buf((T,), x.device)
+    pmean = _tile.new_buf((T, C), x.device)
+    pm2 = _tile.new_buf((T, C), x.device)
+    record_launch()
+    _bn_partials_kernel[_tile.grid_2d(M, C)](
+        x, cnt, pmean, pm2, M, C, H, W, *x.stride(), IDX_T=_tile.tl_index_type(x), **_tile_args()
+    )
+    return cnt, pmean, pm2
+
+
+def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=None, momentum: float = 0.1):
+    """(mean, biased var, invstd), float32 (C,), from tile partials; updates running stats in place if given."""
+    cnt, pmean, pm2 = partials
+    T, C = pmean.shape
+    dev = pmean.device
+    mean, var, invstd = (_tile.new_buf((C,), dev) for _ in range(3))
+    update = running_mean is not None
+    unbias = M / (M - 1) if M > 1 else float("inf")
+    record_launch()
+    _bn_finalize_kernel[(triton.cdiv(C, FINALIZE_BLOCK_C),)](
+        cnt, pmean, pm2, mean, var, invstd,
+        running_mean if update else mean, running_var if update else var,
+        T, C, float(eps), float(momentum), float(unbias),
+        UPDATE_RUNNING=update, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return mean, var, invstd
+
+
+def bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out):
+    N, C, H, W = x.shape
+    M = N * H * W
+    dummy = mean
+    record_launch()
+    _bn_act_fwd_kernel[_tile.grid_2d(M, C)](
+        x, out, mean, invstd, weight if weight is not None else dummy, bias if bias is not None else dummy,
+        M, C, H, W, *x.stride(), *out.stride(),
+        HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu), IDX_T=_tile.tl_index_type(x, out),
+        **_tile_args(),
+    )  # fmt: skip
+    return out
+
+
+def bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu, dx=None):
+    """(dx, dγ, dβ); dx written into ``dx`` (any channels_last view) when given."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    T = triton.cdiv(M, BLOCK_M)
+    dev = x.device
+    dummy = mean
+    wt = weight if weight is not None else dummy
+    bs = bias if bias is not None else dummy
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
+    idx = _tile.tl_index_type(grad_out, x, dx)
+    pb = _tile.new_buf((T, C), dev)
+    pw = _tile.new_buf((T, C), dev)
+    grid = _tile.grid_2d(M, C)
+    record_launch()
+    _bn_act_bwd_reduce_kernel[grid](
+        grad_out, x, mean, invstd, wt, bs, pb, pw, M, C, H, W, *grad_out.stride(), *x.stride(),
+        IDX_T=idx, **flags, **_tile_args(),
+    )  # fmt: skip
+    record_launch(2)
+    gb = pb.sum(0)  # fixed-order reduction over tiles: deterministic
+    gw = pw.sum(0)
+    if dx is None:
+        dx = _tile.new_cl(x.shape, x)
+    record_launch()
+    _bn_act_bwd_dx_kernel[grid](
+        grad_out, x, mean, invstd, wt, bs, gb, gw, dx, M, C, H, W, 1.0 / M,
+        *grad_out.stride(), *x.stride(), *dx.stride(), IDX_T=idx, **flags, **_tile_args(),
+    )  # fmt: skip
+    return dx, gw, gb
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference twins (explicit math, also the CPU path)
+# ----------------------------------------------------------------------------------------------------------
+def _ref_stats(x):
+    v = x.float()
+    return v.mean((0, 2, 3)), v.var((0, 2, 3), unbiased=False)
+
+
+def _ref_bwd(grad_out, x, mean, invstd, weight, bias, relu):
+    C = x.shape[1]
+    xhat = (x.float() - mean.view(1, C, 1, 1)) * invstd.view(1, C, 1, 1)
+    w = weight.float().view(1, C, 1, 1) if weight is not None else torch.ones_like(mean).view(1, C, 1, 1)
+    b = bias.float().view(1, C, 1, 1) if bias is not None else torch.zeros_like(mean).view(1, C, 1, 1)
+    g = grad_out.float()
+    if relu:
+        g = torch.where(xhat * w + b > 0, g, torch.zeros((), dtype=g.dtype, device=g.device))
+    M = x.numel() // C
+    gb = g.sum((0, 2, 3))
+    gw = (g * xhat).sum((0, 2, 3))
+    dx = w * invstd.view(1, C, 1, 1) * (g - gb.view(1, C, 1, 1) / M - xhat * gw.view(1, C, 1, 1) / M)
+    return dx.to(x.dtype).contiguous(memory_format=torch.channels_last), gw, gb
+
+
+def _impl(x: torch.Tensor, op: str) -> str:
+    return _backend.resolve(x, op=op)
+
+
+def _cuda_ops():
+    return torch.ops.inception_kernels_cuda
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public functional ops (no autograd of their own: building blocks of the autograd functions below)
+# ----------------------------------------------------------------------------------------------------------
+def bn_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance over N·H·W, float32 (C,). x: channels_last (slices allowed)."""
+    _tile.check_activation(x, "x")
+    impl = _impl(x, "bn_stats")
+    if impl == "reference":
+        return _ref_stats(x)
+    if impl == "cuda":
+        return tuple(_cuda_ops().bn_stats(x))
+    _check_interpretable(x)
+    M = x.numel() // x.shape[1]
+    mean, var, _ = bn_finalize(stats_partials_of(x), M, 1.0)  # eps only shapes the unused invstd
+    return mean, var
+
+
+def bn_act(x, mean, invstd, weight=None, bias=None, relu: bool = True, out=None) -> torch.Tensor:
+    """``act((x − mean)·invstd·weight + bias)`` per channel; writes ``out`` (a channels_last slice) if given."""
+    _tile.check_activation(x, "x")
+    if out is None:
+        out = _tile.new_cl(x.shape, x)
+    else:
+        _tile.check_out(out, x.shape, x)
+    impl = _impl(x, "bn_act")
+    if impl == "reference":
+        return out.copy_(reference.bn_act(x, mean, invstd, weight, bias, relu))
+    if impl == "cuda":
+        _cuda_ops().bn_act_fwd(x, mean, invstd, weight, bias, bool(relu), out)
+        return out
+    _check_interpretable(x)
+    return bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out)
+
+
+def bn_act_backward(grad_out, x, mean, invstd, weight=None, bias=None, relu: bool = True):
+    """Training-mode gradients (dx, dγ, dβ) of ``bn_act`` with batch statistics (see the module docstring)."""
+    _tile.check_activation(grad_out, "grad_out")
+    impl = _impl(x, "bn_act")
+    if impl == "reference":
+        return _ref_bwd(grad_out, x, mean, invstd, weight, bias, relu)
+    if impl == "cuda":
+        return tuple(_cuda_ops().bn_act_bwd(grad_out, x, mean, invstd, weight, bias, bool(relu)))
+    _check_interpretable(x)
+    return bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd: batch norm (+ ReLU) on a tensor, and the fused training step of ConvBNAct
+# ----------------------------------------------------------------------------------------------------------
+def _momentum_and_check(M: int, momentum: float) -> float:
+    if M <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {M}")
+    return momentum
+
+
+class _BatchNormActFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, relu, out):
+        impl = _impl(x, "bn_act")
+        M = x.numel() // x.shape[1]
+        _momentum_and_check(M, momentum)
+        if impl == "triton":
+            _check_interpretable(x)
+            mean, var, invstd = bn_finalize(stats_partials_of(x), M, eps, running_mean, running_var, momentum)
+        else:
+            mean, var = bn_stats(x)
+            invstd = torch.rsqrt(var + eps)
+            if running_mean is not None:
+                with torch.no_grad():
+                    running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                    running_var.mul_(1 - momentum).add_((var * (M / (M - 1))).to(running_var.dtype),
+                                                        alpha=momentum)  # fmt: skip
+        y = bn_act(x, mean, invstd, weight, bias, relu, out=out)
+        ctx.save_for_backward(x, mean, invstd, weight, bias)
+        ctx.relu = relu
+        if out is not None:
+            ctx.mark_dirty(out)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, mean, invstd, weight, bias = ctx.saved_tensors
+        dx, dw, db = bn_act_backward(grad, x, mean, invstd, weight, bias, ctx.relu)
+        dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = db.to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None, None, None, None, None
+
+
+def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=None, momentum: float = 0.1,
+                   eps: float = 1e-5, relu: bool = True) -> torch.Tensor:  # fmt: skip
+    """Training-mode ``act(batch_norm(x))`` with batch statistics, running stats updated like ``nn.BatchNorm2d``.
+
+    x: (N, C, H, W) channels_last; weight/bias (C,) or None; running_mean/running_var (C,) or None.
+    """
+    _tile.check_activation(x, "x")
+    return _BatchNormActFn.apply(x, weight, bias, running_mean, running_var, float(momentum), float(eps),
+                                 bool(relu), None)  # fmt: skip
+
+
+class _ConvBNActFn(torch.autograd.Function):
+    """conv (statistics in its epilogue) → finalize (+ running stats) → BN-apply + act into the destination."""
+
+    @staticmethod
+    def forward(ctx, x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding, relu):
+        shape = conv_ops.out_shape(x.shape, weight.shape, stride, padding)
+        N, K, P, Q = shape
+        M = N * P * Q
+        _momentum_and_check(M, momentum)
+        y = conv_ops._new_cl(shape, x)
+        partials = conv_ops.stats_partials(M, K, x.device)
+        conv_ops.conv_fwd_into(x, weight, None, None, None, stride, padding, 1.0, False, y, stats=partials)
+        mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum)
+        out = bn_act(y, mean, invstd, gamma, beta, relu)
+        ctx.save_for_backward(x, weight, y, mean, invstd, gamma, beta)
+        ctx.conf = (stride, padding, relu)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y, mean, invstd, gamma, beta = ctx.saved_tensors
+        stride, padding, relu = ctx.conf
+        gy, dgamma, dbeta = bn_act_backward(grad, y, mean, invstd, gamma, beta, relu)
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False, False, False)
+        dx = dw = None
+        if any(need):
+            dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need)
+        dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
+        dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
+        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None
+
+
+def conv_bn_act_supported(x: torch.Tensor) -> bool:
+    """The fused training step runs where our conv runs directly (eager, Triton-capable device)."""
+    return conv_ops._eager_direct(x)
+
+
+def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: float, eps: float,
+                stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True) -> torch.Tensor:  # fmt: skip
+    """Training-mode ``act(batch_norm(conv(x, weight)))`` fused (see the module docstring).
+
+    x: (N, C, H, W) channels_last; weight (K, C, R, S); gamma/beta (K,); running stats (K,) or None (not
+    tracked); padding (top, bottom, left, right). Returns a new channels_last (N, K, P, Q) tensor.
+    """
+    return _ConvBNActFn.apply(x, weight, gamma, beta, running_mean, running_var, float(momentum), float(eps),
+                              tuple(stride), tuple(padding), bool(relu))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile registry
+# ----------------------------------------------------------------------------------------------------------
+_UNIT = {"sxc": 1, "soc": 1, "sgc": 1, "sdc": 1}
+
+
+def _strides(names: str) -> dict:
+    return {n.strip(): "i32:16" for n in names.split(",") if n.strip()}
+
+
+@functools.cache
+def _partials_types(dt: str) -> dict:
+    return {"x_ptr": f"*{dt}", "cnt_ptr": "*fp32", "mean_ptr": "*fp32", "m2_ptr": "*fp32",
+            "M": "i32", "C": "i32:16", "H": "i32", "W": "i32", **_strides("sxn, sxh, sxw"), "sxc": 1,
+            "IDX_T": tl.int32}  # fmt: skip
+
+
+@functools.cache
+def _finalize_types(dt: str) -> dict:
+    return {**{p: "*fp32" for p in ("cnt_ptr", "pmean_ptr", "pm2_ptr", "mean_ptr", "var_ptr", "invstd_ptr",
+                                     "rmean_ptr", "rvar_ptr")},
+            "T": "i32", "C": "i32", "eps": "fp32", "momentum": "fp32", "unbias": "fp32",
+            "UPDATE_RUNNING": True}  # fmt: skip
+
+
+_AFFINE = {"mean_ptr": "*fp32", "invstd_ptr": "*fp32", "w_ptr": "*fp32", "b_ptr": "*fp32",
+           "HAS_W": True, "HAS_B": True, "RELU": True, "IDX_T": tl.int32, "M": "i32", "C": "i32:16",
+           "H": "i32", "W": "i32"}  # fmt: skip
+
+
+@functools.cache
+def _fwd_types(dt: str) -> dict:
+    return {"x_ptr": f"*{dt}", "out_ptr": f"*{dt}", **_AFFINE, **_strides("sxn, sxh, sxw, son, soh, sow"),
+            "sxc": 1, "soc": 1}  # fmt: skip
+
+
+@functools.cache
+def _reduce_types(dt: str) -> dict:
+    return {"g_ptr": f"*{dt}", "x_ptr": f"*{dt}", "pb_ptr": "*fp32", "pw_ptr": "*fp32", **_AFFINE,
+            **_strides("sgn, sgh, sgw, sxn, sxh, sxw"), "sgc": 1, "sxc": 1}  # fmt: skip
+
+
+@functools.cache
+def _dx_types(dt: str) -> dict:
+    return {"g_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "gb_ptr": "*fp32", "gw_ptr": "*fp32",
+            "inv_m": "fp32", **_AFFINE, **_strides("sgn, sgh, sgw, sxn, sxh, sxw, sdn, sdh, sdw"),
+            "sgc": 1, "sxc": 1, "sdc": 1}  # fmt: skip
+
+
+_TILE_CONFIG = (triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS, num_stages=1),)
+register_kernel(KernelSpec("bn_partials", _bn_partials, _TILE_CONFIG, _partials_types))
+register_kernel(KernelSpec(
+    "bn_finalize", _bn_finalize,
+    (triton.Config({"BLOCK_T": FINALIZE_BLOCK_T, "BLOCK_C": FINALIZE_BLOCK_C}, num_warps=NUM_WARPS, num_stages=1),),
+    _finalize_types,
+))  # fmt: skip
+register_kernel(KernelSpec("bn_act_fwd", _bn_act_fwd, _TILE_CONFIG, _fwd_types))
+register_kernel(KernelSpec("bn_act_bwd_reduce", _bn_act_bwd_reduce, _TILE_CONFIG, _reduce_types))
+register_kernel(KernelSpec("bn_act_bwd_dx", _bn_act_bwd_dx, _TILE_CONFIG, _dx_types))

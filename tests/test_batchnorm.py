@@ -1,0 +1,179 @@
+"""Training-mode batch norm ops (statistics, BN-apply + ReLU into slices, backward, the fused conv→BN→ReLU step)
+against the fp64 reference; NaN-poisoned allocations; odd channel counts, H=W=1, slices at channel offsets."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inception_kernels.ops import batchnorm as bn
+from inception_kernels.ops import reference
+
+from helpers import rel_err
+
+SHAPES = [(2, 3, 5, 7), (1, 37, 1, 1), (3, 20, 9, 9), (2, 70, 4, 3)]
+TRAIN_SHAPES = [(2, 3, 5, 7), (2, 37, 1, 1), (3, 20, 9, 9), (2, 70, 4, 3)]  # training needs N·H·W > 1
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _slice_of_buffer(x, lo=5, extra=7):
+    """x copied into channels [lo, lo + C) of a larger channels_last buffer; returns the slice view."""
+    N, C, H, W = x.shape
+    buf = _cl(torch.randn(N, C + extra, H, W, device=x.device, dtype=x.dtype))
+    buf[:, lo : lo + C] = x
+    return buf[:, lo : lo + C]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("sliced", [False, True])
+def test_bn_stats(shape, sliced, device, poison):
+    x = _cl(torch.randn(shape, device=device) * 3 + 1)
+    if sliced:
+        x = _slice_of_buffer(x)
+    mean, var = bn.bn_stats(x)
+    xd = x.double()
+    assert rel_err(mean, xd.mean((0, 2, 3))) < 1e-6
+    assert rel_err(var, xd.var((0, 2, 3), unbiased=False)) < 1e-6
+
+
+def test_bn_stats_large_mean_small_spread(device, poison):
+    """mean 1e3, std 1e-2: E[x²] − E[x]² in float32 would lose every digit of the variance."""
+    x = _cl(1e3 + 1e-2 * torch.randn(4, 19, 17, 13, device=device))
+    mean, var = bn.bn_stats(x)
+    xd = x.double()
+    assert rel_err(mean, xd.mean((0, 2, 3))) < 1e-7
+    assert rel_err(var, xd.var((0, 2, 3), unbiased=False)) < 1e-3
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [True, False])
+def test_bn_act_into_slice(shape, relu, device, poison):
+    N, C, H, W = shape
+    x = _slice_of_buffer(_cl(torch.randn(shape, device=device)), lo=3)
+    mean, invstd = torch.randn(C, device=device), torch.rand(C, device=device) + 0.5
+    w, b = torch.randn(C, device=device), torch.randn(C, device=device)
+    big = _cl(torch.full((N, C + 11, H, W), float("nan"), device=device))
+    out = big[:, 6 : 6 + C]
+    bn.bn_act(x, mean, invstd, w, b, relu, out=out)
+    ref = reference.bn_act(x.double(), mean.double(), invstd.double(), w.double(), b.double(), relu)
+    assert rel_err(out, ref) < 1e-6
+    # nothing written outside the slice
+    assert big[:, :6].isnan().all() and big[:, 6 + C :].isnan().all()
+
+
+@pytest.mark.parametrize("shape", TRAIN_SHAPES)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_act_train_fwd_bwd(shape, relu, affine, device, poison):
+    """Forward, every gradient and the running statistics vs F.batch_norm in fp64; grad_out a strided slice."""
+    N, C, H, W = shape
+    x = _cl(torch.randn(shape, device=device) * 2 + 0.5)
+    w = torch.randn(C, device=device) if affine else None
+    b = torch.randn(C, device=device) if affine else None
+    rm, rv = torch.randn(C, device=device), torch.rand(C, device=device) + 0.5
+    rm_ref, rv_ref = rm.double().clone(), rv.double().clone()
+
+    leaves = [t for t in (x, w, b) if t is not None]
+    ours = [t.clone().requires_grad_() for t in leaves]
+    refs = [t.double().requires_grad_() for t in leaves]
+    xo, *wb = ours
+    xr, *wbr = refs
+    y = bn.batch_norm_act(xo, *(wb or (None, None)), rm, rv, momentum=0.3, eps=1e-3, relu=relu)
+    y_ref = reference.batch_norm_act(xr, *(wbr or (None, None)), rm_ref, rv_ref, 0.3, 1e-3, relu)
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(rm, rm_ref) < 1e-6 and rel_err(rv, rv_ref) < 1e-6
+
+    gbig = _cl(torch.randn(N, C + 9, H, W, device=device))
+    g = gbig[:, 4 : 4 + C]
+    grads = torch.autograd.grad(y, ours, g)
+    grads_ref = torch.autograd.grad(y_ref, refs, g.double())
+    for a, r in zip(grads, grads_ref):
+        assert rel_err(a, r) < 1e-4
+
+
+def test_bn_act_backward_matches_explicit_formula(device, poison):
+    x = _cl(torch.randn(2, 13, 3, 5, device=device))
+    g = _cl(torch.randn(2, 13, 3, 5, device=device))
+    mean, var = bn.bn_stats(x)
+    invstd = torch.rsqrt(var + 1e-5)
+    w, b = torch.randn(13, device=device), torch.randn(13, device=device)
+    dx, dw, db = bn.bn_act_backward(g, x, mean, invstd, w, b, True)
+    rdx, rdw, rdb = bn._ref_bwd(g.double(), x.double(), mean.double(), invstd.double(), w.double(), b.double(), True)
+    assert rel_err(dx, rdx) < 1e-5 and rel_err(dw, rdw) < 1e-5 and rel_err(db, rdb) < 1e-5
+
+
+CONV_CASES = [
+    # N, C, H, W, K, (R, S), stride, padding(t, b, l, r)
+    (2, 3, 9, 9, 8, (3, 3), (2, 2), (0, 0, 0, 0)),
+    (1, 10, 7, 7, 12, (1, 7), (1, 1), (0, 0, 3, 3)),
+    (3, 6, 1, 1, 5, (1, 1), (1, 1), (0, 0, 0, 0)),
+    (2, 20, 5, 6, 37, (3, 3), (1, 1), (1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("relu", [True, False])
+def test_conv_bn_act_train(case, relu, device, poison):
+    N, C, H, W, K, (R, S), stride, pad = case
+    x = _cl(torch.randn(N, C, H, W, device=device))
+    wt = torch.randn(K, C, R, S, device=device) / (C * R * S) ** 0.5
+    gamma, beta = torch.rand(K, device=device) + 0.5, torch.randn(K, device=device)
+    rm, rv = torch.zeros(K, device=device), torch.ones(K, device=device)
+    rm_ref, rv_ref = rm.double().clone(), rv.double().clone()
+    ours = [t.clone().requires_grad_() for t in (x, wt, gamma, beta)]
+    refs = [t.double().requires_grad_() for t in (x, wt, gamma, beta)]
+    y = bn.conv_bn_act(*ours, rm, rv, momentum=0.1, eps=1e-3, stride=stride, padding=pad, relu=relu)
+    yc = reference.conv2d(refs[0], refs[1], stride=stride, padding=pad)
+    y_ref = reference.batch_norm_act(yc, refs[2], refs[3], rm_ref, rv_ref, 0.1, 1e-3, relu)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(rm, rm_ref) < 1e-6 and rel_err(rv, rv_ref) < 1e-6
+    g = _cl(torch.randn(y.shape, device=device))
+    for a, r in zip(torch.autograd.grad(y, ours, g), torch.autograd.grad(y_ref, refs, g.double())):
+        assert rel_err(a, r) < 1e-4
+
+
+def test_conv_bn_stats_every_config(device, poison):
+    """The statistics epilogue under every forward config (tiles larger than the partial rows leave empty ones)."""
+    from inception_kernels.ops import conv
+
+    x = _cl(torch.randn(2, 24, 9, 11, device=device) + 5)
+    wt = torch.randn(40, 24, 1, 1, device=device) / 5
+    M = 2 * 9 * 11
+    yd = reference.conv2d(x.double(), wt.double())
+    for cfg in conv.prune_configs(conv.FWD_CONFIGS, {"BLOCK_M": M, "BLOCK_N": 40, "BLOCK_C": 24}, 4):
+        y = conv._new_cl((2, 40, 9, 11), x)
+        parts = conv.stats_partials(M, 40, x.device)
+        conv.conv_fwd_into(x, wt, None, None, None, (1, 1), (0, 0, 0, 0), 1.0, False, y, config=cfg, stats=parts)
+        mean, var, _ = bn.bn_finalize(parts, M, 1e-3)
+        assert rel_err(mean, yd.mean((0, 2, 3))) < 1e-6, cfg
+        assert rel_err(var, yd.var((0, 2, 3), unbiased=False)) < 1e-5, cfg
+
+
+def test_errors(device):
+    x = torch.randn(2, 3, 4, 4, device=device)  # NCHW-contiguous, not channels_last
+    with pytest.raises(ValueError, match="channels_last"):
+        bn.bn_stats(x.permute(0, 2, 3, 1))
+    with pytest.raises(TypeError, match="float"):
+        bn.bn_stats(_cl(x).to(torch.int32))
+    with pytest.raises(ValueError, match="more than 1 value"):
+        bn.batch_norm_act(_cl(torch.randn(1, 3, 1, 1, device=device)), None, None, None, None)
+    with pytest.raises(ValueError, match="out must have shape"):
+        bn.bn_act(_cl(x), torch.zeros(3), torch.ones(3), out=_cl(torch.empty(2, 3, 4, 5)))
+
+
+def test_reference_backend_matches(monkeypatch, device):
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    x = _cl(torch.randn(2, 5, 3, 3, device=device))
+    mean, var = bn.bn_stats(x)
+    assert torch.allclose(mean, x.mean((0, 2, 3)), atol=1e-6)
+    y = bn.batch_norm_act(x.clone().requires_grad_(), None, None, None, None)
+    assert torch.allclose(y, F.relu(F.batch_norm(x, None, None, training=True)), atol=1e-5)
+
+
+def test_cuda_backend_needs_cuda_tensors(monkeypatch):
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        bn.bn_stats(_cl(torch.randn(2, 3, 2, 2)))

@@ -4,11 +4,10 @@ against the fp64 reference; NaN-poisoned allocations; odd channel counts, H=W=1,
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import rel_err
 
 from inception_kernels.ops import batchnorm as bn
 from inception_kernels.ops import reference
-
-from helpers import rel_err
 
 SHAPES = [(2, 3, 5, 7), (1, 37, 1, 1), (3, 20, 9, 9), (2, 70, 4, 3)]
 TRAIN_SHAPES = [(2, 3, 5, 7), (2, 37, 1, 1), (3, 20, 9, 9), (2, 70, 4, 3)]  # training needs N·H·W > 1
@@ -100,7 +99,9 @@ def test_bn_act_backward_matches_explicit_formula(device, poison):
     invstd = torch.rsqrt(var + 1e-5)
     w, b = torch.randn(13, device=device), torch.randn(13, device=device)
     dx, dw, db = bn.bn_act_backward(g, x, mean, invstd, w, b, True)
-    rdx, rdw, rdb = bn._ref_bwd(g.double(), x.double(), mean.double(), invstd.double(), w.double(), b.double(), True)
+    rdx, rdw, rdb = bn._ref_bwd(
+        g.double(), x.double(), mean.double(), invstd.double(), w.double(), b.double(), True
+    )
     assert rel_err(dx, rdx) < 1e-5 and rel_err(dw, rdw) < 1e-5 and rel_err(db, rdb) < 1e-5
 
 
@@ -146,7 +147,9 @@ def test_conv_bn_stats_every_config(device, poison):
     for cfg in conv.prune_configs(conv.FWD_CONFIGS, {"BLOCK_M": M, "BLOCK_N": 40, "BLOCK_C": 24}, 4):
         y = conv._new_cl((2, 40, 9, 11), x)
         parts = conv.stats_partials(M, 40, x.device)
-        conv.conv_fwd_into(x, wt, None, None, None, (1, 1), (0, 0, 0, 0), 1.0, False, y, config=cfg, stats=parts)
+        conv.conv_fwd_into(
+            x, wt, None, None, None, (1, 1), (0, 0, 0, 0), 1.0, False, y, config=cfg, stats=parts
+        )
         mean, var, _ = bn.bn_finalize(parts, M, 1e-3)
         assert rel_err(mean, yd.mean((0, 2, 3))) < 1e-6, cfg
         assert rel_err(var, yd.var((0, 2, 3), unbiased=False)) < 1e-5, cfg

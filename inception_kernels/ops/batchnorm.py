@@ -29,7 +29,8 @@ import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import _tile, conv as conv_ops, reference
+from . import _tile, reference
+from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets
 
@@ -115,7 +116,9 @@ def _bn_finalize(
 
 
 @triton.jit
-def _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+def _load_affine(
+    mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W: tl.constexpr, HAS_B: tl.constexpr
+):
     mean = tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0)
     invstd = tl.load(invstd_ptr + offs_c, mask=mask_c, other=0.0)
     if HAS_W:

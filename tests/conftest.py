@@ -47,8 +47,15 @@ def poison(monkeypatch):
     """Every buffer our launchers allocate starts as NaN, so an element a kernel fails to write shows up."""
     from inception_kernels.ops import _tile, conv
 
+    def poison_value(t):
+        return float("nan") if t.is_floating_point() else -1
+
     def poisoned(alloc):
-        return lambda *a, **k: alloc(*a, **k).fill_(float("nan"))
+        def make(*a, **k):
+            t = alloc(*a, **k)
+            return t.fill_(poison_value(t))
+
+        return make
 
     for mod, cl, buf in ((conv, "_new_cl", "_new_buf"), (_tile, "new_cl", "new_buf")):
         monkeypatch.setattr(mod, cl, poisoned(getattr(mod, cl)))

@@ -1,0 +1,333 @@
+"""Max / average pooling written straight into a channel slice, and its backward.
+
+Output size, window clipping and the average divisor follow PyTorch's ``max_pool2d`` / ``avg_pool2d`` exactly
+(``ceil_mode``: the last window must start inside the input or the left padding; ``count_include_pad``:
+the divisor counts the window clipped to the padded extent, otherwise only the in-bounds pixels).
+
+Max pooling saves an int8 index per output element (the argmax position r·KW + s inside its window; the first
+maximum in row-major window order, NaN counting as a maximum) instead of PyTorch's int64 flat index: 1 byte
+instead of 8. The backward gathers: each input pixel sums the gradients of the (at most ⌈KH/SH⌉·⌈KW/SW⌉)
+windows that contain it -- no atomics, deterministic. ``grad_out`` may be a strided channel slice.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _backend
+from ..utils import record_launch
+from . import _tile, reference
+from ._registry import KernelSpec, register_kernel
+from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS
+
+KINDS = {"max": 0, "avg": 1}
+
+
+def out_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output length (dilation 1)."""
+    n = (size + 2 * p - k + ((s - 1) if ceil_mode else 0)) // s + 1
+    if ceil_mode and (n - 1) * s >= size + p:
+        n -= 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+def _pool_fwd(
+    x_ptr, out_ptr, idx_ptr,
+    M, C, H, W, P, Q,
+    sxn, sxc, sxh, sxw,
+    son, soc, sop, soq,
+    stride_h, stride_w, pad_h, pad_w,
+    KH: tl.constexpr, KW: tl.constexpr, IS_MAX: tl.constexpr, COUNT_PAD: tl.constexpr, IDX_T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """One [BLOCK_M output pixels, BLOCK_C channels] tile; M = N·P·Q."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_m = offs_m < M
+    mask_c = offs_c < C
+    q = offs_m % Q
+    t = offs_m // Q
+    p = t % P
+    n = t // P
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+    x_row = x_ptr + n.to(IDX_T) * sxn
+    c_off = offs_c.to(IDX_T)[None, :] * sxc
+    if IS_MAX:
+        best = tl.full((BLOCK_M, BLOCK_C), float("-inf"), tl.float32)
+        arg = tl.full((BLOCK_M, BLOCK_C), -1, tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    for r in tl.static_range(KH):
+        for s in tl.static_range(KW):
+            h = h0 + r
+            w = w0 + s
+            inside = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            m2 = inside[:, None] & mask_c[None, :]
+            ptrs = (x_row + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None] + c_off
+            v = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
+            if IS_MAX:
+                take = m2 & ((v > best) | ((v != v) & (best == best)) | (arg < 0))
+                best = tl.where(take, v, best)
+                arg = tl.where(take, r * KW + s, arg)
+            else:
+                acc += v
+    mask = mask_m[:, None] & mask_c[None, :]
+    o_off = (n.to(IDX_T) * son + p.to(IDX_T) * sop + q.to(IDX_T) * soq)[:, None] + offs_c.to(IDX_T)[
+        None, :
+    ] * soc
+    if IS_MAX:
+        tl.store(out_ptr + o_off, best.to(out_ptr.dtype.element_ty), mask=mask)
+        i_off = offs_m.to(IDX_T)[:, None] * C + offs_c.to(IDX_T)[None, :]
+        tl.store(idx_ptr + i_off, arg.to(tl.int8), mask=mask)
+    else:
+        if COUNT_PAD:
+            hs = tl.minimum(h0 + KH, H + pad_h) - h0
+            ws = tl.minimum(w0 + KW, W + pad_w) - w0
+        else:
+            hs = tl.minimum(h0 + KH, H) - tl.maximum(h0, 0)
+            ws = tl.minimum(w0 + KW, W) - tl.maximum(w0, 0)
+        div = tl.maximum(hs * ws, 1).to(tl.float32)
+        tl.store(out_ptr + o_off, (acc / div[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _pool_bwd(
+    g_ptr, idx_ptr, dx_ptr,
+    M, C, H, W, P, Q,
+    sgn, sgc, sgp, sgq,
+    stride_h, stride_w, pad_h, pad_w,
+    KH: tl.constexpr, KW: tl.constexpr, NR: tl.constexpr, NS: tl.constexpr,
+    IS_MAX: tl.constexpr, COUNT_PAD: tl.constexpr, IDX_T: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """dx for a [BLOCK_M input pixels, BLOCK_C channels] tile (M = N·H·W); NR, NS = windows per pixel per axis."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_m = offs_m < M
+    mask_c = offs_c < C
+    w = offs_m % W
+    t = offs_m // W
+    h = t % H
+    n = t // H
+    # the last window (in each axis) whose start is at or before this pixel
+    p_hi = (h + pad_h) // stride_h
+    q_hi = (w + pad_w) // stride_w
+    c64 = offs_c.to(IDX_T)[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    for i in tl.static_range(NR):
+        p = p_hi - i
+        r = h + pad_h - p * stride_h  # tap row of this pixel inside window p
+        ok_p = (p >= 0) & (p < P) & (r < KH)
+        for j in tl.static_range(NS):
+            q = q_hi - j
+            s = w + pad_w - q * stride_w
+            ok = mask_m & ok_p & (q >= 0) & (q < Q) & (s < KW)
+            m2 = ok[:, None] & mask_c[None, :]
+            g_off = (n.to(IDX_T) * sgn + p.to(IDX_T) * sgp + q.to(IDX_T) * sgq)[:, None] + c64 * sgc
+            g = tl.load(g_ptr + g_off, mask=m2, other=0.0).to(tl.float32)
+            if IS_MAX:
+                o_flat = ((n * P + p) * Q + q).to(IDX_T)
+                arg = tl.load(idx_ptr + o_flat[:, None] * C + c64, mask=m2, other=-1).to(tl.int32)
+                acc += tl.where(m2 & (arg == (r * KW + s)[:, None]), g, 0.0)
+            else:
+                h0 = p * stride_h - pad_h
+                w0 = q * stride_w - pad_w
+                if COUNT_PAD:
+                    hs = tl.minimum(h0 + KH, H + pad_h) - h0
+                    ws = tl.minimum(w0 + KW, W + pad_w) - w0
+                else:
+                    hs = tl.minimum(h0 + KH, H) - tl.maximum(h0, 0)
+                    ws = tl.minimum(w0 + KW, W) - tl.maximum(w0, 0)
+                div = tl.maximum(hs * ws, 1).to(tl.float32)
+                acc += g / div[:, None]
+    d_off = offs_m.to(IDX_T)[:, None] * C + c64
+    tl.store(dx_ptr + d_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+
+
+_pool_fwd_kernel = triton.jit(_pool_fwd)
+_pool_bwd_kernel = triton.jit(_pool_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers and functional ops
+# ----------------------------------------------------------------------------------------------------------
+def _norm(kernel, stride, padding):
+    def pair(v):
+        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+    kernel, stride, padding = pair(kernel), pair(stride if stride is not None else kernel), pair(padding)
+    for k, p in zip(kernel, padding):
+        if not 1 <= k <= 127 or p < 0 or p > k // 2:
+            raise ValueError(
+                f"pooling needs 1 <= kernel <= 127 and 0 <= padding <= kernel // 2, got {kernel}, {padding}"
+            )
+    return kernel, stride, padding
+
+
+def pool_out_shape(x_shape, kernel, stride, padding, ceil_mode):
+    N, C, H, W = x_shape
+    P = out_size(H, kernel[0], stride[0], padding[0], ceil_mode)
+    Q = out_size(W, kernel[1], stride[1], padding[1], ceil_mode)
+    return N, C, P, Q
+
+
+def pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
+    N, C, H, W = x.shape
+    _, _, P, Q = out.shape
+    M = N * P * Q
+    is_max = kind == "max"
+    idx = _tile.new_buf((N, P, Q, C), x.device, torch.int8) if is_max else out
+    record_launch()
+    _pool_fwd_kernel[_tile.grid_2d(M, C)](
+        x, out, idx, M, C, H, W, P, Q, *x.stride(), *out.stride(),
+        stride[0], stride[1], padding[0], padding[1],
+        KH=kernel[0], KW=kernel[1], IS_MAX=is_max, COUNT_PAD=bool(count_include_pad),
+        IDX_T=_tile.tl_index_type(x, out, idx if is_max else None),
+        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return idx.permute(0, 3, 1, 2) if is_max else None
+
+
+def pool_bwd_triton(grad_out, idx, kind, kernel, stride, padding, count_include_pad, x_shape, dtype):
+    N, C, H, W = x_shape
+    _, _, P, Q = grad_out.shape
+    dx = _tile.new_cl(x_shape, grad_out, dtype=dtype)
+    M = N * H * W
+    is_max = kind == "max"
+    record_launch()
+    _pool_bwd_kernel[_tile.grid_2d(M, C)](
+        grad_out, idx if is_max else grad_out, dx, M, C, H, W, P, Q, *grad_out.stride(),
+        stride[0], stride[1], padding[0], padding[1],
+        KH=kernel[0], KW=kernel[1], NR=math.ceil(kernel[0] / stride[0]), NS=math.ceil(kernel[1] / stride[1]),
+        IS_MAX=is_max, COUNT_PAD=bool(count_include_pad), IDX_T=_tile.tl_index_type(grad_out, dx),
+        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return dx
+
+
+def _ref_bwd(grad_out, x_ref, kind, kernel, stride, padding, ceil_mode, count_include_pad):
+    with torch.enable_grad():
+        xr = x_ref.detach().requires_grad_()
+        y = reference.pool2d(xr, kind, kernel, stride, padding, ceil_mode, count_include_pad)
+        (dx,) = torch.autograd.grad(y, xr, grad_out)
+    return dx.contiguous(memory_format=torch.channels_last)
+
+
+class _PoolFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
+        impl = _backend.resolve(x, op="pool2d")
+        ctx.conf = (kind, kernel, stride, padding, ceil_mode, count_include_pad)
+        ctx.x_shape, ctx.impl, ctx.dtype = tuple(x.shape), impl, x.dtype
+        idx = None
+        if impl == "reference":
+            out.copy_(reference.pool2d(x, kind, kernel, stride, padding, ceil_mode, count_include_pad))
+            ctx.save_for_backward(x if kind == "max" else None)
+        elif impl == "cuda":
+            idx = torch.ops.inception_kernels_cuda.pool2d_fwd(
+                x, KINDS[kind], list(kernel), list(stride), list(padding), ceil_mode, count_include_pad, out
+            )
+            ctx.save_for_backward(idx if kind == "max" else None)
+        else:
+            _tile_check_interpretable(x)
+            idx = pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out)
+            ctx.save_for_backward(idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        kind, kernel, stride, padding, ceil_mode, count_include_pad = ctx.conf
+        (saved,) = ctx.saved_tensors
+        if ctx.impl == "reference":
+            x_ref = (
+                saved if saved is not None else torch.zeros(ctx.x_shape, dtype=grad.dtype, device=grad.device)
+            )
+            dx = _ref_bwd(grad, x_ref, *ctx.conf)
+        elif ctx.impl == "cuda":
+            dx = torch.ops.inception_kernels_cuda.pool2d_bwd(
+                grad, saved if saved is not None else grad.new_empty(0, dtype=torch.int8), KINDS[kind],
+                list(kernel), list(stride), list(padding), ceil_mode, count_include_pad, list(ctx.x_shape),
+            )  # fmt: skip
+        else:
+            dx = pool_bwd_triton(grad, saved, kind, kernel, stride, padding, count_include_pad, ctx.x_shape,
+                                 ctx.dtype)  # fmt: skip
+        return dx, None, None, None, None, None, None, None
+
+
+def _tile_check_interpretable(x):
+    from .conv import _check_interpretable
+
+    _check_interpretable(x)
+
+
+def pool2d(
+    x: torch.Tensor,
+    kind: str,
+    kernel,
+    stride=None,
+    padding=0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Max (``kind="max"``) or average (``"avg"``) pooling of a channels_last x, written into ``out`` if given.
+
+    x: (N, C, H, W), channels innermost (a channel slice is fine); out: (N, C, P, Q) channels_last view, e.g. a
+    channel slice of an Inception block's output. Differentiable; returns ``out`` (or a new tensor).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'max' or 'avg', got {kind!r}")
+    _tile.check_activation(x, "x")
+    kernel, stride, padding = _norm(kernel, stride, padding)
+    shape = pool_out_shape(x.shape, kernel, stride, padding, ceil_mode)
+    if min(shape[2:]) < 1:
+        raise ValueError(f"pooling output would be empty: input {tuple(x.shape)}, kernel {kernel}")
+    if out is None:
+        out = _tile.new_cl(shape, x)
+        return _PoolFn.apply(x, kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), out)
+    _tile.check_out(out, shape, x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise ValueError("pool2d(out=...) is for inference; with autograd, let it allocate (the block engine "
+                         "merges leaf outputs itself)")  # fmt: skip
+    with torch.no_grad():
+        return _PoolFn.apply(x, kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile registry
+# ----------------------------------------------------------------------------------------------------------
+def _common(dt: str) -> dict:
+    return {"M": "i32", "C": "i32:16", "H": "i32", "W": "i32", "P": "i32", "Q": "i32",
+            "stride_h": "i32", "stride_w": "i32", "pad_h": "i32", "pad_w": "i32",
+            "KH": 3, "KW": 3, "IDX_T": tl.int32}  # fmt: skip
+
+
+@functools.cache
+def _fwd_types(dt: str) -> dict:
+    return {"x_ptr": f"*{dt}", "out_ptr": f"*{dt}", "idx_ptr": "*i8", **_common(dt), "IS_MAX": True,
+            "COUNT_PAD": False, "sxc": 1, "soc": 1,
+            **{k: "i32:16" for k in ("sxn", "sxh", "sxw", "son", "sop", "soq")}}  # fmt: skip
+
+
+@functools.cache
+def _bwd_types(dt: str) -> dict:
+    return {"g_ptr": f"*{dt}", "idx_ptr": "*i8", "dx_ptr": f"*{dt}", **_common(dt), "NR": 2, "NS": 2,
+            "IS_MAX": True, "COUNT_PAD": False, "sgc": 1,
+            **{k: "i32:16" for k in ("sgn", "sgp", "sgq")}}  # fmt: skip
+
+
+_CFG = (triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS, num_stages=1),)
+register_kernel(KernelSpec("pool2d_fwd", _pool_fwd, _CFG, _fwd_types))
+register_kernel(KernelSpec("pool2d_bwd", _pool_bwd, _CFG, _bwd_types))

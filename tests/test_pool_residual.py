@@ -1,0 +1,112 @@
+"""Pooling into slices and the scaled residual add vs the fp64 reference (forward and backward), poisoned
+allocations, odd channel counts, stride 2 on odd inputs, ceil_mode, H=W=1, slices at channel offsets."""
+
+import pytest
+import torch
+from helpers import rel_err
+
+from inception_kernels.ops import pool2d, reference, scaled_residual
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+POOL_CASES = [
+    # kind, (N, C, H, W), kernel, stride, padding, ceil_mode, count_include_pad
+    ("max", (2, 5, 9, 9), 3, 2, 0, False, True),  # v3/v4 reductions, odd input
+    ("max", (1, 37, 8, 10), 3, 2, 0, False, True),
+    ("max", (2, 3, 10, 10), 3, 2, 0, True, True),  # GoogLeNet ceil_mode
+    ("max", (2, 6, 7, 7), 3, 1, 1, True, True),  # GoogLeNet block pool branch
+    ("max", (3, 4, 1, 1), 3, 1, 1, False, True),  # H=W=1
+    ("avg", (2, 5, 7, 7), 3, 1, 1, False, True),  # v3 (count_include_pad=True)
+    ("avg", (2, 19, 5, 6), 3, 1, 1, False, False),  # timm v4 / IRv2 (count_include_pad=False)
+    ("avg", (1, 3, 1, 1), 3, 1, 1, False, False),
+    ("avg", (2, 4, 9, 9), 3, 2, 1, True, True),
+    ("avg", (2, 8, 11, 11), 5, 3, 0, False, True),  # GoogLeNet aux head
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_pool_forward_backward(case, device, poison):
+    kind, shape, k, s, p, ceil, cip = case
+    x = _cl(torch.randn(shape, device=device))
+    xo = x.clone().requires_grad_()
+    xr = x.double().requires_grad_()
+    y = pool2d(xo, kind, k, s, p, ceil, cip)
+    y_ref = reference.pool2d(xr, kind, (k, k), (s, s), (p, p), ceil, cip)
+    assert y.shape == y_ref.shape
+    assert rel_err(y, y_ref) < 1e-6
+    gbig = _cl(torch.randn(y.shape[0], y.shape[1] + 6, *y.shape[2:], device=device))
+    g = gbig[:, 2 : 2 + y.shape[1]]  # a strided slice of a larger gradient
+    (dx,) = torch.autograd.grad(y, xo, g)
+    (dx_ref,) = torch.autograd.grad(y_ref, xr, g.double())
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(dx, dx_ref) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_into_slice_from_slice(kind, device, poison):
+    N, C, H, W = 2, 7, 9, 9
+    src = _cl(torch.randn(N, C + 5, H, W, device=device))
+    x = src[:, 3 : 3 + C]
+    big = _cl(torch.full((N, C + 10, 4, 4), float("nan"), device=device))
+    with torch.no_grad():
+        pool2d(x, kind, 3, 2, out=big[:, 4 : 4 + C])
+    ref = reference.pool2d(x.double(), kind, (3, 3), (2, 2))
+    assert rel_err(big[:, 4 : 4 + C], ref) < 1e-6
+    assert big[:, :4].isnan().all() and big[:, 4 + C :].isnan().all()
+
+
+def test_max_pool_nan_and_ties(device):
+    x = _cl(
+        torch.zeros(1, 2, 3, 3, device=device)
+    )  # all ties: the first element of the window takes the grad
+    x[0, 1, 1, 1] = float("nan")
+    xo = x.clone().requires_grad_()
+    y = pool2d(xo, "max", 3, 1)
+    assert y[0, 0].item() == 0 and y[0, 1].isnan().all()
+    (dx,) = torch.autograd.grad(y, xo, torch.ones_like(y))
+    assert dx[0, 0, 0, 0] == 1 and dx[0, 0].sum() == 1
+    assert dx[0, 1, 1, 1] == 1 and dx[0, 1].sum() == 1
+
+
+def test_pool_errors(device):
+    x = _cl(torch.randn(1, 3, 4, 4, device=device))
+    with pytest.raises(ValueError, match="kind"):
+        pool2d(x, "min", 3)
+    with pytest.raises(ValueError, match="padding"):
+        pool2d(x, "max", 3, 1, padding=2)
+    with pytest.raises(ValueError, match="out must have shape"):
+        with torch.no_grad():
+            pool2d(x, "max", 3, 2, out=_cl(torch.empty(1, 3, 2, 2, device=device)))
+    with pytest.raises(ValueError, match="channels_last"):
+        pool2d(torch.randn(1, 3, 4, 4, device=device).permute(0, 2, 3, 1), "max", 3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 37, 1, 1), (2, 20, 4, 3)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_scaled_residual(shape, relu, device, poison):
+    x = _cl(torch.randn(shape, device=device))
+    ybig = _cl(torch.randn(shape[0], shape[1] + 4, *shape[2:], device=device))
+    y = ybig[:, 1 : 1 + shape[1]]
+    ours = [x.clone().requires_grad_(), y.clone().requires_grad_()]
+    refs = [x.double().requires_grad_(), y.double().requires_grad_()]
+    out = scaled_residual(*ours, 0.17, relu)
+    out_ref = reference.scaled_residual(*refs, 0.17, relu)
+    assert rel_err(out, out_ref) < 1e-6
+    g = _cl(torch.randn(shape, device=device))
+    for a, r in zip(torch.autograd.grad(out, ours, g), torch.autograd.grad(out_ref, refs, g.double())):
+        assert rel_err(a, r) < 1e-6
+
+
+def test_scaled_residual_into_slice(device, poison):
+    x = _cl(torch.randn(2, 6, 3, 3, device=device))
+    y = _cl(torch.randn(2, 6, 3, 3, device=device))
+    big = _cl(torch.full((2, 10, 3, 3), float("nan"), device=device))
+    with torch.no_grad():
+        scaled_residual(x, y, 0.5, True, out=big[:, 2:8])
+    assert rel_err(big[:, 2:8], reference.scaled_residual(x.double(), y.double(), 0.5, True)) < 1e-6
+    assert big[:, :2].isnan().all() and big[:, 8:].isnan().all()
+    with pytest.raises(ValueError, match="match"):
+        scaled_residual(x, y[:, :5])

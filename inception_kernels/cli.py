@@ -120,7 +120,19 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--seed", type=int, help="random seed (default: fresh)")
+    from .train import cli as train_cli
+
+    p = sub.add_parser("train", help="train a model (no arguments: the built-in digits demo, minutes on a CPU)",
+                       description=train_cli.TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_cli.add_train_arguments(p)
+    p = sub.add_parser("eval", help="evaluate checkpoints: 1/10/12/144-crop top-1/top-5, EMA, ensembles",
+                       description=train_cli.EVAL_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_cli.add_eval_arguments(p)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return train_cli.run_train(args)
+    if args.command == "eval":
+        return train_cli.run_eval(args)
     # Without a GPU the kernels run in the Triton interpreter, which must be chosen before they are defined.
     if args.command == "check":
         import torch

@@ -11,10 +11,14 @@ Options beyond the reference:
 * ``stem="151"`` / ``"79"``: the low-resolution experiment of §9 — the first conv has stride 1 (151² input) and,
   for 79², the first max-pool is removed; the rest is unchanged, so the cost stays near the 299² model's.
 * ``first_conv="7x7"``: an unfactorized 7×7/2 first layer (used by the Inception-v2 reading in ``inception_v2``).
+* ``width_mult``: every filter count ``c`` (stem, blocks, aux head) becomes ``scale_width(c, width_mult)`` =
+  ``max(8, round(c·width_mult/8)·8)``; ``1.0`` is the reference architecture unchanged. Narrow networks are for
+  small data and CPU runs (the trainer's built-in default uses one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import namedtuple
 
 import torch
@@ -26,6 +30,25 @@ from ..nn.layers import ConvBNAct
 from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
 
 InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
+
+
+def scale_width(c: int, width_mult: float) -> int:
+    """A filter count scaled by ``width_mult``, rounded to a multiple of 8 (at least 8); unchanged at 1.0."""
+    return c if width_mult == 1.0 else max(8, int(round(c * width_mult / 8)) * 8)
+
+
+def _scaled(item, width_mult: float):
+    """A table item (Conv, Pool, Branch, Block) with every Conv's filter count scaled."""
+    if width_mult == 1.0:
+        return item
+    if isinstance(item, Conv):
+        return dataclasses.replace(item, out=scale_width(item.out, width_mult))
+    if isinstance(item, Block):
+        return dataclasses.replace(item, branches=tuple(_scaled(b, width_mult) for b in item.branches))
+    if isinstance(item, Pool):
+        return item
+    return dataclasses.replace(item, layers=tuple(_scaled(x, width_mult) for x in item.layers),
+                               fork=tuple(_scaled(f, width_mult) for f in item.fork))  # fmt: skip
 
 
 def block_a(pool_features: int, count_include_pad: bool = True) -> Block:
@@ -115,11 +138,12 @@ def body_after_aux(avgpool_mode: str = "torch") -> list:
 class InceptionAux(nn.Module):
     """Auxiliary head on the 17×17 grid: avgpool 5/3 → 1×1 128 → 5×5 768 (valid) → FC (→ BN with ``bn_aux``)."""
 
-    def __init__(self, in_channels: int, num_classes: int, bn_aux: bool = False):
+    def __init__(self, in_channels: int, num_classes: int, bn_aux: bool = False, width_mult: float = 1.0):
         super().__init__()
-        self.conv0 = ConvBNAct(in_channels, 128, 1)
-        self.conv1 = ConvBNAct(128, 768, 5)
-        self.fc = nn.Linear(768, num_classes)
+        c0, c1 = scale_width(128, width_mult), scale_width(768, width_mult)
+        self.conv0 = ConvBNAct(in_channels, c0, 1)
+        self.conv1 = ConvBNAct(c0, c1, 5)
+        self.fc = nn.Linear(c1, num_classes)
         self.fc_bn = nn.BatchNorm1d(num_classes, eps=1e-3) if bn_aux else None
 
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -135,8 +159,10 @@ class InceptionV3(nn.Module):
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
                  dropout: float = 0.5, avgpool_mode: str = "torch", bn_aux: bool = False, stem: str = "299",
-                 first_conv: str = "3x3", hfuse: bool = True):  # fmt: skip
+                 first_conv: str = "3x3", hfuse: bool = True, width_mult: float = 1.0):  # fmt: skip
         super().__init__()
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult!r}")
         if avgpool_mode not in ("torch", "tf"):
             raise ValueError(f"avgpool_mode must be 'torch' or 'tf', got {avgpool_mode!r}")
         if stem not in ("299", "151", "79"):
@@ -145,8 +171,12 @@ class InceptionV3(nn.Module):
         self.stem_kind = stem
         self.stages_a = globals()["stem"](stem, first_conv) + body_to_aux(avgpool_mode)
         self.stages_b = body_after_aux(avgpool_mode)
+        if width_mult != 1.0:
+            self.stages_a = [(n, _scaled(it, width_mult)) for n, it in self.stages_a]
+            self.stages_b = [(n, _scaled(it, width_mult)) for n, it in self.stages_b]
+        self.width_mult = width_mult
         c = build_stages(self, self.stages_a, 3, hfuse=hfuse)
-        self.AuxLogits = InceptionAux(c, num_classes, bn_aux) if aux_logits else None
+        self.AuxLogits = InceptionAux(c, num_classes, bn_aux, width_mult) if aux_logits else None
         c = build_stages(self, self.stages_b, c, hfuse=hfuse)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(p=dropout)

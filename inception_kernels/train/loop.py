@@ -1,0 +1,541 @@
+"""The training loop: the papers' recipe, torchrun/DDP, EMA, checkpoints, logs and plots.
+
+:func:`train` takes a :class:`TrainConfig` and returns a :class:`TrainResult`. The command lines
+(``inception-kernels train``, ``python -m inception_kernels.train``) build the config from flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt_mod
+from . import distributed as dist_mod
+from .data import DataBundle, build_data, collate_skip
+from .ema import ModelEMA
+from .evaluate import accuracy_table, predict
+from .losses import inception_loss
+from .optim import build_optimizer, param_groups
+from .schedule import StaircaseLR
+
+# The built-in default (no --data): a narrow Inception-v3 on scikit-learn's digits at the model's minimum input
+# size (75², where the aux head cannot run). Measured on a 2-core CPU: see DIGITS_DEFAULTS_NOTE.
+DIGITS_DEFAULTS = dict(width_mult=0.25, epochs=30, batch_size=32)
+DIGITS_DEFAULTS_NOTE = (
+    "built-in default (no --data): inception_v3 at width 0.25 and 75x75 input on scikit-learn's digits "
+    "(1,437 train / 360 val), 30 epochs of the papers' recipe at batch 32"
+)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or Inf; the run stopped, the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. ``None`` means "the recipe's default for this data" (resolved by :func:`resolve`)."""
+
+    # model
+    model: str = "inception_v3"
+    width_mult: float | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    aux_logits: str = "auto"  # auto | on | off
+    bn_momentum: float | None = None  # PyTorch convention (1 − TF's decay); None keeps the model's (0.1)
+    # data
+    data: str | None = None  # None/"digits", "synthetic" or an ImageFolder root with train/ and val/
+    image_size: int | None = None
+    num_classes: int | None = None
+    color_jitter: float = 0.0
+    crop_pct: float = 0.875
+    digits_shift: int = 0
+    workers: int | None = None
+    limit_train: int = 0
+    limit_val: int = 0
+    synthetic_length: int = 1024
+    # recipe
+    epochs: int | None = None
+    batch_size: int | None = None  # per process, per optimizer step
+    accum_steps: int = 1
+    optimizer: str = "rmsprop-tf"
+    lr: float = 0.045
+    lr_scale: bool = False
+    lr_decay: float = 0.94
+    lr_decay_epochs: float = 2.0
+    warmup_epochs: float = 0.0
+    momentum: float = 0.9
+    rho: float = 0.9
+    opt_eps: float = 1.0
+    weight_decay: float = 4e-5
+    clip_grad: float = 2.0
+    label_smoothing: float = 0.1
+    aux_weight: float | None = None
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    # execution
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | none
+    channels_last: str = "auto"  # auto (CUDA only) | on | off
+    compile: bool = False
+    backend: str | None = None
+    seed: int = 0
+    # run management
+    output: str | None = None
+    resume: str | None = None
+    stop_after: int = 0  # stop (resumably) after this many epochs in total; 0 = run all
+    quiet: bool = False
+    log_every: int = 10
+    plots: bool = True
+
+
+# fields a resumed run may change; everything else comes from the checkpoint's config
+RESUME_OVERRIDES = ("epochs", "stop_after", "quiet", "workers", "log_every", "plots", "output", "device")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: list = field(default_factory=list)  # one dict per epoch (the rows of epochs.csv)
+    best_top1: float = float("nan")
+    best_source: str = ""
+    elapsed_s: float = 0.0
+
+
+def is_digits(cfg: TrainConfig) -> bool:
+    return cfg.data in (None, "", "digits")
+
+
+def _model_class(name: str):
+    from ..models import _MODELS, _resolve, list_models
+
+    cls = _resolve(name) if name in _MODELS else None
+    if cls is None:
+        raise SystemExit(f"error: unknown model {name!r}; available: {', '.join(list_models())}")
+    return cls
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the data-dependent defaults: the built-in digits run uses :data:`DIGITS_DEFAULTS` (where the model has
+    the option), every other run the papers' recipe (batch 32, 100 epochs; 1 epoch for synthetic data) at 299²
+    (224² for GoogLeNet)."""
+    cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs))
+    cls = _model_class(cfg.model)
+    params = inspect.signature(cls).parameters
+    if is_digits(cfg):
+        if cfg.width_mult is None and "width_mult" in params and cfg.model == "inception_v3":
+            cfg.width_mult = DIGITS_DEFAULTS["width_mult"]
+        if cfg.epochs is None:
+            cfg.epochs = DIGITS_DEFAULTS["epochs"]
+        if cfg.batch_size is None:
+            cfg.batch_size = DIGITS_DEFAULTS["batch_size"]
+    if cfg.epochs is None:
+        cfg.epochs = 1 if cfg.data == "synthetic" else 100
+    if cfg.batch_size is None:
+        cfg.batch_size = 32
+    if cfg.width_mult is not None and "width_mult" not in params:
+        raise SystemExit(f"error: model {cfg.model!r} has no width_mult option")
+    if cfg.image_size is None:
+        if is_digits(cfg):
+            with torch.random.fork_rng():
+                cfg.image_size = int(getattr(_build(cfg, 10, aux=False), "min_size", 75))
+        else:
+            cfg.image_size = 224 if cfg.model == "googlenet" else 299
+    if cfg.aux_weight is None:
+        cfg.aux_weight = 0.3 if cfg.model == "googlenet" else 0.4
+    if cfg.batch_size % cfg.accum_steps:
+        raise SystemExit(
+            f"error: --batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}"
+        )
+    if cfg.aux_logits not in ("auto", "on", "off"):
+        raise SystemExit(f"error: aux_logits must be auto, on or off, got {cfg.aux_logits!r}")
+    return cfg
+
+
+def _build(cfg: TrainConfig, num_classes: int, aux: bool | None) -> nn.Module:
+    from ..models import create_model
+
+    kw = dict(cfg.model_kwargs)
+    if cfg.width_mult is not None:
+        kw["width_mult"] = cfg.width_mult
+    if aux is not None and "aux_logits" in inspect.signature(_model_class(cfg.model)).parameters:
+        kw["aux_logits"] = aux
+    return create_model(cfg.model, num_classes=num_classes, **kw)
+
+
+def model_kwargs(cfg: TrainConfig, num_classes: int) -> dict:
+    """The keyword arguments the run's model is built with (stored in checkpoints): ``model_kwargs`` plus
+    ``width_mult`` and the resolved ``aux_logits`` (``auto``: on when the model has aux heads that can run at this
+    input size -- probed with one train-mode forward of a throwaway copy)."""
+    kw = dict(cfg.model_kwargs)
+    if cfg.width_mult is not None:
+        kw["width_mult"] = cfg.width_mult
+    if "aux_logits" in inspect.signature(_model_class(cfg.model)).parameters:
+        if cfg.aux_logits == "auto":
+            with torch.random.fork_rng():
+                probe = _build(cfg, num_classes, aux=True).train()
+                try:
+                    with torch.no_grad():
+                        probe(torch.zeros(2, 3, cfg.image_size, cfg.image_size))
+                    kw["aux_logits"] = True
+                except ValueError:
+                    kw["aux_logits"] = False
+        else:
+            kw["aux_logits"] = cfg.aux_logits == "on"
+    return kw
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Logs
+# ----------------------------------------------------------------------------------------------------------
+class CsvLog:
+    def __init__(self, path: Path, fields: list[str], enabled: bool):
+        self.path, self.fields, self.enabled = path, fields, enabled
+        if enabled and not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(fields)
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.fields])
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+STEP_FIELDS = ["epoch", "step", "loss", "lr", "img_per_s"]
+EPOCH_FIELDS = ["epoch", "step", "train_loss", "val_loss", "top1", "top5", "ema_top1", "ema_top5", "lr", "epoch_s",
+                "img_per_s", "skipped_train", "skipped_val"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------
+def _set_epoch(ds, epoch: int) -> None:
+    while hasattr(ds, "dataset") and not hasattr(ds, "set_epoch"):
+        ds = ds.dataset
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(epoch)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device):
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "none"
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _loaders(bundle: DataBundle, cfg: TrainConfig, info, pin: bool):
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    workers = cfg.workers
+    if workers is None:
+        workers = (
+            0 if bundle.kind == "digits" else min(8, max(1, (os.cpu_count() or 2) // max(1, info.world_size)))
+        )
+    # One sampler for every layout: the permutation depends on (seed, epoch) only, so one process with batch B and
+    # N processes with batch B/N see the same global batches (rank r takes positions r, r+N, ...).
+    sampler = DistributedSampler(bundle.train, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed)  # fmt: skip
+    train = DataLoader(bundle.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                       collate_fn=collate_skip, pin_memory=pin, drop_last=True,
+                       persistent_workers=workers > 0)  # fmt: skip
+    val_ds = (
+        Subset(bundle.val, range(info.rank, len(bundle.val), info.world_size)) if info.enabled else bundle.val
+    )
+    val = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=workers,
+                     collate_fn=collate_skip, pin_memory=pin)  # fmt: skip
+    return train, sampler, val
+
+
+def _evaluate(models: dict, loader, info, amp_dtype, channels_last: bool) -> dict:
+    names = list(models)
+    probs, labels, skipped = predict(list(models.values()), loader, info.device, amp_dtype, channels_last)
+    out = {}
+    for name, p in zip(names, probs):
+        (row,) = accuracy_table([name], [p], labels, info)
+        nll = (
+            -torch.log(p.gather(1, labels.view(-1, 1)).clamp_min(1e-12)).sum()
+            if len(labels)
+            else torch.zeros(())
+        )
+        t = dist_mod.all_reduce_sum(torch.tensor([float(nll), float(len(labels))], dtype=torch.float64,
+                                                 device=info.device), info).cpu()  # fmt: skip
+        out[name] = dict(top1=row["top1"], top5=row["top5"], loss=float(t[0] / max(1.0, float(t[1]))))
+    sk = dist_mod.all_reduce_sum(torch.tensor([float(skipped)], device=info.device), info)
+    out["skipped"] = int(sk.item())
+    return out
+
+
+def _default_output(cfg: TrainConfig) -> Path:
+    data = "digits" if is_digits(cfg) else ("synthetic" if cfg.data == "synthetic" else Path(cfg.data).name)
+    return Path("runs") / f"{cfg.model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print(info, *a, **kw) -> None:
+    if info.is_main:
+        print(*a, **kw, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
+    """Train a model as configured; returns the run directory and the per-epoch history. Raises
+    :class:`NonFiniteLoss` when the loss becomes NaN/Inf (the last good ``last.pt`` is kept) and ``SystemExit``
+    with a clear message for bad data, options or checkpoints."""
+    t_start = time.perf_counter()
+    resume_ckpt = None
+    if cfg.resume:
+        resume_ckpt = ckpt_mod.load_checkpoint(cfg.resume)
+        saved = TrainConfig(**resume_ckpt["config"])
+        defaults = TrainConfig()
+        for k in RESUME_OVERRIDES:
+            if getattr(cfg, k) != getattr(defaults, k):
+                setattr(saved, k, getattr(cfg, k))
+        if saved.output is None or cfg.output is None:
+            saved.output = str(Path(cfg.resume).resolve().parent)
+        saved.resume = cfg.resume
+        cfg = saved
+    cfg = resolve(cfg)
+    if cfg.backend:
+        os.environ["INCEPTION_KERNELS_BACKEND"] = cfg.backend
+    info = dist_mod.setup(cfg.device)
+    try:
+        return _train(cfg, info, resume_ckpt, t_start)
+    finally:
+        dist_mod.cleanup()
+
+
+def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa: C901
+    from tqdm.auto import tqdm
+
+    device = info.device
+    torch.manual_seed(cfg.seed)
+    bundle = build_data(cfg.data, cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed,
+                        color_jitter=cfg.color_jitter, crop_pct=cfg.crop_pct, digits_shift=cfg.digits_shift,
+                        synthetic_length=cfg.synthetic_length, limit_train=cfg.limit_train,
+                        limit_val=cfg.limit_val)  # fmt: skip
+    num_classes = bundle.num_classes
+    mkw = model_kwargs(cfg, num_classes)
+    if resume_ckpt is not None:
+        ckpt_mod.check_compatible(resume_ckpt, cfg.model, mkw, num_classes, cfg.resume)
+    from ..models import create_model
+
+    model = create_model(cfg.model, num_classes=num_classes, **mkw)
+    min_size = getattr(model, "min_size", None)
+    if min_size and cfg.image_size < min_size:
+        raise SystemExit(f"error: {cfg.model} needs an input of at least {min_size}x{min_size}, "
+                         f"--image-size is {cfg.image_size}")  # fmt: skip
+    if cfg.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
+
+    train_loader, sampler, val_loader = _loaders(bundle, cfg, info, pin=device.type == "cuda")
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(bundle.train)} training images make no full batch of {cfg.batch_size} "
+                         f"per process × {info.world_size} processes")  # fmt: skip
+    global_batch = cfg.batch_size * info.world_size
+    lr = cfg.lr * global_batch / 32 if cfg.lr_scale else cfg.lr
+    opt = build_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), lr, cfg.weight_decay, cfg.momentum,
+                          cfg.rho, cfg.opt_eps)  # fmt: skip
+    sched = StaircaseLR(opt, lr, steps_per_epoch, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs)
+    amp_dtype = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    start_epoch, step, best, best_source = 0, 0, -1.0, ""
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        if ema is not None and resume_ckpt.get("ema") is not None:
+            ema.load_state_dict(resume_ckpt["ema"])
+        opt.load_state_dict(resume_ckpt["optimizer"])
+        sched.load_state_dict(resume_ckpt["scheduler"])
+        scaler.load_state_dict(resume_ckpt["scaler"])
+        start_epoch, step = resume_ckpt["epoch"], resume_ckpt["step"]
+        best, best_source = resume_ckpt.get("best_top1", -1.0), resume_ckpt.get("best_source", "")
+        ckpt_mod.set_rng_state(resume_ckpt["rng"])
+
+    run_model = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        run_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        run_model = torch.compile(run_model)
+
+    out_dir = Path(cfg.output) if cfg.output else _default_output(cfg)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        conf = dataclasses.asdict(cfg)
+        conf_full = dict(config=conf, model_kwargs=mkw, num_classes=num_classes, world_size=info.world_size,
+                         global_batch=global_batch, lr=lr, steps_per_epoch=steps_per_epoch, device=str(device),
+                         torch=torch.__version__, train_images=len(bundle.train), val_images=len(bundle.val))  # fmt: skip
+        with open(out_dir / "config.json", "w") as f:
+            json.dump(conf_full, f, indent=1, default=str)
+        try:
+            import yaml
+
+            with open(out_dir / "config.yaml", "w") as f:
+                yaml.safe_dump(json.loads(json.dumps(conf_full, default=str)), f, sort_keys=False)
+        except ImportError:
+            pass
+    steps_log = CsvLog(out_dir / "steps.csv", STEP_FIELDS, info.is_main)
+    epochs_log = CsvLog(out_dir / "epochs.csv", EPOCH_FIELDS, info.is_main)
+    n_params = sum(p.numel() for p in model.parameters())
+    _print(info, f"output: {out_dir}")
+    _print(info, f"{cfg.model} {mkw} ({n_params / 1e6:.2f} M params) on {bundle.kind} data: {len(bundle.train)} "
+                 f"train / {len(bundle.val)} val images, {num_classes} classes, {cfg.image_size}x{cfg.image_size}; "
+                 f"{device}, {info.world_size} process(es), global batch {global_batch}, {cfg.optimizer} lr {lr:g}, "
+                 f"{cfg.epochs} epochs")  # fmt: skip
+
+    history = []
+    if resume_ckpt is not None:
+        history = list(resume_ckpt.get("history", []))
+    k = cfg.accum_steps
+    params = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        _set_epoch(bundle.train, epoch)
+        run_model.train()
+        t0 = time.perf_counter()
+        loss_sum, loss_n, seen, skipped = torch.zeros((), dtype=torch.float64), 0, 0, 0
+        last_good = None
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=cfg.quiet or not info.is_main, dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+        for x, y, n_skip in bar:
+            skipped += n_skip
+            weight = 1.0
+            if x is None:
+                if not info.enabled:
+                    continue
+                # every process must take part in the gradient all-reduce: reuse a batch with zero weight
+                x, y = (
+                    last_good
+                    if last_good is not None
+                    else (
+                        torch.zeros(2 * k, 3, cfg.image_size, cfg.image_size),
+                        torch.zeros(2 * k, dtype=torch.int64),
+                    )
+                )
+                weight = 0.0
+            else:
+                last_good = (x, y)
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            step_loss = torch.zeros((), device=device)
+            for j in range(k):
+                # strided micro-batches: micro-batch j of one process = the batch of rank j of k processes
+                xj, yj = (x, y) if k == 1 else (x[j::k], y[j::k])
+                sync = contextlib.nullcontext()
+                if info.enabled and j < k - 1:
+                    sync = run_model.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        out = run_model(xj)
+                    loss = inception_loss(out, yj, cfg.label_smoothing, cfg.aux_weight)
+                    scaler.scale(loss * (weight / k)).backward()
+                step_loss += loss.detach() / k
+            # the loss every process logs and checks: the mean over processes (the global batch's loss)
+            red = torch.stack(
+                [step_loss.double() * weight, torch.tensor(weight, dtype=torch.float64, device=device)]
+            )
+            red = dist_mod.all_reduce_sum(red, info)
+            gloss = float(red[0] / red[1].clamp_min(1e-12))
+            if not math.isfinite(gloss):
+                opt.zero_grad(set_to_none=True)
+                msg = (f"loss is {gloss} at epoch {epoch + 1}, step {step + 1}: stopping. The last good checkpoint "
+                       f"is {out_dir / 'last.pt'}" + ("" if (out_dir / "last.pt").exists() else " (none written yet)")
+                       + "; lower --lr or check the data.")  # fmt: skip
+                bar.close()
+                raise NonFiniteLoss(msg)
+            scaler.unscale_(opt)
+            if cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            cur_lr = opt.param_groups[0]["lr"]
+            sched.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            loss_sum += gloss * float(red[1])
+            loss_n += float(red[1])
+            seen += x.shape[0] * info.world_size
+            ips = seen / max(1e-9, time.perf_counter() - t0)
+            if not cfg.quiet:
+                bar.set_postfix(loss=f"{gloss:.3f}", lr=f"{cur_lr:.3g}", img_s=f"{ips:.0f}", refresh=False)
+            if step % cfg.log_every == 0:
+                steps_log.write(dict(epoch=epoch + 1, step=step, loss=gloss, lr=cur_lr, img_per_s=ips))
+        bar.close()
+        train_time = time.perf_counter() - t0
+        models = {"raw": model}
+        if ema is not None:
+            models["ema"] = ema.module
+        ev = _evaluate(models, val_loader, info, amp_dtype, channels_last)
+        sk = dist_mod.all_reduce_sum(torch.tensor([float(skipped)], device=device), info)
+        row = dict(epoch=epoch + 1, step=step, train_loss=float(loss_sum) / max(1.0, loss_n),
+                   val_loss=ev["raw"]["loss"], top1=ev["raw"]["top1"], top5=ev["raw"]["top5"],
+                   ema_top1=ev["ema"]["top1"] if ema else "", ema_top5=ev["ema"]["top5"] if ema else "",
+                   lr=opt.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0,
+                   img_per_s=seen / max(1e-9, train_time), skipped_train=int(sk.item()),
+                   skipped_val=ev["skipped"])  # fmt: skip
+        history.append(row)
+        epochs_log.write(row)
+        improved = False
+        for src in models:
+            if ev[src]["top1"] > best:
+                best, best_source, improved = ev[src]["top1"], src, True
+        line = (f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  val top1 {row['top1']:.2f} "
+                f"top5 {row['top5']:.2f}")  # fmt: skip
+        if ema is not None:
+            line += f"  ema top1 {row['ema_top1']:.2f}"
+        line += f"  lr {cur_lr:.4g}  {row['img_per_s']:.0f} img/s  {row['epoch_s']:.1f} s"
+        if row["skipped_train"] or row["skipped_val"]:
+            line += f"  skipped {row['skipped_train']} train / {row['skipped_val']} val unreadable images"
+        _print(info, line)
+        if info.is_main:
+            state = dict(model=model.state_dict(), ema=ema.state_dict() if ema else None, optimizer=opt.state_dict(),
+                         scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=ckpt_mod.rng_state(),
+                         epoch=epoch + 1, step=step, best_top1=best, best_source=best_source, history=history,
+                         config=dataclasses.asdict(cfg), model_name=cfg.model, model_kwargs=mkw,
+                         num_classes=num_classes, classes=bundle.classes, image_size=cfg.image_size,
+                         data_kind=bundle.kind)  # fmt: skip
+            ckpt_mod.atomic_save(state, out_dir / "last.pt")
+            if improved:
+                ckpt_mod.atomic_save(state, out_dir / "best.pt")
+        dist_mod.barrier(info)
+        if cfg.stop_after and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
+            _print(
+                info,
+                f"stopping after epoch {epoch + 1} (--stop-after); resume with --resume {out_dir / 'last.pt'}",
+            )
+            break
+    elapsed = time.perf_counter() - t_start
+    if info.is_main and cfg.plots and history:
+        from .plots import plot_run
+
+        plot_run(out_dir)
+    _print(info, f"best val top1 {best:.2f} % ({best_source} weights); {elapsed:.0f} s; outputs in {out_dir}")
+    return TrainResult(out_dir, history, best, best_source, elapsed)

@@ -1,0 +1,152 @@
+"""The GPU suite: ceilings, kernels, blocks, networks -> ``results.json``, ``report.md``, plots.
+
+Time budget (one H100; compile times dominate): every section has a wall-clock budget and, once it is spent,
+records the configurations it did not run as *skipped* (with the reason) instead of overrunning. An item started
+inside the budget finishes, so a section may overrun by one item.
+
+* full  (< 8 min): ceilings; 14 kernel shapes bf16 batch 32 + 6 representative shapes fp32(TF32), compile
+  default everywhere and max-autotune on 3 shapes (~140 s); 3 blocks batch 32 eval + train with max-autotune
+  where the budget allows (~100 s); 4 networks eval batch 1 / 32 / 256 (+ CUDA graph) and train 64 / 128, compile
+  default at eval batch 32 and train 64 (~200 s).
+* quick (< 3 min): ceilings (smaller); 6 representative shapes bf16; 3 blocks eval + train (no max-autotune);
+  inception_v3 eval batch 1 / 32 (compile at 32) and train 64 (no compile).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from . import zoo
+from .blocks import run_blocks
+from .ceilings import measure_ceilings
+from .common import Budget, configure_dynamo, torch_compiler
+from .env import default_out_dir, environment
+from .kernels import REPRESENTATIVE, SHAPES, run_kernels, select
+from .networks import run_networks
+from .timing import EventTimer, FakeTimer, GraphTimer
+
+SECTIONS = ("ceilings", "kernels", "blocks", "networks")
+
+PLANS = {
+    "full": {
+        "ceilings": {"copy_mib": 1024, "matmul_n": 8192},
+        "kernels": {"shapes": [s.name for s in SHAPES], "batches": (32,), "dtypes": ("bf16", "fp32"),
+                    "fp32_shapes": REPRESENTATIVE, "compile_max_shapes": REPRESENTATIVE[:3], "budget_s": 140},
+        "blocks": {"batch": 32, "compile_max": True, "budget_s": 100},
+        "networks": {"names": tuple(zoo.NETWORKS), "eval_batches": (1, 32, 256), "train_batches": (64, 128),
+                     "compile_batches": (32,), "compile_train": True, "compile_max_batches": (), "budget_s": 200},
+        "event_ms": (25.0, 100.0),
+        "graph_ms": 50.0,
+    },
+    "quick": {
+        "ceilings": {"copy_mib": 512, "matmul_n": 8192},
+        "kernels": {"shapes": REPRESENTATIVE, "batches": (32,), "dtypes": ("bf16",), "fp32_shapes": (),
+                    "compile_max_shapes": (), "budget_s": 45},
+        "blocks": {"batch": 32, "compile_max": False, "budget_s": 35},
+        "networks": {"names": ("inception_v3",), "eval_batches": (1, 32), "train_batches": (64,),
+                     "compile_batches": (32,), "compile_train": False, "compile_max_batches": (), "budget_s": 75},
+        "event_ms": (10.0, 40.0),
+        "graph_ms": 20.0,
+    },
+    # CPU structure test (fake timer, reference backend, toy sizes): every code path, seconds not minutes.
+    "tiny": {
+        "ceilings": {"copy_mib": 1, "matmul_n": 64},
+        "kernels": {"shapes": REPRESENTATIVE[:3] + REPRESENTATIVE[-1:], "batches": (2,), "dtypes": ("bf16", "fp32"),
+                    "fp32_shapes": REPRESENTATIVE[:1], "compile_max_shapes": REPRESENTATIVE[:1], "budget_s": None},
+        "blocks": {"batch": 2, "size": 5, "compile_max": True, "labels": ("v3_Mixed_6b", "irv2_Block17"),
+                   "ours_dtype": torch.float32, "budget_s": None},
+        "networks": {"names": ("googlenet",), "size": 64, "eval_batches": (1, 2), "train_batches": (2,),
+                     "compile_batches": (2,), "compile_train": True, "compile_max_batches": (2,), "ours_dtype": torch.float32,
+                     "budget_s": None},
+        "event_ms": (1.0, 1.0),
+        "graph_ms": 1.0,
+    },
+}  # fmt: skip
+
+
+def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | None = None, device=None,
+              timers=None, compiler=None, sections=SECTIONS, plots: bool = True, log=print) -> dict:  # fmt: skip
+    """Run the suite and write its results to ``out_dir`` (default ``benchmarks/results/<gpu>-<date>/``).
+
+    ``timers``: timing backends (default: CUDA events + CUDA-graph replay); ``compiler``: ``f(fn, mode)``
+    (default ``torch.compile``). The ``tiny`` plan with a :class:`~.timing.FakeTimer` and
+    :func:`~.common.identity_compiler` runs the whole structure on a CPU."""
+    from . import report
+
+    plan_name = plan or ("quick" if quick else "full")
+    P = PLANS[plan_name]
+    dev = torch.device(device) if device is not None else torch.device("cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the benchmark suite needs a CUDA GPU (try `inception-kernels bench --static`)")
+    if timers is None:
+        timers = [EventTimer(*P["event_ms"]), GraphTimer(P["graph_ms"])]
+    compiler = compiler or torch_compiler
+    configure_dynamo()
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    t0 = time.perf_counter()
+    meta = environment(dev)
+    meta.update(mode=plan_name, timer=" + ".join(t.name for t in timers), sections=list(sections),
+                plan={k: v for k, v in P.items()}, fake_timer=any(isinstance(t, FakeTimer) for t in timers))  # fmt: skip
+    try:
+        from .. import _backend
+
+        meta["backend_resolved"] = _backend.resolve(torch.empty(0, device=dev))
+    except Exception as e:  # noqa: BLE001
+        meta["backend_resolved"] = f"unknown ({type(e).__name__})"
+    out_dir = out_dir or default_out_dir(meta)
+    results: dict = {"meta": meta}
+
+    def save():
+        meta["total_wall_s"] = time.perf_counter() - t0
+        report.write_gpu(out_dir, results, plots=plots)
+
+    if "ceilings" in sections:
+        results["ceilings"] = measure_ceilings(dev, timers[0], **P["ceilings"])
+        log(f"[ceilings] copy {results['ceilings']['copy_gbs']:.0f} GB/s, bf16 matmul "
+            f"{results['ceilings']['bf16_tflops']:.1f} TFLOP/s")  # fmt: skip
+    ceil = results.get("ceilings")
+    tiny = plan_name == "tiny"
+    if "kernels" in sections:
+        k = dict(P["kernels"])
+        budget = Budget(k.pop("budget_s"))
+        results["kernels"] = run_kernels(dev, timers, shapes=select(k.pop("shapes")), compiler=compiler, budget=budget,
+                                         ceilings=ceil, tiny=tiny, log=log, **k)  # fmt: skip
+        save()
+    if "blocks" in sections:
+        b = dict(P["blocks"])
+        budget = Budget(b.pop("budget_s"))
+        results["blocks"] = run_blocks(
+            dev, timers, compiler=compiler, budget=budget, ceilings=ceil, log=log, **b
+        )
+        save()
+    if "networks" in sections:
+        n = dict(P["networks"])
+        budget = Budget(n.pop("budget_s"))
+        results["networks"] = run_networks(
+            dev, timers, compiler=compiler, budget=budget, ceilings=ceil, log=log, **n
+        )
+    save()
+    log(f"bench: results in {out_dir} ({meta['total_wall_s']:.0f} s)")
+    return results
+
+
+def dry_run(out_dir: str, plots: bool = True, log=print) -> dict:
+    """The whole suite on the CPU at toy sizes: reference backend, fake timer, no compiler. Exercises the code
+    paths and the report; every number in it is made up (the report says so)."""
+    old = os.environ.get("INCEPTION_KERNELS_BACKEND")
+    os.environ["INCEPTION_KERNELS_BACKEND"] = "reference"
+    try:
+        from .common import identity_compiler
+
+        timers = [FakeTimer(), FakeTimer(kind="graph", ours_factor=0.4)]
+        return run_suite(out_dir, plan="tiny", device="cpu", timers=timers, compiler=identity_compiler,
+                         plots=plots, log=log)  # fmt: skip
+    finally:
+        if old is None:
+            os.environ.pop("INCEPTION_KERNELS_BACKEND", None)
+        else:
+            os.environ["INCEPTION_KERNELS_BACKEND"] = old

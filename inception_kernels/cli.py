@@ -1,6 +1,7 @@
 """``inception-kernels`` command line.
 
     inception-kernels check [--no-aot] [--arch 80 90] [--dtype fp32 bf16 fp16] [--json PATH]
+    inception-kernels bench [--quick] [--out DIR] [--static] [--dry-run]
 
 ``check`` is the self-check: it runs convolution cases (forward and every gradient) through our kernels -- the
 compiled kernels on a CUDA GPU, the Triton interpreter on a machine without one -- against the fp64 reference,
@@ -128,11 +129,18 @@ def main(argv=None) -> int:
     p = sub.add_parser("eval", help="evaluate checkpoints: 1/10/12/144-crop top-1/top-5, EMA, ensembles",
                        description=train_cli.EVAL_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_cli.add_eval_arguments(p)
+    from .bench import cli as bench_cli
+
+    p = sub.add_parser("bench", help="benchmark suite (GPU), or --static (CPU): report, results.json, plots",
+                       description=bench_cli.BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    bench_cli.add_bench_arguments(p)
     args = parser.parse_args(argv)
     if args.command == "train":
         return train_cli.run_train(args)
     if args.command == "eval":
         return train_cli.run_eval(args)
+    if args.command == "bench":
+        return bench_cli.run_bench(args)
     # Without a GPU the kernels run in the Triton interpreter, which must be chosen before they are defined.
     if args.command == "check":
         import torch

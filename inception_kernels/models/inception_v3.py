@@ -12,8 +12,8 @@ Options beyond the reference:
   for 79², the first max-pool is removed; the rest is unchanged, so the cost stays near the 299² model's.
 * ``first_conv="7x7"``: an unfactorized 7×7/2 first layer (used by the Inception-v2 reading in ``inception_v2``).
 * ``width_mult``: every filter count ``c`` (stem, blocks, aux head) becomes ``scale_width(c, width_mult)`` =
-  ``max(8, round(c·width_mult/8)·8)``; ``1.0`` is the reference architecture unchanged. Narrow networks are for
-  small data and CPU runs (the trainer's built-in default uses one).
+  ``max(8, round(c·width_mult/8)·8)`` (halves round up); ``1.0`` is the reference architecture unchanged. Narrow
+  networks are for small data and CPU runs (the trainer's built-in default uses one).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
 
 
 def scale_width(c: int, width_mult: float) -> int:
-    """A filter count scaled by ``width_mult``, rounded to a multiple of 8 (at least 8); unchanged at 1.0."""
-    return c if width_mult == 1.0 else max(8, int(round(c * width_mult / 8)) * 8)
+    """A filter count scaled by ``width_mult``, rounded to the nearest multiple of 8 (halves up; at least 8);
+    unchanged at 1.0."""
+    return c if width_mult == 1.0 else max(8, int(c * width_mult / 8 + 0.5) * 8)
 
 
 def _scaled(item, width_mult: float):

@@ -89,6 +89,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--backend", choices=["auto", "triton", "cuda", "reference"],
                    help="sets INCEPTION_KERNELS_BACKEND (auto: fused kernels on CUDA, reference on CPU)")  # fmt: skip
+    g.add_argument("--threads", type=int, help="CPU threads per process (default: all cores / processes)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("run")
     g.add_argument("--output", "-o", help="run directory (default runs/<model>-<data>-<time>)")

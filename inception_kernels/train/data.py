@@ -104,7 +104,9 @@ def read_image(path: str) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        return decode_image(path, mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # torchvision 0.29 announces the move of its decoders to TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(path, mode=ImageReadMode.RGB)
     except Exception:  # noqa: BLE001 - fall back to PIL, which raises for a truly corrupt file
         from PIL import Image
         from torchvision.transforms.v2.functional import pil_to_tensor
@@ -150,13 +152,12 @@ class SafeImageFolder(Dataset):
 
     def __init__(self, root: str | Path, transform=None):
         from torchvision.datasets import ImageFolder
-        from torchvision.datasets.folder import IMG_EXTENSIONS
 
         root = Path(root)
         if not root.is_dir():
             raise SystemExit(f"error: dataset directory {str(root)!r} does not exist")
         try:
-            folder = ImageFolder(str(root), loader=lambda p: p, extensions=IMG_EXTENSIONS)
+            folder = ImageFolder(str(root), loader=lambda p: p)
         except (FileNotFoundError, RuntimeError) as e:
             raise SystemExit(f"error: no images in {str(root)!r}: {e}") from e
         self.root, self.samples, self.classes = root, folder.samples, folder.classes

@@ -89,6 +89,9 @@ class TrainConfig:
     channels_last: str = "auto"  # auto (CUDA only) | on | off
     compile: bool = False
     backend: str | None = None
+    threads: int | None = (
+        None  # CPU intra-op threads per process (None: torch's default, or cores / processes)
+    )
     seed: int = 0
     # run management
     output: str | None = None
@@ -100,7 +103,17 @@ class TrainConfig:
 
 
 # fields a resumed run may change; everything else comes from the checkpoint's config
-RESUME_OVERRIDES = ("epochs", "stop_after", "quiet", "workers", "log_every", "plots", "output", "device")
+RESUME_OVERRIDES = (
+    "epochs",
+    "stop_after",
+    "quiet",
+    "workers",
+    "log_every",
+    "plots",
+    "output",
+    "device",
+    "threads",
+)
 
 
 @dataclass
@@ -310,13 +323,23 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
         saved.resume = cfg.resume
         cfg = saved
     cfg = resolve(cfg)
+    old_backend, old_threads = os.environ.get("INCEPTION_KERNELS_BACKEND"), torch.get_num_threads()
     if cfg.backend:
         os.environ["INCEPTION_KERNELS_BACKEND"] = cfg.backend
     info = dist_mod.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, info, resume_ckpt, t_start)
     finally:
         dist_mod.cleanup()
+        # leave the calling process as it was (train() is also a library call)
+        torch.set_num_threads(old_threads)
+        if cfg.backend:
+            if old_backend is None:
+                os.environ.pop("INCEPTION_KERNELS_BACKEND", None)
+            else:
+                os.environ["INCEPTION_KERNELS_BACKEND"] = old_backend
 
 
 def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa: C901

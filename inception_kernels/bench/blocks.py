@@ -95,7 +95,7 @@ def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None
     k_sets = num_sets(set_bytes)
     xs = [x0] + [torch.randn_like(x0) for _ in range(k_sets - 1)]
     gos = [None] * k_sets
-    ac = autocast(dev)
+    ac = autocast(dev, enabled=ours_dtype != torch.float32)  # fp32 runs (CPU structure tests): no autocast
 
     # ---------------------------------------------------------------- correctness (first set)
     ref_f = copy.deepcopy(ref).float()

@@ -39,6 +39,7 @@ _NO_KERNEL = {
     "_local_scalar_dense",
     "set_",
     "as_strided_",
+    "_unsafe_view",
     "resize_",
     "is_same_size",
     "sym_size",

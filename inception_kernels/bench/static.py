@@ -115,6 +115,7 @@ def run_static(
     aot_arches=(80, 90),
     aot_dtypes=("bf16",),
     aot: bool = True,
+    aot_filter: str | None = None,
     plots: bool = True,
     log=print,
 ) -> dict:
@@ -140,10 +141,11 @@ def run_static(
         from .. import aot as aot_mod
 
         t1 = time.perf_counter()
-        rows = aot_mod.compile_all(arches=tuple(aot_arches), dtypes=tuple(aot_dtypes))
+        rows = aot_mod.compile_all(arches=tuple(aot_arches), dtypes=tuple(aot_dtypes), name_filter=aot_filter)
         results["aot"] = {
             "arches": list(aot_arches),
             "dtypes": list(aot_dtypes),
+            "filter": aot_filter,
             "seconds": time.perf_counter() - t1,
             "rows": [{k: r.get(k) for k in aot_mod.FIELDS} for r in rows],
         }

@@ -76,8 +76,11 @@ def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | No
     :func:`~.common.identity_compiler` runs the whole structure on a CPU."""
     from . import report
 
-    plan_name = plan or ("quick" if quick else "full")
-    P = PLANS[plan_name]
+    if isinstance(plan, dict):  # a custom plan (tests): the keys of PLANS["tiny"]
+        plan_name, P = plan.get("name", "custom"), plan
+    else:
+        plan_name = plan or ("quick" if quick else "full")
+        P = PLANS[plan_name]
     dev = torch.device(device) if device is not None else torch.device("cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("the benchmark suite needs a CUDA GPU (try `inception-kernels bench --static`)")
@@ -100,16 +103,16 @@ def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | No
     out_dir = out_dir or default_out_dir(meta)
     results: dict = {"meta": meta}
 
-    def save():
+    def save(final: bool = False):  # after every section (a crash keeps what was measured); plots at the end
         meta["total_wall_s"] = time.perf_counter() - t0
-        report.write_gpu(out_dir, results, plots=plots)
+        report.write_gpu(out_dir, results, plots=plots and final)
 
     if "ceilings" in sections:
         results["ceilings"] = measure_ceilings(dev, timers[0], **P["ceilings"])
         log(f"[ceilings] copy {results['ceilings']['copy_gbs']:.0f} GB/s, bf16 matmul "
             f"{results['ceilings']['bf16_tflops']:.1f} TFLOP/s")  # fmt: skip
     ceil = results.get("ceilings")
-    tiny = plan_name == "tiny"
+    tiny = P.get("tiny_shapes", plan_name == "tiny")
     if "kernels" in sections:
         k = dict(P["kernels"])
         budget = Budget(k.pop("budget_s"))
@@ -129,7 +132,7 @@ def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | No
         results["networks"] = run_networks(
             dev, timers, compiler=compiler, budget=budget, ceilings=ceil, log=log, **n
         )
-    save()
+    save(final=True)
     log(f"bench: results in {out_dir} ({meta['total_wall_s']:.0f} s)")
     return results
 

@@ -251,3 +251,17 @@ def test_cli_bench_without_gpu_measures_nothing(capsys):
         pytest.skip("a GPU is present: `bench` would run the suite")
     assert main(["bench"]) == 3
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("label", ["v3_Mixed_6b", "v4_Inception_B", "irv2_Block17"])
+def test_block_pairs_are_the_same_function(label, monkeypatch):
+    """The benchmarked blocks: ours (our model's submodule) loads the reference block's weights and computes the
+    same function (reference backend, fp32, eval)."""
+    from inception_kernels.bench.blocks import block_pair
+
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    ours, ref = block_pair(label, "cpu")
+    x = torch.randn(2, zoo.BLOCKS[label][2], 3, 3)
+    with torch.no_grad():
+        y, y_ref = ours.eval()(x), ref.eval()(x)
+    assert y.shape == y_ref.shape and torch.allclose(y, y_ref, rtol=1e-4, atol=1e-4)

@@ -448,3 +448,39 @@ def test_ddp_two_processes_match_one(tmp_path):
     for k in a:
         if a[k].dtype.is_floating_point and "running" not in k:
             assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
+
+
+def test_recipe_defaults():
+    from inception_kernels.train.loop import resolve
+
+    d = resolve(TrainConfig())  # the built-in default
+    assert (d.width_mult, d.epochs, d.batch_size, d.image_size) == (0.25, 20, 32, 75)
+    assert (d.optimizer, d.lr, d.lr_decay, d.lr_decay_epochs) == ("rmsprop-tf", 0.045, 0.94, 2.0)
+    assert (d.clip_grad, d.weight_decay, d.label_smoothing, d.ema_decay, d.aux_weight) == (
+        2.0,
+        4e-5,
+        0.1,
+        0.9999,
+        0.4,
+    )
+    f = resolve(TrainConfig(data="/some/imagenet"))  # the papers' recipe, full width
+    assert (f.width_mult, f.epochs, f.batch_size, f.image_size) == (None, 100, 32, 299)
+    g = resolve(TrainConfig(model="googlenet", data="synthetic"))
+    assert (g.image_size, g.aux_weight, g.epochs) == (224, 0.3, 1)
+    with pytest.raises(SystemExit, match="no width_mult option"):
+        resolve(TrainConfig(model="googlenet", width_mult=0.5))
+    with pytest.raises(SystemExit, match="not divisible"):
+        resolve(TrainConfig(batch_size=10, accum_steps=3))
+
+
+def test_auto_threads(monkeypatch):
+    from inception_kernels.train.loop import auto_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert auto_threads(2) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.5, 5.0, 4.0))
+    assert auto_threads(2) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
+    assert auto_threads(16) == 10 and auto_threads(4) == 4

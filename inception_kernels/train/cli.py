@@ -13,7 +13,7 @@ Train an Inception network with the papers' recipe (TF RMSProp rho=0.9 momentum=
 2 epochs, gradient clipping at global norm 2, weight decay 4e-5 on weights, label smoothing 0.1, aux loss 0.4
 (GoogLeNet 0.3), EMA 0.9999 of weights and buffers). With no --data it trains on the built-in default:
 scikit-learn's handwritten digits (1,437 train / 360 val scans, upscaled to the model's minimum input, 75x75 for
-inception_v3) with inception_v3 at --width-mult 0.25, 30 epochs at batch 32 -- the same recipe, only width, input
+inception_v3) with inception_v3 at --width-mult 0.25, 20 epochs at batch 32 -- the same recipe, only width, input
 size, epochs and batch chosen so that it reaches >= 95 %% val top-1 in a few minutes on a 2-core CPU (no aux head:
 it needs 299x299 input). Multi-GPU / multi-process: torchrun --nproc_per_node=N -m inception_kernels.train ...
 (--batch-size is per process)."""
@@ -61,7 +61,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--synthetic-length", type=int, default=d.synthetic_length, help="images per synthetic epoch"
     )
     g = p.add_argument_group("recipe")
-    g.add_argument("--epochs", type=int, help="epochs (default 100; digits 30; synthetic 1)")
+    g.add_argument("--epochs", type=int, help="epochs (default 100; digits 20; synthetic 1)")
     g.add_argument("--batch-size", type=int, help="batch per process per step (default 32)")
     g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="split each batch into this many "
                    "strided micro-batches (gradient accumulation; BN statistics per micro-batch, like replicas)")  # fmt: skip
@@ -180,11 +180,10 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
     bundle = build_data(data, size, limit_val=limit_val, num_classes=first["num_classes"])
     if crop_pct is None:
         crop_pct = 1.0 if bundle.kind == "digits" else 0.875
-    groups = {"raw": [], "ema": []}
-    names = []
+    groups = {"raw": [], "ema": []}  # weights -> [(name, model)]
     for p, c in zip(paths, ckpts):
         check_compatible(c, c["model_name"], c["model_kwargs"], bundle.num_classes, p)
-        names.append(os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + os.path.basename(p))
+        name = os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + os.path.basename(p)
         for w in ("raw", "ema"):
             if weights not in (w, "both"):
                 continue
@@ -195,7 +194,7 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
                 continue
             m = create_model(c["model_name"], num_classes=c["num_classes"], **c["model_kwargs"])
             m.load_state_dict(state)
-            groups[w].append(m.to(dev).eval())
+            groups[w].append((name, m.to(dev).eval()))
     if workers is None:
         workers = 0 if bundle.kind != "folder" else min(8, os.cpu_count() or 1)
     rows = []
@@ -204,15 +203,15 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
         ds = MultiCropDataset(bundle.val_raw, size, protocol, crop_pct)
         loader = DataLoader(ds, batch_size=max(1, batch_size // n_views), num_workers=workers,
                             collate_fn=collate_skip)  # fmt: skip
-        all_models = groups["raw"] + groups["ema"]
-        probs, labels, skipped = predict(all_models, loader, dev)
+        entries = groups["raw"] + groups["ema"]
+        probs, labels, skipped = predict([m for _, m in entries], loader, dev)
         i = 0
         for w in ("raw", "ema"):
             n = len(groups[w])
-            if not n:
-                continue
-            for r in accuracy_table(names[:n] if n == len(names) else names, probs[i : i + n], labels):
-                rows.append(dict(protocol=protocol, views=n_views, weights=w, skipped=skipped, **r))
+            if n:
+                names = [name for name, _ in groups[w]]
+                for r in accuracy_table(names, probs[i : i + n], labels):
+                    rows.append(dict(protocol=protocol, views=n_views, weights=w, skipped=skipped, **r))
             i += n
     return rows
 

@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _backend
+from ..ops import _recompute, reference
 from ..ops import conv as conv_ops
-from ..ops import reference
+from ..ops import pool as pool_ops
 from .layers import ConvBNAct, _pair, _VersionCache
 
 
@@ -94,11 +95,17 @@ def layer_hw(layer, hw: tuple[int, int]) -> tuple[int, int]:
     return _out_size(hw[0], k, s, p, layer.ceil_mode), _out_size(hw[1], k, s, p, layer.ceil_mode)
 
 
-def _pool(layer: Pool, x: torch.Tensor) -> torch.Tensor:
+def _pool(layer: Pool, x: torch.Tensor, fused: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The pooling layer; ``fused``: our kernel, writing straight into ``out`` (a channel slice) when given."""
+    if fused:
+        return pool_ops.pool2d(x, layer.kind, layer.kernel, layer.stride, layer.padding, layer.ceil_mode,
+                               layer.count_include_pad, out=out)  # fmt: skip
     if layer.kind == "max":
-        return F.max_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
-    return F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode,
-                        count_include_pad=layer.count_include_pad)  # fmt: skip
+        y = F.max_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
+    else:
+        y = F.avg_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode,
+                         count_include_pad=layer.count_include_pad)  # fmt: skip
+    return y if out is None else out.copy_(y)
 
 
 def _new_like(x: torch.Tensor, channels: int, hw: tuple[int, int]) -> torch.Tensor:
@@ -266,8 +273,7 @@ class InceptionBlock(nn.Module):
             if isinstance(layer, Conv):
                 x = self._layer(layer)(x, out=target)
             else:
-                y = _pool(layer, x)
-                x = y if target is None else target.copy_(y)
+                x = _pool(layer, x, fused=True, out=target)
         return x
 
     def _fused_1x1(self):
@@ -327,6 +333,12 @@ class InceptionBlock(nn.Module):
                 leaf_outs.append(self._run_chain(layers, inp, None if grad else out[:, leaf.lo : leaf.hi]))
         if grad:
             out = _SliceMerge.apply(hw, *leaf_outs)
+            parts, lo = [], 0
+            for t in leaf_outs:
+                parts.append((lo, lo + t.shape[1], t))
+                lo += t.shape[1]
+            # the next block saves the leaves' recipes (their pre-BN outputs), not this buffer
+            _recompute.attach(out, *_recompute.concat(parts, out))
         if self.spec.merge == "concat":
             return out
         proj = self._layer(self.spec.proj)

@@ -7,7 +7,10 @@ Three execution modes, chosen per call:
 * reference: ``bn(conv(x))`` then ReLU in plain PyTorch (the oracle);
 * eval (fused): BN folded into the conv epilogue (``scale = γ/√(var+ε)``, ``bias = β − mean·scale``, cached until a
   parameter or running statistic changes), one kernel writing straight into its destination slice;
-* train: our conv, then ``nn.BatchNorm2d`` itself on the batch (identical statistics and running-stat updates), ReLU.
+* train (fused): our conv with per-tile BN statistics in its epilogue, a finalize kernel (batch mean/var, running
+  stats updated exactly like ``nn.BatchNorm2d``), then BN-apply + ReLU written straight into the destination
+  (``ops.batchnorm.conv_bn_act``); backward recomputes the ReLU mask from the saved pre-BN output. Under
+  ``torch.compile`` (or without a Triton device) train mode runs our conv, then ``nn.BatchNorm2d`` and ReLU.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import batchnorm as bn_ops
 from ..ops.conv import conv2d
 
 
@@ -87,7 +91,32 @@ class ConvBNAct(nn.Module):
             scale, bias = self.folded()
             return conv2d(x, conv.weight, stride=stride, padding=padding, scale=scale, bias=bias,
                           activation=activation, out=out)  # fmt: skip
+        if bn_ops.conv_bn_act_supported(x):
+            return self._forward_train_fused(x, out, stride, padding)
+        # traced (torch.compile) or no Triton device: our conv, then nn.BatchNorm2d itself
         y = self.bn(conv2d(x, conv.weight, stride=stride, padding=padding))
         if self.act:
             y = F.relu(y)
         return y if out is None else out.copy_(y)
+
+    def _bn_momentum(self) -> float:
+        """``nn.BatchNorm2d``'s exponential-average factor for this step (counts the batch, as it does)."""
+        bn = self.bn
+        if not bn.track_running_stats:
+            return 0.0
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            return 1.0 / float(bn.num_batches_tracked)
+        return bn.momentum
+
+    def _forward_train_fused(self, x, out, stride, padding):
+        """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act."""
+        bn = self.bn
+        momentum = self._bn_momentum()
+        track = bn.track_running_stats
+        y = bn_ops.conv_bn_act(
+            x, self.conv.weight, bn.weight, bn.bias, bn.running_mean if track else None,
+            bn.running_var if track else None, momentum=momentum, eps=bn.eps, stride=stride,
+            padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act, out=out,
+        )  # fmt: skip
+        return y

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import _tile, reference
+from . import _recompute, _tile, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets
@@ -383,7 +383,9 @@ def bn_act(x, mean, invstd, weight=None, bias=None, relu: bool = True, out=None)
 
 def bn_act_backward(grad_out, x, mean, invstd, weight=None, bias=None, relu: bool = True):
     """Training-mode gradients (dx, dγ, dβ) of ``bn_act`` with batch statistics (see the module docstring)."""
-    _tile.check_activation(grad_out, "grad_out")
+    if grad_out.shape != x.shape:
+        raise ValueError(f"grad_out must have x's shape {tuple(x.shape)}, got {tuple(grad_out.shape)}")
+    # any strides: the kernels index grad_out through its own strides (channels_last slices are the fast case)
     impl = _impl(x, "bn_act")
     if impl == "reference":
         return _ref_bwd(grad_out, x, mean, invstd, weight, bias, relu)
@@ -450,7 +452,9 @@ class _ConvBNActFn(torch.autograd.Function):
     """conv (statistics in its epilogue) → finalize (+ running stats) → BN-apply + act into the destination."""
 
     @staticmethod
-    def forward(ctx, x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding, relu):
+    def forward(
+        ctx, x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding, relu, out
+    ):
         shape = conv_ops.out_shape(x.shape, weight.shape, stride, padding)
         N, K, P, Q = shape
         M = N * P * Q
@@ -459,14 +463,20 @@ class _ConvBNActFn(torch.autograd.Function):
         partials = conv_ops.stats_partials(M, K, x.device)
         conv_ops.conv_fwd_into(x, weight, None, None, None, stride, padding, 1.0, False, y, stats=partials)
         mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum)
-        out = bn_act(y, mean, invstd, gamma, beta, relu)
-        ctx.save_for_backward(x, weight, y, mean, invstd, gamma, beta)
+        new = out is None
+        out = bn_act(y, mean, invstd, gamma, beta, relu, out=out)
+        # x is saved as its recipe when it has one (the producer's pre-BN output and statistics); the output
+        # gets a recipe of its own for the layers that consume it (see ops._recompute)
+        _recompute.save_with_input(ctx, x, weight, y, mean, invstd, gamma, beta)
+        if new:
+            _recompute.attach(out, functools.partial(_rebuild_bn_act, relu), (y, mean, invstd, gamma, beta),
+                              recording=any(ctx.needs_input_grad))  # fmt: skip
         ctx.conf = (stride, padding, relu)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, y, mean, invstd, gamma, beta = ctx.saved_tensors
+        x, (weight, y, mean, invstd, gamma, beta) = _recompute.load_with_input(ctx)
         stride, padding, relu = ctx.conf
         gy, dgamma, dbeta = bn_act_backward(grad, y, mean, invstd, gamma, beta, relu)
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False, False, False)
@@ -475,7 +485,11 @@ class _ConvBNActFn(torch.autograd.Function):
             dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need)
         dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
         dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
-        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None
+        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None
+
+
+def _rebuild_bn_act(relu, y, mean, invstd, gamma, beta, out=None):
+    return bn_act(y, mean, invstd, gamma, beta, relu, out=out)
 
 
 def conv_bn_act_supported(x: torch.Tensor) -> bool:
@@ -484,14 +498,22 @@ def conv_bn_act_supported(x: torch.Tensor) -> bool:
 
 
 def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: float, eps: float,
-                stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True) -> torch.Tensor:  # fmt: skip
+                stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True, out=None) -> torch.Tensor:  # fmt: skip
     """Training-mode ``act(batch_norm(conv(x, weight)))`` fused (see the module docstring).
 
-    x: (N, C, H, W) channels_last; weight (K, C, R, S); gamma/beta (K,); running stats (K,) or None (not
-    tracked); padding (top, bottom, left, right). Returns a new channels_last (N, K, P, Q) tensor.
+    x: (N, C, H, W) channels_last; weight (K, C, R, S); gamma/beta (K,) or None; running stats (K,) or None
+    (not tracked); padding (top, bottom, left, right). Returns a new channels_last (N, K, P, Q) tensor, or
+    writes ``out`` (a channels_last slice; only without autograd -- the block engine merges leaf outputs with
+    its own autograd node).
     """
-    return _ConvBNActFn.apply(x, weight, gamma, beta, running_mean, running_var, float(momentum), float(eps),
-                              tuple(stride), tuple(padding), bool(relu))  # fmt: skip
+    args = (x, weight, gamma, beta, running_mean, running_var, float(momentum), float(eps), tuple(stride),
+            tuple(padding), bool(relu))  # fmt: skip
+    if out is None:
+        return _ConvBNActFn.apply(*args, None)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, gamma, beta)):
+        raise ValueError("conv_bn_act(out=...) is for use without autograd")
+    with torch.no_grad():
+        return _ConvBNActFn.apply(*args, out)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import _tile, reference
+from . import _recompute, _tile, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS
 
@@ -266,6 +266,11 @@ class _PoolFn(torch.autograd.Function):
         return dx, None, None, None, None, None, None, None
 
 
+def _repool(conf, x, out=None):
+    with torch.no_grad():
+        return pool2d(x, *conf, out=out)
+
+
 def _tile_check_interpretable(x):
     from .conv import _check_interpretable
 
@@ -294,15 +299,19 @@ def pool2d(
     shape = pool_out_shape(x.shape, kernel, stride, padding, ceil_mode)
     if min(shape[2:]) < 1:
         raise ValueError(f"pooling output would be empty: input {tuple(x.shape)}, kernel {kernel}")
+    conf = (kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
     if out is None:
-        out = _tile.new_cl(shape, x)
-        return _PoolFn.apply(x, kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), out)
+        y = _PoolFn.apply(x, *conf, _tile.new_cl(shape, x))
+        if x.requires_grad and _recompute.has_recipe(x):
+            # consumers of y save x's recipe (already-saved tensors) and re-pool, instead of saving y
+            _recompute.attach(y, *_recompute.then(_recompute.recipe_of(x), functools.partial(_repool, conf)))
+        return y
     _tile.check_out(out, shape, x)
     if torch.is_grad_enabled() and x.requires_grad:
         raise ValueError("pool2d(out=...) is for inference; with autograd, let it allocate (the block engine "
                          "merges leaf outputs itself)")  # fmt: skip
     with torch.no_grad():
-        return _PoolFn.apply(x, kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), out)
+        return _PoolFn.apply(x, *conf, out)
 
 
 # ----------------------------------------------------------------------------------------------------------

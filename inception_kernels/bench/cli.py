@@ -14,11 +14,13 @@ is better -- and PNG plots):
 
   inception-kernels bench [--quick] [--out DIR]   on a CUDA GPU: ceilings (copy bandwidth, bf16 matmul), kernels
                                                   vs cuDNN + eager and torch.compile, blocks and networks vs
-                                                  torchvision / timm eager and torch.compile; full < 8 min on one
-                                                  H100, --quick < 3 min. Default DIR: benchmarks/results/<gpu>-<date>/
+                                                  torchvision / timm eager and torch.compile; time-budgeted for
+                                                  < 8 min on one H100 (--quick < 3 min; not yet run on a GPU).
+                                                  Default DIR: benchmarks/results/<gpu>-<date>/
   inception-kernels bench --static [--out DIR]    anywhere (CPU): MACs and minimal bytes per layer, roofline floors
                                                   for an H100, launches per forward vs eager, saved activations per
-                                                  image in training, the AOT resource table. Default DIR:
+                                                  image in training, the AOT resource table (sm_90
+                                                  bf16 by default). Default DIR:
                                                   benchmarks/results/static/
   inception-kernels bench --dry-run --out DIR     the GPU suite's code paths on the CPU at toy sizes with a fake
                                                   timer (every number made up; the report says so)
@@ -33,7 +35,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sections", nargs="+", default=None, choices=["ceilings", "kernels", "blocks", "networks"],
                    help="GPU suite: run only these sections")  # fmt: skip
     p.add_argument("--no-aot", action="store_true", help="--static: skip the AOT resource table")
-    p.add_argument("--aot-arch", type=int, nargs="+", default=[80, 90], help="--static: AOT architectures")
+    p.add_argument(
+        "--aot-arch", type=int, nargs="+", default=[90], help="--static: AOT architectures (default sm_90)"
+    )
     p.add_argument("--aot-dtype", nargs="+", default=["bf16"], choices=["fp32", "bf16", "fp16"],
                    help="--static: AOT dtypes (default bf16, the fast path)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -4,10 +4,13 @@ Time budget (one H100; compile times dominate): every section has a wall-clock b
 records the configurations it did not run as *skipped* (with the reason) instead of overrunning. An item started
 inside the budget finishes, so a section may overrun by one item.
 
+The suite has not run on a GPU yet: the section budgets below are designed, not measured.
+
 * full  (< 8 min): ceilings; 14 kernel shapes bf16 batch 32 + 6 representative shapes fp32(TF32), compile
   default everywhere and max-autotune on 3 shapes (~140 s); 3 blocks batch 32 eval + train with max-autotune
   where the budget allows (~100 s); 4 networks eval batch 1 / 32 / 256 (+ CUDA graph) and train 64 / 128, compile
-  default at eval batch 32 and train 64 (~200 s).
+  default at eval batch 32 and train 64 (~200 s); no max-autotune for whole networks (minutes of
+  autotuning each: over the budget).
 * quick (< 3 min): ceilings (smaller); 6 representative shapes bf16; 3 blocks eval + train (no max-autotune);
   inception_v3 eval batch 1 / 32 (compile at 32) and train 64 (no compile).
 """

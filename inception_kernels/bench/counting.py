@@ -221,6 +221,7 @@ def layer_profile(model: nn.Module, input_size: int, device="meta") -> list[Laye
     ``input_size``² (batch 1 on ``device``; ``meta``: shapes only, instant). BN, ReLU and concat are free in the
     minimal-bytes model (fused into the producing conv's epilogue; concat is concat-free)."""
     names = {id(m): n for n, m in model.named_modules()}
+    names[id(model)] = type(model).__name__  # ops run by the network itself (stem pools, head)
     mode = _ProfileMode(names)
 
     def pre(mod, args):

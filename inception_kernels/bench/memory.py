@@ -7,6 +7,14 @@ through ``ctx.save_for_backward`` / by built-in backward nodes (seen by
 of its ``ctx`` (found by walking the graph). A view of a larger buffer counts the whole buffer (the buffer is
 what stays alive); a storage counts once however many tensors share it. Parameters and buffers of the model are
 excluded (they live anyway); the input ``x`` counts when the graph holds it.
+
+Our fused training path on a CPU at native sizes, without running the kernels (the saved tensors are the same;
+their values are not computed)::
+
+    from inception_kernels.bench.counting import stubbed_launches
+    model = create_model("inception_v3", aux_logits=False).train()
+    with stubbed_launches():
+        per_image = saved_activation_bytes_per_image(model, lambda n: torch.zeros(n, 3, 299, 299))
 """
 
 from __future__ import annotations

@@ -2,6 +2,17 @@
 
 :func:`train` takes a :class:`TrainConfig` and returns a :class:`TrainResult`. The command lines
 (``inception-kernels train``, ``python -m inception_kernels.train``) build the config from flags.
+
+One optimizer step: forward/backward of the batch (optionally as ``accum_steps`` strided micro-batches) under
+autocast → the loss averaged over processes is checked for NaN/Inf (stop, keep the last checkpoint) → gradients
+clipped to global norm ``clip_grad`` → optimizer step (for RMSProp/SGD the L2 weight decay is added to the clipped
+gradient inside the optimizer; TF-slim adds it to the loss, i.e. before clipping -- the difference only matters
+while clipping is active) → learning-rate schedule → EMA update. Each epoch ends with validation of the raw and EMA
+weights, ``epochs.csv``, and ``last.pt`` (+ ``best.pt`` when the best top-1 of either improved).
+
+Where this differs from the papers by default, a flag restores them: BN statistics use the models' momentum 0.1
+(``--bn-momentum 0.0003`` for TF's decay 0.9997, meant for 100+ epoch ImageNet runs); the EMA uses TF's
+``num_updates`` warm-up rule (``--no-ema-warmup`` for a fixed 0.9999).
 """
 
 from __future__ import annotations

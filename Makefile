@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint aot bench gpu-check
+.PHONY: demo test lint aot bench gpu-check csrc
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,3 +26,9 @@ aot: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_conv.py
+
+# CUDA C++ extension (csrc/): setup.py build of inception_kernels._C (SASS for CSRC_ARCHS + PTX for the newest),
+# standalone CMake build + ctest, then tests/test_csrc.py. Prints why and does nothing where there is no nvcc.
+# Knobs: CUDA_HOME, CSRC_ARCHS="80;90", CMAKE_ARCHS="8.0;9.0+PTX", MAX_JOBS (default 1). See .ci/csrc.sh.
+csrc: $(VENV)/.installed
+	VENV=$(VENV) bash .ci/csrc.sh

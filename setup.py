@@ -129,10 +129,14 @@ def cuda_extension():
     _say(
         f"building the CUDA C++ extension inception_kernels._C with {home}/bin/nvcc for sm_{', sm_'.join(archs)} (+PTX compute_{archs[-1]})"
     )
+    # Find torch's libraries (libc10.so, ...) even when _C is imported before torch: next to an installed
+    # torch in site-packages, else where torch was at build time (editable installs).
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     ext = CUDAExtension(
         name="inception_kernels._C",
         sources=CSRC,
         define_macros=[("IK_PYTHON_MODULE", None)],
+        extra_link_args=["-Wl,-rpath,$ORIGIN/../torch/lib", f"-Wl,-rpath,{torch_lib}"],
         extra_compile_args={
             "cxx": ["-O3"],
             "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr", *gencode],

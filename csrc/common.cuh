@@ -32,6 +32,13 @@ __device__ __forceinline__ void divmod(int64_t a, int64_t d, int64_t& q, int64_t
   }
 }
 
+// a / d for 0 <= a, 0 < d (32-bit division whenever both fit).
+__device__ __forceinline__ int64_t div_nonneg(int64_t a, int64_t d) {
+  if (((static_cast<uint64_t>(a) | static_cast<uint64_t>(d)) >> 32) == 0)
+    return static_cast<uint32_t>(a) / static_cast<uint32_t>(d);
+  return a / d;
+}
+
 // Strided pixel indexer of one 4-D channels-innermost tensor.
 struct Pix {
   int64_t H, W;       // spatial sizes

@@ -121,8 +121,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // Output rows p whose window [p*S - pad, p*S - pad + K) contains input row h: [lo, hi).
 __device__ __forceinline__ void windows_of(int64_t h, int K, int S, int pad, int64_t P, int64_t& lo, int64_t& hi) {
-  lo = (h + pad < K) ? 0 : (h + pad - K) / S + 1;
-  hi = min((h + pad) / S + 1, P);
+  lo = (h + pad < K) ? 0 : div_nonneg(h + pad - K, S) + 1;
+  hi = min(div_nonneg(h + pad, S) + 1, P);
 }
 
 template <typename T, int VEC>
@@ -182,11 +182,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t q = q0; q < q1; ++q) {
-        const float div = avg_divisor(g, p, q);
+        const float rcp = __frcp_rn(avg_divisor(g, p, q));  // one reciprocal per window (within 1 ulp of g / div)
         float v[VEC];
         load_f<T, VEC>(gout + pg.at(n, p, q) + c0, v);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[i] += v[i] / div;
+        for (int i = 0; i < VEC; ++i) acc[i] = fmaf(v[i], rcp, acc[i]);
       }
     }
     store_f<T, VEC>(gx + pdx.at(n, h, w) + c0, acc);

@@ -264,9 +264,9 @@ def test_fake_impls_shapes_on_meta():
     gx, gw, gb = ops.bn_act_bwd(x, x, c, c, c, None, True)
     assert gx.shape == x.shape and gx.dtype == x.dtype and gx.is_contiguous(memory_format=torch.channels_last)
     assert gw.shape == gb.shape == (5,)
-    out = _meta_cl(2, 5, 5, 5, dtype=torch.bfloat16)
+    out = _meta_cl(2, 5, 5, 4, dtype=torch.bfloat16)
     idx = ops.pool2d_fwd(x, 0, [3, 3], [2, 2], [0, 0], True, True, out)
-    assert idx.shape == (2, 5, 5, 5) and idx.dtype == torch.int8  # ceil mode: 10 -> 5, 9 -> 4+1
+    assert idx.shape == (2, 5, 5, 4) and idx.dtype == torch.int8  # ceil mode: 10 -> 5 (floor: 4), 9 -> 4
     assert idx.is_contiguous(memory_format=torch.channels_last)
     assert ops.pool2d_fwd(x, 1, [3, 3], [1, 1], [1, 1], False, False, x).numel() == 0
     g = ops.pool2d_bwd(out, idx, 0, [3, 3], [2, 2], [0, 0], True, True, [2, 5, 10, 9])
@@ -570,8 +570,43 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(RuntimeError, match="invstd must have shape"):
         ops.bn_act_fwd(x, c, torch.ones(3, device="cuda"), None, None, True, torch.empty_like(x))
     with pytest.raises(RuntimeError, match="out must have the shape"):
-        ops.bn_act_fwd(x, c, c, None, None, True, torch.empty(2, 4, 5, 4, device="cuda"))
+        ops.bn_act_fwd(
+            x,
+            c,
+            c,
+            None,
+            None,
+            True,
+            torch.empty(2, 4, 5, 4, device="cuda").to(memory_format=torch.channels_last),
+        )
     with pytest.raises(RuntimeError, match="padding should be"):
         ops.pool2d_fwd(x, 0, [3, 3], [1, 1], [2, 2], False, True, torch.empty_like(x))
     with pytest.raises(RuntimeError, match="out must have shape"):
         ops.pool2d_fwd(x, 0, [3, 3], [2, 2], [0, 0], False, True, torch.empty_like(x))
+
+
+@pytest.mark.gpu
+def test_opcheck_schemas_and_fakes():
+    """torch.library.opcheck: mutation annotations match what the kernels write; fakes match the real outputs."""
+    need_gpu_ext()
+    ns = getattr(torch.ops, _cuda.NAMESPACE)
+    N, C, H, W = 2, 13, 9, 7
+    x = make_input(N, C, H, W, torch.float32, "slice")
+    mean, invstd = torch.randn(C, device="cuda"), torch.rand(C, device="cuda") + 0.5
+    w, b = _params(C, True)
+    out = torch.empty(N, C, H, W, device="cuda").to(memory_format=torch.channels_last)
+    P, Q = _pool_geom(x, (3, 3), (2, 2), (0, 0), True)
+    pout = torch.empty(N, C, P, Q, device="cuda").to(memory_format=torch.channels_last)
+    idx = ns.pool2d_fwd(x, 0, [3, 3], [2, 2], [0, 0], True, True, pout)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for op, args in [
+        (ns.bn_stats.default, (x,)),
+        (ns.bn_act_fwd.default, (x, mean, invstd, w, b, True, out)),
+        (ns.bn_act_bwd.default, (x, x, mean, invstd, w, b, True)),
+        (ns.pool2d_fwd.default, (x, 0, [3, 3], [2, 2], [0, 0], True, True, pout)),
+        (ns.pool2d_fwd.default, (x, 1, [3, 3], [2, 2], [0, 0], True, False, pout)),
+        (ns.pool2d_bwd.default, (pout, idx, 0, [3, 3], [2, 2], [0, 0], True, True, [N, C, H, W])),
+        (ns.scaled_residual_fwd.default, (x, x, 0.2, True, out)),
+        (ns.scaled_residual_bwd.default, (x, out, 0.2, True)),
+    ]:
+        torch.library.opcheck(op, args, test_utils=utils)

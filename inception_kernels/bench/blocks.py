@@ -9,7 +9,8 @@ fp32 weights under bf16 autocast.
 
 Passes: ``eval`` -- forward without autograd, eval mode (BN folded in ours); ``train`` -- forward + backward of the
 input and every parameter, train mode (batch statistics). Correctness: eval output, and in train the output and
-the input gradient, against the fp32 reference module (rel. error <= 3e-2 / 5e-2).
+the input gradient, against the fp32 reference module: rel. error <= max(3e-2 (5e-2 for the input gradient), 2× the
+error of the reference module itself under bf16 autocast) -- the flash-attention rule.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn as nn
 from . import zoo
 from .common import COMPILE_MODES, Budget, autocast, finalize, identity_compiler, new_record
 from .kernels import progress
-from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync
+from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync, tolerances
 
 PASSES = ("eval", "train")
 BASELINES = ("eager", "compile", "compile_max")
@@ -111,8 +112,23 @@ def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None
         yo = ours.train()(xo)
         (dxo,) = torch.autograd.grad(yo, xo, go.to(yo.dtype))
         sync(dev)
+        # the same-dtype PyTorch error: the reference module itself under bf16 autocast
+        ref_ac = copy.deepcopy(ref)
+        with torch.no_grad(), ac:
+            want_ac = ref_ac.eval()(x0)
+        xa = x0.clone().requires_grad_(True)
+        with ac:
+            ya = ref_ac.train()(xa)
+        (dxa,) = torch.autograd.grad(ya, xa, go.to(ya.dtype))
         errs = {"eval_y": rel_err(got, want), "train_y": rel_err(yo, yr), "train_dx": rel_err(dxo, dxr)}
-        rec["check"] = check_result(errs, THRESHOLDS)
+        ref_errs = {
+            "eval_y": rel_err(want_ac, want),
+            "train_y": rel_err(ya, yr),
+            "train_dx": rel_err(dxa, dxr),
+        }
+        rec["check"] = check_result(errs, tolerances(THRESHOLDS, ref_errs))
+        rec["check"]["reference_autocast_rel_err"] = ref_errs
+        del ref_ac
         gos = [torch.randn_like(yr).to(memory_format=cl) for _ in range(k_sets)]
     except Exception as e:  # noqa: BLE001
         rec["check"] = check_error(e)

@@ -47,8 +47,8 @@ def finalize(rec: dict, pairs: Sequence[tuple[str, str]], ceilings: dict | None 
 
     ratios = {}
     for o, b in pairs:
-        if o not in times and b not in times:
-            continue
+        if b not in times:
+            continue  # baseline not run (not planned, skipped or errored: reported elsewhere)
         passes = set(times.get(o, {})) | set(times.get(b, {}))
         ratios[f"{o}_vs_{b}"] = {
             p: (ms(b, p) / ms(o, p) if ok and ms(o, p) and ms(b, p) else None) for p in sorted(passes)

@@ -158,6 +158,13 @@ def check_result(errors: dict[str, float], threshold: float | dict[str, float]) 
     return rec
 
 
+def tolerances(base: float | dict[str, float], reference_errors: dict[str, float]) -> dict[str, float]:
+    """Per-name thresholds ``max(base, 2 × the reference's own error in the same dtype)`` (flash-attention's rule:
+    ours may be at most twice as far from the fp32 truth as PyTorch's same-dtype computation)."""
+    b = base if isinstance(base, dict) else {k: base for k in reference_errors}
+    return {k: max(b[k], 2.0 * v) if v == v else b[k] for k, v in reference_errors.items()}
+
+
 def check_error(e: BaseException) -> dict:
     return {"status": "ERROR", "error": f"{type(e).__name__}: {e}"[:1000]}
 

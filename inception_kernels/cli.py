@@ -124,10 +124,10 @@ def main(argv=None) -> int:
     from .train import cli as train_cli
 
     p = sub.add_parser("train", help="train a model (no arguments: the built-in digits demo, minutes on a CPU)",
-                       description=train_cli.TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=train_cli.TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     train_cli.add_train_arguments(p)
     p = sub.add_parser("eval", help="evaluate checkpoints: 1/10/12/144-crop top-1/top-5, EMA, ensembles",
-                       description=train_cli.EVAL_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=train_cli.EVAL_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     train_cli.add_eval_arguments(p)
     from .bench import cli as bench_cli
 

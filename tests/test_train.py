@@ -385,6 +385,17 @@ def test_resume_is_bit_identical(tmp_path, interrupted_run):
     assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in resumed.history]
 
 
+def test_resume_refuses_another_model(interrupted_run):
+    with pytest.raises(
+        SystemExit, match="trained with model='inception_v3', this run asks for model='googlenet'"
+    ):
+        train(TrainConfig(resume=str(interrupted_run / "last.pt"), model="googlenet"))
+    with pytest.raises(SystemExit, match="trained with width_mult=0.125"):
+        train(TrainConfig(resume=str(interrupted_run / "last.pt"), width_mult=0.5))
+    with pytest.raises(SystemExit, match="does not exist"):
+        train(TrainConfig(resume=str(interrupted_run / "nope.pt")))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, interrupted_run, monkeypatch):
     run = tmp_path / "nan"
     shutil.copytree(interrupted_run, run)

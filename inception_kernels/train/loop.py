@@ -345,6 +345,11 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
         for k in RESUME_OVERRIDES:
             if getattr(cfg, k) != getattr(defaults, k):
                 setattr(saved, k, getattr(cfg, k))
+        for k in TrainConfig.__dataclass_fields__:  # anything else asked for must agree with the checkpoint
+            new, old = getattr(cfg, k), getattr(saved, k)
+            if k not in RESUME_OVERRIDES and k != "resume" and new != getattr(defaults, k) and new != old:
+                raise SystemExit(f"error: --resume {cfg.resume}: the checkpoint was trained with {k}={old!r}, this "
+                                 f"run asks for {k}={new!r} (a resumed run keeps its checkpoint's settings)")  # fmt: skip
         if saved.output is None or cfg.output is None:
             saved.output = str(Path(cfg.resume).resolve().parent)
         saved.resume = cfg.resume

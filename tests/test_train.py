@@ -272,11 +272,22 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     row = res.history[-1]
     assert row["skipped_train"] == 2 and row["skipped_val"] == 2
     assert (tmp_path / "run" / "last.pt").exists()
+    # evaluation with multi-crop protocols on images of several sizes skips them too
+    from inception_kernels.train.cli import evaluate_checkpoints
+
+    rows = evaluate_checkpoints(
+        [str(tmp_path / "run" / "last.pt")], crops=["10", "144"], weights="ema", limit_val=8
+    )
+    assert [(r["protocol"], r["views"], r["n"], r["skipped"]) for r in rows] == [
+        ("10", 10, 7, 1),
+        ("144", 144, 7, 1),
+    ]
 
 
 def test_synthetic_data_run(tmp_path):
+    """Synthetic data, and the autocast path (bf16 autocast runs on the CPU too)."""
     res = train(tiny(tmp_path / "syn", data="synthetic", num_classes=3, synthetic_length=32, epochs=1,
-                     limit_train=0, limit_val=0, width_mult=0.125, image_size=75))  # fmt: skip
+                     limit_train=0, limit_val=0, width_mult=0.125, image_size=75, amp="bf16"))  # fmt: skip
     ck = torch.load(res.out_dir / "last.pt", weights_only=False)
     assert ck["num_classes"] == 3 and ck["data_kind"] == "synthetic" and ck["step"] == 2
     assert math.isfinite(res.history[0]["train_loss"])

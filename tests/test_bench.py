@@ -165,6 +165,8 @@ TINY = {
     "ceilings": {"copy_mib": 1, "matmul_n": 32},
     "kernels": {"shapes": ("17x17_1x7_192-192", "35x35_1x1_128-320_res"), "batches": (2,), "dtypes": ("fp32",),
                 "fp32_shapes": None, "compile_max_shapes": ("17x17_1x7_192-192",), "budget_s": None},
+    "memops": {"cases": ("35x35_bn_relu_288",), "batches": (2,), "dtypes": ("fp32",), "compile_max_cases": (),
+               "budget_s": None},
     "blocks": {"batch": 2, "size": 3, "compile_max": False, "labels": ("irv2_Block17",), "ours_dtype": torch.float32,
                "budget_s": None},
     "networks": {"names": ("googlenet",), "size": 32, "eval_batches": (1,), "train_batches": (2,),
@@ -203,7 +205,7 @@ def test_gpu_suite_structure_with_fake_timer(tmp_path, monkeypatch):
         2 * 2**20 / 1e-3 / 1e9
     )  # 1 MiB read + written in 1 ms
 
-    good, bad = blob["kernels"]
+    good, bad, mem = blob["kernels"]
     assert good["name"] == "17x17_1x7_192-192" and good["check"]["status"] == "PASS" and not good["excluded"]
     # ratio = baseline time / our time (higher is better), from the fake times
     assert good["ratios"]["ours_vs_cudnn"] == {"fwd": 2.0, "fwdbwd": 2.0}
@@ -221,6 +223,13 @@ def test_gpu_suite_structure_with_fake_timer(tmp_path, monkeypatch):
         "ours" not in bad["times"] and "ours" not in bad["tflops"]
     )  # never a speed figure for a wrong result
     assert "cudnn" in bad["times"]  # the baselines are still measured
+
+    assert mem["name"] == "35x35_bn_relu_288" and mem["check"]["status"] == "PASS"
+    assert mem["ratios"]["ours_vs_eager"] == {"fwd": 2.5, "fwdbwd": 2.5}
+    assert mem["gbs"]["ours"]["fwd"] == pytest.approx(mem["min_bytes"]["fwd"] / 1e-3 / 1e9)
+    assert mem["pct_bw"]["ours"]["fwd"] == pytest.approx(
+        100 * mem["gbs"]["ours"]["fwd"] / blob["ceilings"]["copy_gbs"]
+    )
 
     (blk,) = blob["blocks"]
     assert blk["check"]["status"] == "PASS", blk["check"]
@@ -265,3 +274,20 @@ def test_block_pairs_are_the_same_function(label, monkeypatch):
     with torch.no_grad():
         y, y_ref = ours.eval()(x), ref.eval()(x)
     assert y.shape == y_ref.shape and torch.allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_benchmark_configurations_on_our_kernels(device):
+    """The suite's per-configuration code on our kernels (the interpreter without a GPU): every op family's
+    correctness check passes at toy sizes and our launchers really ran."""
+    from inception_kernels.bench import kernels, memops
+    from inception_kernels.utils import count_launches
+
+    timers = [FakeTimer()]
+    for case in memops.select(("35x35_maxpool3s2_288", "35x35_bn_relu_288", "35x35_residual_320")):
+        with count_launches() as launches:
+            rec = memops.bench_case(case.tiny(), 2, "fp32", device, timers, impls=("ours", "eager"))
+        assert rec["check"]["status"] == "PASS", (case.name, rec["check"])
+        assert launches.count > 0 and rec["ratios"]["ours_vs_eager"]["fwd"] is not None
+    shape = kernels.select(["35x35_1x1_128-320_res"])[0].tiny()
+    rec = kernels.bench_shape(shape, 2, "fp32", device, timers, impls=("ours", "cudnn"))
+    assert rec["check"]["status"] == "PASS", rec["check"]

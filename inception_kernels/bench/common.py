@@ -36,7 +36,9 @@ def new_record(section: str, name: str, params: dict, *, flops=None, min_bytes=N
 def finalize(rec: dict, pairs: Sequence[tuple[str, str]], ceilings: dict | None = None) -> dict:
     """Derive from ``rec["times"]``: ``ratios[f"{ours}_vs_{base}"][pass] = t_base / t_ours`` (speed of ours over
     the baseline: higher is better), only when ours passed its correctness check (else ``excluded``);
-    ``tflops`` / ``pct_peak`` (of the measured bf16 matmul peak) per impl and pass; ``img_s`` when ``items``."""
+    ``tflops`` / ``pct_peak`` (of the measured bf16 matmul peak) per impl and pass; for records without FLOPs
+    (memory-bound ops) ``gbs`` / ``pct_bw`` over their minimal bytes (of the measured copy bandwidth); ``img_s``
+    when ``items``."""
     ok = rec["check"].get("status") == "PASS"
     rec["excluded"] = not ok
     times = rec["times"]
@@ -55,7 +57,8 @@ def finalize(rec: dict, pairs: Sequence[tuple[str, str]], ceilings: dict | None 
         }
     rec["ratios"] = ratios
     peak = (ceilings or {}).get("bf16_tflops")
-    rec["tflops"], rec["pct_peak"], rec["img_s"] = {}, {}, {}
+    bw = (ceilings or {}).get("copy_gbs")
+    rec["tflops"], rec["pct_peak"], rec["img_s"], rec["gbs"], rec["pct_bw"] = {}, {}, {}, {}, {}
     for impl, passes in times.items():
         if impl.startswith("ours") and not ok:
             continue  # never a speed figure for a wrong result
@@ -69,6 +72,12 @@ def finalize(rec: dict, pairs: Sequence[tuple[str, str]], ceilings: dict | None 
                 rec["tflops"].setdefault(impl, {})[p] = tf
                 if peak:
                     rec["pct_peak"].setdefault(impl, {})[p] = 100.0 * tf / peak
+            nb = rec["min_bytes"].get(p)
+            if nb and not fl:  # memory-bound op: achieved bandwidth over its minimal bytes
+                gbs = nb / (t * 1e-3) / 1e9
+                rec["gbs"].setdefault(impl, {})[p] = gbs
+                if bw:
+                    rec["pct_bw"].setdefault(impl, {})[p] = 100.0 * gbs / bw
             if rec.get("items"):
                 rec["img_s"].setdefault(impl, {})[p] = rec["items"] / (t * 1e-3)
     if not ok:

@@ -170,7 +170,8 @@ def write_static(out_dir: str, results: dict, plots: bool = True) -> list[str]:
 # ==========================================================================================================
 # GPU suite report
 # ==========================================================================================================
-SECTION_TITLES = {"kernels": "Kernels: ops.conv2d on Inception's layer shapes",
+SECTION_TITLES = {"kernels": "Kernels: every fused op on Inception's layer shapes (conv2d; pool2d, batch_norm_act, "
+                             "scaled_residual)",
                   "blocks": "Blocks: fused block engine vs the torchvision / timm module",
                   "networks": "Networks"}  # fmt: skip
 
@@ -212,23 +213,24 @@ def ratio_table(recs: list[dict]) -> list[str]:
 
 
 def absolute_table(recs: list[dict]) -> list[str]:
-    L = ["| config | impl | pass | ms | spread | img/s | peak MiB | TFLOP/s | % peak |",
-         "|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    L = ["| config | impl | pass | ms | spread | img/s | peak MiB | TFLOP/s | % peak | GB/s | % copy BW |",
+         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in recs:
         for impl, passes in r.get("times", {}).items():
             for p, t in passes.items():
                 head = f"| {r['name']} {_row_key(r)} | {impl} | {p} |"
                 if "error" in t:
-                    L.append(f"{head} error: {t['error'][:160]} | | | | | |")
+                    L.append(f"{head} error: {t['error'][:160]} | | | | | | | |")
                     continue
                 if "ms" not in t:
-                    L.append(f"{head} {t.get('excluded', '—')} | | | | | |")
+                    L.append(f"{head} {t.get('excluded', '—')} | | | | | | | |")
                     continue
                 L.append(
                     f"{head} {t['ms']:.3f} | {_f(t.get('spread_pct'))}% | "
                     f"{_f(r.get('img_s', {}).get(impl, {}).get(p), ',.0f')} | "
                     f"{_f(r.get('memory', {}).get(impl, {}).get(p), ',.0f')} | "
-                    f"{_f(r.get('tflops', {}).get(impl, {}).get(p))} | {_f(r.get('pct_peak', {}).get(impl, {}).get(p))} |"
+                    f"{_f(r.get('tflops', {}).get(impl, {}).get(p))} | {_f(r.get('pct_peak', {}).get(impl, {}).get(p))} | "
+                    f"{_f(r.get('gbs', {}).get(impl, {}).get(p), ',.0f')} | {_f(r.get('pct_bw', {}).get(impl, {}).get(p))} |"
                 )
     return L
 

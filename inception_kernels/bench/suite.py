@@ -7,11 +7,12 @@ inside the budget finishes, so a section may overrun by one item.
 The suite has not run on a GPU yet: the section budgets below are designed, not measured.
 
 * full  (< 8 min): ceilings; 14 kernel shapes bf16 batch 32 + 6 representative shapes fp32(TF32), compile
-  default everywhere and max-autotune on 3 shapes (~140 s); 3 blocks batch 32 eval + train with max-autotune
+  default everywhere and max-autotune on 3 shapes (~120 s); the memory-bound ops (pool2d, batch_norm_act,
+  scaled_residual: 7 shapes bf16, ~35 s); 3 blocks batch 32 eval + train with max-autotune
   where the budget allows (~100 s); 4 networks eval batch 1 / 32 / 256 (+ CUDA graph) and train 64 / 128, compile
   default at eval batch 32 and train 64 (~200 s); no max-autotune for whole networks (minutes of
   autotuning each: over the budget).
-* quick (< 3 min): ceilings (smaller); 6 representative shapes bf16; 3 blocks eval + train (no max-autotune);
+* quick (< 3 min): ceilings (smaller); 6 representative conv shapes and 3 memory-bound op shapes bf16; 3 blocks eval + train (no max-autotune);
   inception_v3 eval batch 1 / 32 (compile at 32) and train 64 (no compile).
 """
 
@@ -28,6 +29,9 @@ from .ceilings import measure_ceilings
 from .common import Budget, configure_dynamo, torch_compiler
 from .env import default_out_dir, environment
 from .kernels import REPRESENTATIVE, SHAPES, run_kernels, select
+from .memops import QUICK as MEM_QUICK
+from .memops import run_memops
+from .memops import select as select_mem
 from .networks import run_networks
 from .timing import EventTimer, FakeTimer, GraphTimer
 
@@ -37,7 +41,9 @@ PLANS = {
     "full": {
         "ceilings": {"copy_mib": 1024, "matmul_n": 8192},
         "kernels": {"shapes": [s.name for s in SHAPES], "batches": (32,), "dtypes": ("bf16", "fp32"),
-                    "fp32_shapes": REPRESENTATIVE, "compile_max_shapes": REPRESENTATIVE[:3], "budget_s": 140},
+                    "fp32_shapes": REPRESENTATIVE, "compile_max_shapes": REPRESENTATIVE[:3], "budget_s": 120},
+        "memops": {"cases": None, "batches": (32,), "dtypes": ("bf16",), "compile_max_cases": MEM_QUICK[-1:],
+                   "budget_s": 35},
         "blocks": {"batch": 32, "compile_max": True, "budget_s": 100},
         "networks": {"names": tuple(zoo.NETWORKS), "eval_batches": (1, 32, 256), "train_batches": (64, 128),
                      "compile_batches": (32,), "compile_train": True, "compile_max_batches": (), "budget_s": 200},
@@ -48,6 +54,8 @@ PLANS = {
         "ceilings": {"copy_mib": 512, "matmul_n": 8192},
         "kernels": {"shapes": REPRESENTATIVE, "batches": (32,), "dtypes": ("bf16",), "fp32_shapes": (),
                     "compile_max_shapes": (), "budget_s": 45},
+        "memops": {"cases": MEM_QUICK, "batches": (32,), "dtypes": ("bf16",), "compile_max_cases": (),
+                   "budget_s": 15},
         "blocks": {"batch": 32, "compile_max": False, "budget_s": 35},
         "networks": {"names": ("inception_v3",), "eval_batches": (1, 32), "train_batches": (64,),
                      "compile_batches": (32,), "compile_train": False, "compile_max_batches": (), "budget_s": 75},
@@ -59,6 +67,8 @@ PLANS = {
         "ceilings": {"copy_mib": 1, "matmul_n": 64},
         "kernels": {"shapes": REPRESENTATIVE[:3] + REPRESENTATIVE[-1:], "batches": (2,), "dtypes": ("bf16", "fp32"),
                     "fp32_shapes": REPRESENTATIVE[:1], "compile_max_shapes": REPRESENTATIVE[:1], "budget_s": None},
+        "memops": {"cases": ("35x35_maxpool3s2_288", "35x35_bn_relu_288", "35x35_residual_320"), "batches": (2,),
+                   "dtypes": ("fp32",), "compile_max_cases": ("35x35_bn_relu_288",), "budget_s": None},
         "blocks": {"batch": 2, "size": 5, "compile_max": True, "labels": ("v3_Mixed_6b", "irv2_Block17"),
                    "ours_dtype": torch.float32, "budget_s": None},
         "networks": {"names": ("googlenet",), "size": 64, "eval_batches": (1, 2), "train_batches": (2,),
@@ -121,6 +131,11 @@ def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | No
         budget = Budget(k.pop("budget_s"))
         results["kernels"] = run_kernels(dev, timers, shapes=select(k.pop("shapes")), compiler=compiler, budget=budget,
                                          ceilings=ceil, tiny=tiny, log=log, **k)  # fmt: skip
+        m = dict(P.get("memops") or {})
+        if m:
+            budget = Budget(m.pop("budget_s", None))
+            results["kernels"] += run_memops(dev, timers, cases=select_mem(m.pop("cases")), compiler=compiler,
+                                             budget=budget, ceilings=ceil, tiny=tiny, log=log, **m)  # fmt: skip
         save()
     if "blocks" in sections:
         b = dict(P["blocks"])

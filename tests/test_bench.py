@@ -291,3 +291,18 @@ def test_benchmark_configurations_on_our_kernels(device):
     shape = kernels.select(["35x35_1x1_128-320_res"])[0].tiny()
     rec = kernels.bench_shape(shape, 2, "fp32", device, timers, impls=("ours", "cudnn"))
     assert rec["check"]["status"] == "PASS", rec["check"]
+
+
+def test_spent_budget_records_skips_instead_of_running():
+    from inception_kernels.bench import kernels, report
+    from inception_kernels.bench.blocks import run_blocks
+    from inception_kernels.bench.common import Budget
+
+    timer = FakeTimer()
+    recs = kernels.run_kernels("cpu", [timer], shapes=kernels.select(["8x8_3x3_448-384"]), budget=Budget(0),
+                               log=lambda *a: None)  # fmt: skip
+    recs += run_blocks("cpu", [timer], labels=("v3_Mixed_6b",), budget=Budget(0), log=lambda *a: None)
+    assert not timer.calls
+    assert all("time budget" in r["skipped"]["all"] for r in recs)
+    lines = report.problems({"kernels": recs[:1], "blocks": recs[1:]})
+    assert len(lines) == 2 and all("skipped" in line for line in lines)

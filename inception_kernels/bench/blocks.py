@@ -203,9 +203,15 @@ def run_blocks(device, timers, *, labels=tuple(zoo.BLOCKS), batch: int = 32, siz
             rec["skipped"]["all"] = "time budget of the blocks section spent"
             recs.append(rec)
             continue
-        impls = ["ours", "eager", "compile"]
-        if compile_max and budget.allows(90):
-            impls.append("compile_max")
+        impls = ["ours", "eager"]
+        skipped = {}
+        for name, cost in (("compile", 40), ("compile_max", 150)):  # eval + train compiles of one block
+            if name == "compile_max" and not compile_max:
+                continue
+            if budget.allows(cost):
+                impls.append(name)
+            else:
+                skipped[name] = "time budget"
         try:
             rec = bench_block(label, device, timers, batch=batch, size=size, impls=impls, compiler=compiler,
                               rounds=rounds, ceilings=ceilings, ours_dtype=ours_dtype)  # fmt: skip
@@ -213,8 +219,7 @@ def run_blocks(device, timers, *, labels=tuple(zoo.BLOCKS), batch: int = 32, siz
             rec = new_record("blocks", label, {"batch": batch})
             rec["check"] = check_error(e)
             finalize(rec, [], ceilings)
-        if compile_max and "compile_max" not in impls:
-            rec["skipped"]["compile_max"] = "time budget"
+        rec["skipped"].update(skipped)
         recs.append(rec)
         log(progress(rec))
         if torch.device(device).type == "cuda":

@@ -1,8 +1,9 @@
 """The GPU suite: ceilings, kernels, blocks, networks -> ``results.json``, ``report.md``, plots.
 
-Time budget (one H100; compile times dominate): every section has a wall-clock budget and, once it is spent,
-records the configurations it did not run as *skipped* (with the reason) instead of overrunning. An item started
-inside the budget finishes, so a section may overrun by one item.
+Time budget (one H100; compile times dominate): every section has a wall-clock budget, capped by a suite
+deadline (full 450 s, quick 165 s), and once it is spent records the configurations (or compile baselines) it did
+not run as *skipped* (with the reason) instead of overrunning. An item started inside the budget finishes, so a
+section may overrun by one item.
 
 The suite has not run on a GPU yet: the section budgets below are designed, not measured.
 
@@ -49,6 +50,7 @@ PLANS = {
                      "compile_batches": (32,), "compile_train": True, "compile_max_batches": (), "budget_s": 200},
         "event_ms": (25.0, 100.0),
         "graph_ms": 50.0,
+        "deadline_s": 450,
     },
     "quick": {
         "ceilings": {"copy_mib": 512, "matmul_n": 8192},
@@ -56,11 +58,12 @@ PLANS = {
                     "compile_max_shapes": (), "budget_s": 45},
         "memops": {"cases": MEM_QUICK, "batches": (32,), "dtypes": ("bf16",), "compile_max_cases": (),
                    "budget_s": 15},
-        "blocks": {"batch": 32, "compile_max": False, "budget_s": 35},
+        "blocks": {"batch": 32, "compile_max": False, "budget_s": 45},
         "networks": {"names": ("inception_v3",), "eval_batches": (1, 32), "train_batches": (64,),
                      "compile_batches": (32,), "compile_train": False, "compile_max_batches": (), "budget_s": 75},
         "event_ms": (10.0, 40.0),
         "graph_ms": 20.0,
+        "deadline_s": 165,
     },
     # CPU structure test (fake timer, reference backend, toy sizes): every code path, seconds not minutes.
     "tiny": {
@@ -125,28 +128,36 @@ def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | No
         log(f"[ceilings] copy {results['ceilings']['copy_gbs']:.0f} GB/s, bf16 matmul "
             f"{results['ceilings']['bf16_tflops']:.1f} TFLOP/s")  # fmt: skip
     ceil = results.get("ceilings")
+    deadline = P.get("deadline_s")
+
+    def section_budget(seconds):  # the section's own budget, capped by what the suite's deadline leaves
+        if deadline is None:
+            return Budget(seconds)
+        left = deadline - (time.perf_counter() - t0)
+        return Budget(left if seconds is None else min(seconds, left))
+
     tiny = P.get("tiny_shapes", plan_name == "tiny")
     if "kernels" in sections:
         k = dict(P["kernels"])
-        budget = Budget(k.pop("budget_s"))
+        budget = section_budget(k.pop("budget_s"))
         results["kernels"] = run_kernels(dev, timers, shapes=select(k.pop("shapes")), compiler=compiler, budget=budget,
                                          ceilings=ceil, tiny=tiny, log=log, **k)  # fmt: skip
         m = dict(P.get("memops") or {})
         if m:
-            budget = Budget(m.pop("budget_s", None))
+            budget = section_budget(m.pop("budget_s", None))
             results["kernels"] += run_memops(dev, timers, cases=select_mem(m.pop("cases")), compiler=compiler,
                                              budget=budget, ceilings=ceil, tiny=tiny, log=log, **m)  # fmt: skip
         save()
     if "blocks" in sections:
         b = dict(P["blocks"])
-        budget = Budget(b.pop("budget_s"))
+        budget = section_budget(b.pop("budget_s"))
         results["blocks"] = run_blocks(
             dev, timers, compiler=compiler, budget=budget, ceilings=ceil, log=log, **b
         )
         save()
     if "networks" in sections:
         n = dict(P["networks"])
-        budget = Budget(n.pop("budget_s"))
+        budget = section_budget(n.pop("budget_s"))
         results["networks"] = run_networks(
             dev, timers, compiler=compiler, budget=budget, ceilings=ceil, log=log, **n
         )

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Benchmark ``inception_kernels.ops.conv2d`` (fused epilogue) vs cuDNN + eager epilogue and torch.compile.
 
+Standalone script kept for targeted runs (and as gpu_check.sh's fallback); the one-command suite is
+``inception-kernels bench`` (``inception_kernels/bench/``), which covers this and more.
+
 For every Inception convolution shape below, at each batch size and dtype, this script
 
 1. checks ours (and, for information, each baseline) against an fp32-upcast, TF32-off reference on the

@@ -1,5 +1,8 @@
 """Network benchmark: our block-engine models vs the torchvision / timm originals (GPU only).
 
+Standalone script kept for targeted runs (and as gpu_check.sh's fallback); the one-command suite is
+``inception-kernels bench`` (``inception_kernels/bench/``), which covers this and more.
+
 For googlenet, inception_v3 (torchvision) and inception_v4, inception_resnet_v2 (timm):
 
 * eval throughput (img/s) and latency at batch 1 / 32 / 256, peak memory;

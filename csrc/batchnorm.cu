@@ -323,9 +323,9 @@ bool use_vec(std::initializer_list<const at::Tensor*> ts) {
 }  // namespace
 
 // ---- host ------------------------------------------------------------------------------------------------------
-std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x) {
+std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x_) {
   constexpr const char* op = "bn_stats";
-  check_act(x, op, "x");
+  const at::Tensor x = input_act(x_, op, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), M = N * x.size(2) * x.size(3);
   TORCH_CHECK(M > 0, op, ": x has no pixels (N*H*W == 0), statistics are undefined");
@@ -367,11 +367,11 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x) {
   return {mean, var};
 }
 
-void bn_act_fwd(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+void bn_act_fwd(const at::Tensor& x_, const at::Tensor& mean, const at::Tensor& invstd,
                 const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, bool relu,
                 const at::Tensor& out) {
   constexpr const char* op = "bn_act_fwd";
-  check_act(x, op, "x");
+  const at::Tensor x = input_act(x_, op, "x");
   check_act(out, op, "out");
   check_same(x, out, op, "x", "out");
   check_nonoverlap(out, op, "out");
@@ -402,13 +402,13 @@ void bn_act_fwd(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& i
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_bwd(const at::Tensor& grad_out, const at::Tensor& x,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_bwd(const at::Tensor& grad_out_, const at::Tensor& x_,
                                                           const at::Tensor& mean, const at::Tensor& invstd,
                                                           const c10::optional<at::Tensor>& weight,
                                                           const c10::optional<at::Tensor>& bias, bool relu) {
   constexpr const char* op = "bn_act_bwd";
-  check_act(x, op, "x");
-  check_act(grad_out, op, "grad_out");
+  const at::Tensor x = input_act(x_, op, "x");
+  const at::Tensor grad_out = input_act(grad_out_, op, "grad_out");
   check_same(x, grad_out, op, "x", "grad_out");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), M = N * H * W;
   const float* mp = check_chan(mean, C, x, op, "mean");

@@ -144,6 +144,19 @@ inline void check_act(const at::Tensor& t, const char* op, const char* name) {
               " must be float32, bfloat16 or float16, got ", dt);
 }
 
+// A read-only activation: checked like check_act, but its channels need not be innermost -- then a channels_last
+// copy is made (a correctness fallback for e.g. an NCHW gradient from autograd; not the fast path).
+inline at::Tensor input_act(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (N, C, H, W), got ", t.dim(), " dims");
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op, ": ", name,
+              " must be float32, bfloat16 or float16, got ", dt);
+  if (t.stride(1) == 1 || t.size(1) == 1) return t;
+  return t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op, const char* na, const char* nb,
                        bool same_dtype = true) {
   TORCH_CHECK(a.sizes() == b.sizes(), op, ": ", nb, " must have the shape of ", na, " ", a.sizes(), ", got ",

@@ -1,3 +1,7 @@
+// Activations are logical NCHW tensors with channels innermost (stride(1) == 1: channels_last, or channel slices of
+// channels_last buffers, any N/H/W strides). Outputs must be so; a read-only input that is not (e.g. an NCHW
+// gradient) is copied to channels_last first (correct, not fast).
+//
 // Host entry points of the CUDA C++ ops (defined in the .cu files, registered in bindings.cpp as
 // torch.ops.inception_kernels_cuda.<name>). Plain C++: no CUDA headers, so bindings.cpp builds with the host compiler.
 #pragma once

@@ -233,11 +233,11 @@ bool use_vec(std::initializer_list<const at::Tensor*> ts) {
 
 }  // namespace
 
-at::Tensor pool2d_fwd(const at::Tensor& x, int64_t kind, at::IntArrayRef kernel, at::IntArrayRef stride,
+at::Tensor pool2d_fwd(const at::Tensor& x_, int64_t kind, at::IntArrayRef kernel, at::IntArrayRef stride,
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad, const at::Tensor& out) {
   constexpr const char* op = "pool2d_fwd";
   TORCH_CHECK(kind == 0 || kind == 1, op, ": kind must be 0 (max) or 1 (avg), got ", kind);
-  check_act(x, op, "x");
+  const at::Tensor x = input_act(x_, op, "x");
   check_act(out, op, "out");
   const int64_t N = x.size(0), C = x.size(1);
   const PoolGeom g = make_geom(op, N, C, x.size(2), x.size(3), kernel, stride, padding, ceil_mode, count_include_pad);
@@ -281,12 +281,12 @@ at::Tensor pool2d_fwd(const at::Tensor& x, int64_t kind, at::IntArrayRef kernel,
   return idx;
 }
 
-at::Tensor pool2d_bwd(const at::Tensor& grad_out, const at::Tensor& indices, int64_t kind, at::IntArrayRef kernel,
-                      at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                      at::IntArrayRef input_size) {
+at::Tensor pool2d_bwd(const at::Tensor& grad_out_, const at::Tensor& indices_, int64_t kind,
+                      at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                      bool count_include_pad, at::IntArrayRef input_size) {
   constexpr const char* op = "pool2d_bwd";
   TORCH_CHECK(kind == 0 || kind == 1, op, ": kind must be 0 (max) or 1 (avg), got ", kind);
-  check_act(grad_out, op, "grad_out");
+  const at::Tensor grad_out = input_act(grad_out_, op, "grad_out");
   TORCH_CHECK(input_size.size() == 4 || input_size.size() == 2, op,
               ": input_size must be (N, C, H, W) or (H, W), got ", input_size);
   const int64_t N = grad_out.size(0), C = grad_out.size(1);
@@ -299,13 +299,14 @@ at::Tensor pool2d_bwd(const at::Tensor& grad_out, const at::Tensor& indices, int
   TORCH_CHECK(grad_out.size(2) == g.P && grad_out.size(3) == g.Q, op, ": grad_out's spatial size ",
               grad_out.sizes().slice(2), " does not match the pooled size (", g.P, ", ", g.Q, ") of input_size ",
               input_size);
+  at::Tensor indices = indices_;
   if (kind == 0) {
     TORCH_CHECK(indices.defined() && indices.scalar_type() == at::kChar, op,
                 ": indices must be the int8 tensor returned by pool2d_fwd");
     TORCH_CHECK(indices.sizes() == grad_out.sizes(), op, ": indices must have grad_out's shape ", grad_out.sizes(),
                 ", got ", indices.sizes());
     TORCH_CHECK(indices.device() == grad_out.device(), op, ": indices must be on ", grad_out.device());
-    TORCH_CHECK(indices.stride(1) == 1 || C == 1, op, ": indices must have channels innermost (channels_last)");
+    if (indices.stride(1) != 1 && C != 1) indices = indices.contiguous(at::MemoryFormat::ChannelsLast);
   }
   const c10::cuda::CUDAGuard guard(grad_out.device());
   at::Tensor grad_x = empty_cl({N, C, H, W}, grad_out.options());

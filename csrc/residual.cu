@@ -62,10 +62,11 @@ bool use_vec(std::initializer_list<const at::Tensor*> ts) {
 
 }  // namespace
 
-void scaled_residual_fwd(const at::Tensor& x, const at::Tensor& y, double scale, bool relu, const at::Tensor& out) {
+void scaled_residual_fwd(const at::Tensor& x_, const at::Tensor& y_, double scale, bool relu,
+                         const at::Tensor& out) {
   constexpr const char* op = "scaled_residual_fwd";
-  check_act(x, op, "x");
-  check_act(y, op, "y");
+  const at::Tensor x = input_act(x_, op, "x");
+  const at::Tensor y = input_act(y_, op, "y");
   check_act(out, op, "out");
   check_same(x, y, op, "x", "y");
   check_same(x, out, op, "x", "out");
@@ -93,11 +94,11 @@ void scaled_residual_fwd(const at::Tensor& x, const at::Tensor& y, double scale,
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> scaled_residual_bwd(const at::Tensor& grad_out, const at::Tensor& out,
+std::tuple<at::Tensor, at::Tensor> scaled_residual_bwd(const at::Tensor& grad_out_, const at::Tensor& out_,
                                                        double scale, bool relu) {
   constexpr const char* op = "scaled_residual_bwd";
-  check_act(grad_out, op, "grad_out");
-  check_act(out, op, "out");
+  const at::Tensor grad_out = input_act(grad_out_, op, "grad_out");
+  const at::Tensor out = input_act(out_, op, "out");
   check_same(grad_out, out, op, "grad_out", "out");
   const int64_t N = grad_out.size(0), C = grad_out.size(1), H = grad_out.size(2), W = grad_out.size(3);
   const int64_t M = N * H * W;

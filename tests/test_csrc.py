@@ -330,10 +330,13 @@ def _buffer(N, C, H, W, dtype, off, extra, fill=math.nan):
 
 
 def make_input(N, C, H, W, dtype, layout, scale=1.0, shift=0.0):
-    """An activation in one of three layouts: 'cl' (channels_last contiguous), 'slice' (channels [3, 3+C) of a
-    bigger buffer: unaligned channel offset), 'spatial' (a [:, :, ::2, 1:] view: non-collapsible strides)."""
+    """An activation in one of five layouts: 'cl' (channels_last contiguous), 'slice' (channels [3, 3+C) of a
+    bigger buffer: unaligned channel offset), 'slice8' (aligned offset 8: vector path), 'spatial' (a
+    [:, :, ::2, 1:] view: non-collapsible strides), 'nchw' (contiguous NCHW: inputs only, copied by the op)."""
     vals = torch.randn(N, C, H, W, device="cuda", dtype=torch.float64) * scale + shift
-    if layout == "cl":
+    if layout == "nchw":
+        t = torch.empty(N, C, H, W, device="cuda", dtype=dtype)
+    elif layout == "cl":
         t = torch.empty(N, C, H, W, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
     elif layout == "slice":
         _, t = _buffer(N, C, H, W, dtype, 3, 2)
@@ -360,7 +363,7 @@ def assert_outside_nan(buf, off, C):
 
 
 SHAPES = [(2, 13, 9, 7), (2, 16, 5, 6), (3, 5, 1, 1)]
-LAYOUTS = ["cl", "slice", "slice8", "spatial"]
+LAYOUTS = ["cl", "slice", "slice8", "spatial", "nchw"]
 
 
 @pytest.mark.gpu
@@ -560,9 +563,13 @@ def test_scaled_residual(dtype, shape, layout, relu):
 def test_bad_inputs_raise_clear_errors():
     need_gpu_ext()
     ops = cuops()
-    x = torch.randn(2, 4, 5, 5, device="cuda")  # NCHW contiguous: channels not innermost
-    with pytest.raises(RuntimeError, match="x must have channels innermost"):
-        ops.bn_stats(x)
+    x = torch.randn(
+        2, 4, 5, 5, device="cuda"
+    )  # NCHW: read-only inputs are accepted (copied), outputs are not
+    torch.testing.assert_close(ops.bn_stats(x)[0].double(), bn_stats_oracle(x)[0])
+    c = torch.ones(4, device="cuda")
+    with pytest.raises(RuntimeError, match="out must have channels innermost"):
+        ops.bn_act_fwd(x, c, c, None, None, True, torch.empty_like(x))
     x = x.to(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
         ops.bn_stats(x.double())

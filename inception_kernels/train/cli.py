@@ -177,6 +177,10 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
     size = first["image_size"]
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))  # fmt: skip
+    if dev.type == "cpu":
+        from .loop import auto_threads
+
+        torch.set_num_threads(auto_threads(torch.get_num_threads()))
     bundle = build_data(data, size, limit_val=limit_val, num_classes=first["num_classes"])
     if crop_pct is None:
         crop_pct = 1.0 if bundle.kind == "digits" else 0.875

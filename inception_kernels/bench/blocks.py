@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import zoo
-from .common import COMPILE_MODES, Budget, autocast, finalize, identity_compiler, new_record
+from .common import COMPILE_MODES, Budget, autocast, finalize, identity_compiler, new_record, reset_dynamo
 from .kernels import progress
 from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync, tolerances
 
@@ -80,6 +80,7 @@ def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None
                 impls=("ours", "eager", "compile"), compiler=None, rounds: int = 2, ceilings=None,
                 ours_dtype=torch.bfloat16) -> dict:  # fmt: skip
     compiler = compiler or identity_compiler
+    reset_dynamo()
     net, path, cin, native = zoo.BLOCKS[label]
     hw = size or native
     dev = torch.device(device)

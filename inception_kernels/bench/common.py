@@ -123,6 +123,13 @@ def configure_dynamo() -> None:
                 setattr(dcfg, name, value)
 
 
+def reset_dynamo() -> None:
+    """Drop Dynamo's caches between configurations (each compiles its own functions; the recompile limits
+    count per code object, and the reference closures share theirs)."""
+    with contextlib.suppress(Exception):
+        torch._dynamo.reset()
+
+
 def torch_compiler(fn, mode: str | None):
     """The default compiler of the suite: ``torch.compile(fn, mode=mode, dynamic=False)``."""
     kw = {"dynamic": False} if mode is None else {"dynamic": False, "mode": mode}

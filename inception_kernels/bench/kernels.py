@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .common import COMPILE_MODES, DTYPES, Budget, finalize, identity_compiler, new_record, tf32
+from .common import COMPILE_MODES, DTYPES, Budget, finalize, identity_compiler, new_record, reset_dynamo, tf32
 from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync
 
 RESIDUAL_SCALE = 0.17
@@ -211,6 +211,7 @@ def bench_shape(shape: ConvShape, n: int, dtype_name: str, device, timers, *, im
     """Check and time one (shape, batch, dtype) with every timer (``[EventTimer, GraphTimer]`` on a GPU); graph
     timings go under ``"<impl>@graph"``."""
     compiler = compiler or identity_compiler
+    reset_dynamo()
     dtype = DTYPES[dtype_name]
     elem = torch.empty((), dtype=dtype).element_size()
     rec = new_record("kernels", shape.name, {"batch": n, "dtype": dtype_name},

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import COMPILE_MODES, DTYPES, Budget, finalize, identity_compiler, new_record
+from .common import COMPILE_MODES, DTYPES, Budget, finalize, identity_compiler, new_record, reset_dynamo
 from .kernels import THRESHOLDS, progress
 from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync
 
@@ -142,6 +142,7 @@ def check(fn, case: MemCase, inp: dict, threshold: float) -> dict:
 def bench_case(case: MemCase, n: int, dtype_name: str, device, timers, *, impls=("ours", "eager", "compile"),
                compiler=None, rounds: int = 2, ceilings=None, seed: int = 0) -> dict:  # fmt: skip
     compiler = compiler or identity_compiler
+    reset_dynamo()
     dtype = DTYPES[dtype_name]
     elem = torch.empty((), dtype=dtype).element_size()
     mb = case.min_bytes(n, elem)

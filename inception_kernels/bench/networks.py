@@ -21,7 +21,16 @@ import time
 import torch
 
 from . import zoo
-from .common import COMPILE_MODES, Budget, autocast, finalize, graphed, identity_compiler, new_record
+from .common import (
+    COMPILE_MODES,
+    Budget,
+    autocast,
+    finalize,
+    graphed,
+    identity_compiler,
+    new_record,
+    reset_dynamo,
+)
 from .kernels import progress
 from .memory import peak_memory
 from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync, tolerances
@@ -54,6 +63,7 @@ def bench_network(name: str, device, timers, *, eval_batches=(1, 32, 256), train
     """One record per (mode, batch). ``compile_batches``: eval batches that also get ``torch.compile`` (each is
     a separate compile, ``dynamic=False``); ``compile_max_batches``: those that also get max-autotune."""
     compiler = compiler or identity_compiler
+    reset_dynamo()
     budget = budget or Budget(None)
     dev = torch.device(device)
     cl = torch.channels_last

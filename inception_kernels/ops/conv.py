@@ -33,7 +33,7 @@ import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import reference
+from . import _recompute, reference
 from ._registry import KernelSpec, register_kernel
 
 _TORCH_TO_TL = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -955,13 +955,14 @@ class _Conv2dFn(torch.autograd.Function):
     def forward(ctx, x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
         y = _new_cl(out_shape(x.shape, weight.shape, stride, padding), x)
         conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, y)
-        ctx.save_for_backward(x, weight, scale, y)
+        # x is saved as its recipe when it has one (e.g. a block's concat buffer: its leaves' pre-BN outputs)
+        _recompute.save_with_input(ctx, x, weight, scale, y)
         _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, scale, y = ctx.saved_tensors
+        x, (weight, scale, y) = _recompute.load_with_input(ctx)
         return _run_backward(ctx, grad_out, x, weight, scale, y, *ctx.conf, direct=True) + (None,) * 4
 
 

@@ -306,3 +306,19 @@ def test_spent_budget_records_skips_instead_of_running():
     assert all("time budget" in r["skipped"]["all"] for r in recs)
     lines = report.problems({"kernels": recs[:1], "blocks": recs[1:]})
     assert len(lines) == 2 and all("skipped" in line for line in lines)
+
+
+def test_readme_summaries(tmp_path):
+    from inception_kernels.bench import report
+
+    blob = {"meta": {"mode": "full", "gpu_name": "X", "date": "2026-01-01", "fake_timer": True},
+            "kernels": [{"name": "a", "params": {"batch": 1}, "check": {"status": "PASS"},
+                         "ratios": {"ours_vs_cudnn": {"fwd": 2.0}, "ours@graph_vs_cudnn@graph": {"fwd": 8.0}}},
+                        {"name": "b", "params": {"batch": 1}, "check": {"status": "PASS"},
+                         "ratios": {"ours_vs_cudnn": {"fwd": 0.5}, "ours@graph_vs_cudnn@graph": {"fwd": 2.0}}},
+                        {"name": "c", "params": {"batch": 1}, "check": {"status": "FAIL"},
+                         "ratios": {"ours_vs_cudnn": {"fwd": None}}}]}  # fmt: skip
+    md = report.summary_markdown(blob)
+    assert "| kernels: conv2d, fwd | latency | 1.00× |" in md  # geomean of 2 and 0.5; the failure is excluded
+    assert "| kernels: conv2d, fwd | CUDA-graph replay | 4.00× |" in md
+    assert "1 configuration(s) failed" in md and "FAKE TIMES" in md

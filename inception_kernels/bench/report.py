@@ -304,3 +304,75 @@ def write_gpu(out_dir: str, results: dict, plots: bool = True) -> list[str]:
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render_gpu(results, files) + "\n")
     return [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "report.md"), *files]
+
+
+# ==========================================================================================================
+# README summary
+# ==========================================================================================================
+def summary_markdown(results: dict, folder: str = "") -> str:
+    """A short table for the README: the static per-network figures, or the GPU suite's geometric-mean ratios per
+    section and baseline (ours ÷ baseline speed, higher is better), with the stamp."""
+    meta = results["meta"]
+    if meta.get("mode") == "static":
+        L = ["| network | GMACs | launches ours / eager ops | saved MiB/img ours / reference | floor µs b1 / b256 |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for r in results["networks"]:
+            f = r["floors"]
+            L.append(f"| {r['name']} {r['input_size']}² | {r['macs'] / 1e9:.2f} | {r['launches_per_forward']} / "
+                     f"{r['eager_ops_per_forward']} | {_mib(r['saved_activation_bytes_per_image'])} / "
+                     f"{_mib(r['reference_saved_activation_bytes_per_image'])} | {f['1']['floor_us']:.0f} / "
+                     f"{f['256']['floor_us']:.0f} |")  # fmt: skip
+        L.append("")
+        L.append(f"`bench --static`, git {(meta.get('git_commit') or '?')[:7]}, {meta['date'][:10]}; saved bytes fp32; "
+                 f"floors for {meta['spec']['name']}.")  # fmt: skip
+        return "\n".join(L)
+    base_label = {"cudnn": "eager / cuDNN", "eager": "eager / cuDNN", "eager_cl": "eager / cuDNN",
+                  "eager_nchw": "eager NCHW", "compile": "torch.compile", "compile_max": "max-autotune"}  # fmt: skip
+    cols = ["eager / cuDNN", "eager NCHW", "torch.compile", "max-autotune"]
+    groups: dict[tuple[str, str], dict[str, list]] = {}
+    for sec in ("kernels", "blocks", "networks"):
+        for r in results.get(sec, []):
+            sub = sec
+            if sec == "kernels":
+                sub = "kernels: conv2d" if "op" not in r["params"] else "kernels: pool / BN / residual"
+            elif sec == "networks":
+                sub = f"networks: {r['params'].get('mode')}"
+            for pair, by_pass in r.get("ratios", {}).items():
+                ours, base = pair.split("_vs_")
+                timing = "CUDA-graph replay" if "@graph" in ours else "latency"
+                for p, v in by_pass.items():
+                    key = (sub if sec == "networks" else f"{sub}, {p}", timing)
+                    groups.setdefault(key, {}).setdefault(base_label[base.split("@")[0]], []).append(v)
+    L = ["| section, pass | ours timed as | " + " | ".join(f"vs {c}" for c in cols) + " |",
+         "|---|---|" + "---:|" * len(cols)]  # fmt: skip
+    for (sub, timing), g in groups.items():
+        if all(geomean(g.get(c, [])) is None for c in cols):
+            continue
+        L.append(f"| {sub} | {timing} | " + " | ".join(_fx(geomean(g.get(c, []))) for c in cols) + " |")
+    L.append("")
+    fails = sum(r["check"].get("status") in ("FAIL", "ERROR") for s in ("kernels", "blocks", "networks")
+                for r in results.get(s, []))  # fmt: skip
+    L.append(f"Geometric means of ours ÷ baseline speed (higher is better); {meta.get('gpu_name')}, "
+             f"{str(meta.get('date'))[:10]}, torch {meta.get('torch')}, triton {meta.get('triton')}, git "
+             f"{(meta.get('git_commit') or '?')[:7]}; {fails} configuration(s) failed their correctness check "
+             f"and are excluded. CUDA-graph replay: kernels compare replay with replay (GPU time); networks compare "
+             f"ours replayed with the baselines' per-call latency. Full report: `{folder or 'report.md'}`.")  # fmt: skip
+    if meta.get("fake_timer"):
+        L.append("**FAKE TIMES (structure test): not measurements.**")
+    return "\n".join(L)
+
+
+def main(argv=None) -> int:
+    """``python -m inception_kernels.bench.report DIR``: print the README summary of DIR/results.json."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("folder")
+    args = ap.parse_args(argv)
+    with open(os.path.join(args.folder, "results.json")) as f:
+        print(summary_markdown(json.load(f), os.path.join(args.folder, "report.md")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

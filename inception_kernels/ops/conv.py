@@ -1261,6 +1261,16 @@ def _epi_arg_types(dt: str) -> dict[str, object]:
 
 
 register_kernel(KernelSpec("conv2d_fwd", _conv_fwd, FWD_CONFIGS, _fwd_arg_types))
+
+
+@functools.cache
+def _fwd_stats_arg_types(dt: str) -> dict[str, object]:
+    """The training-mode variant: plain conv output with the BN-statistics epilogue (ops.batchnorm)."""
+    return {**_fwd_arg_types(dt), "HAS_SCALE": False, "HAS_BIAS": False, "HAS_RES": False, "RELU": False,
+            "STATS": True, "R": 1, "S": 1}  # fmt: skip
+
+
+register_kernel(KernelSpec("conv2d_fwd_stats", _conv_fwd, FWD_CONFIGS, _fwd_stats_arg_types))
 register_kernel(KernelSpec("conv2d_dgrad", _conv_dgrad, DGRAD_CONFIGS, _dgrad_arg_types))
 register_kernel(KernelSpec("conv2d_wgrad", _conv_wgrad, WGRAD_CONFIGS, _wgrad_arg_types))
 register_kernel(KernelSpec("conv2d_epilogue_bwd", _epilogue_bwd, (EPILOGUE_BWD_CONFIG,), _epi_arg_types))

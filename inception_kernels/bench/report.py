@@ -275,6 +275,8 @@ def render_gpu(results: dict, plot_files=()) -> str:
         L += ["## Ceilings (measured in this run)", "",
               "| copy bandwidth GB/s (read + write) | bf16 matmul TFLOP/s |", "|---:|---:|",
               f"| {_f(c.get('copy_gbs'), ',.0f')} | {_f(c.get('bf16_tflops'))} |", ""]  # fmt: skip
+    if any(results.get(sec) for sec in ("kernels", "blocks", "networks")):
+        L += ["## Summary", "", summary_markdown(results), ""]
     probs = problems(results)
     if probs:
         L += ["## Failures, errors and skipped items", ""] + probs + [""]

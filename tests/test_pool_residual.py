@@ -110,3 +110,36 @@ def test_scaled_residual_into_slice(device, poison):
     assert big[:, :2].isnan().all() and big[:, 8:].isnan().all()
     with pytest.raises(ValueError, match="match"):
         scaled_residual(x, y[:, :5])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_python_ops_on_each_gpu_backend(backend, monkeypatch):
+    """The functional ops through INCEPTION_KERNELS_BACKEND=triton|cuda (the CUDA C++ twins of csrc/) vs fp64,
+    with channel-slice inputs and a strided gradient slice."""
+    from inception_kernels.ops import _cuda, batch_norm_act
+
+    if backend == "cuda" and not _cuda.available():
+        pytest.skip(f"CUDA C++ extension unavailable: {_cuda.why_unavailable()}")
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", backend)
+    dev = torch.device("cuda")
+    src = _cl(torch.randn(4, 45, 17, 17, device=dev))
+    x = src[:, 3:40]  # 37 channels at offset 3
+    g = _cl(torch.randn(4, 41, 8, 8, device=dev))[:, 2:39]
+    for kind in ("max", "avg"):
+        xo, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+        y = pool2d(xo, kind, 3, 2)
+        yr = reference.pool2d(xr, kind, (3, 3), (2, 2))
+        assert rel_err(y, yr) < 1e-6
+        assert rel_err(torch.autograd.grad(y, xo, g)[0], torch.autograd.grad(yr, xr, g.double())[0]) < 1e-6
+    w, b = torch.randn(37, device=dev), torch.randn(37, device=dev)
+    ours = [x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
+    refs = [x.double().requires_grad_(), w.double().requires_grad_(), b.double().requires_grad_()]
+    y = batch_norm_act(ours[0], ours[1], ours[2], None, None, eps=1e-3)
+    yr = reference.batch_norm_act(refs[0], refs[1], refs[2], None, None, 0.1, 1e-3)
+    assert rel_err(y, yr) < 1e-5
+    gy = _cl(torch.randn(y.shape, device=dev))
+    for a, r in zip(torch.autograd.grad(y, ours, gy), torch.autograd.grad(yr, refs, gy.double())):
+        assert rel_err(a, r) < 1e-4
+    out = scaled_residual(x, x * 0.5, 0.2, True)
+    assert rel_err(out, reference.scaled_residual(x.double(), x.double() * 0.5, 0.2, True)) < 1e-6

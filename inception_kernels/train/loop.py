@@ -461,7 +461,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
     _print(info, f"output: {out_dir}")
     _print(info, f"{cfg.model} {mkw} ({n_params / 1e6:.2f} M params) on {bundle.kind} data: {len(bundle.train)} "
                  f"train / {len(bundle.val)} val images, {num_classes} classes, {cfg.image_size}x{cfg.image_size}; "
-                 f"{device} ({torch.get_num_threads()} threads), {info.world_size} process(es), global batch {global_batch}, {cfg.optimizer} lr {lr:g}, "
+                 f"{device} ({torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}), {info.world_size} process(es), global batch {global_batch}, {cfg.optimizer} lr {lr:g}, "
                  f"{cfg.epochs} epochs")  # fmt: skip
 
     history = []

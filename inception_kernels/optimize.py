@@ -49,6 +49,7 @@ import torch.nn as nn
 from .nn.engine import Block, Conv, InceptionBlock, Pool, set_submodule
 from .nn.layers import ConvBNAct, _pair
 from .nn.residual import _KERNEL_DTYPES, _has_hooks, exporting, fusable_conv_reason
+from .ops.conv import conv2d
 
 __all__ = [
     "optimize",
@@ -72,7 +73,7 @@ def _use_reference(x: torch.Tensor) -> bool:
     if x.dtype not in _KERNEL_DTYPES:
         return True
     if exporting():
-        if not _export_warned and not torch.compiler.is_compiling():
+        if not _export_warned and not torch.compiler.is_dynamo_compiling():
             _export_warned = True
             warnings.warn(
                 "inception_kernels: exporting an optimized model (torch.export / ONNX / jit.trace) records the "
@@ -111,13 +112,19 @@ class DropInConvBNAct(ConvBNAct):
     def forward(
         self, x: torch.Tensor, out: torch.Tensor | None = None, reference: bool = False
     ) -> torch.Tensor:
-        reference = (
-            reference
-            or _use_reference(x)
-            or (self.training and self.conv.bias is not None)
-            or (not self.training and self.bn.training)
-        )
-        return super().forward(x, out=out, reference=reference)
+        bn = self.bn
+        if reference or _use_reference(x) or (not self.training and bn.training):
+            return super().forward(x, out=out, reference=True)
+        if self.training and not bn.training:
+            # a frozen BN (eval inside a training model) is a per-channel affine map: the folded epilogue, with
+            # autograd through the folded scale and bias to the BN's weight and bias
+            scale, bias = self.folded()
+            conv = self.conv
+            return conv2d(x, conv.weight, stride=_pair(conv.stride), padding=_pair(conv.padding), scale=scale,
+                          bias=bias, activation="relu" if self.act else None, out=out)  # fmt: skip
+        if self.training and (self.conv.bias is not None or type(bn) is not nn.BatchNorm2d):
+            return super().forward(x, out=out, reference=True)  # conv bias or SyncBatchNorm: their own ops
+        return super().forward(x, out=out)
 
 
 class SequentialConvBNAct(DropInConvBNAct):
@@ -146,12 +153,18 @@ class DropInInceptionBlock(InceptionBlock):
     replacement of an Inception block); the reference ops serve the calls listed in the module docstring."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_reference(x) or (not self.training and self._any_bn_training()):
+        if _use_reference(x) or not self._bn_modes_match():
             return self.forward_reference(x)
         return super().forward(x)
 
-    def _any_bn_training(self) -> bool:
-        return any(isinstance(m, ConvBNAct) and m.bn.training for m in self.modules())
+    def _bn_modes_match(self) -> bool:
+        """The engine's fused paths assume every BN is in the block's mode (and, training, a plain BatchNorm2d):
+        a frozen BN in a training block, or a SyncBatchNorm, runs the reference ops (their own modules)."""
+        for m in self.modules():
+            if isinstance(m, ConvBNAct):
+                if m.bn.training != self.training or (self.training and type(m.bn) is not nn.BatchNorm2d):
+                    return False
+        return True
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -36,8 +36,14 @@ def list_models() -> list[str]:
     return sorted(name for name in _MODELS if _resolve(name) is not None)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained=None, **kwargs) -> nn.Module:
+    """``pretrained``: None/False (random init), ``"torchvision"``, ``"timm"``, ``"timm:<name.tag>"``, True (the
+    network's default source) or a local checkpoint path; see :mod:`inception_kernels.models.pretrained`."""
     factory = _resolve(name) if name in _MODELS else None
     if factory is None:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if pretrained is not None and pretrained is not False:
+        from .pretrained import create_pretrained
+
+        return create_pretrained(name, factory, pretrained, **kwargs)
     return factory(**kwargs)

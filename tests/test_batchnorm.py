@@ -180,3 +180,19 @@ def test_cuda_backend_needs_cuda_tensors(monkeypatch):
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "cuda")
     with pytest.raises(RuntimeError, match="CUDA"):
         bn.bn_stats(_cl(torch.randn(2, 3, 2, 2)))
+
+
+def test_fp16_storage(device, poison):
+    """fp16 activations (fp32 statistics and arithmetic inside): within the fp16 rounding of the reference."""
+    x = _cl(torch.randn(3, 21, 5, 5, device=device)).half()
+    w, b = torch.rand(21, device=device) + 0.5, torch.randn(21, device=device)
+    xo = x.clone().requires_grad_()
+    y = bn.batch_norm_act(xo, w, b, None, None, eps=1e-3)
+    assert y.dtype == torch.float16
+    xr = x.double().requires_grad_()
+    y_ref = reference.batch_norm_act(xr, w.double(), b.double(), None, None, 0.1, 1e-3)
+    assert rel_err(y, y_ref) < 2e-3
+    g = _cl(torch.randn(y.shape, device=device)).half()
+    (dx,) = torch.autograd.grad(y, xo, g)
+    (dx_ref,) = torch.autograd.grad(y_ref, xr, g.double())
+    assert dx.dtype == torch.float16 and rel_err(dx, dx_ref) < 5e-3

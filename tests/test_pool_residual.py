@@ -143,3 +143,14 @@ def test_python_ops_on_each_gpu_backend(backend, monkeypatch):
         assert rel_err(a, r) < 1e-4
     out = scaled_residual(x, x * 0.5, 0.2, True)
     assert rel_err(out, reference.scaled_residual(x.double(), x.double() * 0.5, 0.2, True)) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_fp16(kind, device, poison):
+    x = _cl(torch.randn(2, 19, 9, 9, device=device)).half()
+    xo = x.clone().requires_grad_()
+    y = pool2d(xo, kind, 3, 2)
+    y_ref = reference.pool2d(x.double(), kind, (3, 3), (2, 2))
+    assert y.dtype == torch.float16 and rel_err(y, y_ref) < 1e-3
+    (dx,) = torch.autograd.grad(y, xo, torch.ones_like(y))
+    assert dx.dtype == torch.float16 and not dx.isnan().any()

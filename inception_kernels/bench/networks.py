@@ -21,6 +21,7 @@ import time
 import torch
 
 from . import zoo
+from .blocks import randomize_
 from .common import (
     COMPILE_MODES,
     Budget,
@@ -71,7 +72,9 @@ def bench_network(name: str, device, timers, *, eval_batches=(1, 32, 256), train
     macs = network_macs(name, size)
     with torch.device(dev):
         ref = zoo.reference_model(name)
-    ref.eval()
+    # He-normal weights and near-identity BN statistics: activations keep their scale through the whole network
+    # (the libraries' own inits shrink them towards 0 in eval, which would make the logits check vacuous)
+    randomize_(ref).eval()
     ours = zoo.our_model(name, "meta").to_empty(device=dev)
     ours.load_state_dict(ref.state_dict(), strict=True)
     ours = ours.to(ours_dtype).eval()  # weights keep their (K, C, R, S) layout; our launchers repack them
@@ -109,6 +112,10 @@ def bench_network(name: str, device, timers, *, eval_batches=(1, 32, 256), train
                 with ac:
                     want_ac = _logits(ref_cl(xs[0].contiguous(memory_format=cl)))
             sync(dev)
+            if not bool(torch.isfinite(want).all()) or float(want.abs().max()) == 0.0:
+                raise RuntimeError(
+                    "degenerate reference logits (all zero or not finite): the check would be vacuous"
+                )
             ref_errs = {"logits": rel_err(want_ac, want)}
             rec["check"] = check_result(
                 {"logits": rel_err(got, want)}, tolerances(THRESHOLDS["eval"], ref_errs)

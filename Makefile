@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint aot bench gpu-check csrc
+.PHONY: demo check test lint aot bench bench-static gpu-check csrc
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,8 +12,12 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# Main job on its built-in default: interpreter self-check of the conv op + AOT compile table.
+# Main job on its built-in default: trains a narrow Inception-v3 on scikit-learn's digits (CPU: ~4 min, >= 95 %).
 demo: $(VENV)/.installed
+	$(BIN)/inception-kernels train
+
+# Kernel self-check: conv cases through our kernels vs fp64 (interpreter without a GPU) + AOT compile table.
+check: $(VENV)/.installed
 	$(BIN)/inception-kernels check
 
 # Full CPU test suite (Triton interpreter, reference oracle, AOT compiles for sm_80/sm_90), plus lint.
@@ -24,11 +28,20 @@ test: $(VENV)/.installed
 aot: $(VENV)/.installed
 	$(BIN)/python -m inception_kernels.aot --arch 80 90
 
+# Benchmark suite on a CUDA GPU (results + report + plots under benchmarks/results/<gpu>-<date>/).
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/bench_conv.py
+	$(BIN)/inception-kernels bench
+
+# CPU-only static report (multiply-adds, floors, launches, saved activations, AOT table): benchmarks/results/static/.
+bench-static: $(VENV)/.installed
+	$(BIN)/inception-kernels bench --static
 
 # CUDA C++ extension (csrc/): setup.py build of inception_kernels._C (SASS for CSRC_ARCHS + PTX for the newest),
 # standalone CMake build + ctest, then tests/test_csrc.py. Prints why and does nothing where there is no nvcc.
 # Knobs: CUDA_HOME, CSRC_ARCHS="80;90", CMAKE_ARCHS="8.0;9.0+PTX", MAX_JOBS (default 1). See .ci/csrc.sh.
 csrc: $(VENV)/.installed
 	VENV=$(VENV) bash .ci/csrc.sh
+
+# On a GPU machine (torch/triton preinstalled, no internet): install without touching torch, GPU tests, quick bench.
+gpu-check:
+	bash benchmarks/gpu_check.sh

@@ -279,7 +279,7 @@ def test_sequential_conv_bn_relu_anywhere(device, monkeypatch):
         for k, p in fast.named_parameters():
             g, g_ref = p.grad.cpu().double(), ref_params[k].grad
             # a conv bias before a train-mode BN has a zero gradient: compare it absolutely
-            assert (g - g_ref).norm() <= 1e-4 * max(g_ref.norm(), 1e-3), (mode, k)
+            assert (g - g_ref).norm() <= 1e-4 * g_ref.norm() + 1e-5, (mode, k)
         ref_buffers = dict(ref.named_buffers())
         for k, b in fast.named_buffers():
             assert torch.allclose(b.cpu().double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), (mode, k)
@@ -365,6 +365,17 @@ def test_torch_compile_fullgraph(make, cin, size, mode, device):
     y_c.sum().backward()
     y_e.sum().backward()
     assert rel_err(x_c.grad.cpu(), x_e.grad.cpu()) < 1e-4
+
+
+def test_torch_compile_whole_optimized_network(device):
+    """torch.compile(optimize(model), fullgraph=True): a whole torchvision GoogLeNet, no graph break."""
+    torch._dynamo.reset()
+    model = randomize_bn(_tv_googlenet(aux=False)).eval()
+    fast = inception_kernels.optimize(model).to(device)
+    x = torch.randn(1, 3, 15, 15, device=device)
+    with torch.no_grad():
+        compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")(x)
+        assert rel_err(compiled.cpu(), model(x.cpu())) < 1e-4
 
 
 @pytest.mark.parametrize("strict", [False, True])

@@ -1,10 +1,15 @@
 """Whole networks in train mode on the fused training path (our kernels; the Triton interpreter without a GPU)
 against torchvision / timm in fp64: output, input gradient, every parameter gradient, running statistics.
 
-At the smallest legal input the deepest BN layers normalize 2 values per channel, where any rounding difference
-is amplified (PyTorch's own fp32 result is off by ~16% against fp64 there). Both networks therefore get the same
-BN ``eps = 1.0`` -- the same function on both sides, well conditioned -- and the error of our fp32 result is held to
-the flash-attention rule: at most 2× the error of the same reference network run in fp32, plus 1e-4.
+Conditioning. At the smallest legal input the deepest BN layers normalize 2 values per channel, where rounding
+differences are amplified (PyTorch's own fp32 result is off by ~16% against fp64 there), and a pre-activation
+within fp32 rounding of a ReLU kink flips the mask in one precision and not the other, which moves a whole BN
+channel's gradient (seen: PyTorch fp32 vs fp64 input-gradient error 2.6e-2 on one draw, ours 6e-4; another draw
+the other way round). So both networks get the same BN ``eps = 1.0`` and ``β += 2`` (the same function on both
+sides, well conditioned, few activations near a kink), the input is redrawn until no ReLU input of the fp64
+network lies within 1e-5 of 0, and our fp32 error is held to the flash-attention rule: at most 2× the error of
+the same reference network run in fp32, plus 1e-4. The ReLU-mask logic itself is tested exactly at the op and
+block level (test_batchnorm.py, test_models*.py).
 """
 
 import copy
@@ -38,13 +43,54 @@ CASES = {
 }
 
 
-def _prepare(model):
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.eps = 1.0
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
+def _prepare(model, shift_beta: bool = True):
+    """BN eps 1 (and β += 2 unless the state comes from an already prepared model), no dropout, train mode."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eps = 1.0
+                if shift_beta:
+                    mod.bias.add_(2.0)
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
     return model.train()
+
+
+def _relu_margin(model, x):
+    """Smallest |ReLU input| over the whole network (our model on the reference backend; running stats of a copy)."""
+    from inception_kernels.nn.engine import InceptionBlock
+    from inception_kernels.nn.layers import ConvBNAct
+
+    model = copy.deepcopy(model)
+    found, hooks = [], []
+    for m in model.modules():
+        if isinstance(m, ConvBNAct) and m.act:
+            hooks.append(m.bn.register_forward_hook(lambda mod, i, o: found.append(o.abs().min().item())))
+        if isinstance(m, InceptionBlock) and m.spec.merge == "residual" and m.spec.act:
+            inp = {}
+            hooks.append(m.register_forward_pre_hook(lambda mod, i, inp=inp: inp.update(x=i[0])))
+            hooks.append(m.get_submodule(m.spec.proj.name).register_forward_hook(
+                lambda mod, i, o, inp=inp, s=m.spec.scale: found.append((inp["x"] + s * o).abs().min().item())))  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return min(found, default=float("inf"))
+
+
+def _draw_input(ours, shape, monkeypatch, margin=1e-5):
+    probe = copy.deepcopy(ours).double()
+    with monkeypatch.context() as m:
+        m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+        for _ in range(50):
+            x = torch.randn(shape)
+            if _relu_margin(probe, x.double()) > margin:
+                return x
+    raise AssertionError("no input without a near-kink ReLU input in 50 draws")
+
+
+def _head_weight(model):
+    return [k for k in model.state_dict() if k.endswith("weight")][-1]
 
 
 def _step(model, x, g):
@@ -54,18 +100,23 @@ def _step(model, x, g):
     return y.detach(), x.grad
 
 
+SLOW_ON_CPU = {"inception_v4", "inception_resnet_v2"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_fused_train_step_equals_reference(name, device, monkeypatch):
+    if name in SLOW_ON_CPU and device.type == "cpu" and os.environ.get("INCEPTION_KERNELS_SLOW") != "1":
+        pytest.skip("~5+ min in the Triton interpreter on 2 cores: INCEPTION_KERNELS_SLOW=1 runs it here (always "
+                    "runs on a GPU); its blocks are each checked in train mode in test_models_timm.py")  # fmt: skip
     factory, kwargs, size = CASES[name]
     ref = _prepare(randomize_bn(factory()))
     ours = create_model(name, **kwargs)
     ours.load_state_dict(ref.state_dict(), strict=True)
-    _prepare(ours)
+    _prepare(ours, shift_beta=False)
     ref32, ref64 = copy.deepcopy(ref), copy.deepcopy(ref).double()
-    x = torch.randn(2, 3, size, size)
-    g = torch.randn(2, ref(x).shape[1], dtype=torch.float64)
-    ref.load_state_dict(ref32.state_dict())  # undo the running-stat update of the probe forward
+    x = _draw_input(ours, (2, 3, size, size), monkeypatch)
+    g = torch.randn(2, ref.state_dict()[_head_weight(ref)].shape[0], dtype=torch.float64)
 
     with monkeypatch.context() as m:
         m.setenv("INCEPTION_KERNELS_BACKEND", "reference")

@@ -27,6 +27,17 @@ def pixel_offsets(offs_m, H, W, sn, sh, sw, IDX_T: tl.constexpr):
     return n.to(IDX_T) * sn + h.to(IDX_T) * sh + w.to(IDX_T) * sw
 
 
+@triton.jit
+def tile_2d(M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's [BLOCK_M pixels, BLOCK_C channels] tile of the (M, C) grid of :func:`grid_2d`:
+    (pid_m, pixel indices, channel indices, channel mask, tile mask)."""
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    return pid_m, offs_m, offs_c, mask_c, (offs_m < M)[:, None] & mask_c[None, :]
+
+
 def grid_2d(M: int, C: int):
     return (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
 
@@ -46,7 +57,9 @@ def tl_index_type(*tensors: torch.Tensor | None):
 
 def new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     """Every activation-shaped tensor these launchers allocate (tests poison them with NaN)."""
-    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
+    return torch.empty(
+        shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last
+    )
 
 
 def new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:

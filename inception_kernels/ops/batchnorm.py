@@ -32,7 +32,7 @@ from ..utils import record_launch
 from . import _recompute, _tile, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
-from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets
+from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 
 FINALIZE_BLOCK_T = 32
 FINALIZE_BLOCK_C = 64
@@ -140,12 +140,7 @@ def _bn_act_fwd(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    mask = (offs_m < M)[:, None] & mask_c[None, :]
+    pid_m, offs_m, offs_c, mask_c, mask = tile_2d(M, C, BLOCK_M, BLOCK_C)
     c64 = offs_c.to(IDX_T)[None, :]
     xp = pixel_offsets(offs_m, H, W, sxn, sxh, sxw, IDX_T)[:, None] + c64 * sxc
     v = tl.load(x_ptr + xp, mask=mask, other=0.0).to(tl.float32)
@@ -180,12 +175,7 @@ def _bn_act_bwd_reduce(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Per-tile Σ g' and Σ g'·x̂ (the dβ and dγ partials)."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    mask = (offs_m < M)[:, None] & mask_c[None, :]
+    pid_m, offs_m, offs_c, mask_c, mask = tile_2d(M, C, BLOCK_M, BLOCK_C)
     mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
     g, xhat = _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
                            sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU, IDX_T)  # fmt: skip
@@ -203,12 +193,7 @@ def _bn_act_bwd_dx(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """dx = γ·invstd·(g' − dβ/M − x̂·dγ/M)."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    mask = (offs_m < M)[:, None] & mask_c[None, :]
+    pid_m, offs_m, offs_c, mask_c, mask = tile_2d(M, C, BLOCK_M, BLOCK_C)
     mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
     g, xhat = _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
                            sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU, IDX_T)  # fmt: skip

@@ -39,6 +39,18 @@ def out_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _avg_divisor(h0, w0, H, W, pad_h, pad_w, KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr):
+    """PyTorch's average-pool divisor of the windows starting at (h0, w0) (may be negative: padding)."""
+    if COUNT_PAD:
+        hs = tl.minimum(h0 + KH, H + pad_h) - h0
+        ws = tl.minimum(w0 + KW, W + pad_w) - w0
+    else:
+        hs = tl.minimum(h0 + KH, H) - tl.maximum(h0, 0)
+        ws = tl.minimum(w0 + KW, W) - tl.maximum(w0, 0)
+    return tl.maximum(hs * ws, 1).to(tl.float32)
+
+
 def _pool_fwd(
     x_ptr, out_ptr, idx_ptr,
     M, C, H, W, P, Q,
@@ -91,13 +103,7 @@ def _pool_fwd(
         i_off = offs_m.to(IDX_T)[:, None] * C + offs_c.to(IDX_T)[None, :]
         tl.store(idx_ptr + i_off, arg.to(tl.int8), mask=mask)
     else:
-        if COUNT_PAD:
-            hs = tl.minimum(h0 + KH, H + pad_h) - h0
-            ws = tl.minimum(w0 + KW, W + pad_w) - w0
-        else:
-            hs = tl.minimum(h0 + KH, H) - tl.maximum(h0, 0)
-            ws = tl.minimum(w0 + KW, W) - tl.maximum(w0, 0)
-        div = tl.maximum(hs * ws, 1).to(tl.float32)
+        div = _avg_divisor(h0, w0, H, W, pad_h, pad_w, KH, KW, COUNT_PAD)
         tl.store(out_ptr + o_off, (acc / div[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -142,15 +148,9 @@ def _pool_bwd(
                 arg = tl.load(idx_ptr + o_flat[:, None] * C + c64, mask=m2, other=-1).to(tl.int32)
                 acc += tl.where(m2 & (arg == (r * KW + s)[:, None]), g, 0.0)
             else:
-                h0 = p * stride_h - pad_h
-                w0 = q * stride_w - pad_w
-                if COUNT_PAD:
-                    hs = tl.minimum(h0 + KH, H + pad_h) - h0
-                    ws = tl.minimum(w0 + KW, W + pad_w) - w0
-                else:
-                    hs = tl.minimum(h0 + KH, H) - tl.maximum(h0, 0)
-                    ws = tl.minimum(w0 + KW, W) - tl.maximum(w0, 0)
-                div = tl.maximum(hs * ws, 1).to(tl.float32)
+                div = _avg_divisor(
+                    p * stride_h - pad_h, q * stride_w - pad_w, H, W, pad_h, pad_w, KH, KW, COUNT_PAD
+                )
                 acc += g / div[:, None]
     d_off = offs_m.to(IDX_T)[:, None] * C + c64
     tl.store(dx_ptr + d_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])

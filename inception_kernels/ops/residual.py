@@ -18,7 +18,7 @@ from .. import _backend
 from ..utils import record_launch
 from . import _tile, reference
 from ._registry import KernelSpec, register_kernel
-from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets
+from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 
 
 def _residual_fwd(
@@ -29,11 +29,8 @@ def _residual_fwd(
     son, soc, soh, sow,
     RELU: tl.constexpr, IDX_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C)).to(IDX_T)
-    mask = (offs_m < M)[:, None] & (offs_c < C)[None, :]
+    _, offs_m, offs_c, _, mask = tile_2d(M, C, BLOCK_M, BLOCK_C)
+    offs_c = offs_c.to(IDX_T)
     xo = pixel_offsets(offs_m, H, W, sxn, sxh, sxw, IDX_T)[:, None] + offs_c[None, :] * sxc
     yo = pixel_offsets(offs_m, H, W, syn, syh, syw, IDX_T)[:, None] + offs_c[None, :] * syc
     oo = pixel_offsets(offs_m, H, W, son, soh, sow, IDX_T)[:, None] + offs_c[None, :] * soc
@@ -53,11 +50,8 @@ def _residual_bwd(
     RELU: tl.constexpr, IDX_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """gx = g·[out > 0], gy = scale·gx, both dense channels_last."""
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C)).to(IDX_T)
-    mask = (offs_m < M)[:, None] & (offs_c < C)[None, :]
+    _, offs_m, offs_c, _, mask = tile_2d(M, C, BLOCK_M, BLOCK_C)
+    offs_c = offs_c.to(IDX_T)
     go = pixel_offsets(offs_m, H, W, sgn, sgh, sgw, IDX_T)[:, None] + offs_c[None, :] * sgc
     g = tl.load(g_ptr + go, mask=mask, other=0.0).to(tl.float32)
     if RELU:

@@ -118,6 +118,8 @@ def test_published_torchvision_weights_with_torchvisions_defaults(monkeypatch):
     assert requested == ["googlenet"] and ours.transform_input and not ours.aux_logits
     ref.transform_input, ref.aux_logits, ref.aux1, ref.aux2 = True, False, None, None
     _same_function(ours, ref, 15)
+    full = _tv_googlenet(aux_logits=True).state_dict()
+    monkeypatch.setattr(pt, "_fetch_torchvision", lambda n: full)
     with pytest.warns(UserWarning, match="not pretrained"):
         assert create_model("googlenet", pretrained=True, aux_logits=True).aux_logits
     v3 = randomize_bn(torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True))

@@ -232,8 +232,8 @@ def _conv_bn(m: nn.Module) -> _ConvBN | str | None:
         parts = _ConvBN(m[0], m[1], len(m) == 3, "sequential")
     else:
         return None
-    if _has_hooks(m):
-        return "the module has hooks"
+    if any(_has_hooks(sub) for sub in m.modules()):
+        return "the module or a member has hooks"
     reason = fusable_conv_reason(parts.conv) or _bn_reason(parts.bn, parts.conv.out_channels)
     return reason or parts
 

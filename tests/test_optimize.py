@@ -236,10 +236,12 @@ def test_sequential_conv_bn_relu_anywhere(device, monkeypatch):
                 nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU()
             )
             self.silu = nn.Sequential(nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6), nn.SiLU())
+            self.hooked = nn.Sequential(nn.Conv2d(6, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+            self.hooked[2].register_forward_hook(lambda *a: None)
             self.head = nn.Linear(6, 4)
 
         def forward(self, x):
-            x = self.silu(self.grouped(self.mid(self.stem(x))))
+            x = self.hooked(self.silu(self.grouped(self.mid(self.stem(x)))))
             return self.head(x.mean((2, 3)))
 
     model = randomize_bn(Net())
@@ -253,6 +255,7 @@ def test_sequential_conv_bn_relu_anywhere(device, monkeypatch):
     assert fast.mid.act is False and fast.grouped is model.grouped and fast.silu is model.silu
     kept = {name: reason for name, _, reason in report.kept}
     assert "groups=2" in kept["grouped"] and kept["head"] == "no fused replacement"
+    assert "hooks" in kept["hooked"] and fast.hooked is model.hooked
     assert list(fast.state_dict()) == list(ref.state_dict())
 
     x = torch.randn(2, 3, 5, 5)

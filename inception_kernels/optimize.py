@@ -26,8 +26,14 @@ that shares every module it does not replace, and every Parameter and buffer, wi
 trains the other). ``inplace=True`` swaps the modules inside ``model`` and returns it.
 
 Run-time fallbacks (each layer decides per call): the plain-PyTorch reference ops run when the input dtype has no
-kernel (float64), with ``INCEPTION_KERNELS_BACKEND=reference`` or ``auto`` on CPU, for a BN in train mode inside a
-layer in eval mode, and while the model is being exported.
+kernel (float64), with ``INCEPTION_KERNELS_BACKEND=reference`` or ``auto`` on CPU, while the model is being
+exported, for a BN in train mode inside a layer in eval mode, and in training for a conv with a bias (only in a
+user's ``Sequential``), a ``SyncBatchNorm``, or a block whose BNs are not all in the block's mode. A frozen BN (eval
+inside a training model) in a single conv-BN-ReLU layer is folded into the fused epilogue, with gradients through
+the folded scale and bias.
+
+Activations between optimized layers are channels_last (values as before, strides differ): code after the model
+that calls ``.view`` on a feature map should call ``.reshape``.
 
 **Export.** ``torch.export``, ``torch.onnx.export`` and ``torch.jit.trace`` of an optimized model record the
 reference ops (conv2d, batch_norm, relu, pools, cat): the exported program computes the same function and needs

@@ -205,3 +205,34 @@ def test_saved_activation_memory_goal(capsys):
               f"{row['ours_saved_bytes_per_image'] / 1e6:.2f} MB, torchvision "
               f"{row['reference_saved_bytes_per_image'] / 1e6:.2f} MB, ratio {row['ratio']:.3f}")  # fmt: skip
     assert row["ratio"] <= 0.5
+
+
+@pytest.mark.parametrize("variant", ["frozen_bn", "conv_bias"])
+def test_conv_bn_act_train_variants(variant, device):
+    """A frozen BN (eval-mode BN in a training model) uses its running statistics and leaves them alone; a conv
+    with a bias takes the module path (as SyncBatchNorm does). Both equal the reference in fp64."""
+    from inception_kernels.nn.layers import ConvBNAct
+
+    layer = randomize_bn(ConvBNAct(5, 7, 3, padding=1)).train()
+    if variant == "frozen_bn":
+        layer.bn.eval()
+    else:
+        layer.conv.bias = torch.nn.Parameter(torch.randn(7))
+    ref = copy.deepcopy(layer).double()
+    layer = layer.to(device)
+    x = torch.randn(2, 5, 6, 6)
+    xo = x.to(device).contiguous(memory_format=torch.channels_last).requires_grad_()
+    xr = x.double().requires_grad_()
+    y = layer(xo)
+    y_ref = ref(xr, reference=True)
+    g = torch.randn(y_ref.shape, dtype=torch.float64)
+    (y * g.to(device, torch.float32)).sum().backward()
+    (y_ref * g).sum().backward()
+    assert rel_err(y.cpu(), y_ref) < 1e-5
+    assert rel_err(xo.grad.cpu(), xr.grad) < 1e-5
+    for (k, p), (_, pr) in zip(layer.named_parameters(), ref.named_parameters()):
+        # (a conv bias before a train-mode BN has a zero gradient: compare absolutely)
+        assert torch.allclose(p.grad.cpu().double(), pr.grad, rtol=1e-4, atol=1e-5), k
+    for (k, b), (_, br) in zip(layer.named_buffers(), ref.named_buffers()):
+        same = rel_err(b.cpu().double(), br) < 1e-6 if b.is_floating_point() else torch.equal(b.cpu(), br)
+        assert same, k

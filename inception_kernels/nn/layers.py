@@ -87,14 +87,18 @@ class ConvBNAct(nn.Module):
         conv = self.conv
         stride, padding = _pair(conv.stride), _pair(conv.padding)
         activation = "relu" if self.act else None
-        if not self.training:
+        plain = conv.bias is None and type(self.bn) is nn.BatchNorm2d  # not SyncBatchNorm, no conv bias
+        if plain and (not self.training or not self.bn.training):
+            # eval, or a frozen BN (eval-mode BN inside a training model): running statistics, folded into the
+            # conv epilogue (differentiable: γ and β get their gradients through scale and bias)
             scale, bias = self.folded()
             return conv2d(x, conv.weight, stride=stride, padding=padding, scale=scale, bias=bias,
                           activation=activation, out=out)  # fmt: skip
-        if bn_ops.conv_bn_act_supported(x):
+        if plain and bn_ops.conv_bn_act_supported(x):
             return self._forward_train_fused(x, out, stride, padding)
-        # traced (torch.compile) or no Triton device: our conv, then nn.BatchNorm2d itself
-        y = self.bn(conv2d(x, conv.weight, stride=stride, padding=padding))
+        # traced (torch.compile), no Triton device, SyncBatchNorm or a conv bias: our conv, then the BN module
+        y = self.bn(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding) if conv.bias is not None
+                    else conv2d(x, conv.weight, stride=stride, padding=padding))  # fmt: skip
         if self.act:
             y = F.relu(y)
         return y if out is None else out.copy_(y)

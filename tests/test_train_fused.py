@@ -126,7 +126,11 @@ def test_fused_train_step_equals_reference(name, device, monkeypatch):
     y, dx = _step(ours, x.to(device).contiguous(memory_format=torch.channels_last), g.to(device))
 
     def check(a, b32, b64, what):
-        assert rel_err(a.cpu(), b64) <= 2 * rel_err(b32, b64) + 1e-4, what
+        # ‖ours − fp64‖ ≤ 2‖torch fp32 − fp64‖ + 1e-4‖fp64‖ (+ a tiny absolute floor: some gradients are exactly 0
+        # in exact arithmetic, e.g. a BN β whose output feeds only another batch-statistics BN)
+        a, b32 = a.detach().cpu().double(), b32.detach().double()
+        err, ref_err = (a - b64).norm().item(), (b32 - b64).norm().item()
+        assert err <= 2 * ref_err + 1e-4 * b64.norm().item() + 1e-7 * b64.numel() ** 0.5, (what, err, ref_err)
 
     check(y, y32, y64, "output")
     check(dx, dx32, dx64, "input gradient")

@@ -39,6 +39,8 @@ def attach(
 ) -> torch.Tensor:
     """Give ``t`` a recipe -- only when autograd records a graph (``recording``; default: grad mode is on, which
     inside an ``autograd.Function.forward`` it never is: pass ``any(ctx.needs_input_grad)`` there)."""
+    if torch.compiler.is_compiling():
+        return t  # traced graphs save what they save; recipes serve our eager autograd functions only
     if torch.is_grad_enabled() if recording is None else recording:
         setattr(t, _ATTR, Recipe(build, tensors, t))
     return t

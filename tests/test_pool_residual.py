@@ -154,3 +154,26 @@ def test_pool_fp16(kind, device, poison):
     assert y.dtype == torch.float16 and rel_err(y, y_ref) < 1e-3
     (dx,) = torch.autograd.grad(y, xo, torch.ones_like(y))
     assert dx.dtype == torch.float16 and not dx.isnan().any()
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_library_op_opcheck_and_compile(kind, device):
+    """The registered ops (what torch.compile traces): opcheck, and fullgraph compile fwd+bwd equals eager."""
+    import torch.library
+
+    x = _cl(torch.randn(2, 5, 7, 7, device=device))
+    torch.library.opcheck(
+        torch.ops.inception_kernels.pool2d_fwd.default,
+        (x.clone().requires_grad_(), kind, [3, 3], [2, 2], [1, 1], True, False),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+
+    def f(t):
+        return pool2d(t, kind, 3, 2, 1, True, False)
+
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye = f(xe)
+    yc = torch.compile(f, fullgraph=True, backend="aot_eager")(xc)
+    assert rel_err(yc, ye) < 1e-6
+    g = _cl(torch.randn(ye.shape, device=device))
+    assert rel_err(torch.autograd.grad(yc, xc, g)[0], torch.autograd.grad(ye, xe, g)[0]) < 1e-6

@@ -96,10 +96,9 @@ def layer_hw(layer, hw: tuple[int, int]) -> tuple[int, int]:
 
 
 def _pool(layer: Pool, x: torch.Tensor, fused: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The pooling layer; ``fused``: our kernel, writing straight into ``out`` (a channel slice) when given.
-    Under torch.compile the PyTorch pools run (ops.pool2d launches Triton from an autograd.Function, which Dynamo
-    cannot trace: fullgraph=True would fail)."""
-    if fused and not torch.compiler.is_compiling():
+    """The pooling layer; ``fused``: our kernel, writing straight into ``out`` (a channel slice) when given
+    (under torch.compile through the registered ``inception_kernels::pool2d_fwd`` op)."""
+    if fused:
         return pool_ops.pool2d(x, layer.kind, layer.kernel, layer.stride, layer.padding, layer.ceil_mode,
                                layer.count_include_pad, out=out)  # fmt: skip
     if layer.kind == "max":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -277,6 +278,84 @@ def _tile_check_interpretable(x):
     _check_interpretable(x)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# torch.library ops: what torch.compile traces (eager calls go through _PoolFn, without dispatcher overhead)
+# ----------------------------------------------------------------------------------------------------------
+def _idx_template(shape, like: torch.Tensor) -> torch.Tensor:
+    N, C, P, Q = shape
+    return torch.empty((N, P, Q, C), device=like.device, dtype=torch.int8).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op("inception_kernels::pool2d_fwd", mutates_args=())
+def _pool2d_fwd_op(
+    x: torch.Tensor,
+    kind: str,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, int8 window argmax (max) or an empty tensor (avg)); Triton only (the engine pools in PyTorch
+    wherever Triton cannot run)."""
+    kernel, stride, padding = tuple(kernel), tuple(stride), tuple(padding)
+    out = _tile.new_cl(pool_out_shape(x.shape, kernel, stride, padding, ceil_mode), x)
+    idx = pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out)
+    return out, (idx if idx is not None else x.new_empty(0, dtype=torch.int8))
+
+
+@_pool2d_fwd_op.register_fake
+def _(x, kind, kernel, stride, padding, ceil_mode, count_include_pad):
+    shape = pool_out_shape(x.shape, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
+    idx = _idx_template(shape, x) if kind == "max" else x.new_empty(0, dtype=torch.int8)
+    return _tile.new_cl(shape, x), idx
+
+
+@torch.library.custom_op("inception_kernels::pool2d_bwd", mutates_args=())
+def _pool2d_bwd_op(
+    grad: torch.Tensor,
+    idx: torch.Tensor,
+    kind: str,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    count_include_pad: bool,
+    x_shape: Sequence[int],
+) -> torch.Tensor:
+    return pool_bwd_triton(grad, idx, kind, tuple(kernel), tuple(stride), tuple(padding), count_include_pad,
+                           tuple(x_shape), grad.dtype)  # fmt: skip
+
+
+@_pool2d_bwd_op.register_fake
+def _(grad, idx, kind, kernel, stride, padding, count_include_pad, x_shape):
+    return _tile.new_cl(tuple(x_shape), grad)
+
+
+def _op_setup_context(ctx, inputs, output):
+    x, kind, kernel, stride, padding, ceil_mode, count_include_pad = inputs
+    ctx.save_for_backward(output[1])
+    ctx.conf = (kind, list(kernel), list(stride), list(padding), count_include_pad, list(x.shape))
+
+
+def _op_backward(ctx, grad_out, _grad_idx):
+    (idx,) = ctx.saved_tensors
+    kind, kernel, stride, padding, count_include_pad, x_shape = ctx.conf
+    dx = torch.ops.inception_kernels.pool2d_bwd(grad_out, idx, kind, kernel, stride, padding, count_include_pad,
+                                                x_shape)  # fmt: skip
+    return dx, None, None, None, None, None, None
+
+
+_pool2d_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _traced_pool(x, conf, out):
+    kind, kernel, stride, padding, ceil_mode, count_include_pad = conf
+    y, _ = torch.ops.inception_kernels.pool2d_fwd(
+        x, kind, list(kernel), list(stride), list(padding), ceil_mode, count_include_pad
+    )
+    return y if out is None else out.copy_(y)
+
+
 def pool2d(
     x: torch.Tensor,
     kind: str,
@@ -300,6 +379,10 @@ def pool2d(
     if min(shape[2:]) < 1:
         raise ValueError(f"pooling output would be empty: input {tuple(x.shape)}, kernel {kernel}")
     conf = (kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
+    if torch.compiler.is_compiling() or type(x) not in (torch.Tensor, torch.nn.Parameter):
+        if out is not None:
+            _tile.check_out(out, shape, x)
+        return _traced_pool(x, conf, out)
     if out is None:
         y = _PoolFn.apply(x, *conf, _tile.new_cl(shape, x))
         if x.requires_grad and _recompute.has_recipe(x):

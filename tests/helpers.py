@@ -55,13 +55,21 @@ def draw_input_off_relu_kinks(ref, shape, monkeypatch, margin=1e-5):
     fp32-vs-fp64 gradients differ by ~1e-2 (plain PyTorch fp32 does the same: about one draw in 200 for a
     reduction block at these sizes). Such inputs test rounding luck, not the kernels, so they are redrawn
     (1 to 4 draws here)."""
+    best, best_margin = None, -1.0
     with monkeypatch.context() as m:
         m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
         for _ in range(100):
             x = torch.randn(shape)
-            if relu_margin(ref, x.double()) > margin:
+            got = relu_margin(ref, x.double())
+            if got > margin:
                 return x
-    raise AssertionError("no input without a near-kink ReLU input in 100 draws")
+            if got > best_margin:
+                best, best_margin = x, got
+    # Large blocks with some weight draws have a ReLU input within 1e-5 of 0 on ~99% of inputs (seen in CI for
+    # Inception-v3's E block): settle for the best of the draws if it is still 10x above fp32 rounding.
+    if best_margin > margin / 10:
+        return best
+    raise AssertionError(f"no input without a near-kink ReLU input in 100 draws (best margin {best_margin:.1e})")
 
 
 def check_train_block(block, size, device, monkeypatch, batch=2):

@@ -30,6 +30,7 @@ t0=$(date +%s)
 t1=$(date +%s)
 echo "make csrc: setup.py build of inception_kernels._C for sm {$CSRC_ARCHS}: $((t1 - t0)) s (MAX_JOBS=$MAX_JOBS)"
 
+mkdir -p "$(dirname "$CSRC_BUILD")"  # the configure log lives next to the build folder (fresh clones have no build/)
 cmake -S . -B "$CSRC_BUILD" -G Ninja -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" \
   -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DPython3_EXECUTABLE="$BIN/python" -DTORCH_CUDA_ARCH_LIST="$CMAKE_ARCHS" \
   -DIK_RESOURCE_USAGE=ON >"$CSRC_BUILD.configure.log" 2>&1 || { cat "$CSRC_BUILD.configure.log"; exit 1; }

@@ -468,7 +468,9 @@ def test_scaled_residual(fn_kind, act, device, monkeypatch):
     elif fn_kind == "conv":
         fn = nn.Conv2d(c, c, 3, padding=1)
     else:
-        fn = nn.Sequential(nn.Conv2d(c, c, 1), nn.Tanh())  # not ending in a conv: plain PyTorch sum
+        fn = nn.Sequential(
+            nn.Conv2d(c, c, 1), nn.Tanh()
+        )  # not ending in a conv: fn in PyTorch + ops.scaled_residual
     layer = ScaledResidual(fn, scale=0.17, act=act)
     assert list(layer.state_dict())[0] == ("fn.weight" if fn_kind == "conv" else "fn.0.weight")
     ref = copy.deepcopy(layer).double()
@@ -480,7 +482,8 @@ def test_scaled_residual(fn_kind, act, device, monkeypatch):
     with monkeypatch.context() as mp:
         mp.setenv("INCEPTION_KERNELS_BACKEND", "reference")
         y_r = ref(x_r)
-    assert (launches.count > 0) == (fn_kind != "other")
+    # the fused conv (with the sum in its epilogue), or exactly one scaled_residual kernel after a PyTorch branch
+    assert launches.count > 0 if fn_kind != "other" else launches.count == 1
     assert rel_err(y.cpu(), y_r) < 1e-5
     g = torch.randn(y_r.shape, dtype=torch.float64)
     (y * g.to(device, torch.float32)).sum().backward()

@@ -63,7 +63,8 @@ class ScaledResidual(nn.Module):
     Args:
         fn: the residual branch, mapping (N, C, H, W) to (N, C, H, W). When it is an ``nn.Conv2d`` (with or
             without bias) or an ``nn.Sequential`` ending in one, that last conv runs fused with the residual sum,
-            the scale and the ReLU; the conv must keep the spatial size (stride 1, "same" padding).
+            the scale and the ReLU; the conv must keep the spatial size (stride 1, "same" padding). Any other
+            branch runs as is, followed by the fused ``ops.scaled_residual`` kernel (sum, scale, ReLU in one pass).
         scale: the residual scale ``s`` (Inception-ResNet uses 0.1–0.3).
         act: apply ReLU after the sum.
 
@@ -100,8 +101,20 @@ class ScaledResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body, conv = self._split()
-        if conv is None or x.dtype not in _KERNEL_DTYPES or exporting() or _backend.resolve(x) == "reference":
+        if x.dtype not in _KERNEL_DTYPES or exporting() or _backend.resolve(x) == "reference":
             return self.forward_reference(x)
+        if conv is None:
+            if torch.compiler.is_compiling():
+                return self.forward_reference(x)
+            # any other branch: fn in PyTorch, then the sum, scale and ReLU as one fused kernel
+            from ..ops.residual import scaled_residual
+
+            cl = torch.channels_last
+            y = self.fn(x)
+            if y.shape != x.shape or y.dtype != x.dtype:
+                return self.forward_reference(x)
+            return scaled_residual(x.contiguous(memory_format=cl), y.contiguous(memory_format=cl), self.scale,
+                                   self.act)  # fmt: skip
         from ..ops.conv import conv2d
 
         h = body(x) if body is not None and len(body) else x

@@ -240,3 +240,46 @@ def test_conv_bn_act_train_variants(variant, device):
     for (k, b), (_, br) in zip(layer.named_buffers(), ref.named_buffers()):
         same = rel_err(b.cpu().double(), br) < 1e-6 if b.is_floating_point() else torch.equal(b.cpu(), br)
         assert same, k
+
+
+def test_recipe_invalidated_by_in_place_change_of_its_sources(device):
+    """γ of the producing layer changed in place between the producer's and the consumer's forward: the consumer
+    must save its actual input (the recipe would rebuild values the forward never saw)."""
+    from inception_kernels.nn.layers import ConvBNAct
+
+    a, b = ConvBNAct(3, 8, 1).to(device).train(), ConvBNAct(8, 5, 1).to(device).train()
+    x = torch.randn(2, 3, 4, 4, device=device).contiguous(memory_format=torch.channels_last)
+    r = a(x)
+    with torch.no_grad():
+        a.bn.weight.mul_(3.0)
+    assert not _recompute.has_recipe(r)
+    (gw,) = torch.autograd.grad(b(r).sum(), b.conv.weight)
+    b_ref = copy.deepcopy(b)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+        (gw_ref,) = torch.autograd.grad(b_ref(r.detach()).sum(), b_ref.conv.weight)
+    assert rel_err(gw, gw_ref) < 1e-5
+
+
+def test_recipes_only_under_autograd_and_not_pickled(device, tmp_path):
+    from inception_kernels.nn.layers import ConvBNAct
+
+    a = ConvBNAct(3, 8, 1).to(device).train()
+    x = torch.randn(2, 3, 4, 4, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert not _recompute.has_recipe(a(x))  # no graph: nothing to rebuild, nothing kept alive
+    with torch.inference_mode():
+        y = a(x)  # BN recalibration under inference_mode works (inference tensors have no version counter)
+        assert not y.is_inference() or not _recompute.has_recipe(y)
+    r = a(x)
+    assert _recompute.has_recipe(r)
+    torch.save(r, tmp_path / "r.pt")  # the recipe is not a tensor attribute: nothing extra is pickled
+    assert (tmp_path / "r.pt").stat().st_size < 4 * r.numel() * 4 + 2000
+
+
+def test_max_pool_window_limit(device):
+    from inception_kernels.ops import pool2d
+
+    x = torch.randn(1, 16, 12, 12, device=device).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="128 elements"):
+        pool2d(x, "max", 12, 1)

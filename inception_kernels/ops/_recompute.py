@@ -18,20 +18,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
-_ATTR = "_inception_kernels_recipe"
+# tensor -> Recipe, held weakly (not a tensor attribute: those would be pickled by torch.save)
+_RECIPES = WeakTensorKeyDictionary()
 
 
 class Recipe:
     """``build(*tensors, out=None)`` returns the activation (written into ``out`` when given)."""
 
-    __slots__ = ("build", "tensors", "shape", "version")
+    __slots__ = ("build", "tensors", "shape", "versions")
 
-    def __init__(self, build: Callable, tensors: Sequence[torch.Tensor | None], like: torch.Tensor):
+    def __init__(
+        self, build: Callable, tensors: Sequence[torch.Tensor | None], like: torch.Tensor, track: bool = True
+    ):
         self.build = build
         self.tensors = tuple(tensors)
         self.shape = tuple(like.shape)
-        self.version = like._version  # an in-place change of the activation invalidates the recipe
+        # an in-place change of the activation, or of any tensor it is rebuilt from, invalidates the recipe
+        self.versions = _versions(like, self.tensors) if track else None
+
+    def valid_for(self, t: torch.Tensor) -> bool:
+        return self.shape == tuple(t.shape) and self.versions == _versions(t, self.tensors)
+
+
+def _versions(t: torch.Tensor, tensors) -> tuple:
+    return (t._version,) + tuple(-1 if s is None else s._version for s in tensors)
 
 
 def attach(
@@ -39,10 +51,10 @@ def attach(
 ) -> torch.Tensor:
     """Give ``t`` a recipe -- only when autograd records a graph (``recording``; default: grad mode is on, which
     inside an ``autograd.Function.forward`` it never is: pass ``any(ctx.needs_input_grad)`` there)."""
-    if torch.compiler.is_compiling():
-        return t  # traced graphs save what they save; recipes serve our eager autograd functions only
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or t.is_inference():
+        return t  # traced graphs save what they save; inference tensors have no version counter
     if torch.is_grad_enabled() if recording is None else recording:
-        setattr(t, _ATTR, Recipe(build, tensors, t))
+        _RECIPES[t] = Recipe(build, tensors, t)
     return t
 
 
@@ -52,10 +64,10 @@ def has_recipe(t: torch.Tensor) -> bool:
 
 def recipe_of(t: torch.Tensor) -> Recipe:
     """``t``'s recipe, or the identity recipe that saves ``t`` itself."""
-    r = getattr(t, _ATTR, None)
-    if r is not None and r.shape == tuple(t.shape) and r.version == t._version:
+    r = None if t.is_inference() else _RECIPES.get(t)
+    if r is not None and r.valid_for(t):
         return r
-    return Recipe(_identity, (t,), t)
+    return Recipe(_identity, (t,), t, track=False)
 
 
 def _identity(t, out=None):

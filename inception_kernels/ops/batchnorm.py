@@ -438,7 +438,20 @@ class _ConvBNActFn(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding, relu, out
+        ctx,
+        x,
+        weight,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+        stride,
+        padding,
+        relu,
+        out,
+        record,
     ):
         shape = conv_ops.out_shape(x.shape, weight.shape, stride, padding)
         N, K, P, Q = shape
@@ -455,7 +468,7 @@ class _ConvBNActFn(torch.autograd.Function):
         _recompute.save_with_input(ctx, x, weight, y, mean, invstd, gamma, beta)
         if new:
             _recompute.attach(out, functools.partial(_rebuild_bn_act, relu), (y, mean, invstd, gamma, beta),
-                              recording=any(ctx.needs_input_grad))  # fmt: skip
+                              recording=record)  # fmt: skip
         ctx.conf = (stride, padding, relu)
         return out
 
@@ -470,7 +483,7 @@ class _ConvBNActFn(torch.autograd.Function):
             dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need)
         dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
         dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
-        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None
+        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None
 
 
 def _rebuild_bn_act(relu, y, mean, invstd, gamma, beta, out=None):
@@ -493,12 +506,15 @@ def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: 
     """
     args = (x, weight, gamma, beta, running_mean, running_var, float(momentum), float(eps), tuple(stride),
             tuple(padding), bool(relu))  # fmt: skip
+    record = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, gamma, beta)
+    )
     if out is None:
-        return _ConvBNActFn.apply(*args, None)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, gamma, beta)):
+        return _ConvBNActFn.apply(*args, None, record)
+    if record:
         raise ValueError("conv_bn_act(out=...) is for use without autograd")
     with torch.no_grad():
-        return _ConvBNActFn.apply(*args, out)
+        return _ConvBNActFn.apply(*args, out, False)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -375,6 +375,10 @@ def pool2d(
         raise ValueError(f"kind must be 'max' or 'avg', got {kind!r}")
     _tile.check_activation(x, "x")
     kernel, stride, padding = _norm(kernel, stride, padding)
+    if kind == "max" and kernel[0] * kernel[1] > 128:
+        raise ValueError(
+            f"max pooling windows are limited to 128 elements (int8 argmax), got kernel {kernel}"
+        )
     shape = pool_out_shape(x.shape, kernel, stride, padding, ceil_mode)
     if min(shape[2:]) < 1:
         raise ValueError(f"pooling output would be empty: input {tuple(x.shape)}, kernel {kernel}")

@@ -64,7 +64,8 @@ def has_recipe(t: torch.Tensor) -> bool:
 
 def recipe_of(t: torch.Tensor) -> Recipe:
     """``t``'s recipe, or the identity recipe that saves ``t`` itself."""
-    r = None if t.is_inference() else _RECIPES.get(t)
+    traced = torch.compiler.is_compiling()  # (Dynamo cannot trace is_inference; traced code has no recipes)
+    r = None if traced or t.is_inference() else _RECIPES.get(t)
     if r is not None and r.valid_for(t):
         return r
     return Recipe(_identity, (t,), t, track=False)

@@ -6,9 +6,11 @@ differences are amplified (PyTorch's own fp32 result is off by ~16% against fp64
 within fp32 rounding of a ReLU kink flips the mask in one precision and not the other, which moves a whole BN
 channel's gradient (seen: PyTorch fp32 vs fp64 input-gradient error 2.6e-2 on one draw, ours 6e-4; another draw
 the other way round). So both networks get the same BN ``eps = 1.0`` and ``β += 2`` (the same function on both
-sides, well conditioned, few activations near a kink), the input is redrawn until no ReLU input of the fp64
-network lies within 1e-5 of 0, and our fp32 error is held to the flash-attention rule: at most 2× the error of
-the same reference network run in fp32, plus 1e-4. The ReLU-mask logic itself is tested exactly at the op and
+sides, well conditioned, few activations near a kink); the input is the safest of 20 draws (the largest ratio of
+distance to the nearest kink — a ReLU input near 0, a max-pool window's two largest values near a tie — to fp32
+rounding there); and our fp32 error is held to the flash-attention rule: at most 2× the largest error of the same
+reference network run in PyTorch fp32 at the input and at 3 inputs 1-2 ulp away (the spread fp32 rounding alone
+produces, kink flips included), plus 1e-4. The ReLU-mask logic itself is tested exactly at the op and
 block level (test_batchnorm.py, test_models*.py).
 """
 
@@ -17,7 +19,7 @@ import os
 
 import pytest
 import torch
-from helpers import randomize_bn, rel_err
+from helpers import draw_input_off_kinks, randomize_bn, rel_err
 
 from inception_kernels.models import create_model
 from inception_kernels.ops import _recompute
@@ -56,39 +58,6 @@ def _prepare(model, shift_beta: bool = True):
     return model.train()
 
 
-def _relu_margin(model, x):
-    """Smallest |ReLU input| over the whole network (our model on the reference backend; running stats of a copy)."""
-    from inception_kernels.nn.engine import InceptionBlock
-    from inception_kernels.nn.layers import ConvBNAct
-
-    model = copy.deepcopy(model)
-    found, hooks = [], []
-    for m in model.modules():
-        if isinstance(m, ConvBNAct) and m.act:
-            hooks.append(m.bn.register_forward_hook(lambda mod, i, o: found.append(o.abs().min().item())))
-        if isinstance(m, InceptionBlock) and m.spec.merge == "residual" and m.spec.act:
-            inp = {}
-            hooks.append(m.register_forward_pre_hook(lambda mod, i, inp=inp: inp.update(x=i[0])))
-            hooks.append(m.get_submodule(m.spec.proj.name).register_forward_hook(
-                lambda mod, i, o, inp=inp, s=m.spec.scale: found.append((inp["x"] + s * o).abs().min().item())))  # fmt: skip
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return min(found, default=float("inf"))
-
-
-def _draw_input(ours, shape, monkeypatch, margin=1e-5):
-    probe = copy.deepcopy(ours).double()
-    with monkeypatch.context() as m:
-        m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-        for _ in range(50):
-            x = torch.randn(shape)
-            if _relu_margin(probe, x.double()) > margin:
-                return x
-    raise AssertionError("no input without a near-kink ReLU input in 50 draws")
-
-
 def _head_weight(model):
     return [k for k in model.state_dict() if k.endswith("weight")][-1]
 
@@ -105,7 +74,7 @@ SLOW_ON_CPU = {"inception_v4", "inception_resnet_v2"}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
-def test_fused_train_step_equals_reference(name, device, monkeypatch):
+def test_fused_train_step_equals_reference(name, device, monkeypatch, poison):
     if name in SLOW_ON_CPU and device.type == "cpu" and os.environ.get("INCEPTION_KERNELS_SLOW") != "1":
         pytest.skip("~5+ min in the Triton interpreter on 2 cores: INCEPTION_KERNELS_SLOW=1 runs it here (always "
                     "runs on a GPU); its blocks are each checked in train mode in test_models_timm.py")  # fmt: skip
@@ -114,35 +83,38 @@ def test_fused_train_step_equals_reference(name, device, monkeypatch):
     ours = create_model(name, **kwargs)
     ours.load_state_dict(ref.state_dict(), strict=True)
     _prepare(ours, shift_beta=False)
-    ref32, ref64 = copy.deepcopy(ref), copy.deepcopy(ref).double()
-    x = _draw_input(ours, (2, 3, size, size), monkeypatch)
+    x = draw_input_off_kinks(copy.deepcopy(ours).double(), (2, 3, size, size), monkeypatch, draws=20)
     g = torch.randn(2, ref.state_dict()[_head_weight(ref)].shape[0], dtype=torch.float64)
 
-    with monkeypatch.context() as m:
-        m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-        y32, dx32 = _step(ref32, x, g)
+    # PyTorch fp32 at x and at 3 inputs 1-2 ulp away: the spread of results that fp32 rounding alone produces, kink
+    # flips included (a kink within rounding of one site flips in some of these runs as it may in ours)
+    runs32 = []
+    for k in range(4):
+        x32 = x if k == 0 else x + x.abs() * 2.0**-23 * torch.randn_like(x)
+        ref32 = copy.deepcopy(ref)
+        with monkeypatch.context() as m:
+            m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+            y32, dx32 = _step(ref32, x32, g)
+        runs32.append(dict(output=y32, input_grad=dx32, **{k: p.grad for k, p in ref32.named_parameters()},
+                           **dict(ref32.named_buffers())))  # fmt: skip
+    ref64 = copy.deepcopy(ref).double()
     y64, dx64 = _step(ref64, x.double(), g)
+    want = dict(output=y64, input_grad=dx64, **{k: p.grad for k, p in ref64.named_parameters()},
+                **dict(ref64.named_buffers()))  # fmt: skip
     ours = ours.to(device)
     y, dx = _step(ours, x.to(device).contiguous(memory_format=torch.channels_last), g.to(device))
+    got = dict(output=y, input_grad=dx, **{k: p.grad for k, p in ours.named_parameters()}, **dict(ours.named_buffers()))
 
-    def check(a, b32, b64, what):
-        # ‖ours − fp64‖ ≤ 2‖torch fp32 − fp64‖ + 1e-4‖fp64‖ (+ a tiny absolute floor: some gradients are exactly 0
-        # in exact arithmetic, e.g. a BN β whose output feeds only another batch-statistics BN)
-        a, b32 = a.detach().cpu().double(), b32.detach().double()
-        err, ref_err = (a - b64).norm().item(), (b32 - b64).norm().item()
+    for what, b64 in want.items():
+        a = got[what].detach().cpu()
+        if not b64.is_floating_point():
+            assert torch.equal(a, b64), what
+            continue
+        # ‖ours − fp64‖ ≤ 2·max‖torch fp32 − fp64‖ + 1e-4‖fp64‖ (+ a tiny absolute floor: some gradients are exactly
+        # 0 in exact arithmetic, e.g. a BN β whose output feeds only another batch-statistics BN)
+        err = (a.double() - b64).norm().item()
+        ref_err = max((r[what].double() - b64).norm().item() for r in runs32)
         assert err <= 2 * ref_err + 1e-4 * b64.norm().item() + 1e-7 * b64.numel() ** 0.5, (what, err, ref_err)
-
-    check(y, y32, y64, "output")
-    check(dx, dx32, dx64, "input gradient")
-    p32, p64 = dict(ref32.named_parameters()), dict(ref64.named_parameters())
-    for k, p in ours.named_parameters():
-        check(p.grad, p32[k].grad, p64[k].grad, k)
-    b32, b64 = dict(ref32.named_buffers()), dict(ref64.named_buffers())
-    for k, b in ours.named_buffers():
-        if b.is_floating_point():
-            check(b, b32[k], b64[k], k)
-        else:
-            assert torch.equal(b.cpu(), b64[k]), k
 
 
 def test_layer_inputs_are_saved_as_recipes(device):

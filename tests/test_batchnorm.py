@@ -196,3 +196,40 @@ def test_fp16_storage(device, poison):
     (dx,) = torch.autograd.grad(y, xo, g)
     (dx_ref,) = torch.autograd.grad(y_ref, xr, g.double())
     assert dx.dtype == torch.float16 and rel_err(dx, dx_ref) < 5e-3
+
+
+@pytest.mark.parametrize("variant", ["affine=False", "track_running_stats=False", "momentum=None"])
+@pytest.mark.parametrize("mode", ["train", "eval", "frozen_bn"])
+def test_conv_bn_act_layer_with_any_batchnorm(variant, mode, device, poison):
+    """ConvBNAct holding a BN built with other options behaves like conv → that BN → ReLU: no affine parameters,
+    no running statistics (batch statistics in eval mode too, as nn.BatchNorm2d does), cumulative averaging."""
+    import copy
+
+    from inception_kernels.nn.layers import ConvBNAct
+
+    layer = ConvBNAct(5, 7, (1, 3), padding=(0, 1))
+    key, value = variant.split("=")
+    layer.bn = torch.nn.BatchNorm2d(7, eps=1e-3, **{key: {"False": False, "None": None}[value]})
+    if layer.bn.weight is not None:
+        with torch.no_grad():
+            layer.bn.weight.uniform_(0.5, 1.5), layer.bn.bias.uniform_(-0.3, 0.3)
+    ref = copy.deepcopy(layer).double()
+    for m in (layer, ref):
+        m.train(mode == "train" or mode == "frozen_bn")
+        if mode == "frozen_bn":
+            m.bn.eval()
+    layer = layer.to(device)
+    for step in range(2):  # the second step sees updated running statistics (and a cumulative momentum of 1/2)
+        x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+        x_o = _cl(x.float().to(device)).requires_grad_()
+        x_r = x.clone().requires_grad_()
+        y, y_r = layer(x_o), ref(x_r, reference=True)
+        g = torch.randn_like(y_r)
+        (y * g.to(device, y.dtype)).sum().backward()
+        (y_r * g).sum().backward()
+        assert rel_err(y.cpu(), y_r) < 1e-5, step
+        assert rel_err(x_o.grad.cpu(), x_r.grad) < 1e-4, step
+        for (k, p), p_r in zip(layer.named_parameters(), ref.parameters(), strict=True):
+            assert rel_err(p.grad.cpu(), p_r.grad) < 1e-4, (step, k)
+        for (k, b), b_r in zip(layer.named_buffers(), ref.buffers(), strict=True):
+            assert torch.allclose(b.cpu().double(), b_r.double(), rtol=1e-5, atol=1e-7), (step, k)

@@ -68,10 +68,14 @@ class ConvBNAct(nn.Module):
         bn = self.bn
 
         def compute():
-            scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
-            return scale, bn.bias.float() - bn.running_mean.float() * scale
+            scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+            if bn.weight is not None:
+                scale = bn.weight.float() * scale
+            bias = -bn.running_mean.float() * scale
+            return scale, bias if bn.bias is None else bn.bias.float() + bias
 
-        return self._fold.get((bn.weight, bn.bias, bn.running_mean, bn.running_var), compute)
+        tensors = (bn.running_mean, bn.running_var) + tuple(t for t in (bn.weight, bn.bias) if t is not None)
+        return self._fold.get(tensors, compute)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(x))
@@ -88,9 +92,10 @@ class ConvBNAct(nn.Module):
         stride, padding = _pair(conv.stride), _pair(conv.padding)
         activation = "relu" if self.act else None
         plain = conv.bias is None and type(self.bn) is nn.BatchNorm2d  # not SyncBatchNorm, no conv bias
-        if plain and (not self.training or not self.bn.training):
+        if plain and not self.bn.training and self.bn.running_mean is not None:
             # eval, or a frozen BN (eval-mode BN inside a training model): running statistics, folded into the
-            # conv epilogue (differentiable: γ and β get their gradients through scale and bias)
+            # conv epilogue (differentiable: γ and β get their gradients through scale and bias). A BN without
+            # running statistics normalizes with batch statistics in eval mode too, as nn.BatchNorm2d does.
             scale, bias = self.folded()
             return conv2d(x, conv.weight, stride=stride, padding=padding, scale=scale, bias=bias,
                           activation=activation, out=out)  # fmt: skip

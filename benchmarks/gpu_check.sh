@@ -12,7 +12,7 @@
 # A failing step is recorded and the script goes on; the exit status is non-zero if any step failed.
 #
 # Environment: OUT (folder), FULL=1 (full suite), PYTHON (interpreter, default python),
-#   TEST_TIMEOUT (s, default 270), BENCH_TIMEOUT (s, default 200 quick / 500 full),
+#   TEST_TIMEOUT (s, default 270), TEST_WORKERS (pytest-xdist processes, default 8), BENCH_TIMEOUT (s, default 200 quick / 500 full),
 #   BENCH_ARGS (extra arguments for `inception-kernels bench`), DEADLINE (s, default 530: no fallback step
 #   starts that could end past it).
 # Time: quick mode is designed for < 9 min in all on an H100 (tests ~1.5 min measured, suite quick < 3.5 min by
@@ -99,9 +99,16 @@ EOF
 } 2>&1 | tee "$OUT/env.txt"
 
 # ---------------------------------------------------------------------------------------------- GPU tests
-log "pytest on the GPU (timeout ${TEST_TIMEOUT}s; log: $OUT/pytest_gpu.log)"
+# Triton JIT compiles dominate a first GPU run: spread the tests over TEST_WORKERS processes (pytest-xdist, when
+# installed; the GPU is shared, the tests time nothing). One seed for all workers, printed for replay.
+export INCEPTION_KERNELS_TEST_SEED=${INCEPTION_KERNELS_TEST_SEED:-$((RANDOM * 32768 + RANDOM))}
+XDIST=()
+if "$PY" -c "import xdist" 2>/dev/null; then
+    XDIST=(-n "${TEST_WORKERS:-8}")
+fi
+log "pytest on the GPU (seed $INCEPTION_KERNELS_TEST_SEED, ${XDIST[*]:-no xdist}, timeout ${TEST_TIMEOUT}s; log: $OUT/pytest_gpu.log)"
 with_timeout "$TEST_TIMEOUT" "$PY" -m pytest -q tests --ignore=tests/test_aot.py -rfE -p no:cacheprovider \
-    --junitxml="$OUT/pytest_gpu.xml" 2>&1 | tee "$OUT/pytest_gpu.log"
+    "${XDIST[@]}" --junitxml="$OUT/pytest_gpu.xml" 2>&1 | tee "$OUT/pytest_gpu.log"
 TEST_RC=${PIPESTATUS[0]}
 log "pytest rc=$TEST_RC"
 

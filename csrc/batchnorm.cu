@@ -151,6 +151,26 @@ int64_t reduction_blocks(int64_t M, int64_t ctiles, int ty) {
   return std::max<int64_t>(P, 1);
 }
 
+// Launch shape of a two-level per-channel reduction over M pixels of C channels, VEC channels per thread:
+// P pixel blocks of `chunk` pixels (the last may be shorter) x `ctiles` channel tiles of t.tx threads.
+struct ReductionGrid {
+  Tile t;
+  int64_t cvecs, ctiles, chunk, P;
+  dim3 grid() const { return dim3(static_cast<unsigned>(P), static_cast<unsigned>(ctiles)); }
+  dim3 block() const { return dim3(t.tx, t.ty); }
+};
+
+ReductionGrid reduction_grid(int64_t M, int64_t C, int vec, const char* op) {
+  ReductionGrid r;
+  r.cvecs = ceil_div(C, vec);
+  r.t = tile_for(r.cvecs);
+  r.ctiles = ceil_div(r.cvecs, r.t.tx);
+  TORCH_CHECK(r.ctiles <= 65535, op, ": too many channels (", C, ")");
+  r.chunk = ceil_div(M, reduction_blocks(M, r.ctiles, r.t.ty));
+  r.P = ceil_div(M, r.chunk);
+  return r;
+}
+
 // ---- apply (+ReLU) ----------------------------------------------------------------------------------------------
 __device__ __forceinline__ float bn_affine(float x, float mean, float invstd, float w, float b) {
   // Same expression in forward and backward, so the recomputed ReLU mask matches the forward's.
@@ -313,13 +333,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int VEC>
-bool use_vec(std::initializer_list<const at::Tensor*> ts) {
-  for (auto* t : ts)
-    if (!vec_ok(*t, VEC)) return false;
-  return true;
-}
-
 }  // namespace
 
 // ---- host ------------------------------------------------------------------------------------------------------
@@ -338,19 +351,15 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x_) {
   IK_DISPATCH(x.scalar_type(), op, [&] {
     auto run = [&](auto vec_tag) {
       constexpr int VEC = decltype(vec_tag)::value;
-      const int64_t cvecs = ceil_div(C, VEC);
-      const Tile t = tile_for(cvecs);
-      const int64_t ctiles = ceil_div(cvecs, t.tx);
-      TORCH_CHECK(ctiles <= 65535, op, ": too many channels (", C, ")");
-      const int64_t P0 = reduction_blocks(M, ctiles, t.ty);
-      const int64_t chunk = ceil_div(M, P0);
-      const int64_t P = ceil_div(M, chunk);
+      const ReductionGrid r = reduction_grid(M, C, VEC, op);
+      const Tile t = r.t;
+      const int64_t P = r.P, chunk = r.chunk, cvecs = r.cvecs;
       at::Tensor part = at::empty({2, P, C}, fopts);
       float* pmean = part.data_ptr<float>();
       float* pm2 = pmean + P * C;
       const size_t shmem = (2 * static_cast<size_t>(t.ty) * t.tx * VEC + t.ty) * sizeof(float);
       bn_stats_partial_kernel<scalar_t, VEC>
-          <<<dim3(static_cast<unsigned>(P), static_cast<unsigned>(ctiles)), dim3(t.tx, t.ty), shmem, stream>>>(
+          <<<r.grid(), r.block(), shmem, stream>>>(
               x.const_data_ptr<scalar_t>(), px, M, C, chunk, pmean, pm2);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       bn_stats_finalize_kernel<<<static_cast<unsigned>(ceil_div(C, kFinalX)), dim3(kFinalX, kFinalY), 0,
@@ -358,11 +367,8 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x_) {
                                            var.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (vec_ok(x, V))
-      run(std::integral_constant<int, V>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    constexpr int V = kVec<scalar_t>;
+    with_vec<scalar_t>(vec_ok(x, V), run);
   });
   return {mean, var};
 }
@@ -394,11 +400,8 @@ void bn_act_fwd(const at::Tensor& x_, const at::Tensor& mean, const at::Tensor& 
           x.const_data_ptr<scalar_t>(), px, out.data_ptr<scalar_t>(), po, M, C, mp, ip, wp, bp, relu);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (use_vec<V>({&x, &out}))
-      run(std::integral_constant<int, V>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    constexpr int V = kVec<scalar_t>;
+    with_vec<scalar_t>(vec_ok_all({&x, &out}, V), run);
   });
 }
 
@@ -427,13 +430,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_bwd(const at::Tensor& grad
   IK_DISPATCH(x.scalar_type(), op, [&] {
     auto run = [&](auto vec_tag) {
       constexpr int VEC = decltype(vec_tag)::value;
-      const int64_t cvecs = ceil_div(C, VEC);
-      const Tile t = tile_for(cvecs);
-      const int64_t ctiles = ceil_div(cvecs, t.tx);
-      TORCH_CHECK(ctiles <= 65535, op, ": too many channels (", C, ")");
-      const int64_t P0 = reduction_blocks(M, ctiles, t.ty);
-      const int64_t chunk = ceil_div(M, P0);
-      const int64_t P = ceil_div(M, chunk);
+      const ReductionGrid r = reduction_grid(M, C, VEC, op);
+      const Tile t = r.t;
+      const int64_t P = r.P, chunk = r.chunk, cvecs = r.cvecs;
       at::Tensor part = at::empty({2, P, C}, fopts);
       float* psg = part.data_ptr<float>();
       float* psgx = psg + P * C;
@@ -441,7 +440,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_bwd(const at::Tensor& grad
       const scalar_t* gp = grad_out.const_data_ptr<scalar_t>();
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       bn_bwd_partial_kernel<scalar_t, VEC>
-          <<<dim3(static_cast<unsigned>(P), static_cast<unsigned>(ctiles)), dim3(t.tx, t.ty), shmem, stream>>>(
+          <<<r.grid(), r.block(), shmem, stream>>>(
               gp, pg, xp, px, M, C, chunk, mp, ip, wp, bp, relu, psg, psgx);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       bn_bwd_finalize_kernel<<<static_cast<unsigned>(ceil_div(C, kFinalX)), dim3(kFinalX, kFinalY), 0, stream>>>(
@@ -452,11 +451,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_bwd(const at::Tensor& grad
           grad_bias.const_data_ptr<float>(), grad_weight.const_data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (use_vec<V>({&x, &grad_out, &grad_x}))
-      run(std::integral_constant<int, V>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    constexpr int V = kVec<scalar_t>;
+    with_vec<scalar_t>(vec_ok_all({&x, &grad_out, &grad_x}, V), run);
   });
   return {grad_x, grad_weight, grad_bias};
 }

@@ -109,6 +109,27 @@ inline bool vec_ok(const at::Tensor& t, int vec) {
   return true;
 }
 
+// Whether every tensor of `ts` can be accessed `vec` channels at a time.
+inline bool vec_ok_all(std::initializer_list<const at::Tensor*> ts, int vec) {
+  for (auto* t : ts)
+    if (!vec_ok(*t, vec)) return false;
+  return true;
+}
+
+// Elements of T in one 16-byte vector.
+template <typename T>
+constexpr int kVec = static_cast<int>(16 / sizeof(T));
+
+// run(std::integral_constant<int, VEC>{}) with the 16-byte width kVec<T> where `wide` holds (every tensor the
+// launch touches passed vec_ok), else the scalar fallback VEC = 1: one instantiation of each.
+template <typename T, typename F>
+inline void with_vec(bool wide, F&& run) {
+  if (wide)
+    run(std::integral_constant<int, kVec<T>>{});
+  else
+    run(std::integral_constant<int, 1>{});
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Dtype dispatch: fp32, bf16, fp16 activations (one kernel instantiation per dtype).
 // ---------------------------------------------------------------------------------------------------------------

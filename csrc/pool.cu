@@ -42,54 +42,23 @@ __device__ __forceinline__ float avg_divisor(const PoolGeom& g, int64_t p, int64
   return static_cast<float>((he - hs) * (we - ws));
 }
 
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    max_pool_fwd_kernel(const T* __restrict__ x, Pix px, T* __restrict__ out, Pix po, int8_t* __restrict__ idx,
-                        PoolGeom g) {
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
-  if (c0 >= g.C) return;
-  const int64_t total = g.N * g.P * g.Q;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.y;
-  for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; o < total; o += step) {
-    int64_t t, q, n, p;
-    divmod(o, g.Q, t, q);
-    divmod(t, g.P, n, p);
-    const int64_t hs = p * g.SH - g.PH, ws = q * g.SW - g.PW;
-    float best[VEC];
-    int bi[VEC];
+// VEC int8 values packed into one integer store (a byte-wise struct store goes through local memory).
+template <int VEC>
+__device__ __forceinline__ void store_i8(int8_t* p, const int (&b)[VEC]) {
+  using U = std::conditional_t<VEC == 8, uint64_t, std::conditional_t<VEC == 4, uint32_t,
+                               std::conditional_t<VEC == 2, uint16_t, uint8_t>>>;
+  static_assert(sizeof(U) == VEC, "VEC must be 1, 2, 4 or 8");
+  U u = 0;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      best[i] = -INFINITY;
-      bi[i] = -1;
-    }
-    for (int r = 0; r < g.KH; ++r) {
-      const int64_t h = hs + r;
-      if (h < 0 || h >= g.H) continue;
-      for (int s = 0; s < g.KW; ++s) {
-        const int64_t w = ws + s;
-        if (w < 0 || w >= g.W) continue;
-        float v[VEC];
-        load_f<T, VEC>(x + px.at(n, h, w) + c0, v);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          if (bi[i] < 0 || v[i] > best[i] || (isnan(v[i]) && !isnan(best[i]))) {
-            best[i] = v[i];
-            bi[i] = r * g.KW + s;
-          }
-        }
-      }
-    }
-    store_f<T, VEC>(out + po.at(n, p, q) + c0, best);
-    Vec<int8_t, VEC> iv;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) iv.v[i] = static_cast<int8_t>(bi[i]);
-    *reinterpret_cast<Vec<int8_t, VEC>*>(idx + o * g.C + c0) = iv;
-  }
+  for (int i = 0; i < VEC; ++i) u |= static_cast<U>(static_cast<uint8_t>(b[i])) << (8 * i);
+  *reinterpret_cast<U*>(p) = u;
 }
 
-template <typename T, int VEC>
+// One thread: VEC channels of one output pixel. MAX: the window maximum and its int8 position; else the average.
+template <typename T, int VEC, bool MAX>
 __global__ void __launch_bounds__(kThreads)
-    avg_pool_fwd_kernel(const T* __restrict__ x, Pix px, T* __restrict__ out, Pix po, PoolGeom g) {
+    pool_fwd_kernel(const T* __restrict__ x, Pix px, T* __restrict__ out, Pix po, int8_t* __restrict__ idx,
+                    PoolGeom g) {
   const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
   if (c0 >= g.C) return;
   const int64_t total = g.N * g.P * g.Q;
@@ -101,20 +70,37 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t hs = p * g.SH - g.PH, ws = q * g.SW - g.PW;
     const int64_t h0 = max(hs, int64_t{0}), h1 = min(hs + g.KH, g.H);
     const int64_t w0 = max(ws, int64_t{0}), w1 = min(ws + g.KW, g.W);
-    float acc[VEC];
+    float acc[VEC];  // MAX: the best value so far; else the sum
+    int bi[VEC];
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+    for (int i = 0; i < VEC; ++i) {
+      acc[i] = MAX ? -INFINITY : 0.f;
+      bi[i] = -1;
+    }
     for (int64_t h = h0; h < h1; ++h) {
       for (int64_t w = w0; w < w1; ++w) {
         float v[VEC];
         load_f<T, VEC>(x + px.at(n, h, w) + c0, v);
+        const int pos = static_cast<int>((h - hs) * g.KW + (w - ws));
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[i] += v[i];
+        for (int i = 0; i < VEC; ++i) {
+          if (MAX) {  // branch-free select: a data-dependent branch here put acc/bi in local memory
+            const bool take = (bi[i] < 0) | (v[i] > acc[i]) | (isnan(v[i]) & !isnan(acc[i]));
+            acc[i] = take ? v[i] : acc[i];
+            bi[i] = take ? pos : bi[i];
+          } else {
+            acc[i] += v[i];
+          }
+        }
       }
     }
-    const float div = avg_divisor(g, p, q);
+    if (MAX) {
+      store_i8<VEC>(idx + o * g.C + c0, bi);
+    } else {
+      const float div = avg_divisor(g, p, q);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) acc[i] = acc[i] / div;
+      for (int i = 0; i < VEC; ++i) acc[i] = acc[i] / div;
+    }
     store_f<T, VEC>(out + po.at(n, p, q) + c0, acc);
   }
 }
@@ -125,47 +111,12 @@ __device__ __forceinline__ void windows_of(int64_t h, int K, int S, int pad, int
   hi = min(div_nonneg(h + pad, S) + 1, P);
 }
 
-template <typename T, int VEC>
+// One thread: VEC channels of one input pixel, summing the gradients of the windows that contain it (MAX: of
+// those whose recorded argmax is this pixel; else each scaled by its window's 1 / divisor).
+template <typename T, int VEC, bool MAX>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_bwd_kernel(const T* __restrict__ gout, Pix pg, const int8_t* __restrict__ idx, Pix pi,
-                        T* __restrict__ gx, Pix pdx, PoolGeom g) {
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
-  if (c0 >= g.C) return;
-  const int64_t total = g.N * g.H * g.W;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.y;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; e < total; e += step) {
-    int64_t t, w, n, h;
-    divmod(e, g.W, t, w);
-    divmod(t, g.H, n, h);
-    int64_t p0, p1, q0, q1;
-    windows_of(h, g.KH, g.SH, g.PH, g.P, p0, p1);
-    windows_of(w, g.KW, g.SW, g.PW, g.Q, q0, q1);
-    float acc[VEC];
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t r = h - (p * g.SH - g.PH);
-      for (int64_t q = q0; q < q1; ++q) {
-        const int want = static_cast<int>(r * g.KW + (w - (q * g.SW - g.PW)));
-        const Vec<int8_t, VEC> iv = *reinterpret_cast<const Vec<int8_t, VEC>*>(idx + pi.at(n, p, q) + c0);
-        bool any = false;
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) any |= (iv.v[i] == want);
-        if (!any) continue;
-        float v[VEC];
-        load_f<T, VEC>(gout + pg.at(n, p, q) + c0, v);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i)
-          if (iv.v[i] == want) acc[i] += v[i];
-      }
-    }
-    store_f<T, VEC>(gx + pdx.at(n, h, w) + c0, acc);
-  }
-}
-
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    avg_pool_bwd_kernel(const T* __restrict__ gout, Pix pg, T* __restrict__ gx, Pix pdx, PoolGeom g) {
+    pool_bwd_kernel(const T* __restrict__ gout, Pix pg, const int8_t* __restrict__ idx, Pix pi,
+                    T* __restrict__ gx, Pix pdx, PoolGeom g) {
   const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
   if (c0 >= g.C) return;
   const int64_t total = g.N * g.H * g.W;
@@ -182,11 +133,24 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t q = q0; q < q1; ++q) {
-        const float rcp = __frcp_rn(avg_divisor(g, p, q));  // one reciprocal per window (within 1 ulp of g / div)
         float v[VEC];
-        load_f<T, VEC>(gout + pg.at(n, p, q) + c0, v);
+        if (MAX) {
+          const int want = static_cast<int>((h - (p * g.SH - g.PH)) * g.KW + (w - (q * g.SW - g.PW)));
+          const Vec<int8_t, VEC> iv = *reinterpret_cast<const Vec<int8_t, VEC>*>(idx + pi.at(n, p, q) + c0);
+          bool any = false;
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[i] = fmaf(v[i], rcp, acc[i]);
+          for (int i = 0; i < VEC; ++i) any |= (iv.v[i] == want);
+          if (!any) continue;  // skip the gradient load: no channel of this window picked this pixel
+          load_f<T, VEC>(gout + pg.at(n, p, q) + c0, v);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i)
+            if (iv.v[i] == want) acc[i] += v[i];
+        } else {
+          const float rcp = __frcp_rn(avg_divisor(g, p, q));  // one reciprocal per window (within 1 ulp of g / div)
+          load_f<T, VEC>(gout + pg.at(n, p, q) + c0, v);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) acc[i] = fmaf(v[i], rcp, acc[i]);
+        }
       }
     }
     store_f<T, VEC>(gx + pdx.at(n, h, w) + c0, acc);
@@ -224,13 +188,6 @@ PoolGeom make_geom(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, a
   return g;
 }
 
-template <int VEC>
-bool use_vec(std::initializer_list<const at::Tensor*> ts) {
-  for (auto* t : ts)
-    if (!vec_ok(*t, VEC)) return false;
-  return true;
-}
-
 }  // namespace
 
 at::Tensor pool2d_fwd(const at::Tensor& x_, int64_t kind, at::IntArrayRef kernel, at::IntArrayRef stride,
@@ -263,20 +220,13 @@ at::Tensor pool2d_fwd(const at::Tensor& x_, int64_t kind, at::IntArrayRef kernel
       const int64_t cvecs = ceil_div(C, VEC);
       const Tile t = tile_for(cvecs);
       const dim3 grid = elementwise_grid(total, cvecs, t), block(t.tx, t.ty);
-      if (kind == 0) {
-        max_pool_fwd_kernel<scalar_t, VEC><<<grid, block, 0, stream>>>(
-            x.const_data_ptr<scalar_t>(), px, out.data_ptr<scalar_t>(), po, idx.data_ptr<int8_t>(), g);
-      } else {
-        avg_pool_fwd_kernel<scalar_t, VEC>
-            <<<grid, block, 0, stream>>>(x.const_data_ptr<scalar_t>(), px, out.data_ptr<scalar_t>(), po, g);
-      }
+      auto* kernel = kind == 0 ? pool_fwd_kernel<scalar_t, VEC, true> : pool_fwd_kernel<scalar_t, VEC, false>;
+      kernel<<<grid, block, 0, stream>>>(x.const_data_ptr<scalar_t>(), px, out.data_ptr<scalar_t>(), po,
+                                         kind == 0 ? idx.data_ptr<int8_t>() : nullptr, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (use_vec<V>({&x, &out}) && (kind == 1 || vec_ok(idx, V)))
-      run(std::integral_constant<int, V>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    constexpr int V = kVec<scalar_t>;
+    with_vec<scalar_t>(vec_ok_all({&x, &out}, V) && (kind == 1 || vec_ok(idx, V)), run);
   });
   return idx;
 }
@@ -321,21 +271,14 @@ at::Tensor pool2d_bwd(const at::Tensor& grad_out_, const at::Tensor& indices_, i
       const int64_t cvecs = ceil_div(C, VEC);
       const Tile t = tile_for(cvecs);
       const dim3 grid = elementwise_grid(total, cvecs, t), block(t.tx, t.ty);
-      if (kind == 0) {
-        max_pool_bwd_kernel<scalar_t, VEC><<<grid, block, 0, stream>>>(
-            grad_out.const_data_ptr<scalar_t>(), pg, indices.const_data_ptr<int8_t>(), Pix::of(indices),
-            grad_x.data_ptr<scalar_t>(), pdx, g);
-      } else {
-        avg_pool_bwd_kernel<scalar_t, VEC>
-            <<<grid, block, 0, stream>>>(grad_out.const_data_ptr<scalar_t>(), pg, grad_x.data_ptr<scalar_t>(), pdx, g);
-      }
+      auto* kernel = kind == 0 ? pool_bwd_kernel<scalar_t, VEC, true> : pool_bwd_kernel<scalar_t, VEC, false>;
+      kernel<<<grid, block, 0, stream>>>(grad_out.const_data_ptr<scalar_t>(), pg,
+                                         kind == 0 ? indices.const_data_ptr<int8_t>() : nullptr,
+                                         kind == 0 ? Pix::of(indices) : Pix{}, grad_x.data_ptr<scalar_t>(), pdx, g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (use_vec<V>({&grad_out, &grad_x}) && (kind == 1 || vec_ok(indices, V)))
-      run(std::integral_constant<int, V>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    constexpr int V = kVec<scalar_t>;
+    with_vec<scalar_t>(vec_ok_all({&grad_out, &grad_x}, V) && (kind == 1 || vec_ok(indices, V)), run);
   });
   return grad_x;
 }

@@ -53,13 +53,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int VEC>
-bool use_vec(std::initializer_list<const at::Tensor*> ts) {
-  for (auto* t : ts)
-    if (!vec_ok(*t, VEC)) return false;
-  return true;
-}
-
 }  // namespace
 
 void scaled_residual_fwd(const at::Tensor& x_, const at::Tensor& y_, double scale, bool relu,
@@ -86,11 +79,8 @@ void scaled_residual_fwd(const at::Tensor& x_, const at::Tensor& y_, double scal
           static_cast<float>(scale), relu);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (use_vec<V>({&x, &y, &out}))
-      run(std::integral_constant<int, V>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    constexpr int V = kVec<scalar_t>;
+    with_vec<scalar_t>(vec_ok_all({&x, &y, &out}, V), run);
   });
 }
 
@@ -117,11 +107,8 @@ std::tuple<at::Tensor, at::Tensor> scaled_residual_bwd(const at::Tensor& grad_ou
           gy.data_ptr<scalar_t>(), pd, M, C, static_cast<float>(scale), relu);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    constexpr int V = 16 / sizeof(scalar_t);
-    if (use_vec<V>({&grad_out, &gx, &gy}) && (!relu || vec_ok(out, V)))
-      run(std::integral_constant<int, V>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    constexpr int V = kVec<scalar_t>;
+    with_vec<scalar_t>(vec_ok_all({&grad_out, &gx, &gy}, V) && (!relu || vec_ok(out, V)), run);
   });
   return {gx, gy};
 }

@@ -275,18 +275,17 @@ def test_fake_impls_shapes_on_meta():
     assert a.shape == b.shape == x.shape and a.dtype == x.dtype
 
 
-KERNELS = [
-    "bn_stats_partial_kernel",
-    "bn_act_fwd_kernel",
-    "bn_bwd_partial_kernel",
-    "bn_bwd_dx_kernel",
-    "max_pool_fwd_kernel",
-    "avg_pool_fwd_kernel",
-    "max_pool_bwd_kernel",
-    "avg_pool_bwd_kernel",
-    "residual_fwd_kernel",
-    "residual_bwd_kernel",
-]
+# kernel template -> its extra template arguments after <T, VEC> (the pool kernels: max = true, avg = false)
+KERNELS = {
+    "bn_stats_partial_kernel": [""],
+    "bn_act_fwd_kernel": [""],
+    "bn_bwd_partial_kernel": [""],
+    "bn_bwd_dx_kernel": [""],
+    "pool_fwd_kernel": [", true", ", false"],
+    "pool_bwd_kernel": [", true", ", false"],
+    "residual_fwd_kernel": [""],
+    "residual_bwd_kernel": [""],
+}
 CPP_DTYPES = {"float": 4, "c10::BFloat16": 8, "c10::Half": 8}  # C++ type -> 16-byte vector width
 
 
@@ -309,10 +308,11 @@ def test_sass_for_every_arch_kernel_and_dtype(capsys):
     rows = _cuda.resource_table(path)
     have = {(r["arch"], r["kernel"]) for r in rows}
     for arch in archs:
-        for k in KERNELS:
+        for k, extras in KERNELS.items():
             for t, vec in CPP_DTYPES.items():
                 for v in (vec, 1):
-                    assert (arch, f"{k}<{t}, {v}>") in have, f"missing {k}<{t}, {v}> for {arch}"
+                    for e in extras:
+                        assert (arch, f"{k}<{t}, {v}{e}>") in have, f"missing {k}<{t}, {v}{e}> for {arch}"
         for k in ("bn_stats_finalize_kernel", "bn_bwd_finalize_kernel"):
             assert (arch, k) in have, f"missing {k} for {arch}"
     assert all(r["local"] == 0 for r in rows), "a kernel uses local memory"

@@ -39,20 +39,22 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
-import re
-import subprocess
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # run as a script from a checkout without installing
+
+# the helpers this script shares with the suite (inception-kernels bench), which grew out of it
+from inception_kernels.bench.common import tf32  # noqa: E402
+from inception_kernels.bench.env import environment, slug  # noqa: E402
+from inception_kernels.bench.kernels import closures as make_closures  # noqa: E402
+from inception_kernels.bench.timing import num_sets, rel_err, summarize, sync  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------
 # Shapes
@@ -158,13 +160,6 @@ def set_bytes(shape: Shape, n: int, dtype: torch.dtype) -> int:
     if shape.epilogue == RES_RELU:
         elems += n * shape.K * P * Q
     return elems * e
-
-
-def num_sets(nbytes: int, threshold: int = ROTATE_BELOW_BYTES, max_sets: int = MAX_SETS) -> int:
-    """1 when one set alone is >= threshold; else enough sets to exceed it, at least 3, at most max_sets."""
-    if nbytes >= threshold:
-        return 1
-    return int(min(max(3, math.ceil(threshold / max(nbytes, 1))), max_sets))
 
 
 def make_inputs(shape: Shape, n: int, dtype: torch.dtype, device, seed: int) -> dict:
@@ -296,32 +291,6 @@ def build_impls(shape: Shape, impl_names: Sequence[str], conv2d, reference, comp
 # ----------------------------------------------------------------------------------------------------------
 # Correctness check
 # ----------------------------------------------------------------------------------------------------------
-@contextmanager
-def tf32(enabled: bool):
-    """Set the legacy TF32 switches (read by cuDNN, cuBLAS and by our op) and restore them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = enabled
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64 (absolute norm when ||b|| == 0); inf on a shape mismatch."""
-    if tuple(a.shape) != tuple(b.shape):
-        return float("inf")
-    a64, b64 = a.detach().double(), b.detach().double()
-    num = torch.linalg.vector_norm(a64 - b64).item()
-    den = torch.linalg.vector_norm(b64).item()
-    return num / den if den > 0 else num
-
-
 def run_pass(fn, inp: dict, keys: Sequence[str]):
     """Forward and gradients of the given leaves for grad_out."""
     y = fn(inp)
@@ -406,41 +375,6 @@ def check_impl(fn, inp: dict, keys: Sequence[str], oracle: Oracle, threshold: fl
     return out
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------------------------------------
-class Rotator:
-    """Cycles through input sets, one per call, so consecutive calls read different memory."""
-
-    def __init__(self, sets: Sequence[dict]):
-        self.sets = list(sets)
-        self.i = 0
-
-    def __call__(self) -> dict:
-        s = self.sets[self.i]
-        self.i = (self.i + 1) % len(self.sets)
-        return s
-
-
-def make_closures(fn, sets: Sequence[dict], keys: Sequence[str]) -> dict[str, Callable[[], None]]:
-    nxt_f, nxt_b = Rotator(sets), Rotator(sets)
-
-    def fwd():
-        fn(nxt_f())
-
-    def fwdbwd():
-        inp = nxt_b()
-        y = fn(inp)
-        torch.autograd.grad(y, [inp[k] for k in keys], inp["grad_out"])
-
-    return {"fwd": fwd, "fwdbwd": fwdbwd}
-
-
 def do_bench_timer(warmup_ms: float, rep_ms: float) -> Callable[[Callable[[], None]], float]:
     """Median ms of fn by triton.testing.do_bench (CUDA events, L2 flushed before every call)."""
     from triton.testing import do_bench
@@ -470,15 +404,6 @@ def cudagraph_timer(rep_ms: float) -> Callable[[Callable[[], None]], float]:
             raise
 
     return timer
-
-
-def summarize(rounds: Sequence[float]) -> dict:
-    lo, hi = min(rounds), max(rounds)
-    return {
-        "rounds_ms": list(rounds),
-        "ms": sum(rounds) / len(rounds),
-        "spread_pct": 100.0 * (hi - lo) / lo if lo > 0 else float("nan"),
-    }
 
 
 def time_impls(closures: dict[str, dict[str, Callable]], timer, rounds: int = 2) -> dict:
@@ -791,54 +716,6 @@ def render_markdown(meta: dict, records: Sequence[dict], impl_names: Sequence[st
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Environment
-# ----------------------------------------------------------------------------------------------------------
-def _run(cmd: Sequence[str], timeout: float = 10.0) -> str | None:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    except Exception:
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def slug(s: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "unknown"
-
-
-def environment(device) -> dict:
-    meta = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "host": platform.node(),
-        "backend": os.environ.get("INCEPTION_KERNELS_BACKEND", "auto"),
-    }
-    try:
-        import triton
-
-        meta["triton"] = triton.__version__
-    except Exception:
-        meta["triton"] = None
-    if torch.device(device).type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        meta["gpu_name"] = props.name
-        meta["gpu_sms"] = props.multi_processor_count
-        meta["gpu_mem_gib"] = round(props.total_memory / 2**30, 1)
-        meta["gpu_cc"] = f"{props.major}.{props.minor}"
-        drv = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-        meta["driver"] = drv.splitlines()[0].strip() if drv else None
-    else:
-        meta["gpu_name"] = "cpu"
-        meta["driver"] = None
-    meta["git_commit"] = _run(["git", "rev-parse", "HEAD"])
-    st = _run(["git", "status", "--porcelain", "--untracked-files=no"])
-    meta["git_dirty"] = bool(st) if st is not None else None
-    return meta
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
@@ -987,7 +864,7 @@ def main(argv=None) -> int:
         )
     meta["compile_modes"] = {k: (v or "default") for k, v in compile_modes.items() if k in impl_names}
     day = _dt.date.today().isoformat()
-    out_dir = args.out or os.path.join(REPO_ROOT, "benchmarks", "results", f"{slug(meta['gpu_name'])}-{day}")
+    out_dir = args.out or os.path.join(REPO_ROOT, "benchmarks", "results", f"{slug(meta['gpu_name'] or 'cpu')}-{day}")
     config = {k: v for k, v in vars(args).items()}
     config["shapes_run"] = [s.name for s in shapes]
     config["impls"] = impl_names

@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench_models.py: no CUDA GPU here; nothing measured")
         return 3
-    from bench_conv import environment, slug
+    from inception_kernels.bench.env import environment, slug
 
     if args.quick:
         args.models, args.batches = ["inception_v3"], [1, 32]

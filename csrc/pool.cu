@@ -2,7 +2,7 @@
 // gathering (each input pixel sums over the windows that contain it: no atomics, deterministic).
 //
 // Max pooling records, per output element, the position of the maximum inside its window as int8 r * KW + s
-// (first maximum in row-major window order; NaN counts as the maximum, the first NaN wins; padding is -inf, so a
+// (first maximum in row-major window order; NaN counts as the maximum, the last NaN wins, as in PyTorch; a
 // window's first in-bounds element is the initial candidate). Output sizes and avg divisors follow PyTorch exactly.
 #include <ATen/ops/empty.h>
 
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           if (MAX) {  // branch-free select: a data-dependent branch here put acc/bi in local memory
-            const bool take = (bi[i] < 0) | (v[i] > acc[i]) | (isnan(v[i]) & !isnan(acc[i]));
+            const bool take = (bi[i] < 0) | (v[i] > acc[i]) | isnan(v[i]);
             acc[i] = take ? v[i] : acc[i];
             bi[i] = take ? pos : bi[i];
           } else {

@@ -123,8 +123,8 @@ def _windows(x, kernel, stride, padding, P, Q, fill):
 
 
 def maxpool_oracle(x, kernel, stride, padding, ceil_mode):
-    """(values, int window index r*KW+s): first maximum in row-major window order, NaN is the maximum (first NaN
-    wins), padding never chosen."""
+    """(values, int window index r*KW+s): first maximum in row-major window order, NaN is the maximum (the last
+    NaN wins, as in PyTorch), padding never chosen."""
     P, Q = _pool_geom(x, kernel, stride, padding, ceil_mode)
     win, valid = _windows(x, kernel, stride, padding, P, Q, -math.inf)
     win = torch.where(valid, win, torch.tensor(-math.inf, dtype=torch.float64))
@@ -133,9 +133,10 @@ def maxpool_oracle(x, kernel, stride, padding, ceil_mode):
         if not win.isnan().any()
         else torch.where(win.isnan().any(-1), math.nan, win.nan_to_num(nan=-math.inf).amax(-1))
     )
-    hit = valid & ((win == m[..., None]) | (win.isnan() & m.isnan()[..., None]))
-    idx = hit.to(torch.int8).argmax(-1)  # first True
-    return m, idx
+    first_max = (valid & (win == m[..., None])).to(torch.int8).argmax(-1)  # first True
+    nans = (valid & win.isnan()).to(torch.int8)
+    last_nan = nans.shape[-1] - 1 - nans.flip(-1).argmax(-1)
+    return m, torch.where(m.isnan(), last_nan, first_max)
 
 
 def maxpool_bwd_oracle(g, idx, kernel, stride, padding, H, W):
@@ -238,7 +239,10 @@ def test_maxpool_oracle_nan_and_inf_rules():
     x[0, 0, 1, 0] = math.nan
     x[0, 0, 2, 2] = math.nan
     val, idx = maxpool_oracle(x, (3, 3), (1, 1), (0, 0), False)
-    assert val.isnan().all() and idx.item() == 3  # first NaN in row-major order
+    assert val.isnan().all() and idx.item() == 8  # the last NaN in row-major order, as PyTorch
+    xr = x.clone().requires_grad_()
+    F.max_pool2d(xr, 3, 1).backward(torch.ones(1, 1, 1, 1, dtype=torch.float64))
+    assert xr.grad[0, 0, 2, 2] == 1 and xr.grad.sum() == 1
 
 
 def test_extension_loads_and_registers_every_op():

@@ -3,6 +3,7 @@ allocations, odd channel counts, stride 2 on odd inputs, ceil_mode, H=W=1, slice
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import rel_err
 
 from inception_kernels.ops import pool2d, reference, scaled_residual
@@ -56,6 +57,23 @@ def test_pool_into_slice_from_slice(kind, device, poison):
     ref = reference.pool2d(x.double(), kind, (3, 3), (2, 2))
     assert rel_err(big[:, 4 : 4 + C], ref) < 1e-6
     assert big[:, :4].isnan().all() and big[:, 4 + C :].isnan().all()
+
+
+@pytest.mark.parametrize("stride,padding,ceil_mode", [(1, 1, False), (2, 0, True), (2, 1, False)])
+def test_max_pool_ties_and_nans_route_gradients_like_pytorch(stride, padding, ceil_mode, device, poison):
+    """Windows full of ties and of several NaNs: our values and input gradient equal PyTorch's max_pool2d exactly
+    (ties: the first maximum in the window takes the gradient; NaN: the last NaN)."""
+    x = torch.randint(0, 3, (2, 5, 7, 6)).double()
+    x[torch.rand_like(x) < 0.15] = float("nan")
+    xo = _cl(x.float().to(device)).requires_grad_()
+    xr = x.clone().requires_grad_()
+    y = pool2d(xo, "max", 3, stride, padding=padding, ceil_mode=ceil_mode)
+    y_ref = F.max_pool2d(xr, 3, stride, padding, ceil_mode=ceil_mode)
+    assert torch.equal(y.detach().cpu().double().nan_to_num(-7), y_ref.detach().nan_to_num(-7))
+    g = torch.randint(1, 5, y_ref.shape).double()
+    (dx,) = torch.autograd.grad(y, xo, g.float().to(device))
+    (dx_ref,) = torch.autograd.grad(y_ref, xr, g)
+    assert torch.equal(dx.cpu().double(), dx_ref)
 
 
 def test_max_pool_nan_and_ties(device):

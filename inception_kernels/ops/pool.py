@@ -5,7 +5,8 @@ Output size, window clipping and the average divisor follow PyTorch's ``max_pool
 the divisor counts the window clipped to the padded extent, otherwise only the in-bounds pixels).
 
 Max pooling saves an int8 index per output element (the argmax position r·KW + s inside its window; the first
-maximum in row-major window order, NaN counting as a maximum) instead of PyTorch's int64 flat index: 1 byte
+maximum in row-major window order; a NaN is the maximum and the last NaN wins -- PyTorch's rule, so the
+gradient lands where PyTorch's does) instead of PyTorch's int64 flat index: 1 byte
 instead of 8. The backward gathers: each input pixel sums the gradients of the (at most ⌈KH/SH⌉·⌈KW/SW⌉)
 windows that contain it -- no atomics, deterministic. ``grad_out`` may be a strided channel slice.
 """
@@ -90,7 +91,7 @@ def _pool_fwd(
             ptrs = (x_row + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None] + c_off
             v = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
             if IS_MAX:
-                take = m2 & ((v > best) | ((v != v) & (best == best)) | (arg < 0))
+                take = m2 & ((v > best) | (v != v) | (arg < 0))  # ties: the first; NaN: the last (PyTorch)
                 best = tl.where(take, v, best)
                 arg = tl.where(take, r * KW + s, arg)
             else:

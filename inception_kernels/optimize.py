@@ -115,6 +115,9 @@ class DropInConvBNAct(ConvBNAct):
             bias = bias + scale * self.conv.bias.float()
         return scale, bias
 
+    def writes_slice_under_autograd(self, x: torch.Tensor) -> bool:
+        return self.training and not _use_reference(x) and super().writes_slice_under_autograd(x)
+
     def forward(
         self, x: torch.Tensor, out: torch.Tensor | None = None, reference: bool = False
     ) -> torch.Tensor:

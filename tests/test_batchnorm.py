@@ -233,3 +233,23 @@ def test_conv_bn_act_layer_with_any_batchnorm(variant, mode, device, poison):
             assert rel_err(p.grad.cpu(), p_r.grad) < 1e-4, (step, k)
         for (k, b), b_r in zip(layer.named_buffers(), ref.buffers(), strict=True):
             assert torch.allclose(b.cpu().double(), b_r.double(), rtol=1e-5, atol=1e-7), (step, k)
+
+
+def test_conv_bn_act_into_slice_under_autograd(device, poison):
+    """The fused step writes a channel slice of a buffer (a block output) inside its autograd node: the slice
+    holds the result, the rest of the buffer is untouched, gradients arrive as a strided view and are right."""
+    x = _cl(torch.randn(2, 5, 6, 7, device=device))
+    wt = torch.randn(9, 5, 3, 1, device=device) / 15**0.5
+    gamma, beta = torch.rand(9, device=device) + 0.5, torch.randn(9, device=device)
+    ours = [t.clone().requires_grad_() for t in (x, wt, gamma, beta)]
+    refs = [t.double().requires_grad_() for t in (x, wt, gamma, beta)]
+    buf = _cl(torch.full((2, 20, 6, 7), float("nan"), device=device))
+    y = bn.conv_bn_act(*ours, None, None, momentum=0.1, eps=1e-3, padding=(1, 1, 0, 0), out=buf[:, 4:13])
+    assert y.data_ptr() == buf[:, 4:13].data_ptr() and y.grad_fn is not None
+    assert buf[:, :4].isnan().all() and buf[:, 13:].isnan().all() and not buf[:, 4:13].isnan().any()
+    y_ref = reference.batch_norm_act(reference.conv2d(refs[0], refs[1], padding=(1, 1, 0, 0)), refs[2], refs[3],
+                                     None, None, 0.1, 1e-3, True)  # fmt: skip
+    assert rel_err(buf[:, 4:13], y_ref) < 1e-5
+    g = _cl(torch.randn(2, 20, 6, 7, device=device))[:, 4:13]  # a strided gradient slice
+    for a, r in zip(torch.autograd.grad(y, ours, g), torch.autograd.grad(y_ref, refs, g.double())):
+        assert rel_err(a, r) < 1e-4

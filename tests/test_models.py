@@ -157,6 +157,36 @@ def test_train_block_on_our_kernels(block, device, monkeypatch):
     check_train_block(InceptionBlock(cin, spec), 7, device, monkeypatch, batch=2)
 
 
+def test_training_merge_writes_leaves_in_place(device, monkeypatch):
+    """In training every leaf of a concat block writes its slice of the block output inside its own autograd
+    node (no merge copy): the merge node is the no-copy join, the block output's storage is the one the leaves
+    wrote. A frozen BN (eval inside a training block) cannot write in place under autograd: the copying merge."""
+    from inception_kernels.nn import engine
+    from inception_kernels.nn.engine import InceptionBlock
+
+    spec, cin = _v3_blocks()["v3_D"]  # convs and a max-pool leaf
+    block = InceptionBlock(cin, spec).to(device).train()
+    x = torch.randn(2, cin, 9, 9, device=device).contiguous(memory_format=torch.channels_last)
+    calls = []
+    for name in ("_SliceJoin", "_SliceMerge"):
+        apply = getattr(engine, name).apply
+
+        def counted(*a, apply=apply, name=name):
+            calls.append(name)
+            return apply(*a)
+
+        monkeypatch.setattr(getattr(engine, name), "apply", counted)
+    y = block(x.requires_grad_())
+    assert calls == ["_SliceJoin"] and type(y.grad_fn).__name__ == "_SliceJoinBackward"
+    y.sum().backward()
+    calls.clear()
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    block(x).sum().backward()
+    assert calls == ["_SliceMerge"]
+
+
 def test_torch_compile_reference_backend_matches_eager(monkeypatch):
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
     torch._dynamo.reset()

@@ -195,3 +195,21 @@ def test_pool_library_op_opcheck_and_compile(kind, device):
     assert rel_err(yc, ye) < 1e-6
     g = _cl(torch.randn(ye.shape, device=device))
     assert rel_err(torch.autograd.grad(yc, xc, g)[0], torch.autograd.grad(ye, xe, g)[0]) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_into_slice_under_autograd(kind, device, poison):
+    x = _cl(torch.randn(2, 6, 9, 8, device=device)).requires_grad_()
+    buf = _cl(torch.full((2, 11, 4, 3), float("nan"), device=device))
+    y = pool2d(x, kind, 3, 2, out=buf[:, 3:9])
+    assert y.data_ptr() == buf[:, 3:9].data_ptr() and y.grad_fn is not None
+    assert buf[:, :3].isnan().all() and buf[:, 9:].isnan().all()
+    xr = x.detach().double().requires_grad_()
+    y_ref = (F.max_pool2d if kind == "max" else F.avg_pool2d)(xr, 3, 2)
+    assert rel_err(buf[:, 3:9], y_ref) < 1e-6
+    g = torch.randn(y_ref.shape, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(y, x, g.float().to(device))
+    (dx_ref,) = torch.autograd.grad(y_ref, xr, g)
+    assert rel_err(dx, dx_ref) < 1e-6
+    with pytest.raises(ValueError, match="must not require grad"):
+        pool2d(x, kind, 3, 2, out=_cl(torch.zeros(2, 6, 4, 3, device=device)).requires_grad_())

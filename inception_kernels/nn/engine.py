@@ -310,10 +310,14 @@ class InceptionBlock(nn.Module):
         )
         hw = self.out_hw(tuple(x.shape[-2:]))
         grad = _needs_grad(self, x)
-        # Without autograd every leaf writes its slice of the preallocated output. With autograd the leaves
-        # produce their tensors and _SliceMerge places them: its backward hands each leaf a strided view of the
-        # block's gradient (an in-place write into a slice would make autograd clone every gradient slice).
-        out = None if grad else _new_like(x, self.plan.out_channels, hw)
+        # Every leaf writes its slice of one preallocated output -- with autograd too, where each leaf's last op
+        # (the fused conv → BN → ReLU, or a pool) writes its slice inside its own autograd node and _SliceJoin
+        # ties the slices to the buffer (no copy; its backward hands each leaf a strided view of the block
+        # gradient). Leaves whose last op cannot write in place under autograd (frozen or synchronized BN, a conv
+        # bias, traced code) produce their own tensors, which _SliceMerge copies into a new buffer: an in-place
+        # write recorded by autograd would make it clone the whole gradient for every slice.
+        direct = not grad or self._leaves_write_in_place(x)
+        out = _new_like(x, self.plan.out_channels, hw) if direct else None
         leaf_outs = []
         started = {}
         if self.plan.hfuse and not self.training and not grad:
@@ -329,11 +333,11 @@ class InceptionBlock(nn.Module):
             if br.fork:
                 y = self._run_chain(layers, inp, None) if layers else inp
                 for fb, fl in zip(br.fork, leaf):
-                    leaf_outs.append(self._run_chain(fb.layers, y, None if grad else out[:, fl.lo : fl.hi]))
+                    leaf_outs.append(self._run_chain(fb.layers, y, out[:, fl.lo : fl.hi] if direct else None))
             else:
-                leaf_outs.append(self._run_chain(layers, inp, None if grad else out[:, leaf.lo : leaf.hi]))
+                leaf_outs.append(self._run_chain(layers, inp, out[:, leaf.lo : leaf.hi] if direct else None))
         if grad:
-            out = _SliceMerge.apply(hw, *leaf_outs)
+            out = _SliceJoin.apply(out, *leaf_outs) if direct else _SliceMerge.apply(hw, *leaf_outs)
             parts, lo = [], 0
             for t in leaf_outs:
                 parts.append((lo, lo + t.shape[1], t))
@@ -345,6 +349,19 @@ class InceptionBlock(nn.Module):
         proj = self._layer(self.spec.proj)
         return conv_ops.conv2d(out, proj.weight, bias=proj.bias, residual=x, residual_scale=self.spec.scale,
                                activation="relu" if self.spec.act else None)  # fmt: skip
+
+    def _leaves_write_in_place(self, x) -> bool:
+        """Whether every leaf's last op writes its slice of the block output inside its own autograd node."""
+        if not conv_ops._eager_direct(x):
+            return False
+        for br in self.spec.branches:
+            for chain in [fb.layers for fb in br.fork] if br.fork else [br.layers]:
+                last = chain[-1] if chain else None
+                if isinstance(last, Pool):
+                    continue
+                if not (isinstance(last, Conv) and last.bn and self._layer(last).writes_slice_under_autograd(x)):
+                    return False
+        return True
 
     def _run_hfused(self, x, out):
         """One GEMM for the sibling 1x1 convs on x; returns {branch index: its output (a slice)}."""
@@ -377,6 +394,25 @@ class InceptionBlock(nn.Module):
                 leaf = self.plan.leaves[order[0]]
                 started[order[0]] = out[:, leaf.lo : leaf.hi].copy_(started[order[0]])
         return started
+
+
+class _SliceJoin(torch.autograd.Function):
+    """The block output ``buf`` whose channel slices the leaves (inputs after ``buf``, in channel order) already
+    wrote inside their own autograd nodes; backward returns each leaf's gradient as a strided channel view of the
+    block gradient (no copy)."""
+
+    @staticmethod
+    def forward(ctx, buf, *leaves):
+        lo, ranges = 0, []
+        for t in leaves:
+            ranges.append((lo, lo + t.shape[1]))
+            lo += t.shape[1]
+        ctx.ranges = ranges
+        return buf.detach()  # an autograd-plain alias (an input returned as-is would become a view of it)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None,) + tuple(grad[:, lo:hi] for lo, hi in ctx.ranges)
 
 
 class _SliceMerge(torch.autograd.Function):

@@ -108,6 +108,13 @@ class ConvBNAct(nn.Module):
             y = F.relu(y)
         return y if out is None else out.copy_(y)
 
+    def writes_slice_under_autograd(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x, out=slice)`` with autograd writes the slice inside its own autograd node (the
+        fused training step) -- the block engine then needs no merge copy."""
+        bn = self.bn
+        return (self.conv.bias is None and type(bn) is nn.BatchNorm2d and (bn.training or bn.running_mean is None)
+                and bn_ops.conv_bn_act_supported(x))  # fmt: skip
+
     def _bn_momentum(self) -> float:
         """``nn.BatchNorm2d``'s exponential-average factor for this step (counts the batch, as it does)."""
         bn = self.bn

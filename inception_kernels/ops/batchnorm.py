@@ -461,14 +461,14 @@ class _ConvBNActFn(torch.autograd.Function):
         partials = conv_ops.stats_partials(M, K, x.device)
         conv_ops.conv_fwd_into(x, weight, None, None, None, stride, padding, 1.0, False, y, stats=partials)
         mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum)
-        new = out is None
-        out = bn_act(y, mean, invstd, gamma, beta, relu, out=out)
+        # ``out`` is an input of this node: write and return an autograd-plain alias of it (a tensor returned
+        # as-is would come back wrapped in a new view object, without the recipe attached below)
+        out = bn_act(y, mean, invstd, gamma, beta, relu, out=None if out is None else out.detach())
         # x is saved as its recipe when it has one (the producer's pre-BN output and statistics); the output
         # gets a recipe of its own for the layers that consume it (see ops._recompute)
         _recompute.save_with_input(ctx, x, weight, y, mean, invstd, gamma, beta)
-        if new:
-            _recompute.attach(out, functools.partial(_rebuild_bn_act, relu), (y, mean, invstd, gamma, beta),
-                              recording=record)  # fmt: skip
+        _recompute.attach(out, functools.partial(_rebuild_bn_act, relu), (y, mean, invstd, gamma, beta),
+                          recording=record)  # fmt: skip
         ctx.conf = (stride, padding, relu)
         return out
 
@@ -501,20 +501,17 @@ def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: 
 
     x: (N, C, H, W) channels_last; weight (K, C, R, S); gamma/beta (K,) or None; running stats (K,) or None
     (not tracked); padding (top, bottom, left, right). Returns a new channels_last (N, K, P, Q) tensor, or
-    writes ``out`` (a channels_last slice; only without autograd -- the block engine merges leaf outputs with
-    its own autograd node).
+    writes ``out`` (a channels_last slice of a buffer that no autograd node has recorded, e.g. a block output
+    the block engine joins with ``_SliceJoin``) and returns it.
     """
     args = (x, weight, gamma, beta, running_mean, running_var, float(momentum), float(eps), tuple(stride),
             tuple(padding), bool(relu))  # fmt: skip
     record = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, gamma, beta)
     )
-    if out is None:
-        return _ConvBNActFn.apply(*args, None, record)
-    if record:
-        raise ValueError("conv_bn_act(out=...) is for use without autograd")
-    with torch.no_grad():
-        return _ConvBNActFn.apply(*args, out, False)
+    if out is not None and out.requires_grad:
+        raise ValueError("conv_bn_act(out=...): out must not require grad (autograd records this op's output)")
+    return _ConvBNActFn.apply(*args, out, record)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -230,6 +230,7 @@ def _ref_bwd(grad_out, x_ref, kind, kernel, stride, padding, ceil_mode, count_in
 class _PoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
+        out = out.detach()  # an autograd-plain alias of the destination (see batchnorm._ConvBNActFn)
         impl = _backend.resolve(x, op="pool2d")
         ctx.conf = (kind, kernel, stride, padding, ceil_mode, count_include_pad)
         ctx.x_shape, ctx.impl, ctx.dtype = tuple(x.shape), impl, x.dtype
@@ -389,17 +390,16 @@ def pool2d(
             _tile.check_out(out, shape, x)
         return _traced_pool(x, conf, out)
     if out is None:
-        y = _PoolFn.apply(x, *conf, _tile.new_cl(shape, x))
-        if x.requires_grad and _recompute.has_recipe(x):
-            # consumers of y save x's recipe (already-saved tensors) and re-pool, instead of saving y
-            _recompute.attach(y, *_recompute.then(_recompute.recipe_of(x), functools.partial(_repool, conf)))
-        return y
-    _tile.check_out(out, shape, x)
-    if torch.is_grad_enabled() and x.requires_grad:
-        raise ValueError("pool2d(out=...) is for inference; with autograd, let it allocate (the block engine "
-                         "merges leaf outputs itself)")  # fmt: skip
-    with torch.no_grad():
-        return _PoolFn.apply(x, *conf, out)
+        out = _tile.new_cl(shape, x)
+    else:
+        _tile.check_out(out, shape, x)
+        if out.requires_grad:
+            raise ValueError("pool2d(out=...): out must not require grad (autograd records this op's output)")
+    y = _PoolFn.apply(x, *conf, out)
+    if torch.is_grad_enabled() and x.requires_grad and _recompute.has_recipe(x):
+        # consumers of y save x's recipe (already-saved tensors) and re-pool, instead of saving y
+        _recompute.attach(y, *_recompute.then(_recompute.recipe_of(x), functools.partial(_repool, conf)))
+    return y
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .common import COMPILE_MODES, DTYPES, Budget, finalize, identity_compiler, new_record, reset_dynamo, tf32
-from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync
+from .timing import Rotator, check_error, check_result, grad_errors, measure, num_sets, run_with_grads, upcast
 
 RESIDUAL_SCALE = 0.17
 THRESHOLDS = {"bf16": 2e-2, "fp16": 1e-2, "fp32": 5e-3}
@@ -177,19 +177,15 @@ def check(fn, shape: ConvShape, inp: dict, threshold: float) -> dict:
     """Relative errors of fn's output and gradients against the fp32 (TF32 off) reference."""
     keys = grad_keys(inp)
     try:
-        y = fn(inp)
-        grads = torch.autograd.grad(y, [inp[k] for k in keys], inp["grad_out"])
-        sync(y.device)
+        y, grads = run_with_grads(fn, inp, keys)
     except Exception as e:  # noqa: BLE001
         return check_error(e)
-    up = {k: (None if v is None else v.detach().float().requires_grad_(k in keys)) for k, v in inp.items()}
+    up = upcast(inp, keys)
     with tf32(False):
         z = _on_dict(reference_fn(shape, pre_activation=True))(up)
         mask = y.detach().float() > 0
         g_ref = torch.autograd.grad(z, [up[k] for k in keys], up["grad_out"] * mask)
-    errs = {"y": rel_err(y, torch.relu(z.detach()))}
-    errs.update({f"d{k}": rel_err(g, r) for k, g, r in zip(keys, grads, g_ref)})
-    return check_result(errs, threshold)
+    return check_result(grad_errors(y, grads, torch.relu(z.detach()), g_ref, keys, "y"), threshold)
 
 
 def closures(fn, sets, keys) -> dict:
@@ -236,29 +232,35 @@ def bench_shape(shape: ConvShape, n: int, dtype_name: str, device, timers, *, im
                     fns[name] = _on_dict(compiler(ref, COMPILE_MODES[name]))
             except Exception as e:  # noqa: BLE001
                 rec["baseline_checks"][name] = check_error(e)
-        for name, fn in fns.items():
-            c = check(fn, shape, sets[0], thr)
-            if name == "ours":
-                rec["check"] = c
-            else:
-                rec["baseline_checks"][name] = c
-        timed = {}
-        for name, fn in fns.items():
-            st = rec["check"]["status"] if name == "ours" else rec["baseline_checks"][name]["status"]
-            if st == "ERROR" or (name == "ours" and st != "PASS"):
-                continue  # never time a wrong or crashing result of ours
-            timed[name] = closures(fn, sets, keys)
-        for timer in timers:
-            sfx = "" if getattr(timer, "kind", "events") == "events" else f"@{timer.kind}"
-            res = measure(timed, timer, rounds=rounds, label=f"kernels/{shape.name}/{n}/{dtype_name}{sfx}")
-            rec["times"].update({f"{k}{sfx}": v for k, v in res.items()})
-    pairs = [(f"ours{s}", f"{b}{s}") for s in _suffixes(timers) for b in BASELINES]
-    finalize(rec, pairs, ceilings)
+        check_and_time(rec, fns, lambda fn: check(fn, shape, sets[0], thr), sets, keys, timers, rounds=rounds,
+                       label=f"kernels/{shape.name}/{n}/{dtype_name}")  # fmt: skip
+    finalize(rec, [(f"ours{s}", f"{b}{s}") for s in timer_suffixes(timers) for b in BASELINES], ceilings)
     rec["wall_s"] = time.perf_counter() - t0
     return rec
 
 
-def _suffixes(timers) -> list[str]:
+def check_and_time(rec: dict, fns: dict, check_one, sets, keys, timers, *, rounds: int, label: str) -> None:
+    """Check every implementation (``check_one(fn)``: ours into ``rec["check"]``, baselines into
+    ``rec["baseline_checks"]``), then time forward and forward+backward of each that may be timed -- never a wrong
+    or crashing result of ours -- with every timer (a graph timer's times go under ``"<impl>@graph"``)."""
+    for name, fn in fns.items():
+        c = check_one(fn)
+        if name == "ours":
+            rec["check"] = c
+        else:
+            rec["baseline_checks"][name] = c
+    timed = {}
+    for name, fn in fns.items():
+        st = rec["check"]["status"] if name == "ours" else rec["baseline_checks"][name]["status"]
+        if st == "ERROR" or (name == "ours" and st != "PASS"):
+            continue
+        timed[name] = closures(fn, sets, keys)
+    for timer, sfx in zip(timers, timer_suffixes(timers)):
+        res = measure(timed, timer, rounds=rounds, label=f"{label}{sfx}")
+        rec["times"].update({f"{k}{sfx}": v for k, v in res.items()})
+
+
+def timer_suffixes(timers) -> list[str]:
     return ["" if getattr(t, "kind", "events") == "events" else f"@{t.kind}" for t in timers]
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .common import COMPILE_MODES, DTYPES, Budget, finalize, identity_compiler, new_record, reset_dynamo
-from .kernels import THRESHOLDS, progress
-from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync
+from .kernels import THRESHOLDS, check_and_time, progress, timer_suffixes
+from .timing import check_error, check_result, grad_errors, num_sets, run_with_grads, upcast
 
 BASELINES = ("eager", "compile", "compile_max")
 
@@ -126,17 +126,13 @@ def _on_dict(fn, case: MemCase):
 def check(fn, case: MemCase, inp: dict, threshold: float) -> dict:
     keys = grad_keys(inp)
     try:
-        out = fn(inp)
-        grads = torch.autograd.grad(out, [inp[k] for k in keys], inp["grad_out"])
-        sync(out.device)
+        out, grads = run_with_grads(fn, inp, keys)
     except Exception as e:  # noqa: BLE001
         return check_error(e)
-    up = {k: v.detach().float().requires_grad_(k in keys) for k, v in inp.items()}
+    up = upcast(inp, keys)
     want = _on_dict(reference_fn(case), case)(up)
     g_ref = torch.autograd.grad(want, [up[k] for k in keys], up["grad_out"])
-    errs = {"out": rel_err(out, want)}
-    errs.update({f"d{k}": rel_err(g, r) for k, g, r in zip(keys, grads, g_ref)})
-    return check_result(errs, threshold)
+    return check_result(grad_errors(out, grads, want, g_ref, keys, "out"), threshold)
 
 
 def bench_case(case: MemCase, n: int, dtype_name: str, device, timers, *, impls=("ours", "eager", "compile"),
@@ -163,34 +159,9 @@ def bench_case(case: MemCase, n: int, dtype_name: str, device, timers, *, impls=
                 fns[name] = _on_dict(compiler(reference_fn(case), COMPILE_MODES[name]), case)
         except Exception as e:  # noqa: BLE001
             rec["baseline_checks"][name] = check_error(e)
-    for name, fn in fns.items():
-        c = check(fn, case, sets[0], THRESHOLDS[dtype_name])
-        if name == "ours":
-            rec["check"] = c
-        else:
-            rec["baseline_checks"][name] = c
-    timed = {}
-    for name, fn in fns.items():
-        st = rec["check"]["status"] if name == "ours" else rec["baseline_checks"][name]["status"]
-        if st == "ERROR" or (name == "ours" and st != "PASS"):
-            continue
-        nf, nb = Rotator(sets), Rotator(sets)
-
-        def fwd(fn=fn, nf=nf):
-            fn(nf())
-
-        def fwdbwd(fn=fn, nb=nb):
-            inp = nb()
-            torch.autograd.grad(fn(inp), [inp[k] for k in keys], inp["grad_out"])
-
-        timed[name] = {"fwd": fwd, "fwdbwd": fwdbwd}
-    sfxs = []
-    for timer in timers:
-        sfx = "" if getattr(timer, "kind", "events") == "events" else f"@{timer.kind}"
-        sfxs.append(sfx)
-        res = measure(timed, timer, rounds=rounds, label=f"kernels/{case.name}/{n}/{dtype_name}{sfx}")
-        rec["times"].update({f"{k}{sfx}": v for k, v in res.items()})
-    finalize(rec, [(f"ours{s}", f"{b}{s}") for s in sfxs for b in BASELINES], ceilings)
+    check_and_time(rec, fns, lambda fn: check(fn, case, sets[0], THRESHOLDS[dtype_name]), sets, keys, timers,
+                   rounds=rounds, label=f"kernels/{case.name}/{n}/{dtype_name}")  # fmt: skip
+    finalize(rec, [(f"ours{s}", f"{b}{s}") for s in timer_suffixes(timers) for b in BASELINES], ceilings)
     rec["wall_s"] = time.perf_counter() - t0
     return rec
 

@@ -147,6 +147,27 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
+def run_with_grads(fn, inp: dict, keys) -> tuple[torch.Tensor, tuple]:
+    """``fn(inp)`` and its gradients w.r.t. ``inp[k]`` for ``keys`` (upstream gradient ``inp["grad_out"]``),
+    synchronized so that an asynchronous kernel error surfaces here."""
+    out = fn(inp)
+    grads = torch.autograd.grad(out, [inp[k] for k in keys], inp["grad_out"])
+    sync(out.device)
+    return out, grads
+
+
+def upcast(inp: dict, keys) -> dict:
+    """fp32 leaf copies of an input set (``keys`` require grad): what the reference runs on."""
+    return {k: (None if v is None else v.detach().float().requires_grad_(k in keys)) for k, v in inp.items()}
+
+
+def grad_errors(out, grads, want, want_grads, keys, out_name: str) -> dict[str, float]:
+    """Relative errors of an output and its input gradients against the reference's."""
+    errs = {out_name: rel_err(out, want)}
+    errs.update({f"d{k}": rel_err(g, r) for k, g, r in zip(keys, grads, want_grads)})
+    return errs
+
+
 def check_result(errors: dict[str, float], threshold: float | dict[str, float]) -> dict:
     """Correctness record from named relative errors: PASS when every one is <= its threshold (a float for all,
     or one per name); NaN fails."""

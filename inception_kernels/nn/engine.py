@@ -167,6 +167,7 @@ class _Plan:
     leaves: list = field(default_factory=list)  # per top-level branch: _Leaf, or a list of _Leaf for a fork
     out_channels: int = 0
     hfuse: list = field(default_factory=list)  # indices of top-level branches fused at their first 1x1
+    leaf_convs: list = field(default_factory=list)  # the Conv ending each leaf that does not end in a Pool
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -194,6 +195,10 @@ class InceptionBlock(nn.Module):
                 plan.leaves.append(_Leaf(offset, offset + c))
                 offset += c
         plan.out_channels = offset
+        for br in spec.branches:
+            for chain in [fb.layers for fb in br.fork] if br.fork else [br.layers]:
+                if not chain or not isinstance(chain[-1], Pool):
+                    plan.leaf_convs.append(chain[-1] if chain else None)
         if spec.merge == "residual":
             if spec.proj is None or spec.proj.bn:
                 raise ValueError("a residual block needs a linear (bn=False) up-projection `proj`")
@@ -352,16 +357,9 @@ class InceptionBlock(nn.Module):
 
     def _leaves_write_in_place(self, x) -> bool:
         """Whether every leaf's last op writes its slice of the block output inside its own autograd node."""
-        if not conv_ops._eager_direct(x):
-            return False
-        for br in self.spec.branches:
-            for chain in [fb.layers for fb in br.fork] if br.fork else [br.layers]:
-                last = chain[-1] if chain else None
-                if isinstance(last, Pool):
-                    continue
-                if not (isinstance(last, Conv) and last.bn and self._layer(last).writes_slice_under_autograd(x)):
-                    return False
-        return True
+        return conv_ops._eager_direct(x) and all(
+            c is not None and c.bn and self._layer(c).writes_slice_under_autograd(x) for c in self.plan.leaf_convs
+        )
 
     def _run_hfused(self, x, out):
         """One GEMM for the sibling 1x1 convs on x; returns {branch index: its output (a slice)}."""

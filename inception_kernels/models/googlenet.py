@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import _backend
+from ..ops import dispatch
 from ..nn.engine import Block, Conv, Pool, branch
 from ..nn.layers import ConvBNAct
 from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
@@ -164,7 +164,7 @@ class GoogLeNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         check_min_size("googlenet", tuple(x.shape[-2:]), self.out_hw, MIN_SIZE)
-        reference = _backend.resolve(x) == "reference"
+        reference = dispatch.is_reference(x)
         with_aux = self.training and self.aux1 is not None
         x = run_stages(self, self.stages_a, self._transform_input(x))
         aux1 = self.aux1(x, reference=reference) if with_aux else None

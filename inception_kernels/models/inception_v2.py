@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .. import _backend
+from ..ops import dispatch
 from ..nn.engine import Block, Conv, Pool, get_submodule, layer_hw
 from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
 from . import inception_v3 as v3
@@ -94,7 +94,7 @@ class InceptionV2(nn.Module):
     def forward(self, x: torch.Tensor):
         check_min_size("inception_v2", tuple(x.shape[-2:]),
                        lambda hw: stages_hw(self, self.stages_a + self.stages_b, hw), self.min_size)  # fmt: skip
-        reference = _backend.resolve(x) == "reference"
+        reference = dispatch.is_reference(x)
         x = run_stages(self, self.stages_a, x)
         aux = None
         if self.AuxLogits is not None and self.training:

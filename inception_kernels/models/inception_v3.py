@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import dispatch
 from ..nn.engine import Block, Conv, Pool, branch
 from ..nn.layers import ConvBNAct
 from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
@@ -194,9 +195,8 @@ class InceptionV3(nn.Module):
     def forward(self, x: torch.Tensor):
         check_min_size("inception_v3", tuple(x.shape[-2:]), lambda hw: stages_hw(self, self.stages_a + self.stages_b, hw),
                        self.min_size)  # fmt: skip
-        from .. import _backend
 
-        reference = _backend.resolve(x) == "reference"
+        reference = dispatch.is_reference(x)
         x = run_stages(self, self.stages_a, self._transform_input(x))
         aux = None
         if self.AuxLogits is not None and self.training:

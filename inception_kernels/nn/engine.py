@@ -23,8 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import _backend
-from ..ops import _recompute, reference
+from ..ops import _recompute, dispatch, reference
 from ..ops import conv as conv_ops
 from ..ops import pool as pool_ops
 from .layers import ConvBNAct, _pair, _VersionCache
@@ -306,7 +305,7 @@ class InceptionBlock(nn.Module):
         return self._hcache.get(tensors, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _backend.resolve(x) == "reference":
+        if dispatch.is_reference(x):
             return self.forward_reference(x)
         x = (
             x
@@ -373,7 +372,7 @@ class InceptionBlock(nn.Module):
             leaf = self.plan.leaves[order[0]]
             dest = out[:, leaf.lo : leaf.hi]
             tmp = _new_like(x, sum(ks[1:]), x.shape[-2:])
-            conv_ops.conv_fwd_into(
+            conv_ops.conv_forward(
                 x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
             )
             started[order[0]] = dest

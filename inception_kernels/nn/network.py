@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .. import _backend
+from ..ops import dispatch
 from .engine import (
     Block,
     Conv,
@@ -47,7 +47,7 @@ def stages_hw(model: nn.Module, stages, hw: tuple[int, int]) -> tuple[int, int]:
 
 
 def run_stages(model: nn.Module, stages, x: torch.Tensor) -> torch.Tensor:
-    reference = _backend.resolve(x) == "reference"
+    reference = dispatch.is_reference(x)
     if not reference and not x.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     for name, item in stages:

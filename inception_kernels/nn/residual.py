@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import _backend
+from ..ops import dispatch
+
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -101,7 +102,7 @@ class ScaledResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body, conv = self._split()
-        if x.dtype not in _KERNEL_DTYPES or exporting() or _backend.resolve(x) == "reference":
+        if x.dtype not in _KERNEL_DTYPES or exporting() or dispatch.is_reference(x):
             return self.forward_reference(x)
         if conv is None:
             if torch.compiler.is_compiling():

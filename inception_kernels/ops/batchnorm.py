@@ -27,9 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _backend
 from ..utils import record_launch
-from . import _recompute, _tile, reference
+from . import _recompute, _tile, dispatch, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
@@ -225,16 +224,24 @@ def _check_interpretable(x: torch.Tensor) -> None:
 def stats_partials_of(x: torch.Tensor):
     """Per-tile (count, mean, M2) partials of x (for a tensor our conv did not produce)."""
     N, C, H, W = x.shape
+    T = triton.cdiv(N * H * W, BLOCK_M)
+    partials = (_tile.new_buf((T,), x.device), _tile.new_buf((T, C), x.device), _tile.new_buf((T, C), x.device))
+    return stats_partials_into(x, partials)
+
+
+def stats_partials_into(x: torch.Tensor, partials):
+    """Write x's per-tile partials into the first rows of ``partials`` = (count (T,), mean (T, C), M2 (T, C));
+    rows past cdiv(N·H·W, BLOCK_M) are left alone (zeroed counts mark them empty for :func:`bn_finalize`)."""
+    N, C, H, W = x.shape
     M = N * H * W
-    T = triton.cdiv(M, BLOCK_M)
-    cnt = _tile.new_buf((T,), x.device)
-    pmean = _tile.new_buf((T, C), x.device)
-    pm2 = _tile.new_buf((T, C), x.device)
+    cnt, pmean, pm2 = partials
+    if pmean.shape[0] < triton.cdiv(M, BLOCK_M) or pmean.shape[1] != C:
+        raise ValueError(f"partials of shape {tuple(pmean.shape)} cannot hold the tiles of a {tuple(x.shape)} tensor")
     record_launch()
     _bn_partials_kernel[_tile.grid_2d(M, C)](
         x, cnt, pmean, pm2, M, C, H, W, *x.stride(), IDX_T=_tile.tl_index_type(x), **_tile_args()
     )
-    return cnt, pmean, pm2
+    return partials
 
 
 def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=None, momentum: float = 0.1):
@@ -325,7 +332,7 @@ def _ref_bwd(grad_out, x, mean, invstd, weight, bias, relu):
 
 
 def _impl(x: torch.Tensor, op: str) -> str:
-    return _backend.resolve(x, op=op)
+    return dispatch.choose(op, x).impl
 
 
 def _cuda_ops():
@@ -457,9 +464,8 @@ class _ConvBNActFn(torch.autograd.Function):
         N, K, P, Q = shape
         M = N * P * Q
         _momentum_and_check(M, momentum)
-        y = conv_ops._new_cl(shape, x)
         partials = conv_ops.stats_partials(M, K, x.device)
-        conv_ops.conv_fwd_into(x, weight, None, None, None, stride, padding, 1.0, False, y, stats=partials)
+        y = conv_ops.conv_forward(x, weight, None, None, None, stride, padding, 1.0, False, stats=partials)
         mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum)
         # ``out`` is an input of this node: write and return an autograd-plain alias of it (a tensor returned
         # as-is would come back wrapped in a new view object, without the recipe attached below)
@@ -564,6 +570,8 @@ def _dx_types(dt: str) -> dict:
 
 
 _TILE_CONFIG = (triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS, num_stages=1),)
+dispatch.register_memory_bound("bn_stats")
+dispatch.register_memory_bound("bn_act")
 register_kernel(KernelSpec("bn_partials", _bn_partials, _TILE_CONFIG, _partials_types))
 register_kernel(KernelSpec(
     "bn_finalize", _bn_finalize,

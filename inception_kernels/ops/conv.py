@@ -33,7 +33,7 @@ import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import _recompute, reference
+from . import _recompute, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 
 _TORCH_TO_TL = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -670,86 +670,197 @@ def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
     return int(max(1, min(want, rows // 256 if device.type == "cuda" else rows // 16, 64)))
 
 
-def conv_bwd(
-    grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None
-):
-    """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None."""
-    _check_interpretable(x)
-    need_x, need_w, need_scale, need_bias, need_res = need
-    configs = configs or {}
-    N, C, H, W = x.shape
-    K, _, R, S = weight.shape
-    _, _, P, Q = grad_out.shape
+def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_res: bool):
+    """Our pass over grad_out that every conv backward starts with, whichever GEMMs follow: the ReLU mask from the
+    saved output ``y``, the residual gradient, and the bias-gradient partials. Returns (gp = residual_scale ·
+    masked grad as a dense channels_last tensor, dbias float32 or None, dres or None)."""
+    N, K, P, Q = grad_out.shape
     M = N * P * Q
-    dev = x.device
     gp = _new_cl((N, K, P, Q), x, dtype=grad_out.dtype)
     gres = _new_cl((N, K, P, Q), x, dtype=grad_out.dtype) if need_res else gp
     cfg = EPILOGUE_BWD_CONFIG
     bm, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_K"]
-    gbias_part = _new_buf((triton.cdiv(M, bm), K), dev)
+    gbias_part = _new_buf((triton.cdiv(M, bm), K), x.device)
     ysrc = y if relu else grad_out
-    idx = index_type(grad_out, x, y, gp)
     record_launch()
     _epilogue_bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(K, bk))](
         grad_out, ysrc, gp, gres, gbias_part,
         M, K, P, Q, *grad_out.stride(), *ysrc.stride(),
         float(residual_scale),
-        RELU=bool(relu), WRITE_GRES=bool(need_res), IDX_T=idx, BLOCK_M=bm, BLOCK_K=bk,
+        RELU=bool(relu), WRITE_GRES=bool(need_res), IDX_T=index_type(grad_out, y, gp), BLOCK_M=bm, BLOCK_K=bk,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    dbias = gbias_part.sum(0) if need_bias else None
-    dres = gres if need_res else None
-    prec = _dot_precision(x.dtype, dev)
+    return gp, (gbias_part.sum(0) if need_bias else None), (gres if need_res else None)
 
-    dx = None
-    if need_x:
-        wd = packed_weight(weight, (2, 3, 0, 1), scale)  # (R, S, K, C), scale folded in
-        dx = _new_cl((N, C, H, W), x)
-        phases = stride[0] * stride[1]
-        Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
-        grid = lambda meta: (
-            triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),
-            phases,
-        )
-        _launch(
-            _conv_dgrad_kernel, "dgrad", grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
-            x.element_size(), configs.get("dgrad"), phases, dev,
-            gp, wd, dx,
-            N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(),
-            stride[0], stride[1], padding[0], padding[2],
-            R=R, S=S, DOT_PRECISION=prec, IDX_T=idx,
-        )  # fmt: skip
 
+def dgrad_triton(gp, x, weight, scale, stride, padding, config=None):
+    """dx of the conv from ``gp`` (dense channels_last): stride-phase implicit GEMM, scale folded into the
+    repacked (R, S, K, C) weight."""
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = gp.shape
+    wd = packed_weight(weight, (2, 3, 0, 1), scale)  # (R, S, K, C), scale folded in
+    dx = _new_cl((N, C, H, W), x)
+    phases = stride[0] * stride[1]
+    Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
+    grid = lambda meta: (
+        triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),
+        phases,
+    )
+    _launch(
+        _conv_dgrad_kernel, "dgrad", grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
+        x.element_size(), config, phases, x.device,
+        gp, wd, dx,
+        N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(),
+        stride[0], stride[1], padding[0], padding[2],
+        R=R, S=S, DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=index_type(gp, x, dx),
+    )  # fmt: skip
+    return dx
+
+
+def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None):
+    """The weight gradient without scale, float32 (K, C, R, S): deterministic split-K implicit GEMM."""
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = gp.shape
+    M = N * P * Q
+    dev = x.device
+    wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
+    max_split = _wgrad_splits(1, M, dev)
+    probe = config or heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split, _num_sms(dev))
+    tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
+    nsplit = splits or _wgrad_splits(tiles, M, dev)
+    rows = triton.cdiv(M, nsplit)
+    ws = _new_buf((nsplit, K, C, R, S), dev)
+    grid = lambda meta: (
+        triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
+    )  # fmt: skip
+    _launch(
+        _conv_wgrad_kernel, "wgrad", grid, wdims,
+        x.element_size(), config, nsplit, dev,
+        x, gp, ws,
+        N, C, H, W, K, P, Q, *x.stride(), *gp.stride(),
+        stride[0], stride[1], padding[0], padding[2],
+        rows,
+        R=R, S=S, DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=index_type(gp, x),
+    )  # fmt: skip
+    return ws.sum(0)  # fixed-order reduction over splits: deterministic
+
+
+def dgrad_reference(gp, x, weight, scale, stride, padding):
+    top, bottom, left, right = padding
+    g = gp if scale is None else gp * scale.to(gp.dtype).view(1, -1, 1, 1)
+    shape = (x.shape[0], x.shape[1], x.shape[2] + top + bottom, x.shape[3] + left + right)
+    dxp = torch.nn.grad.conv2d_input(shape, weight, g, stride=tuple(stride))
+    dx = dxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
+    return dx.contiguous(memory_format=torch.channels_last)
+
+
+def wgrad_reference(gp, x, weight, stride, padding):
+    top, bottom, left, right = padding
+    xp = F.pad(x, (left, right, top, bottom))
+    return torch.nn.grad.conv2d_weight(xp, weight.shape, gp, stride=tuple(stride)).float()
+
+
+def conv_bwd(
+    grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None,
+    impls=None,
+):  # fmt: skip
+    """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None.
+
+    Our epilogue-gradient pass, then dgrad and wgrad by the implementations the dispatch layer chooses (or
+    ``impls`` = {"dgrad": name, "wgrad": name}); ``configs``/``splits`` pin the Triton kernels' tiles (tests)."""
+    _check_interpretable(x)
+    need_x, need_w, need_scale, need_bias, need_res = need
+    configs = configs or {}
+    gp, dbias, dres = epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias, need_res)
+    need_g = need_w or need_scale
+    if impls is None:
+        problem = dispatch.conv_problem(x, weight, stride, padding)
+        impls = {
+            "dgrad": dispatch.choose("conv_dgrad", problem).impl if need_x else None,
+            "wgrad": dispatch.choose("conv_wgrad", problem).impl if need_g else None,
+        }
+    dg, wg = impls.get("dgrad") if need_x else None, impls.get("wgrad") if need_g else None
+    dx = g_unscaled = None
+    if dg == "cudnn" or wg == "cudnn":
+        from .conv_cudnn import conv_bwd_cudnn
+
+        # one ATen call for whatever runs there (both directions when both do)
+        dx, g_unscaled = conv_bwd_cudnn(gp, x, weight, scale, stride, padding, dg == "cudnn", wg == "cudnn")
+    if dg == "triton":
+        dx = dgrad_triton(gp, x, weight, scale, stride, padding, configs.get("dgrad"))
+    elif dg == "reference":
+        dx = dgrad_reference(gp, x, weight, scale, stride, padding)
+    if wg == "triton":
+        g_unscaled = wgrad_triton(gp, x, weight, stride, padding, configs.get("wgrad"), splits)
+    elif wg == "reference":
+        g_unscaled = wgrad_reference(gp, x, weight, stride, padding)
     dw = dscale = None
-    if need_w or need_scale:
-        wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
-        max_split = _wgrad_splits(1, M, dev)
-        probe = configs.get("wgrad") or heuristic_config(
-            "wgrad", tuple(wdims.items()), x.element_size(), max_split, _num_sms(dev)
-        )
-        tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
-        nsplit = splits or _wgrad_splits(tiles, M, dev)
-        rows = triton.cdiv(M, nsplit)
-        ws = _new_buf((nsplit, K, C, R, S), dev)
-        grid = lambda meta: (
-            triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
-        )  # fmt: skip
-        _launch(
-            _conv_wgrad_kernel, "wgrad", grid, wdims,
-            x.element_size(), configs.get("wgrad"), nsplit, dev,
-            x, gp, ws,
-            N, C, H, W, K, P, Q, *x.stride(), *gp.stride(),
-            stride[0], stride[1], padding[0], padding[2],
-            rows,
-            R=R, S=S, DOT_PRECISION=prec, IDX_T=idx,
-        )  # fmt: skip
-        g_unscaled = ws.sum(0)  # fixed-order reduction over splits: deterministic
-        if need_w:
-            dw = g_unscaled if scale is None else g_unscaled * scale.float().view(-1, 1, 1, 1)
-            dw = dw.to(weight.dtype)
-        if need_scale:
-            dscale = (g_unscaled * weight.float()).sum((1, 2, 3))
+    if need_w:
+        dw = g_unscaled if scale is None else g_unscaled * scale.float().view(-1, 1, 1, 1)
+        dw = dw.to(weight.dtype)
+    if need_scale:
+        dscale = (g_unscaled * weight.float()).sum((1, 2, 3))
     return dx, dw, dscale, dbias, dres
+
+
+def conv_forward(
+    x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out=None, out2=None, stats=None,
+):  # fmt: skip
+    """The fused conv forward by the implementation the dispatch layer chooses for this problem; returns the
+    output (``out`` when given, else a new channels_last tensor). Arguments as :func:`conv_fwd_into`."""
+    problem = dispatch.conv_problem(
+        x, weight, stride, padding, residual=residual, relu=relu, scale=scale, bias=bias,
+        stats=stats is not None, out2=out2 is not None,
+    )  # fmt: skip
+    impl = dispatch.choose("conv_fwd", problem).impl
+    return dispatch.implementations("conv_fwd")[impl].fn(
+        x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats
+    )
+
+
+def _fwd_triton(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
+    if out is None:
+        out = _new_cl(out_shape(x.shape, weight.shape, stride, padding), x)
+    return conv_fwd_into(
+        x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2=out2, stats=stats
+    )
+
+
+def _fwd_reference(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
+    y = _reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu)
+    if out is None:
+        return y.contiguous(memory_format=torch.channels_last)
+    if out2 is None:
+        return out.copy_(y)
+    k1 = out.shape[1]
+    out.copy_(y[:, :k1])
+    out2.copy_(y[:, k1:])
+    return out
+
+
+def _triton_reasons(problem) -> list[str]:
+    why = []
+    if not _backend.triton_available():
+        why.append("triton is not installed")
+    if problem.device.startswith("cpu"):
+        if problem.device != "cpu-interpreter":
+            why.append("Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 on a CPU")
+        elif problem.dtype == torch.bfloat16:
+            why.append("the Triton interpreter has no bfloat16 arithmetic")
+    return why
+
+
+def _reference_reasons(problem) -> list[str]:
+    return ["BN partial statistics are our kernels' format"] if problem.stats else []
+
+
+dispatch.register(dispatch.Impl("conv_fwd", "triton", _triton_reasons, _fwd_triton))
+dispatch.register(dispatch.Impl("conv_fwd", "reference", _reference_reasons, _fwd_reference))
+for _family in ("conv_dgrad", "conv_wgrad"):
+    dispatch.register(dispatch.Impl(_family, "triton", _triton_reasons))
+    dispatch.register(dispatch.Impl(_family, "reference", lambda problem: []))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -788,8 +899,11 @@ def _reference_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, 
 # ----------------------------------------------------------------------------------------------------------
 # torch.library registration
 # ----------------------------------------------------------------------------------------------------------
-def _use_triton(t: torch.Tensor) -> bool:
-    return _backend.triton_can_run(t) and _backend.requested_backend() != "reference"
+def _ours(t: torch.Tensor) -> bool:
+    """Our kernels (either conv route) can run where ``t`` lives, and the reference backend is not forced."""
+    backend = dispatch.requested()
+    # a forced backend always takes our path, where the chooser raises if it cannot serve the input
+    return backend != "reference" and (backend != "auto" or _backend.triton_can_run(t))
 
 
 @torch.library.custom_op("inception_kernels::conv2d_fwd", mutates_args=())
@@ -804,12 +918,10 @@ def _conv2d_fwd_op(
     residual_scale: float,
     relu: bool,
 ) -> torch.Tensor:
-    shape = out_shape(x.shape, weight.shape, stride, padding)
-    out = _new_cl(shape, x)
-    if _use_triton(x):
-        return conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
-    out.copy_(_reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu))
-    return out
+    if _ours(x):
+        return conv_forward(x, weight, scale, bias, residual, stride, padding, residual_scale, relu)
+    y = _reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu)
+    return _new_cl(y.shape, x).copy_(y)
 
 
 @_conv2d_fwd_op.register_fake
@@ -831,8 +943,8 @@ def _conv2d_fwd_out_op(
     out: torch.Tensor,
 ) -> None:
     _check_no_alias(out, x, residual)
-    if _use_triton(x):
-        conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
+    if _ours(x):
+        conv_forward(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
     else:
         out.copy_(_reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu))
 
@@ -856,7 +968,7 @@ def _conv2d_bwd_op(
     need: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     need = tuple(bool(v) for v in need)
-    if _use_triton(x):
+    if _ours(x):
         grads = conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
     else:
         grads = _reference_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
@@ -934,7 +1046,7 @@ def _eager_direct(x: torch.Tensor) -> bool:
     """Outside torch.compile, call the launchers directly: the torch.library dispatch of a Python custom op
     costs tens of microseconds per call, more than a small Inception layer takes on the GPU. Under
     torch.compile the registered ops are used, so graphs see opaque, correctly-faked ops."""
-    return type(x) in _PLAIN_TENSORS and not torch.compiler.is_compiling() and _use_triton(x)
+    return type(x) in _PLAIN_TENSORS and not torch.compiler.is_compiling() and _ours(x)
 
 
 # Fake, functional and other tracing tensor subclasses must go through the registered ops.
@@ -957,8 +1069,7 @@ class _Conv2dFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
-        y = _new_cl(out_shape(x.shape, weight.shape, stride, padding), x)
-        conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, y)
+        y = conv_forward(x, weight, scale, bias, residual, stride, padding, residual_scale, relu)
         # x is saved as its recipe when it has one (e.g. a block's concat buffer: its leaves' pre-BN outputs)
         _recompute.save_with_input(ctx, x, weight, scale, y)
         _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu)
@@ -1004,7 +1115,7 @@ class _Conv2dIntoSlice(torch.autograd.Function):
 def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out):
     if _eager_direct(x):
         _check_no_alias(out, x, residual)
-        conv_fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
+        conv_forward(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out)
     else:
         torch.ops.inception_kernels.conv2d_fwd_out(
             x, weight, scale, bias, residual, list(stride), list(padding), residual_scale, relu, out
@@ -1163,8 +1274,7 @@ def conv2d(
     x = x.contiguous(memory_format=torch.channels_last) if not _is_nhwc_strided(x) else x
     relu = activation == "relu"
     rs = float(residual_scale)
-    backend = _backend.resolve(x)
-    if backend == "reference" or x.numel() == 0 or weight.shape[0] == 0:
+    if dispatch.is_reference(x) or x.numel() == 0 or weight.shape[0] == 0:
         y = reference.conv2d(
             x, weight, stride=stride_t, padding=pad, scale=scale, bias=bias, activation=activation,
             residual=residual, residual_scale=rs,
@@ -1182,8 +1292,7 @@ def conv2d(
             )
         if needs_grad:
             return _Conv2dFn.apply(x, weight, scale, bias, residual, stride_t, pad, rs, relu)
-        y = _new_cl(out_shape(x.shape, weight.shape, stride_t, pad), x)
-        return conv_fwd_into(x, weight, scale, bias, residual, stride_t, pad, rs, relu, y)
+        return conv_forward(x, weight, scale, bias, residual, stride_t, pad, rs, relu)
     if needs_grad:
         # Dynamo cannot trace autograd.Function.mark_dirty: under torch.compile use the functional form for
         # training (or the block engine, which owns its buffer's backward).

@@ -21,9 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _backend
 from ..utils import record_launch
-from . import _recompute, _tile, reference
+from . import _recompute, _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS
 
@@ -231,7 +230,7 @@ class _PoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
         out = out.detach()  # an autograd-plain alias of the destination (see batchnorm._ConvBNActFn)
-        impl = _backend.resolve(x, op="pool2d")
+        impl = dispatch.choose("pool2d", x).impl
         ctx.conf = (kind, kernel, stride, padding, ceil_mode, count_include_pad)
         ctx.x_shape, ctx.impl, ctx.dtype = tuple(x.shape), impl, x.dtype
         idx = None
@@ -426,5 +425,6 @@ def _bwd_types(dt: str) -> dict:
 
 
 _CFG = (triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS, num_stages=1),)
+dispatch.register_memory_bound("pool2d")
 register_kernel(KernelSpec("pool2d_fwd", _pool_fwd, _CFG, _fwd_types))
 register_kernel(KernelSpec("pool2d_bwd", _pool_bwd, _CFG, _bwd_types))

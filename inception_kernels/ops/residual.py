@@ -14,9 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _backend
 from ..utils import record_launch
-from . import _tile, reference
+from . import _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 
@@ -95,7 +94,7 @@ def residual_bwd_triton(grad_out, out, scale, relu):
 class _ScaledResidualFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, scale, relu, out):
-        impl = _backend.resolve(x, op="scaled_residual")
+        impl = dispatch.choose("scaled_residual", x).impl
         if impl == "reference":
             out.copy_(reference.scaled_residual(x, y, scale, relu))
         elif impl == "cuda":
@@ -166,5 +165,6 @@ def _bwd_types(dt: str) -> dict:
 
 
 _CFG = (triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_C": BLOCK_C}, num_warps=NUM_WARPS, num_stages=1),)
+dispatch.register_memory_bound("scaled_residual")
 register_kernel(KernelSpec("scaled_residual_fwd", _residual_fwd, _CFG, _fwd_types))
 register_kernel(KernelSpec("scaled_residual_bwd", _residual_bwd, _CFG, _bwd_types))

@@ -783,19 +783,18 @@ def conv_bwd(
         }
     dg, wg = impls.get("dgrad") if need_x else None, impls.get("wgrad") if need_g else None
     dx = g_unscaled = None
-    if dg == "cudnn" or wg == "cudnn":
+    if dg == "cudnn" and wg == "cudnn":
         from .conv_cudnn import conv_bwd_cudnn
 
-        # one ATen call for whatever runs there (both directions when both do)
-        dx, g_unscaled = conv_bwd_cudnn(gp, x, weight, scale, stride, padding, dg == "cudnn", wg == "cudnn")
-    if dg == "triton":
-        dx = dgrad_triton(gp, x, weight, scale, stride, padding, configs.get("dgrad"))
-    elif dg == "reference":
-        dx = dgrad_reference(gp, x, weight, scale, stride, padding)
-    if wg == "triton":
-        g_unscaled = wgrad_triton(gp, x, weight, stride, padding, configs.get("wgrad"), splits)
-    elif wg == "reference":
-        g_unscaled = wgrad_reference(gp, x, weight, stride, padding)
+        dx, g_unscaled = conv_bwd_cudnn(gp, x, weight, scale, stride, padding, True, True)  # one ATen call
+    else:
+        if dg is not None:
+            kw = {"config": configs["dgrad"]} if "dgrad" in configs else {}
+            dx = dispatch.implementations("conv_dgrad")[dg].fn(gp, x, weight, scale, stride, padding, **kw)
+        if wg is not None:
+            kw = {"config": configs["wgrad"]} if "wgrad" in configs else {}
+            kw.update({"splits": splits} if splits else {})
+            g_unscaled = dispatch.implementations("conv_wgrad")[wg].fn(gp, x, weight, stride, padding, **kw)
     dw = dscale = None
     if need_w:
         dw = g_unscaled if scale is None else g_unscaled * scale.float().view(-1, 1, 1, 1)
@@ -858,9 +857,10 @@ def _reference_reasons(problem) -> list[str]:
 
 dispatch.register(dispatch.Impl("conv_fwd", "triton", _triton_reasons, _fwd_triton))
 dispatch.register(dispatch.Impl("conv_fwd", "reference", _reference_reasons, _fwd_reference))
-for _family in ("conv_dgrad", "conv_wgrad"):
-    dispatch.register(dispatch.Impl(_family, "triton", _triton_reasons))
-    dispatch.register(dispatch.Impl(_family, "reference", lambda problem: []))
+dispatch.register(dispatch.Impl("conv_dgrad", "triton", _triton_reasons, dgrad_triton))
+dispatch.register(dispatch.Impl("conv_dgrad", "reference", lambda problem: [], dgrad_reference))
+dispatch.register(dispatch.Impl("conv_wgrad", "triton", _triton_reasons, wgrad_triton))
+dispatch.register(dispatch.Impl("conv_wgrad", "reference", lambda problem: [], wgrad_reference))
 
 
 # ----------------------------------------------------------------------------------------------------------

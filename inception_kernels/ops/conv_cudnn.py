@@ -173,9 +173,17 @@ def _bwd_reasons(problem: dispatch.ConvProblem) -> list[str]:
     return why
 
 
+def dgrad_cudnn(gp, x, weight, scale, stride, padding):
+    return conv_bwd_cudnn(gp, x, weight, scale, stride, padding, True, False)[0]
+
+
+def wgrad_cudnn(gp, x, weight, stride, padding):
+    return conv_bwd_cudnn(gp, x, weight, None, stride, padding, False, True)[1]
+
+
 dispatch.register(dispatch.Impl("conv_fwd", "cudnn", _reasons, conv_fwd_cudnn))
-for _family in ("conv_dgrad", "conv_wgrad"):
-    dispatch.register(dispatch.Impl(_family, "cudnn", _bwd_reasons))
+dispatch.register(dispatch.Impl("conv_dgrad", "cudnn", _bwd_reasons, dgrad_cudnn))
+dispatch.register(dispatch.Impl("conv_wgrad", "cudnn", _bwd_reasons, wgrad_cudnn))
 
 
 # ----------------------------------------------------------------------------------------------------------

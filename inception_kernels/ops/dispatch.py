@@ -417,8 +417,8 @@ class Choice:
 
 _MEMO: dict = {}
 _RECORDERS: list[list] = []
-# INCEPTION_KERNELS_AUTOTUNE=1: a conv problem with no table entry is measured on first sight (see tune.py)
-_ON_MISS: list[Callable] = []
+# The module currently running its forward, as pushed by whoever records (tune.record_model's hooks).
+LAYER_STACK: list[str] = []
 
 
 def choose(family: str, problem) -> Choice:
@@ -426,15 +426,11 @@ def choose(family: str, problem) -> Choice:
     tensor for the others), and why. Memoized per (family, problem, explicit backend)."""
     forced = requested()
     memo_key = (family, problem if isinstance(problem, ConvProblem) else _tensor_key(problem), forced)
-    hit = _MEMO.get(memo_key)
-    if hit is not None:
-        if _RECORDERS:
-            _RECORDERS[-1].append((family, problem, hit))
-        return hit
-    choice = _decide(family, problem, forced)
+    choice = _MEMO.get(memo_key)
+    if choice is None:
+        choice = _MEMO[memo_key] = _decide(family, problem, forced)
     if _RECORDERS:
-        _RECORDERS[-1].append((family, problem, choice))
-    _MEMO[memo_key] = choice
+        _RECORDERS[-1].append((family, problem, choice, LAYER_STACK[-1] if LAYER_STACK else ""))
     return choice
 
 
@@ -453,9 +449,10 @@ def _decide(family: str, problem, forced: str) -> Choice:
     if isinstance(problem, ConvProblem):
         key = problem.key(family)
         entry = table(problem.device).get(key)
-        if entry is None and _ON_MISS and problem.device.startswith("cuda") and _autotune_on():
-            for hook in _ON_MISS:
-                hook(family, problem)
+        if entry is None and problem.device.startswith("cuda") and _autotune_on():
+            from .. import tune
+
+            tune.measure_and_store(family, problem)
             entry = table(problem.device).get(key)
         if entry is not None and entry["impl"] in impls and not impls[entry["impl"]].reasons(problem):
             return Choice(entry["impl"], f"tuned: {cache_path(problem.device)}")
@@ -493,22 +490,14 @@ def is_reference(t: torch.Tensor) -> bool:
 
 @contextlib.contextmanager
 def recording() -> Iterator[list]:
-    """Collect ``(family, problem, choice)`` for every choice made inside the block (see :func:`explain`)."""
+    """Collect ``(family, problem, choice, layer)`` for every choice made inside the block (``layer``: the top of
+    :data:`LAYER_STACK`; see ``tune.record_model``)."""
     log: list = []
     _RECORDERS.append(log)
     try:
         yield log
     finally:
         _RECORDERS.remove(log)
-
-
-def unique_conv_problems(log: list) -> list[tuple[str, ConvProblem, Choice]]:
-    seen, out = set(), []
-    for family, problem, choice in log:
-        if family in CONV_FAMILIES and (family, problem) not in seen:
-            seen.add((family, problem))
-            out.append((family, problem, choice))
-    return out
 
 
 def describe(family: str, problem: ConvProblem) -> str:

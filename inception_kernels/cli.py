@@ -134,7 +134,18 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="benchmark suite (GPU), or --static (CPU): report, results.json, plots",
                        description=bench_cli.BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     bench_cli.add_bench_arguments(p)
+    from . import tune
+
+    p = sub.add_parser("tune", help="measure the fastest implementation of every conv layer of a model (GPU)",
+                       description=tune.TUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    tune.add_tune_arguments(p)
     args = parser.parse_args(argv)
+    if args.command == "tune":
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        return tune.run_tune(args)
     if args.command == "train":
         return train_cli.run_train(args)
     if args.command == "eval":

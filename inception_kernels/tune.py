@@ -22,12 +22,16 @@ import datetime
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from .ops import dispatch
+if TYPE_CHECKING:
+    from .ops import dispatch
 
+# (inception_kernels.ops is imported inside the functions: the command line must be able to choose the Triton
+# interpreter after importing this module and before any kernel is defined)
 # Relative error (vs the fp64 reference) an implementation must stay under to be timed at all. bf16/fp16 round
 # the output (2^-8 / 2^-11 relative); fp32 may run TF32 on a GPU (2^-11 per product).
 CHECK_TOL = {torch.float32: 5e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2}
@@ -84,6 +88,8 @@ def default_timer(device: torch.device):
 @contextlib.contextmanager
 def _layer_names(model: nn.Module):
     """While active, the top of ``dispatch.LAYER_STACK`` names the innermost module running its forward."""
+    from .ops import dispatch
+
     stack = dispatch.LAYER_STACK
     depth = len(stack)
     hooks = []
@@ -105,10 +111,14 @@ def _layer_names(model: nn.Module):
         del stack[depth:]
 
 
-def record_model(model: nn.Module, x: torch.Tensor, train: bool = False) -> list[tuple[str, str, object, object]]:
+def record_model(
+    model: nn.Module, x: torch.Tensor, train: bool = False
+) -> list[tuple[str, str, object, object]]:
     """(layer, family, problem, choice) of every dispatch decision one forward (+ backward if ``train``) makes.
 
     Backward problems are named after the forward layer of the same geometry."""
+    from .ops import dispatch
+
     model.train(train)
     with _layer_names(model), dispatch.recording() as log:
         with contextlib.nullcontext() if train else torch.no_grad():
@@ -130,6 +140,8 @@ def record_model(model: nn.Module, x: torch.Tensor, train: bool = False) -> list
 def explain(model: nn.Module, x: torch.Tensor, train: bool = False) -> list[dict]:
     """Which implementation each layer runs on input ``x`` and why (one row per distinct conv problem and
     direction, in execution order). Runs the model once."""
+    from .ops import dispatch
+
     rows, seen = [], set()
     for layer, family, problem, choice in record_model(model, x, train):
         if family not in dispatch.CONV_FAMILIES or (family, problem) in seen:
@@ -169,7 +181,9 @@ def _inputs(problem: dispatch.ConvProblem, family: str, device: torch.device, ge
     return inp
 
 
-def _runner(family: str, impl: dispatch.Impl, problem: dispatch.ConvProblem, inp: dict) -> Callable[[], object]:
+def _runner(
+    family: str, impl: dispatch.Impl, problem: dispatch.ConvProblem, inp: dict
+) -> Callable[[], object]:
     from .ops import conv as conv_ops
 
     st, pad = problem.stride, problem.padding
@@ -198,6 +212,8 @@ def measure(family: str, problem: dispatch.ConvProblem, device: torch.device, ti
             seed: int = 0) -> Row:  # fmt: skip
     """Check, then time, every implementation of ``family`` that supports ``problem``; the fastest that passed
     its check wins. ``reference`` is the oracle, not a candidate (it would only be chosen if nothing else runs)."""
+    from .ops import dispatch
+
     timer = timer or default_timer(device)
     row = Row(layer, family, problem)
     impls = dispatch.implementations(family)
@@ -237,6 +253,8 @@ def _meta() -> dict:
 def measure_and_store(family: str, problem: dispatch.ConvProblem) -> None:
     """``INCEPTION_KERNELS_AUTOTUNE=1``: measure a problem met for the first time and add it to the table.
     Skipped (the rule decides this once) while a CUDA graph is being captured."""
+    from .ops import dispatch
+
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return
     device = torch.device("cuda", torch.cuda.current_device())
@@ -253,6 +271,8 @@ def tune_model(model: nn.Module, x: torch.Tensor, train: bool = False, timer=Non
                progress: Callable[[Row], None] | None = None) -> list[Row]:  # fmt: skip
     """Measure every distinct conv problem of ``model`` on input ``x`` (forward, plus dgrad and wgrad when
     ``train``), write the winners to this device's tuning table (``write``) and return the rows."""
+    from .ops import dispatch
+
     recorded = record_model(model, x, train)
     rows, seen = [], set()
     for layer, family, problem, _ in recorded:
@@ -271,11 +291,15 @@ def tune_model(model: nn.Module, x: torch.Tensor, train: bool = False, timer=Non
 
 
 def format_rows(rows: list[Row]) -> str:
+    from .ops import dispatch
+
     names = sorted({n for r in rows for n in (*r.times_ms, *r.failed)})
     head = "| layer | op | shape | " + " | ".join(f"{n} ms" for n in names) + " | winner |"
     lines = [head, "|" + "---|" * (4 + len(names))]
     for r in rows:
-        cells = [f"{r.times_ms[n]:.4f}" if n in r.times_ms else ("n/a" if n in r.failed else "") for n in names]
+        cells = [
+            f"{r.times_ms[n]:.4f}" if n in r.times_ms else ("n/a" if n in r.failed else "") for n in names
+        ]
         lines.append(f"| {r.layer} | {r.family} | {dispatch.describe(r.family, r.problem).split(None, 1)[1]} | "
                      + " | ".join(cells) + f" | {r.winner or '-'} |")  # fmt: skip
     return "\n".join(lines)
@@ -284,5 +308,101 @@ def format_rows(rows: list[Row]) -> str:
 def format_explain(rows: list[dict]) -> str:
     lines = ["| layer | op | shape | runs | why |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['layer']} | {r['family']} | {r['shape'].split(None, 1)[1]} | {r['impl']} | {r['why']} |")
+        lines.append(
+            f"| {r['layer']} | {r['family']} | {r['shape'].split(None, 1)[1]} | {r['impl']} | {r['why']} |"
+        )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line: inception-kernels tune
+# ----------------------------------------------------------------------------------------------------------
+TUNE_DESCRIPTION = (
+    __doc__.split("\n\n")[0]
+    + """
+
+Examples:
+  inception-kernels tune --model inception_v3 --batch 128 --dtype bf16 --train   # measure, write the table
+  inception-kernels tune --show --model inception_v3 --batch 128 --dtype bf16     # what runs, and why
+Without a GPU the kernels run in the Triton interpreter on tiny problems (use --width and --image-size); its
+wall times say nothing about a GPU. --fake-timer runs the whole path with made-up times (a dry run)."""
+)
+
+
+def add_tune_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="a name of inception_kernels.models.list_models()")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--train", action="store_true", help="also measure dgrad and wgrad (a training step)")
+    p.add_argument("--image-size", type=int, help="input height = width (default: the network's native size)")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of the network (tiny CPU runs)")
+    p.add_argument("--show", action="store_true", help="only explain which implementation each layer runs")
+    p.add_argument(
+        "--fake-timer", action="store_true", help="dry run: deterministic made-up times, NOT timings"
+    )
+    p.add_argument("--markdown", help="also write the table here")
+
+
+def _build(args):
+    from .bench.zoo import NETWORKS
+    from .models import create_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = args.image_size or (NETWORKS[args.model][2] if args.model in NETWORKS else 299)
+    kwargs = {"width_mult": args.width} if args.width != 1.0 else {}
+    try:
+        model = create_model(args.model, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"--width: {args.model} has no width multiplier ({e})") from None
+    model = model.to(device).to(memory_format=torch.channels_last)
+    dtype = DTYPES[args.dtype]
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        print("tune: the Triton interpreter has no bfloat16 arithmetic; using fp32 on this CPU")
+        dtype = torch.float32
+    model = model.to(dtype)
+    x = torch.randn(args.batch, 3, size, size, device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last
+    )
+    return model, x, device
+
+
+def run_tune(args) -> int:
+    from .ops import dispatch
+
+    if not torch.cuda.is_available():
+        print("tune: no CUDA GPU here; the kernels run in the Triton interpreter (CPU), so measured times are "
+              "interpreter times, not GPU figures")  # fmt: skip
+    try:
+        model, x, device = _build(args)
+    except ValueError as e:
+        print(f"tune: {e}")
+        return 2
+    # without a GPU `auto` is the plain-PyTorch reference, which asks no questions: record our route instead
+    scope = (
+        dispatch.use_backend("triton") if device.type == "cpu" and dispatch.requested() == "auto" else None
+    )
+    with dispatch.use_backend(None) if scope is None else scope:
+        if args.show:
+            rows = explain(model, x, train=args.train)
+            text = format_explain(rows) if rows else "(no conv runs on our kernels here)"
+        else:
+            from .bench.timing import FakeTimer
+
+            timer = FakeTimer() if args.fake_timer else None
+
+            def progress(r: Row) -> None:
+                times = ", ".join(f"{k} {v:.4f} ms" for k, v in r.times_ms.items())
+                print(f"  {r.layer:28s} {dispatch.describe(r.family, r.problem)}: {times} -> {r.winner}")
+
+            rows = tune_model(
+                model, x, train=args.train, timer=timer, write=not args.fake_timer, progress=progress
+            )
+            text = format_rows(rows)
+            where = dispatch.cache_path(dispatch.device_tag(device))
+            print(f"\n{len(rows)} problems; " + ("fake timer: table not written" if args.fake_timer else
+                                                   f"table written: {where}"))  # fmt: skip
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    return 0

@@ -36,14 +36,22 @@ def list_models() -> list[str]:
     return sorted(name for name in _MODELS if _resolve(name) is not None)
 
 
-def create_model(name: str, pretrained=None, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained=None, backend: str | None = None, **kwargs) -> nn.Module:
     """``pretrained``: None/False (random init), ``"torchvision"``, ``"timm"``, ``"timm:<name.tag>"``, True (the
-    network's default source) or a local checkpoint path; see :mod:`inception_kernels.models.pretrained`."""
+    network's default source) or a local checkpoint path; see :mod:`inception_kernels.models.pretrained`.
+    ``backend``: run this model on one backend (``triton``, ``cudnn``, ``cuda``, ``reference``, ``auto``) whatever
+    ``INCEPTION_KERNELS_BACKEND`` says (see ``inception_kernels.ops.dispatch``); None: the environment decides."""
     factory = _resolve(name) if name in _MODELS else None
     if factory is None:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if pretrained is not None and pretrained is not False:
         from .pretrained import create_pretrained
 
-        return create_pretrained(name, factory, pretrained, **kwargs)
-    return factory(**kwargs)
+        model = create_pretrained(name, factory, pretrained, **kwargs)
+    else:
+        model = factory(**kwargs)
+    if backend is not None:
+        from ..ops import dispatch
+
+        dispatch.bind_backend(model, backend)
+    return model

@@ -37,9 +37,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops import dispatch
 from ..nn.engine import Block, Conv, Pool, get_submodule, layer_hw
 from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
+from ..ops import dispatch
 from . import inception_v3 as v3
 
 STEMS = ("7x7", "7x7_32")

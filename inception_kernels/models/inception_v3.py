@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import dispatch
 from ..nn.engine import Block, Conv, Pool, branch
 from ..nn.layers import ConvBNAct
 from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
+from ..ops import dispatch
 
 InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
 

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from ..ops import dispatch
 
-
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 

@@ -416,11 +416,13 @@ class _BatchNormActFn(torch.autograd.Function):
         y = bn_act(x, mean, invstd, weight, bias, relu, out=out)
         ctx.save_for_backward(x, mean, invstd, weight, bias)
         ctx.relu = relu
+        dispatch.remember_backend(ctx)
         if out is not None:
             ctx.mark_dirty(out)
         return y
 
     @staticmethod
+    @dispatch.on_forward_backend
     def backward(ctx, grad):
         x, mean, invstd, weight, bias = ctx.saved_tensors
         dx, dw, db = bn_act_backward(grad, x, mean, invstd, weight, bias, ctx.relu)
@@ -476,9 +478,11 @@ class _ConvBNActFn(torch.autograd.Function):
         _recompute.attach(out, functools.partial(_rebuild_bn_act, relu), (y, mean, invstd, gamma, beta),
                           recording=record)  # fmt: skip
         ctx.conf = (stride, padding, relu)
+        dispatch.remember_backend(ctx)
         return out
 
     @staticmethod
+    @dispatch.on_forward_backend
     def backward(ctx, grad):
         x, (weight, y, mean, invstd, gamma, beta) = _recompute.load_with_input(ctx)
         stride, padding, relu = ctx.conf

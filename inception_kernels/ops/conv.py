@@ -1034,8 +1034,9 @@ def _run_backward(
     if not any(need):
         return (None,) * 5
     if direct and type(grad_out) in _PLAIN_TENSORS and not torch.compiler.is_compiling():
-        # the forward ran our kernels directly: so does the backward, whatever the backend switch says now
-        return conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
+        # the forward ran our kernels directly: so does the backward, on the forward's backend
+        with dispatch.use_backend(ctx.backend):
+            return conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
     grads = torch.ops.inception_kernels.conv2d_bwd(
         grad_out, x, weight, scale, y, list(stride), list(padding), residual_scale, relu, list(need)
     )
@@ -1058,6 +1059,8 @@ def _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu
     ctx.has_scale = scale is not None
     ctx.has_bias = bias is not None
     ctx.has_res = residual is not None
+    # the backward runs on the route the forward ran (a model's or a scope's backend is not in force any more)
+    dispatch.remember_backend(ctx)
 
 
 _conv2d_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -1076,6 +1079,7 @@ class _Conv2dFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @dispatch.on_forward_backend
     def backward(ctx, grad_out):
         x, (weight, scale, y) = _recompute.load_with_input(ctx)
         return _run_backward(ctx, grad_out, x, weight, scale, y, *ctx.conf, direct=True) + (None,) * 4

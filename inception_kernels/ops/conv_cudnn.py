@@ -100,7 +100,9 @@ def conv_fwd_cudnn(
     N, K, P, Q = y0.shape
     if stats is not None:
         _stats_into(y0, stats)
-    trivial = scale is None and bias is None and residual is None and not relu and float(residual_scale) == 1.0
+    trivial = (
+        scale is None and bias is None and residual is None and not relu and float(residual_scale) == 1.0
+    )
     if out is None and out2 is None and trivial:
         return y0
     if out is None:
@@ -145,8 +147,10 @@ def conv_bwd_cudnn(gp, x, weight, scale, stride, padding, need_x: bool, need_w: 
         if xin is not x:
             top, _, left, _ = padding
             dxp = dxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
-        dx = dxp if dxp.is_contiguous(memory_format=torch.channels_last) else dxp.contiguous(
-            memory_format=torch.channels_last
+        dx = (
+            dxp
+            if dxp.is_contiguous(memory_format=torch.channels_last)
+            else dxp.contiguous(memory_format=torch.channels_last)
         )
     return dx, (dw.float() if need_w else None)
 

@@ -40,6 +40,7 @@ a stale table can cost speed, never correctness. :func:`explain` says what runs 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -110,7 +111,9 @@ class ConvProblem:
         P, Q = self.out_hw
         e = self.dtype.itemsize
         out = self.N * P * Q * self.K
-        return e * (self.N * self.C * self.H * self.W + self.K * self.C * self.R * self.S + out * (1 + self.residual))
+        return e * (
+            self.N * self.C * self.H * self.W + self.K * self.C * self.R * self.S + out * (1 + self.residual)
+        )
 
     def key(self, family: str) -> str:
         """The tuning-table key: every field that changes which implementation is fastest (or able to run)."""
@@ -253,12 +256,63 @@ def use_backend(name: str | None) -> Iterator[None]:
         _SCOPE.pop()
 
 
+def bind_backend(model: torch.nn.Module, name: str | None) -> torch.nn.Module:
+    """Make ``model``'s forward run inside ``use_backend(name)`` (its backward follows: each op records the
+    backend its forward ran on). Eager only: under torch.compile use a scope around the compiled call or the
+    environment variable. Returns ``model``; None removes a binding."""
+    old = getattr(model, "_ik_backend_hooks", None)
+    if old is not None:
+        for h in old:
+            h.remove()
+        model._ik_backend_hooks = None
+    if name is None:
+        return model
+    name = _check_backend(name, "backend")
+    model._ik_backend_hooks = (
+        model.register_forward_pre_hook(_EnterScope(name)),
+        model.register_forward_hook(_leave_scope, always_call=True),
+    )
+    model._ik_backend = name
+    return model
+
+
+def on_forward_backend(backward: Callable) -> Callable:
+    """Decorator for an autograd Function's ``backward``: run it on the backend in force when its forward ran
+    (saved by :func:`remember_backend`), so a model's or a scope's choice also holds for its gradients."""
+
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        with use_backend(getattr(ctx, "backend", None)):
+            return backward(ctx, *grads)
+
+    return run
+
+
+def remember_backend(ctx) -> None:
+    ctx.backend = requested()
+
+
+class _EnterScope:
+    """Forward pre-hook of :func:`bind_backend` (a class, so that the model still pickles)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, mod, args):
+        _SCOPE.append(self.name)
+
+
+def _leave_scope(mod, args, out):
+    _SCOPE.pop()
+
+
 def requested() -> str:
     """The explicit backend in force: the innermost :func:`use_backend` scope, else the environment."""
     if _SCOPE:
         return _SCOPE[-1]
     return _check_backend(
-        os.environ.get("INCEPTION_KERNELS_BACKEND", "auto").strip().lower() or "auto", "INCEPTION_KERNELS_BACKEND"
+        os.environ.get("INCEPTION_KERNELS_BACKEND", "auto").strip().lower() or "auto",
+        "INCEPTION_KERNELS_BACKEND",
     )
 
 
@@ -396,7 +450,10 @@ def rule(family: str, problem) -> tuple[str, str]:
     """The documented rule for a problem without a measurement: (implementation, why)."""
     tag = problem.device if isinstance(problem, ConvProblem) else device_tag(problem.device)
     if not tag.startswith("cuda"):
-        return "reference", "rule: plain PyTorch on a CPU (set a backend to run our kernels in the interpreter)"
+        return (
+            "reference",
+            "rule: plain PyTorch on a CPU (set a backend to run our kernels in the interpreter)",
+        )
     if family not in CONV_FAMILIES:
         return "triton", "rule: our Triton kernel for a memory-bound op"
     if family != "conv_fwd":
@@ -510,4 +567,3 @@ def describe(family: str, problem: ConvProblem) -> str:
 
 def intensity(problem: ConvProblem) -> float:
     return problem.flops() / max(problem.min_bytes(), 1)
-

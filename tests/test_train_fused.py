@@ -72,9 +72,14 @@ def _step(model, x, g):
 SLOW_ON_CPU = {"inception_v4", "inception_resnet_v2"}
 
 
+# Both conv routes (the GEMM by our Triton kernels, or by PyTorch's convolution with our kernels around it) on the
+# networks whose training step the CPU suite runs; v4 / IRv2 on the triton route only (their cost: see the skip).
+ROUTES = [(n, "triton") for n in CASES] + [(n, "cudnn") for n in ("googlenet", "inception_v3")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(CASES))
-def test_fused_train_step_equals_reference(name, device, monkeypatch, poison):
+@pytest.mark.parametrize("name,route", ROUTES)
+def test_fused_train_step_equals_reference(name, route, device, monkeypatch, poison):
     if name in SLOW_ON_CPU and device.type == "cpu" and os.environ.get("INCEPTION_KERNELS_SLOW") != "1":
         pytest.skip("~5+ min in the Triton interpreter on 2 cores: INCEPTION_KERNELS_SLOW=1 runs it here (always "
                     "runs on a GPU); its blocks are each checked in train mode in test_models_timm.py")  # fmt: skip
@@ -102,6 +107,7 @@ def test_fused_train_step_equals_reference(name, device, monkeypatch, poison):
     want = dict(output=y64, input_grad=dx64, **{k: p.grad for k, p in ref64.named_parameters()},
                 **dict(ref64.named_buffers()))  # fmt: skip
     ours = ours.to(device)
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", route)
     y, dx = _step(ours, x.to(device).contiguous(memory_format=torch.channels_last), g.to(device))
     got = dict(output=y, input_grad=dx, **{k: p.grad for k, p in ours.named_parameters()}, **dict(ours.named_buffers()))
 

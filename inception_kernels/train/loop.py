@@ -17,9 +17,10 @@ previous checkpoint is kept as ``last.prev.pt``; ``resume="auto"`` (or a run dir
 good one, bit-identically, and starts afresh when there is none. A checkpoint that cannot be written (a full disk)
 raises :class:`CheckpointWriteError` with the last good one intact. ``checkpoint_every`` adds mid-epoch
 checkpoints every N steps, for faults that give no warning (a killed process; torchrun ``--max-restarts``).
-Test hooks (environment): ``INCEPTION_KERNELS_TEST_SIGNAL_AT=STEP[:SIGNAME]`` makes each process send itself the
-signal (SIGTERM) as optimizer step STEP begins; ``INCEPTION_KERNELS_TEST_KILL_AT=RANK:STEP`` SIGKILLs process RANK
-after step STEP on a torchrun job's first attempt (``TORCHELASTIC_RESTART_COUNT`` 0 or unset).
+Test hooks (environment): ``INCEPTION_KERNELS_TEST_SIGNAL_AT=STEP[:SIGNAME[:RANK]]`` makes each process (or process
+RANK) send itself the signal (SIGTERM) as optimizer step STEP begins; ``INCEPTION_KERNELS_TEST_KILL_AT=RANK:STEP
+[:ATTEMPT]`` SIGKILLs process RANK after step STEP on the torchrun job's attempt ATTEMPT (default 0: the first;
+``TORCHELASTIC_RESTART_COUNT``, 0 when unset).
 
 Where this differs from the papers by default, a flag restores them: BN statistics use the models' momentum 0.1
 (``--bn-momentum 0.0003`` for TF's decay 0.9997, meant for 100+ epoch ImageNet runs); the EMA uses TF's
@@ -322,9 +323,14 @@ def _resumable_sampler_class():
 
     class ResumableSampler(DistributedSampler):
         """``DistributedSampler`` (order from (seed, epoch) only) that can begin the epoch at a position ``start``
-        of this process's indices: a mid-epoch resume skips the batches done without loading them."""
+        of this process's indices (until the next ``set_epoch``): a mid-epoch resume skips the batches done
+        without loading them."""
 
         start = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            super().set_epoch(epoch)
+            self.start = 0
 
         def __iter__(self):
             return itertools.islice(super().__iter__(), self.start, None)
@@ -340,12 +346,13 @@ def _test_hooks(info) -> tuple[int, int, int]:
     sig_at, signum, kill_at = 0, signal.SIGTERM, 0
     spec = os.environ.get("INCEPTION_KERNELS_TEST_SIGNAL_AT", "")
     if spec:
-        at, _, name = spec.partition(":")
-        sig_at, signum = int(at), getattr(signal, name or "SIGTERM")
+        at, name, rank = (spec.split(":") + ["", ""])[:3]
+        if not rank or int(rank) == info.rank:
+            sig_at, signum = int(at), getattr(signal, name or "SIGTERM")
     spec = os.environ.get("INCEPTION_KERNELS_TEST_KILL_AT", "")
-    if spec and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
-        rank, _, at = spec.partition(":")
-        if int(rank) == info.rank:
+    if spec:
+        rank, at, attempt = (spec.split(":") + ["0"])[:3]
+        if int(rank) == info.rank and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == attempt:
             kill_at = int(at)
     return sig_at, signum, kill_at
 
@@ -651,8 +658,8 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
             loss_n, seen = running["loss_n"], running["seen"]
             skipped = running["skipped"] if info.is_main else 0  # the sum over processes, counted once
             elapsed_before = running["train_s"]
+        cur_lr = sched.lr_at(max(0, step - 1))  # the rate of the latest step (shown at the epoch end)
         batches = iter(train_loader)
-        sampler.start = 0
         if batch:
             ckpt_mod.set_rng_state(resume_ckpt["rng"])
         # the DDP stand-in for an unreadable batch (below) is the process's previous good batch; after a mid-epoch

@@ -596,6 +596,11 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
     epochs_log = CsvLog(out_dir / "epochs.csv", EPOCH_FIELDS, info.is_main)
     n_params = sum(p.numel() for p in model.parameters())
     _print(info, f"output: {out_dir}")
+    if resume_ckpt is not None:
+        where = (
+            f"epoch {start_epoch + 1}, batch {start_batch}/{steps_per_epoch}" if start_batch else "epoch end"
+        )
+        _print(info, f"resuming from {resume_path} (step {step}, {where})")
     _print(info, f"{cfg.model} {mkw} ({n_params / 1e6:.2f} M params) on {bundle.kind} data: {len(bundle.train)} "
                  f"train / {len(bundle.val)} val images, {num_classes} classes, {cfg.image_size}x{cfg.image_size}; "
                  f"{device} ({torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}), {info.world_size} process(es), global batch {global_batch}, {cfg.optimizer} lr {lr:g}, "

@@ -91,16 +91,16 @@ class _StopSignals:
     def _handle(self, signum, frame):
         if not self.signum:
             self.signum = signum
-        old = self._old.pop(signum, None)
-        if old is not None:
-            signal.signal(signum, old)
+        if signum in self._old:
+            signal.signal(signum, self._old.pop(signum))
 
     def __enter__(self):
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
+            for s in self.SIGNALS:  # (None: a handler not set from Python, not restorable: use the default)
+                old = signal.signal(s, self._handle)
+                self._old[s] = signal.SIG_DFL if old is None else old
         return self
 
     def __exit__(self, *exc):

@@ -282,6 +282,30 @@ def test_seeded_image_folder_augmentation_is_per_sample(tmp_path):
     assert not torch.equal(ds[0][0], forward[0])
 
 
+def test_image_folder_with_workers_resumes_mid_epoch_bit_identically(tmp_path, monkeypatch):
+    """ImageFolder data (random-resized crops, flips, colour jitter) loaded by 2 worker processes: the resumed
+    epoch skips its first batches in the sampler and the crops still match, as they come from (seed, epoch, index)
+    and not from the workers' seeds (which the resumed loader draws anew)."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 8), ("val", 2)):
+        for k, name in enumerate(("cat", "dog")):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = (torch.rand(3, 80 + 5 * i, 90, generator=g) * 80 + 100 * k).to(torch.uint8)
+                write_png(img, str(tmp_path / "data" / split / name / f"{i}.png"))
+    cfg = dict(data=str(tmp_path / "data"), image_size=75, batch_size=4, epochs=1, limit_train=0, limit_val=0,
+               workers=2, color_jitter=0.4, digits_shift=0)  # fmt: skip
+    train(tiny(tmp_path / "plain", **cfg))
+    monkeypatch.setenv(HOOK, "2")
+    with pytest.raises(Preempted, match=r"after step 2 \(epoch 1, batch 2/4\)"):
+        train(tiny(tmp_path / "run", resume="auto", **cfg))
+    monkeypatch.delenv(HOOK)
+    train(tiny(tmp_path / "run", resume="auto", **cfg))
+    assert_same_run(load(tmp_path / "run" / "last.pt"), load(tmp_path / "plain" / "last.pt"))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # torchrun: a signalled process and a killed process, restarts, the same weights
 # ----------------------------------------------------------------------------------------------------------

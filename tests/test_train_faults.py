@@ -207,11 +207,11 @@ def test_corrupt_checkpoints_are_refused(tmp_path, preempted):
     save_checkpoint(incomplete, last)
     with pytest.raises(CorruptCheckpoint, match="is incomplete: no optimizer"):
         read_checkpoint(last)
-    # both bad: no fresh start over them
+    # both bad: no fresh start over them (--resume DIR = --resume auto -o DIR)
     (run / "last.prev.pt").write_bytes((run / "last.prev.pt").read_bytes()[:1000])
     with pytest.raises(SystemExit, match=r"no usable checkpoint in .*last\.pt' is incomplete: no optimizer; cannot "
                                          r"read .*last\.prev\.pt' \(1000 bytes.*Move the files away"):  # fmt: skip
-        train(tiny(run, resume="auto"))
+        train(TrainConfig(resume=str(run)))
 
 
 def test_truncated_last_falls_back_to_the_previous_checkpoint(tmp_path, preempted, reference, capsys):

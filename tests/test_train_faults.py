@@ -319,9 +319,8 @@ def test_torchrun_restarts_after_a_signal_and_a_kill_and_matches_an_uninterrupte
     flags = list(FLAGS)
     for flag, value in (("--batch-size", "8"), ("--epochs", "1"), ("--limit-train", "96")):
         flags[flags.index(flag) + 1] = value
-    # torch's rendezvous store shared with the workers (its default) once failed to reconnect gloo on the second
-    # restart here ("Connection refused" to the previous attempt's address; pytorch/pytorch#135712): a store per
-    # attempt instead
+    # with torch's rendezvous store shared with the workers (its default), restarts here sometimes failed to connect
+    # gloo ("Connection refused" to the previous attempt's addresses; pytorch/pytorch#135712): a store per attempt
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
 
     def torchrun(out: Path, **hooks):

@@ -25,7 +25,7 @@ __all__ = [
 
 
 def __getattr__(name):  # the loop pulls in the data stack (torchvision, scikit-learn, tqdm): load on use
-    if name in ("train", "TrainConfig", "TrainResult", "NonFiniteLoss"):
+    if name in ("train", "TrainConfig", "TrainResult", "NonFiniteLoss", "Preempted", "CheckpointWriteError"):
         from . import loop
 
         return getattr(loop, name)

@@ -8,6 +8,12 @@ import sys
 
 from .evaluate import PROTOCOLS
 
+# Exit codes of `inception-kernels train` besides 0 (done) and 1 (an error, e.g. a NaN loss):
+# SIGTERM/SIGINT stopped the run after a step with a resumable checkpoint (sysexits' EX_TEMPFAIL) ...
+EXIT_PREEMPTED = 75
+# ... a checkpoint could not be written (a full disk); the last good one is kept (sysexits' EX_IOERR)
+EXIT_CHECKPOINT_WRITE = 74
+
 TRAIN_DESCRIPTION = """\
 Train an Inception network with the papers' recipe (TF RMSProp rho=0.9 momentum=0.9 eps=1.0, lr 0.045 x0.94 every
 2 epochs, gradient clipping at global norm 2, weight decay 4e-5 on weights, label smoothing 0.1, aux loss 0.4
@@ -16,7 +22,11 @@ scikit-learn's handwritten digits (1,437 train / 360 val scans, upscaled to the 
 inception_v3) with inception_v3 at --width-mult 0.25, 20 epochs at batch 32 -- the same recipe, only width, input
 size, epochs and batch chosen so that it reaches >= 95 %% val top-1 in a few minutes on a 2-core CPU (no aux head:
 it needs 299x299 input). Multi-GPU / multi-process: torchrun --nproc_per_node=N -m inception_kernels.train ...
-(--batch-size is per process)."""
+(--batch-size is per process).
+
+Faults: SIGTERM/SIGINT finish the current step, write a resumable last.pt and exit with code 75; a checkpoint that
+cannot be written (full disk) stops with code 74, the last good one kept; --resume auto -o DIR continues from DIR's
+newest good checkpoint (last.pt, else last.prev.pt) or starts afresh when there is none."""
 
 
 def _kv(s: str):
@@ -93,7 +103,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("run")
     g.add_argument("--output", "-o", help="run directory (default runs/<model>-<data>-<time>)")
-    g.add_argument("--resume", help="continue from this last.pt (its config; --epochs may extend the run)")
+    g.add_argument("--resume", help="continue from this last.pt (its config; --epochs may extend the run), "
+                   "from a run directory's newest good checkpoint, or 'auto': that of --output (none: start afresh)")  # fmt: skip
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="N", help="also write "
+                   "last.pt every N steps within epochs (for kills without warning; 0: at epoch ends only)")  # fmt: skip
     g.add_argument("--stop-after", type=int, default=0, help="stop resumably after this many epochs in total")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (one line per epoch)")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between steps.csv rows")
@@ -110,13 +123,19 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .loop import NonFiniteLoss, train
+    from .loop import CheckpointWriteError, NonFiniteLoss, Preempted, train
 
     try:
         train(config_from_args(args))
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
+    except CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE
     return 0
 
 

@@ -148,9 +148,12 @@ def to_model_input(img: torch.Tensor) -> torch.Tensor:
 
 class SafeImageFolder(Dataset):
     """torchvision's ``ImageFolder`` class discovery over ``root``, decoding with :func:`read_image`. An image that
-    cannot be read or transformed comes back as ``None`` (see :func:`collate_skip`) with a warning naming it."""
+    cannot be read or transformed comes back as ``None`` (see :func:`collate_skip`) with a warning naming it.
+    With a ``seed``, the random transform of sample ``i`` draws from torch's CPU generator seeded by (seed, epoch,
+    i), which is restored afterwards: the same crops in every process / worker layout and after a mid-epoch
+    resume (which skips the epoch's first batches without loading them)."""
 
-    def __init__(self, root: str | Path, transform=None):
+    def __init__(self, root: str | Path, transform=None, seed: int | None = None):
         from torchvision.datasets import ImageFolder
 
         root = Path(root)
@@ -161,17 +164,31 @@ class SafeImageFolder(Dataset):
         except (FileNotFoundError, RuntimeError) as e:
             raise SystemExit(f"error: no images in {str(root)!r}: {e}") from e
         self.root, self.samples, self.classes = root, folder.samples, folder.classes
-        self.transform = transform
+        self.transform, self.seed, self.epoch = transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def _transform(self, img, i: int):
+        if self.seed is None:
+            return self.transform(img)
+        g = torch.default_generator  # (not torch.manual_seed: that would reseed the CUDA generators too)
+        saved = g.get_state()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i))
+        try:
+            return self.transform(img)
+        finally:
+            g.set_state(saved)
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         try:
             img = read_image(path)
             if self.transform is not None:
-                img = self.transform(img)
+                img = self._transform(img, i)
         except Exception as e:  # noqa: BLE001 - any failure on one file skips that file only
             warnings.warn(f"skipping unreadable image {path}: {type(e).__name__}: {e}", stacklevel=1)
             return None
@@ -233,7 +250,7 @@ def build_data(data: str | None, image_size: int, *, num_classes: int | None = N
                     f"error: --data {data!r} has no {split}/ directory (expected train/ and val/)"
                 )
         train = SafeImageFolder(
-            root / "train", inception_train_transform(image_size, color_jitter=color_jitter)
+            root / "train", inception_train_transform(image_size, color_jitter=color_jitter), seed=seed
         )
         val = SafeImageFolder(root / "val", inception_eval_transform(image_size, crop_pct))
         if train.classes != val.classes:

@@ -10,6 +10,18 @@ gradient inside the optimizer; TF-slim adds it to the loss, i.e. before clipping
 while clipping is active) → learning-rate schedule → EMA update. Each epoch ends with validation of the raw and EMA
 weights, ``epochs.csv``, and ``last.pt`` (+ ``best.pt`` when the best top-1 of either improved).
 
+Faults. SIGTERM / SIGINT (what schedulers and torchrun send on preemption) make every process finish the current
+optimizer step (the processes agree through the loss all-reduce), write a mid-epoch ``last.pt`` (position in the
+epoch, RNG states, the epoch's running sums) and raise :class:`Preempted`; a second signal acts at once. The
+previous checkpoint is kept as ``last.prev.pt``; ``resume="auto"`` (or a run directory) continues from the newest
+good one, bit-identically, and starts afresh when there is none. A checkpoint that cannot be written (a full disk)
+raises :class:`CheckpointWriteError` with the last good one intact. ``checkpoint_every`` adds mid-epoch
+checkpoints every N steps, for faults that give no warning (a killed process; torchrun ``--max-restarts``).
+Test hooks (environment): ``INCEPTION_KERNELS_TEST_SIGNAL_AT=STEP[:SIGNAME[:RANK]]`` makes each process (or process
+RANK) send itself the signal (SIGTERM) as optimizer step STEP begins; ``INCEPTION_KERNELS_TEST_KILL_AT=RANK:STEP
+[:ATTEMPT]`` SIGKILLs process RANK after step STEP on the torchrun job's attempt ATTEMPT (default 0: the first;
+``TORCHELASTIC_RESTART_COUNT``, 0 when unset).
+
 Where this differs from the papers by default, a flag restores them: BN statistics use the models' momentum 0.1
 (``--bn-momentum 0.0003`` for TF's decay 0.9997, meant for 100+ epoch ImageNet runs); the EMA uses TF's
 ``num_updates`` warm-up rule (``--no-ema-warmup`` for a fixed 0.9999).
@@ -21,9 +33,11 @@ import contextlib
 import csv
 import dataclasses
 import inspect
+import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +66,47 @@ DIGITS_DEFAULTS_NOTE = (
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or Inf; the run stopped, the last good checkpoint is kept."""
+
+
+CheckpointWriteError = ckpt_mod.CheckpointWriteError
+
+
+class Preempted(RuntimeError):
+    """A SIGTERM/SIGINT stopped the run after an optimizer step; ``checkpoint`` resumes it (``resume="auto"``)."""
+
+    def __init__(self, msg: str, signum: int, checkpoint: Path, step: int):
+        super().__init__(msg)
+        self.signum, self.checkpoint, self.step = signum, checkpoint, step
+
+
+class _StopSignals:
+    """While active (main thread only), the first SIGTERM/SIGINT is recorded in ``signum`` instead of acting; the
+    previous handler comes back at once, so a second signal acts as it would have (SIGINT: KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum, self._old = 0, {}
+
+    def _handle(self, signum, frame):
+        if not self.signum:
+            self.signum = signum
+        if signum in self._old:
+            signal.signal(signum, self._old.pop(signum))
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:  # (None: a handler not set from Python, not restorable: use the default)
+                old = signal.signal(s, self._handle)
+                self._old[s] = signal.SIG_DFL if old is None else old
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
 
 
 @dataclass
@@ -106,7 +161,8 @@ class TrainConfig:
     seed: int = 0
     # run management
     output: str | None = None
-    resume: str | None = None
+    resume: str | None = None  # a checkpoint file, a run directory, or "auto" (the newest good one of output)
+    checkpoint_every: int = 0  # also write last.pt every N optimizer steps mid-epoch (0: at epoch ends only)
     stop_after: int = 0  # stop (resumably) after this many epochs in total; 0 = run all
     quiet: bool = False
     log_every: int = 10
@@ -124,6 +180,7 @@ RESUME_OVERRIDES = (
     "output",
     "device",
     "threads",
+    "checkpoint_every",
 )
 
 
@@ -261,6 +318,62 @@ EPOCH_FIELDS = ["epoch", "step", "train_loss", "val_loss", "top1", "top5", "ema_
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------
+def _resumable_sampler_class():
+    from torch.utils.data import DistributedSampler
+
+    class ResumableSampler(DistributedSampler):
+        """``DistributedSampler`` (order from (seed, epoch) only) that can begin the epoch at a position ``start``
+        of this process's indices (until the next ``set_epoch``): a mid-epoch resume skips the batches done
+        without loading them."""
+
+        start = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            super().set_epoch(epoch)
+            self.start = 0
+
+        def __iter__(self):
+            return itertools.islice(super().__iter__(), self.start, None)
+
+        def __len__(self) -> int:
+            return super().__len__() - self.start
+
+    return ResumableSampler
+
+
+def _test_hooks(info) -> tuple[int, int, int]:
+    """(step at which to signal oneself, that signal, step after which to SIGKILL oneself); 0 = none."""
+    sig_at, signum, kill_at = 0, signal.SIGTERM, 0
+    spec = os.environ.get("INCEPTION_KERNELS_TEST_SIGNAL_AT", "")
+    if spec:
+        at, name, rank = (spec.split(":") + ["", ""])[:3]
+        if not rank or int(rank) == info.rank:
+            sig_at, signum = int(at), getattr(signal, name or "SIGTERM")
+    spec = os.environ.get("INCEPTION_KERNELS_TEST_KILL_AT", "")
+    if spec:
+        rank, at, attempt = (spec.split(":") + ["0"])[:3]
+        if int(rank) == info.rank and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == attempt:
+            kill_at = int(at)
+    return sig_at, signum, kill_at
+
+
+def _truncate_csv(path: Path, max_step: int) -> None:
+    """Drop the rows logged after ``max_step`` (by a run that died after its last checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "step" not in rows[0]:
+        return
+    i = rows[0].index("step")
+    keep = [rows[0]] + [r for r in rows[1:] if len(r) > i and r[i].isdigit() and int(r[i]) <= max_step]
+    if len(keep) != len(rows):
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        os.replace(tmp, path)
+
+
 def _set_epoch(ds, epoch: int) -> None:
     while hasattr(ds, "dataset") and not hasattr(ds, "set_epoch"):
         ds = ds.dataset
@@ -276,17 +389,18 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device):
 
 
 def _loaders(bundle: DataBundle, cfg: TrainConfig, info, pin: bool):
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torch.utils.data import DataLoader, Subset
 
     workers = cfg.workers
     if workers is None:
         workers = (
             0 if bundle.kind == "digits" else min(8, max(1, (os.cpu_count() or 2) // max(1, info.world_size)))
         )
-    # Workers are restarted every epoch (not persistent): their seeds come from the global RNG, which checkpoints
-    # restore, so random augmentation resumes exactly. One sampler for every layout: the permutation depends on (seed, epoch) only, so one process with batch B and
-    # N processes with batch B/N see the same global batches (rank r takes positions r, r+N, ...).
-    sampler = DistributedSampler(bundle.train, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+    # Random augmentation is seeded per (seed, epoch, sample) in every dataset (data.py), not by the workers' seeds:
+    # it resumes exactly, also mid-epoch. Workers are restarted every epoch (not persistent). One sampler for every
+    # layout: the permutation depends on (seed, epoch) only, so one process with batch B and N processes with batch
+    # B/N see the same global batches (rank r takes positions r, r+N, ...).
+    sampler = _resumable_sampler_class()(bundle.train, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed)  # fmt: skip
     train = DataLoader(bundle.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                        collate_fn=collate_skip, pin_memory=pin, drop_last=True,
@@ -331,14 +445,30 @@ def _print(info, *a, **kw) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------
+def _find_resume(cfg: TrainConfig) -> tuple[Path | None, dict | None]:
+    """The checkpoint ``cfg.resume`` names: a file (strict: refused with the reason when unusable), a run directory
+    or ``"auto"`` (``cfg.output``): its newest good checkpoint, ``(None, None)`` when it has none yet."""
+    if cfg.resume == "auto" or Path(cfg.resume).is_dir():
+        if cfg.resume == "auto" and not cfg.output:
+            raise SystemExit("error: --resume auto needs --output DIR, the run directory to continue")
+        run_dir = Path(cfg.output if cfg.resume == "auto" else cfg.resume)
+        quiet = os.environ.get("RANK", "0") != "0"
+        found = ckpt_mod.latest_checkpoint(run_dir, log=(lambda m: None) if quiet else None)
+        return found if found is not None else (None, None)
+    return Path(cfg.resume), ckpt_mod.load_checkpoint(cfg.resume)
+
+
 def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
     """Train a model as configured; returns the run directory and the per-epoch history. Raises
-    :class:`NonFiniteLoss` when the loss becomes NaN/Inf (the last good ``last.pt`` is kept) and ``SystemExit``
-    with a clear message for bad data, options or checkpoints."""
+    :class:`NonFiniteLoss` when the loss becomes NaN/Inf (the last good ``last.pt`` is kept), :class:`Preempted`
+    after a SIGTERM/SIGINT (a resumable ``last.pt`` written), :class:`CheckpointWriteError` when a checkpoint cannot
+    be written (the previous one kept), and ``SystemExit`` with a clear message for bad data, options or
+    checkpoints."""
     t_start = time.perf_counter()
-    resume_ckpt = None
+    resume_ckpt, resume_path = None, None
     if cfg.resume:
-        resume_ckpt = ckpt_mod.load_checkpoint(cfg.resume)
+        resume_path, resume_ckpt = _find_resume(cfg)
+    if resume_ckpt is not None:
         known = TrainConfig.__dataclass_fields__
         saved = TrainConfig(**{k: v for k, v in resume_ckpt["config"].items() if k in known})
         defaults = TrainConfig()
@@ -348,10 +478,10 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
         for k in TrainConfig.__dataclass_fields__:  # anything else asked for must agree with the checkpoint
             new, old = getattr(cfg, k), getattr(saved, k)
             if k not in RESUME_OVERRIDES and k != "resume" and new != getattr(defaults, k) and new != old:
-                raise SystemExit(f"error: --resume {cfg.resume}: the checkpoint was trained with {k}={old!r}, this "
+                raise SystemExit(f"error: --resume {resume_path}: the checkpoint was trained with {k}={old!r}, this "
                                  f"run asks for {k}={new!r} (a resumed run keeps its checkpoint's settings)")  # fmt: skip
         if saved.output is None or cfg.output is None:
-            saved.output = str(Path(cfg.resume).resolve().parent)
+            saved.output = str(resume_path.resolve().parent)
         saved.resume = cfg.resume
         cfg = saved
     cfg = resolve(cfg)
@@ -364,7 +494,8 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
     elif info.device.type == "cpu":
         torch.set_num_threads(auto_threads(torch.get_num_threads()))
     try:
-        return _train(cfg, info, resume_ckpt, t_start)
+        with _StopSignals() as stopper:
+            return _train(cfg, info, resume_ckpt, resume_path, t_start, stopper)
     finally:
         dist_mod.cleanup()
         # leave the calling process as it was (train() is also a library call)
@@ -376,7 +507,7 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
                 os.environ["INCEPTION_KERNELS_BACKEND"] = old_backend
 
 
-def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa: C901
+def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -> TrainResult:  # noqa: C901
     from tqdm.auto import tqdm
 
     device = info.device
@@ -388,7 +519,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
     num_classes = bundle.num_classes
     mkw = model_kwargs(cfg, num_classes)
     if resume_ckpt is not None:
-        ckpt_mod.check_compatible(resume_ckpt, cfg.model, mkw, num_classes, cfg.resume)
+        ckpt_mod.check_compatible(resume_ckpt, cfg.model, mkw, num_classes, str(resume_path))
     from ..models import create_model
 
     model = create_model(cfg.model, num_classes=num_classes, **mkw)
@@ -419,7 +550,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    start_epoch, step, best, best_source = 0, 0, -1.0, ""
+    start_epoch, start_batch, step, best, best_source = 0, 0, 0, -1.0, ""
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
         if ema is not None and resume_ckpt.get("ema") is not None:
@@ -428,8 +559,10 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
         sched.load_state_dict(resume_ckpt["scheduler"])
         scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch, step = resume_ckpt["epoch"], resume_ckpt["step"]
+        start_batch = resume_ckpt.get("batch", 0)  # > 0: mid-epoch (then epoch = the epoch in progress)
         best, best_source = resume_ckpt.get("best_top1", -1.0), resume_ckpt.get("best_source", "")
-        ckpt_mod.set_rng_state(resume_ckpt["rng"])
+        if start_batch == 0:  # mid-epoch: restored once the epoch's loader iterator exists (it draws a seed)
+            ckpt_mod.set_rng_state(resume_ckpt["rng"])
 
     run_model = model
     if info.enabled:
@@ -442,6 +575,10 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
     out_dir = (Path(cfg.output) if cfg.output else _default_output(cfg)).absolute()
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_mod.remove_stale_temporaries(out_dir)
+        if resume_ckpt is not None:  # rows logged after the checkpoint by a run that died later are redone
+            for name in ("steps.csv", "epochs.csv"):
+                _truncate_csv(out_dir / name, step)
         conf = dataclasses.asdict(cfg)
         conf_full = dict(config=conf, model_kwargs=mkw, num_classes=num_classes, world_size=info.world_size,
                          global_batch=global_batch, lr=lr, steps_per_epoch=steps_per_epoch, device=str(device),
@@ -459,6 +596,11 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
     epochs_log = CsvLog(out_dir / "epochs.csv", EPOCH_FIELDS, info.is_main)
     n_params = sum(p.numel() for p in model.parameters())
     _print(info, f"output: {out_dir}")
+    if resume_ckpt is not None:
+        where = (
+            f"epoch {start_epoch + 1}, batch {start_batch}/{steps_per_epoch}" if start_batch else "epoch end"
+        )
+        _print(info, f"resuming from {resume_path} (step {step}, {where})")
     _print(info, f"{cfg.model} {mkw} ({n_params / 1e6:.2f} M params) on {bundle.kind} data: {len(bundle.train)} "
                  f"train / {len(bundle.val)} val images, {num_classes} classes, {cfg.image_size}x{cfg.image_size}; "
                  f"{device} ({torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}), {info.world_size} process(es), global batch {global_batch}, {cfg.optimizer} lr {lr:g}, "
@@ -469,16 +611,71 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
         history = list(resume_ckpt.get("history", []))
     k = cfg.accum_steps
     params = [p for p in model.parameters() if p.requires_grad]
+    sig_at, sig_num, kill_at = _test_hooks(info)
+    last_pt, prev_pt = out_dir / ckpt_mod.LAST, out_dir / ckpt_mod.PREVIOUS
+
+    def checkpoint(epoch_done: int, batch: int, running: dict | None, best_too: bool = False) -> bool:
+        """Write last.pt (rank 0; + best.pt) and agree with every process on the outcome: raises
+        :class:`CheckpointWriteError` everywhere when the write failed, returns whether any process was signalled
+        (the reduction is also the barrier after the write)."""
+        failed = None
+        if info.is_main:
+            state = dict(model=model.state_dict(), ema=ema.state_dict() if ema else None, optimizer=opt.state_dict(),
+                         scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=ckpt_mod.rng_state(),
+                         epoch=epoch_done, batch=batch, running=running, step=step, best_top1=best,
+                         best_source=best_source, history=history, config=dataclasses.asdict(cfg),
+                         model_name=cfg.model, model_kwargs=mkw, num_classes=num_classes, classes=bundle.classes,
+                         image_size=cfg.image_size, data_kind=bundle.kind)  # fmt: skip
+            target = last_pt
+            try:
+                ckpt_mod.save_checkpoint(state, last_pt, previous=prev_pt)
+                if best_too:
+                    target = out_dir / "best.pt"
+                    ckpt_mod.save_checkpoint(state, target)
+            except OSError as e:
+                kept = last_pt if last_pt.exists() else (prev_pt if prev_pt.exists() else None)
+                failed = ckpt_mod.describe_write_error(e, target, kept)
+                failed += f"; free space, then continue with --resume auto -o {out_dir}" if kept else ""
+        flags = [float(failed is not None), float(stopper.signum)]
+        flags = dist_mod.all_reduce_sum(torch.tensor(flags, dtype=torch.float64, device=device), info)
+        if flags[0] > 0:
+            raise CheckpointWriteError(failed or "writing a checkpoint failed on process 0 (see its message)")
+        return bool(flags[1] > 0)
+
+    def preempted(where: str) -> Preempted:
+        name = signal.Signals(stopper.signum).name if stopper.signum else "a signal to another process"
+        msg = (f"stopped by {name} after step {step} ({where}); checkpoint {last_pt}; continue with "
+               f"--resume auto -o {out_dir}")  # fmt: skip
+        return Preempted(msg, stopper.signum, last_pt, step)
+
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         _set_epoch(bundle.train, epoch)
         run_model.train()
         t0 = time.perf_counter()
         loss_sum, loss_n, seen, skipped = torch.zeros((), dtype=torch.float64), 0, 0, 0
+        batch, elapsed_before = 0, 0.0
+        running = resume_ckpt.get("running") if resume_ckpt is not None and epoch == start_epoch else None
+        if start_batch and running is not None:  # a mid-epoch checkpoint: continue where it stopped
+            batch = start_batch
+            sampler.start = start_batch * cfg.batch_size
+            loss_sum = torch.tensor(running["loss_sum"], dtype=torch.float64)
+            loss_n, seen = running["loss_n"], running["seen"]
+            skipped = running["skipped"] if info.is_main else 0  # the sum over processes, counted once
+            elapsed_before = running["train_s"]
+        cur_lr = sched.lr_at(max(0, step - 1))  # the rate of the latest step (shown at the epoch end)
+        batches = iter(train_loader)
+        if batch:
+            ckpt_mod.set_rng_state(resume_ckpt["rng"])
+        # the DDP stand-in for an unreadable batch (below) is the process's previous good batch; after a mid-epoch
+        # resume it starts as zeros again (the only state a resume does not restore: it is per-process data)
         last_good = None
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=cfg.quiet or not info.is_main, dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, total=steps_per_epoch,
+                   initial=batch, disable=cfg.quiet or not info.is_main, dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         for x, y, n_skip in bar:
+            if step + 1 == sig_at:
+                os.kill(os.getpid(), sig_num)
+            batch += 1
             skipped += n_skip
             weight = 1.0
             if x is None:
@@ -513,16 +710,16 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
                     loss = inception_loss(out, yj, cfg.label_smoothing, cfg.aux_weight)
                     scaler.scale(loss * (weight / k)).backward()
                 step_loss += loss.detach() / k
-            # the loss every process logs and checks: the mean over processes (the global batch's loss)
-            red = torch.stack(
-                [step_loss.double() * weight, torch.tensor(weight, dtype=torch.float64, device=device)]
-            )
+            # the loss every process logs and checks: the mean over processes (the global batch's loss); the same
+            # reduction tells every process whether any of them was signalled, so that they all stop at this step
+            red = torch.stack([step_loss.double() * weight, torch.tensor(weight, dtype=torch.float64, device=device),
+                               torch.tensor(float(stopper.signum), dtype=torch.float64, device=device)])  # fmt: skip
             red = dist_mod.all_reduce_sum(red, info)
             gloss = float(red[0] / red[1].clamp_min(1e-12))
             if not math.isfinite(gloss):
                 opt.zero_grad(set_to_none=True)
                 msg = (f"loss is {gloss} at epoch {epoch + 1}, step {step + 1}: stopping. The last good checkpoint "
-                       f"is {out_dir / 'last.pt'}" + ("" if (out_dir / "last.pt").exists() else " (none written yet)")
+                       f"is {last_pt}" + ("" if last_pt.exists() else " (none written yet)")
                        + "; lower --lr or check the data.")  # fmt: skip
                 bar.close()
                 raise NonFiniteLoss(msg)
@@ -540,13 +737,27 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
             loss_sum += gloss * float(red[1])
             loss_n += float(red[1])
             seen += x.shape[0] * info.world_size
-            ips = seen / max(1e-9, time.perf_counter() - t0)
+            ips = seen / max(1e-9, elapsed_before + time.perf_counter() - t0)
             if not cfg.quiet:
                 bar.set_postfix(loss=f"{gloss:.3f}", lr=f"{cur_lr:.3g}", img_s=f"{ips:.0f}", refresh=False)
             if step % cfg.log_every == 0:
                 steps_log.write(dict(epoch=epoch + 1, step=step, loss=gloss, lr=cur_lr, img_per_s=ips))
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            stop = bool(red[2] > 0)
+            periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
+            # (a periodic one at the epoch's last batch is the epoch-end one; a stop there does not wait for the
+            # validation: the checkpoint says batch = steps_per_epoch, and the resumed run validates)
+            if stop or (periodic and batch < steps_per_epoch):
+                sk = dist_mod.all_reduce_sum(torch.tensor([float(skipped)], device=device), info)
+                running = dict(loss_sum=float(loss_sum), loss_n=loss_n, seen=seen, skipped=int(sk.item()),
+                               train_s=elapsed_before + time.perf_counter() - t0)  # fmt: skip
+                if checkpoint(epoch, batch, running) or stop:
+                    bar.close()
+                    raise preempted(f"epoch {epoch + 1}, batch {batch}/{steps_per_epoch}")
         bar.close()
-        train_time = time.perf_counter() - t0
+        del batches
+        train_time = elapsed_before + time.perf_counter() - t0
         models = {"raw": model}
         if ema is not None:
             models["ema"] = ema.module
@@ -555,7 +766,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
         row = dict(epoch=epoch + 1, step=step, train_loss=float(loss_sum) / max(1.0, loss_n),
                    val_loss=ev["raw"]["loss"], top1=ev["raw"]["top1"], top5=ev["raw"]["top5"],
                    ema_top1=ev["ema"]["top1"] if ema else "", ema_top5=ev["ema"]["top5"] if ema else "",
-                   lr=opt.param_groups[0]["lr"], epoch_s=time.perf_counter() - t0,
+                   lr=opt.param_groups[0]["lr"], epoch_s=elapsed_before + time.perf_counter() - t0,
                    img_per_s=seen / max(1e-9, train_time), skipped_train=int(sk.item()),
                    skipped_val=ev["skipped"])  # fmt: skip
         history.append(row)
@@ -572,22 +783,11 @@ def _train(cfg: TrainConfig, info, resume_ckpt, t_start) -> TrainResult:  # noqa
         if row["skipped_train"] or row["skipped_val"]:
             line += f"  skipped {row['skipped_train']} train / {row['skipped_val']} val unreadable images"
         _print(info, line)
-        if info.is_main:
-            state = dict(model=model.state_dict(), ema=ema.state_dict() if ema else None, optimizer=opt.state_dict(),
-                         scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=ckpt_mod.rng_state(),
-                         epoch=epoch + 1, step=step, best_top1=best, best_source=best_source, history=history,
-                         config=dataclasses.asdict(cfg), model_name=cfg.model, model_kwargs=mkw,
-                         num_classes=num_classes, classes=bundle.classes, image_size=cfg.image_size,
-                         data_kind=bundle.kind)  # fmt: skip
-            ckpt_mod.atomic_save(state, out_dir / "last.pt")
-            if improved:
-                ckpt_mod.atomic_save(state, out_dir / "best.pt")
-        dist_mod.barrier(info)
+        stop = checkpoint(epoch + 1, 0, None, best_too=improved)
+        if stop and epoch + 1 < cfg.epochs:
+            raise preempted(f"end of epoch {epoch + 1}")
         if cfg.stop_after and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
-            _print(
-                info,
-                f"stopping after epoch {epoch + 1} (--stop-after); resume with --resume {out_dir / 'last.pt'}",
-            )
+            _print(info, f"stopping after epoch {epoch + 1} (--stop-after); resume with --resume {last_pt}")
             break
     elapsed = time.perf_counter() - t_start
     if info.is_main and cfg.plots and history:

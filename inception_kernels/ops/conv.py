@@ -776,10 +776,9 @@ def conv_bwd(
     gp, dbias, dres = epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias, need_res)
     need_g = need_w or need_scale
     if impls is None:
-        problem = dispatch.conv_problem(x, weight, stride, padding)
         impls = {
-            "dgrad": dispatch.choose("conv_dgrad", problem).impl if need_x else None,
-            "wgrad": dispatch.choose("conv_wgrad", problem).impl if need_g else None,
+            "dgrad": dispatch.choose_conv("conv_dgrad", x, weight, stride, padding).name if need_x else None,
+            "wgrad": dispatch.choose_conv("conv_wgrad", x, weight, stride, padding).name if need_g else None,
         }
     dg, wg = impls.get("dgrad") if need_x else None, impls.get("wgrad") if need_g else None
     dx = g_unscaled = None
@@ -809,14 +808,10 @@ def conv_forward(
 ):  # fmt: skip
     """The fused conv forward by the implementation the dispatch layer chooses for this problem; returns the
     output (``out`` when given, else a new channels_last tensor). Arguments as :func:`conv_fwd_into`."""
-    problem = dispatch.conv_problem(
-        x, weight, stride, padding, residual=residual, relu=relu, scale=scale, bias=bias,
-        stats=stats is not None, out2=out2 is not None,
-    )  # fmt: skip
-    impl = dispatch.choose("conv_fwd", problem).impl
-    return dispatch.implementations("conv_fwd")[impl].fn(
-        x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats
+    impl = dispatch.choose_conv(
+        "conv_fwd", x, weight, stride, padding, residual, relu, scale, bias, stats is not None, out2 is not None
     )
+    return impl.fn(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats)
 
 
 def _fwd_triton(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):

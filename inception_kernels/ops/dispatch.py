@@ -185,12 +185,17 @@ def register(impl: Impl) -> Impl:
         raise ValueError(f"unknown op family {impl.family!r}; families: {FAMILIES}")
     _IMPLS[impl.family][impl.name] = impl
     _MEMO.clear()
+    _FAST.clear()
     return impl
 
 
 def implementations(family: str) -> dict[str, Impl]:
-    _load_impls()
+    if not _LOADED:
+        _load_impls()
     return _IMPLS[family]
+
+
+_LOADED = False
 
 
 def _memory_bound_reasons(name: str, family: str):
@@ -219,7 +224,10 @@ def register_memory_bound(family: str, cuda: bool = True) -> None:
 
 def _load_impls() -> None:
     # the implementations register themselves when their modules are imported
+    global _LOADED
     from . import batchnorm, conv, conv_cudnn, pool, residual  # noqa: F401
+
+    _LOADED = True
 
 
 def reasons(family: str, name: str, problem) -> list[str]:
@@ -310,10 +318,15 @@ def requested() -> str:
     """The explicit backend in force: the innermost :func:`use_backend` scope, else the environment."""
     if _SCOPE:
         return _SCOPE[-1]
-    return _check_backend(
-        os.environ.get("INCEPTION_KERNELS_BACKEND", "auto").strip().lower() or "auto",
-        "INCEPTION_KERNELS_BACKEND",
-    )
+    raw = os.environ.get("INCEPTION_KERNELS_BACKEND", "auto")
+    name = _ENV_PARSED.get(raw)
+    if name is None:
+        name = _check_backend(raw.strip().lower() or "auto", "INCEPTION_KERNELS_BACKEND")
+        _ENV_PARSED[raw] = name
+    return name
+
+
+_ENV_PARSED: dict[str, str] = {}
 
 
 # What an explicit backend means for each family (None: the family's own implementation of that name).
@@ -408,6 +421,7 @@ def write_table(tag: str, entries: dict[str, dict], meta: dict | None = None) ->
     os.replace(tmp, path)
     _TABLES[tag] = merged
     _MEMO.clear()
+    _FAST.clear()
     return path
 
 
@@ -441,6 +455,7 @@ def reload() -> None:
     """Forget the tables read and every memoized choice (after editing a table or changing the environment)."""
     _TABLES.clear()
     _MEMO.clear()
+    _FAST.clear()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -476,6 +491,25 @@ _MEMO: dict = {}
 _RECORDERS: list[list] = []
 # The module currently running its forward, as pushed by whoever records (tune.record_model's hooks).
 LAYER_STACK: list[str] = []
+
+
+def choose_conv(family: str, x, weight, stride, padding, residual=None, relu=False, scale=None, bias=None,
+                stats=False, out2=False) -> Impl:
+    """:func:`choose` for a conv call, memoized on a plain tuple of the call's signature (the
+    :class:`ConvProblem` is built the first time only): the per-call cost of the dispatch layer is one lookup."""
+    key = (family, x.shape, weight.shape, tuple(stride), tuple(padding), x.dtype, x.device, residual is not None,
+           bool(relu), scale is not None, bias is not None, bool(stats), bool(out2), requested())  # fmt: skip
+    impl = _FAST.get(key)
+    if impl is None or _RECORDERS:
+        problem = conv_problem(x, weight, stride, padding, residual=residual, relu=relu, scale=scale, bias=bias,
+                               stats=stats, out2=out2)  # fmt: skip
+        if family != "conv_fwd":
+            problem = backward_problem(problem)
+        impl = _FAST[key] = implementations(family)[choose(family, problem).impl]
+    return impl
+
+
+_FAST: dict = {}
 
 
 def choose(family: str, problem) -> Choice:

@@ -1,0 +1,118 @@
+"""Host time of our path vs eager PyTorch on the same machine (no GPU needed): DESIGN.md §5, issue 12 item 3.
+
+    python benchmarks/host_time.py [--repeat 200] [--json PATH]
+
+* one fused ``ops.conv2d`` eval call (folded BN + ReLU, a tiny 1x16x8x8 input so the ATen side is mostly host
+  time), Triton launches stubbed out (``bench.counting.stubbed_launches``: our Python runs, no kernel does), vs
+  one ATen ``relu(conv2d(x))`` on the same tensor;
+* an inception_v3 eval forward and a training step (forward + backward, batch 2, 75x75) on our path with launches
+  stubbed (after one warm call): host milliseconds, launches and host time per launch, vs the number of ATen ops
+  eager PyTorch (torchvision) runs for the same model (counted on the meta device).
+
+One thread (``torch.set_num_threads(1)``); medians. The ratios are what to compare across commits: absolute
+microseconds depend on the machine and its load, which the output states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+
+def _median_us(fn, repeat: int) -> float:
+    for _ in range(max(5, repeat // 10)):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def conv_call(repeat: int) -> dict:
+    import torch.nn.functional as F
+
+    from inception_kernels.bench.counting import stubbed_launches
+    from inception_kernels.ops import conv2d
+
+    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    w, s, b = torch.randn(32, 16, 3, 3), torch.ones(32), torch.zeros(32)
+    with torch.no_grad():
+        with stubbed_launches():
+            ours = _median_us(lambda: conv2d(x, w, padding=1, scale=s, bias=b, activation="relu"), repeat)
+        aten = _median_us(lambda: F.relu(F.conv2d(x, w, padding=1)), repeat)
+    return {"ours_us": ours, "aten_us": aten, "ratio": ours / aten}
+
+
+def network(repeat: int) -> dict:
+    import torchvision
+
+    from inception_kernels.bench.counting import OpCounter, count_eager_ops, stubbed_launches
+    from inception_kernels.models import create_model
+    from inception_kernels.utils import count_launches
+
+    torch.manual_seed(0)
+    ours = create_model("inception_v3", aux_logits=False)
+    ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    x = torch.randn(2, 3, 75, 75).contiguous(memory_format=torch.channels_last)
+    out = {}
+    with stubbed_launches():
+        ours.eval()
+        with torch.no_grad():
+            ours(x)  # warm: weights packed and BN folded once, as in any second call
+        with torch.no_grad(), count_launches() as n:
+            ours(x)
+        out["eval_launches"] = n.count
+        with torch.no_grad():
+            out["eval_host_ms"] = _median_us(lambda: ours(x), max(3, repeat // 20)) / 1e3
+        ours.train()
+
+        def step():
+            ours.zero_grad(set_to_none=True)
+            ours(x).float().sum().backward()
+
+        step()
+        with count_launches() as n:
+            step()
+        out["train_launches"] = n.count
+        out["train_host_ms"] = _median_us(step, max(3, repeat // 40)) / 1e3
+    # the ATen ops eager PyTorch runs for the same model (counted on the meta device: no arithmetic). Its whole-
+    # network host time cannot be separated from CPU arithmetic here, so the host comparison is per call (above).
+    ref = ref.to("meta").to(memory_format=torch.channels_last)
+    xm = x.to("meta")
+    ref.eval()
+    out["eager_eval_ops"] = sum(count_eager_ops(ref, xm).values())
+    ref.train()
+    with OpCounter() as c:
+        ref(xm).float().sum().backward()
+    out["eager_train_ops"] = sum(c.ops.values())
+    out["eval_host_us_per_launch"] = out["eval_host_ms"] * 1e3 / out["eval_launches"]
+    out["train_host_us_per_launch"] = out["train_host_ms"] * 1e3 / out["train_launches"]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=200)
+    p.add_argument("--json")
+    p.add_argument("--no-network", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    res = {"load_avg": os.getloadavg(), "cpu_count": os.cpu_count(), "conv_call": conv_call(args.repeat)}
+    if not args.no_network:
+        res["inception_v3"] = network(args.repeat)
+    print(json.dumps(res, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -359,3 +359,22 @@ def test_tune_cli_show_and_dry_run(tmp_path, capsys):
     assert "Mixed_5b" in shown and "Conv2d_1a_3x3" in shown and "forced" in shown
     assert main(["tune", "--model", "googlenet", "--width", "0.5"]) == 2
     assert "width" in capsys.readouterr().out
+
+
+def test_cudnn_route_saves_what_the_triton_route_saves():
+    """Saved activations of an inception_v3 training step (75x75, batch 2) on the cudnn route: within 10 % of the
+    triton route's (the same recipes: pre-BN outputs and statistics; the GEMM does not change what is saved).
+    Triton launches are stubbed (the saved tensors do not depend on their values); ATen's convolution runs."""
+    from inception_kernels.bench.counting import stubbed_launches
+    from inception_kernels.bench.memory import saved_activation_bytes
+    from inception_kernels.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("inception_v3", aux_logits=False).train()
+    x = _cl(torch.randn(2, 3, 75, 75))
+    with stubbed_launches():
+        triton_bytes = saved_activation_bytes(model, x)
+        with dispatch.use_backend("cudnn"), dispatch.recording() as log:
+            cudnn_bytes = saved_activation_bytes(model, x)
+    assert {c.impl for f, _, c, _ in log if f == "conv_fwd"} == {"cudnn"}
+    assert abs(cudnn_bytes / triton_bytes - 1) <= 0.10, (cudnn_bytes, triton_bytes)

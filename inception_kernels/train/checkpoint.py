@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``: the data goes to a temporary file
@@ -61,13 +63,13 @@ def set_rng_state(state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"error: checkpoint {str(path)!r} does not exist")
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise SystemExit(f"error: cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
-        raise SystemExit(f"error: {str(path)!r} is not an inception-kernels training checkpoint")
+        raise ConfigError(f"{str(path)!r} is not an inception-kernels training checkpoint")
     return ckpt
 
 
@@ -77,13 +79,13 @@ def check_compatible(
     """Stop with a clear message when a checkpoint was made for another model, other options or classes."""
     where = f" {path!r}" if path else ""
     if ckpt["model_name"] != model_name:
-        raise SystemExit(
-            f"error: checkpoint{where} is a {ckpt['model_name']!r} model, this run builds {model_name!r}"
+        raise ConfigError(
+            f"checkpoint{where} is a {ckpt['model_name']!r} model, this run builds {model_name!r}"
         )
     if ckpt.get("num_classes") != num_classes:
-        raise SystemExit(
-            f"error: checkpoint{where} has {ckpt.get('num_classes')} classes, the data has {num_classes}"
+        raise ConfigError(
+            f"checkpoint{where} has {ckpt.get('num_classes')} classes, the data has {num_classes}"
         )
     if ckpt.get("model_kwargs", {}) != model_kwargs:
-        raise SystemExit(f"error: checkpoint{where} was built with model options {ckpt.get('model_kwargs')}, "
+        raise ConfigError(f"checkpoint{where} was built with model options {ckpt.get('model_kwargs')}, "
                          f"this run uses {model_kwargs}")  # fmt: skip

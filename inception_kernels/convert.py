@@ -1,5 +1,8 @@
 """``inception_kernels.optimize(model)``: our fused layers inside someone else's model, same function, same tensors.
 
+This module holds :func:`optimize` (exported as ``inception_kernels.optimize``), its report
+(:func:`report`, exported as ``inception_kernels.optimize_report``) and the drop-in layers it installs.
+
     model = timm.create_model("inception_v4", num_classes=37)
     model = inception_kernels.optimize(model)  # keeps training: same Parameters, buffers and state_dict keys
 
@@ -43,8 +46,6 @@ A one-time warning says so. ``torch.compile`` keeps our ops (registered custom o
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -620,14 +621,3 @@ def report(model: nn.Module) -> OptimizeReport:
         return _REPORTS[model]
     except KeyError:
         raise ValueError("this model was not returned by inception_kernels.optimize") from None
-
-
-class _CallableModule(types.ModuleType):
-    """``inception_kernels.optimize`` is both this module and the function: importing the submodule binds the
-    module as the package attribute, so the module forwards calls to :func:`optimize`."""
-
-    def __call__(self, model: nn.Module, *, inplace: bool = False, verbose: bool = False) -> nn.Module:
-        return optimize(model, inplace=inplace, verbose=verbose)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -75,8 +75,13 @@ _export_warned = False
 
 
 def _use_reference(x: torch.Tensor) -> bool:
-    """Reference ops for this call: no kernel for the dtype, or the model is being exported."""
+    """Reference ops for this call: FX symbolic tracing, no kernel for the dtype, or the model is being exported."""
     global _export_warned
+    if isinstance(x, torch.fx.Proxy):
+        # torch.fx.symbolic_trace, torchvision's create_feature_extractor, timm's FX feature extraction: the
+        # reference forward is plain module and function calls without branches on tensor values, so the graph
+        # records conv, batch_norm, relu, pools and cat -- the same function, runnable without this package
+        return True
     if x.dtype not in _KERNEL_DTYPES:
         return True
     if exporting():
@@ -92,7 +97,21 @@ def _use_reference(x: torch.Tensor) -> bool:
     return False
 
 
-class DropInConvBNAct(ConvBNAct):
+class _NotScriptable:
+    """``torch.jit.script`` of a model holding our drop-in layers stops with one clear error (TorchScript cannot
+    compile their forwards: Triton launches, custom ops, plans); it calls this hook on every submodule first."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile {type(self).__name__}, a layer installed by "
+            "inception_kernels.optimize: its forward runs Triton kernels and torch.library custom ops, which "
+            "TorchScript cannot represent. Script the model before optimize() (optimize(model) leaves `model` "
+            "itself unchanged), or use torch.compile(optimized) to keep the fused kernels, or torch.export / "
+            "torch.jit.trace / torch.fx.symbolic_trace, which record the equivalent plain PyTorch ops."
+        )
+
+
+class DropInConvBNAct(_NotScriptable, ConvBNAct):
     """A :class:`ConvBNAct` around a user's ``nn.Conv2d`` and BN (``optimize``'s replacement of ``BasicConv2d`` /
     ``ConvNormAct``). Beyond ``ConvBNAct``: a conv bias is folded into the epilogue in eval (in train mode such a
     layer runs the reference ops), and the reference ops serve the calls listed in the module docstring."""
@@ -158,7 +177,7 @@ class SequentialConvBNAct(DropInConvBNAct):
         return len(self._modules)
 
 
-class DropInInceptionBlock(InceptionBlock):
+class DropInInceptionBlock(_NotScriptable, InceptionBlock):
     """An :class:`InceptionBlock` holding a torchvision / timm block's own convs, BNs and tensors (``optimize``'s
     replacement of an Inception block); the reference ops serve the calls listed in the module docstring."""
 
@@ -218,6 +237,26 @@ def _bn_reason(bn: nn.Module, channels: int) -> str | None:
     return None
 
 
+# where our layers run (meta: shapes only, for deferred initialization)
+_DEVICE_TYPES = ("cpu", "cuda", "meta")
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # float64: the reference ops
+
+
+def _placement_reason(m: nn.Module) -> str | None:
+    """Why ``m``'s parameters and buffers cannot run on our layers: a device other than CPU / CUDA (/ meta),
+    tensors on several devices, or a dtype other than float32 / bfloat16 / float16 / float64 (None when they can)."""
+    tensors = [t for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point() or t.is_complex()]
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        return f"its tensors are on several devices ({', '.join(sorted(map(str, devices)))})"
+    if devices and next(iter(devices)).type not in _DEVICE_TYPES:
+        return f"device {next(iter(devices))} (our layers run on CPU and CUDA)"
+    bad = sorted({str(t.dtype) for t in tensors if t.dtype not in _DTYPES})
+    if bad:
+        return f"dtype {', '.join(bad)} (our layers take float32, bfloat16, float16 and float64)"
+    return None
+
+
 def _conv_bn(m: nn.Module) -> _ConvBN | str | None:
     """The parts of a conv → BN → ReLU module; a reason string when it is one we cannot fuse; None otherwise."""
     q = _qual(m)
@@ -244,7 +283,8 @@ def _conv_bn(m: nn.Module) -> _ConvBN | str | None:
         return None
     if any(_has_hooks(sub) for sub in m.modules()):
         return "the module or a member has hooks"
-    reason = fusable_conv_reason(parts.conv) or _bn_reason(parts.bn, parts.conv.out_channels)
+    reason = (fusable_conv_reason(parts.conv) or _bn_reason(parts.bn, parts.conv.out_channels)
+              or _placement_reason(m))  # fmt: skip
     return reason or parts
 
 
@@ -443,6 +483,9 @@ def _build_block(m: nn.Module, spec: Block) -> DropInInceptionBlock:
     convs = _spec_convs(spec)
     if _has_hooks(m):
         raise _Mismatch("the block has hooks")
+    placement = _placement_reason(m)
+    if placement:
+        raise _Mismatch(placement)
     _check_layout(m, spec, convs)
     theirs = {}
     for c in convs:

@@ -42,6 +42,23 @@ that calls ``.view`` on a feature map should call ``.reshape``.
 reference ops (conv2d, batch_norm, relu, pools, cat): the exported program computes the same function and needs
 nothing from this package (ONNX has no operator for our kernels, and an exported graph is meant to run elsewhere).
 A one-time warning says so. ``torch.compile`` keeps our ops (registered custom ops, no graph breaks).
+
+**FX.** ``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor`` and timm's FX feature extraction
+(``timm.models.create_feature_extractor``, ``FeatureGraphNet``) trace an optimized model: on an FX proxy our layers
+take their reference forward, plain module and function calls (the user's ``conv`` / ``bn`` modules, relu, pools,
+cat), so the graph computes the same function with the same parameters, and node names keep the model's module
+paths (``Mixed_5b.branch1x1.conv``, ...; inside a block the table's op order may differ from the original's).
+The graph runs those plain ops, not our kernels.
+
+**TorchScript.** ``torch.jit.script`` cannot compile our layers (Triton launches, custom ops); scripting an
+optimized model raises one ``RuntimeError`` that says so and what to do instead: script the original model
+(``optimize`` leaves it unchanged), or use ``torch.compile`` / ``torch.export`` / ``torch.jit.trace``.
+
+**Unsupported modules.** A conv → BN(→ ReLU) whose conv is grouped, dilated, not zero-padded, larger than 7×7 or
+strided by more than 2, or whose tensors live on a device other than CPU / CUDA (meta is accepted), on several
+devices, or in a dtype other than float32 / bfloat16 / float16 / float64, is kept as it is; the report
+(``verbose=True`` or :func:`report`) gives the reason. A known block holding such a conv is kept too (its fusable
+members are still replaced).
 """
 
 from __future__ import annotations
@@ -632,12 +649,14 @@ def _walk(m: nn.Module, name: str, report: OptimizeReport, inplace: bool, memo: 
 
 def optimize(model: nn.Module, *, inplace: bool = False, verbose: bool = False) -> nn.Module:
     """Run ``model``'s Inception blocks through the block engine and its conv → BN → ReLU layers through the
-    fused conv op; returns the optimized model (see the module docstring for what is replaced and shared).
+    fused conv op; returns the optimized model (:mod:`inception_kernels.convert` says what is replaced and
+    shared, and how export, FX tracing and TorchScript behave). :func:`report` (``inception_kernels.optimize_report``)
+    of the returned model lists what was replaced and what was kept, with the reason.
 
     Args:
         model: any ``nn.Module``; torchvision ``GoogLeNet`` / ``Inception3`` and timm ``InceptionV3`` /
             ``InceptionV4`` / ``InceptionResnetV2`` are fully covered (any ``num_classes``, with or without aux
-            heads, train or eval, any device and dtype).
+            heads, train or eval, on CPU or CUDA, in float32 / bfloat16 / float16 / float64).
         inplace: swap the modules inside ``model`` (True) or return a new module tree that shares every
             Parameter, buffer and untouched module with ``model``, leaving ``model``'s own tree unchanged (False).
         verbose: print what was replaced and what was kept (with the reason).

@@ -158,24 +158,36 @@ def test_mixed_model_computes_the_original_function(backend, device, monkeypatch
 # ----------------------------------------------------------------------------------------------------------
 # FX tracing
 # ----------------------------------------------------------------------------------------------------------
+def _block35():
+    from timm.models.inception_resnet_v2 import Block35
+
+    return Block35(scale=0.17)
+
+
+def _block8_no_relu():
+    from timm.models.inception_resnet_v2 import Block8
+
+    return Block8(scale=0.2, no_relu=True)
+
+
+# name: (factory, (input channels, input size)); Inception-ResNet-v2 by its residual blocks (the whole network
+# takes minutes on a CPU; its stem and reductions are InceptionV4's tables)
 FX_CASES = {
     "tv_googlenet": (
         lambda: torchvision.models.googlenet(
             weights=None, aux_logits=False, init_weights=True, num_classes=10
         ),
-        32,
+        (3, 32),
     ),
     "tv_inception3": (
         lambda: torchvision.models.inception_v3(
             weights=None, aux_logits=False, init_weights=True, num_classes=10
         ),
-        75,
+        (3, 75),
     ),
-    "timm_inception_v4": (lambda: timm.create_model("inception_v4", num_classes=NUM_CLASSES), 75),
-    "timm_inception_resnet_v2": (
-        lambda: timm.create_model("inception_resnet_v2", num_classes=NUM_CLASSES),
-        75,
-    ),
+    "timm_inception_v4": (lambda: timm.create_model("inception_v4", num_classes=NUM_CLASSES), (3, 75)),
+    "timm_block35": (_block35, (320, 3)),
+    "timm_block8_no_relu": (_block8_no_relu, (2080, 3)),
 }
 
 
@@ -201,9 +213,9 @@ def _check_same(got, want):
 
 
 # every framework and both modes, not every pair (whole networks on a CPU): train mode on the two torchvision
-# networks and timm's InceptionV4 (BN running statistics, dropout), eval on all (Inception-ResNet-v2: eval only)
+# networks, timm's InceptionV4 and Block35 (BN running statistics, dropout), eval on all
 FX_RUNS = [(case, "eval") for case in FX_CASES] + [
-    (c, "train") for c in ("tv_googlenet", "tv_inception3", "timm_inception_v4")
+    (c, "train") for c in ("tv_googlenet", "tv_inception3", "timm_inception_v4", "timm_block35")
 ]
 
 
@@ -212,7 +224,7 @@ def test_fx_symbolic_trace(case, mode, monkeypatch):
     """``torch.fx.symbolic_trace(optimize(model))`` traces; the graph holds plain PyTorch ops only and equals the
     original model: outputs, input and parameter gradients, and (train) the running statistics it updates."""
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-    factory, hw = FX_CASES[case]
+    factory, (cin, hw) = FX_CASES[case]
     model = randomize_bn(factory()).train(mode == "train")
     ref = copy.deepcopy(model)
     fast = inception_kernels.optimize(model)
@@ -221,7 +233,7 @@ def test_fx_symbolic_trace(case, mode, monkeypatch):
     assert not any("inception_kernels" in t for t in targets) and any("cat" in t for t in targets)
     assert not any(isinstance(m, (DropInConvBNAct, DropInInceptionBlock)) for m in gm.modules())
     assert set(gm.state_dict()) <= set(model.state_dict())
-    x = torch.randn(2 if mode == "train" else 1, 3, hw, hw)  # train-mode BN needs two values per channel
+    x = torch.randn(2 if mode == "train" else 1, cin, hw, hw)  # train-mode BN needs two values per channel
     params = list(model.parameters())
     torch.manual_seed(0)  # the same dropout masks
     got = _fwd_bwd(gm, x, params)
@@ -239,7 +251,7 @@ def test_torchvision_create_feature_extractor(monkeypatch):
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-    factory, hw = FX_CASES["tv_inception3"]
+    factory, (_, hw) = FX_CASES["tv_inception3"]
     model = randomize_bn(factory())
     original = copy.deepcopy(model)  # its own running statistics (train mode moves them)
     fast = inception_kernels.optimize(model)

@@ -44,6 +44,18 @@ def _same_tensors(a, b, tol=1e-5):
 # ----------------------------------------------------------------------------------------------------------
 # Models optimize() was not written for
 # ----------------------------------------------------------------------------------------------------------
+class _TwoBranch(nn.Module):
+    """A block optimize() does not know: its own forward (a concat of two branches) over fusable members."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(c, 10, 1, bias=False), nn.BatchNorm2d(10), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(c, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
 class _Mixed(nn.Module):
     """Fusable layers, known blocks and conv-BN(-ReLU) modules our fused layer cannot compute, in one network."""
 
@@ -64,12 +76,13 @@ class _Mixed(nn.Module):
         self.block = Inception(8, 4, 4, 6, 2, 4, 4)  # known: 18 channels out
         self.block_dilated = Inception(18, 4, 4, 6, 2, 4, 4)
         self.block_dilated.branch2[1].conv = nn.Conv2d(4, 6, 3, padding=2, dilation=2, bias=False)
+        self.custom = _TwoBranch(18)
         self.tail = nn.Sequential(nn.Conv2d(18, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
         self.head = nn.Linear(6, NUM_CLASSES)
 
     def forward(self, x):
         x = self.strided(self.big(self.reflect(self.grouped(self.dilated(self.stem(x))))))
-        x = self.tail(self.block_dilated(self.block(x)))
+        x = self.tail(self.custom(self.block_dilated(self.block(x))))
         return self.head(x.mean((2, 3)))
 
 
@@ -78,8 +91,10 @@ def test_unsupported_convs_are_kept_with_their_reasons():
     fast = inception_kernels.optimize(model)
     report = inception_kernels.optimize_report(fast)
     replaced = [name for name, *_ in report.replaced]
-    assert replaced[:2] == ["stem", "block"] and replaced[-1] == "tail"
-    assert all(n.startswith("block_dilated.") for n in replaced[2:-1])  # the kept block's fusable members
+    assert replaced[:2] == ["stem", "block"] and replaced[-3:] == ["custom.a", "custom.b", "tail"]
+    assert all(n.startswith("block_dilated.") for n in replaced[2:-3])  # the kept block's fusable members
+    assert type(fast.custom) is _TwoBranch and fast.custom is not model.custom  # a new tree, theirs untouched
+    assert type(model.custom.a) is nn.Sequential
     kept = {name: reason for name, _, reason in report.kept}
     assert "dilation=(2, 2)" in kept["dilated"]
     assert "groups=4" in kept["grouped"]

@@ -76,3 +76,25 @@ def test_import_is_lazy_and_help_works():
 
 def test_all_lists_exactly_the_lazy_names():
     assert set(inception_kernels.__all__) == set(inception_kernels._LAZY) | {"__version__"}
+
+
+def test_library_code_never_exits_the_process():
+    """``SystemExit`` / ``sys.exit`` only in ``if __name__ == "__main__":`` entry points: library functions raise
+    exceptions (ValueError, ConfigError, ...) and the CLI turns them into exit codes."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "inception_kernels").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        guarded = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                guarded |= {id(n) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            text = ast.unparse(node) if isinstance(node, (ast.Raise, ast.Call)) else ""
+            exits = (isinstance(node, ast.Raise) and "SystemExit" in text) or (
+                isinstance(node, ast.Call) and text.startswith(("sys.exit(", "exit(", "os._exit("))
+            )
+            if exits and id(node) not in guarded:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {text[:80]}")
+    assert not offenders, "\n".join(offenders)

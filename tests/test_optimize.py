@@ -22,8 +22,8 @@ import torch.nn as nn
 from helpers import check_train_block, randomize_bn, rel_err
 
 import inception_kernels
+from inception_kernels.convert import DropInConvBNAct, DropInInceptionBlock, SequentialConvBNAct
 from inception_kernels.nn import ConvBNAct, InceptionBlock, ScaledResidual
-from inception_kernels.optimize import DropInConvBNAct, DropInInceptionBlock, SequentialConvBNAct
 from inception_kernels.utils import count_launches
 
 torchvision = pytest.importorskip("torchvision")
@@ -99,7 +99,7 @@ def _check_equivalent(model, hw, monkeypatch, train, expected_replaced=None):
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     fast = inception_kernels.optimize(model)
-    report = inception_kernels.optimize.report(fast)
+    report = inception_kernels.optimize_report(fast)
     if expected_replaced is not None:
         assert len(report.replaced) == expected_replaced, report
     assert type(fast) is type(model)
@@ -160,9 +160,9 @@ def test_report_and_verbose(monkeypatch, capsys):
     assert "22 modules replaced, 1 kept" in printed
     assert "features.6" in printed and "InceptionA -> DropInInceptionBlock (4 branches, concat)" in printed
     assert "last_linear  Linear: no fused replacement" in printed
-    assert str(inception_kernels.optimize.report(fast)) == printed.rstrip("\n")
+    assert str(inception_kernels.optimize_report(fast)) == printed.rstrip("\n")
     with pytest.raises(ValueError, match="not returned by"):
-        inception_kernels.optimize.report(model)
+        inception_kernels.optimize_report(model)
 
 
 def test_inplace_false_leaves_the_original_tree_and_shares_tensors(monkeypatch):
@@ -182,7 +182,7 @@ def test_inplace_false_leaves_the_original_tree_and_shares_tensors(monkeypatch):
     assert isinstance(model.repeat[0], DropInInceptionBlock) and isinstance(model.conv2d_1a, DropInConvBNAct)
     # optimizing twice changes nothing
     again = inception_kernels.optimize(model)
-    assert again is model and len(inception_kernels.optimize.report(again).replaced) == 0
+    assert again is model and len(inception_kernels.optimize_report(again).replaced) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_sequential_conv_bn_relu_anywhere(device, monkeypatch):
     model = randomize_bn(Net())
     ref = copy.deepcopy(model).double()
     fast = inception_kernels.optimize(model).to(device)
-    report = inception_kernels.optimize.report(fast)
+    report = inception_kernels.optimize_report(fast)
     assert [r[0] for r in report.replaced] == ["stem", "mid"]
     assert (
         isinstance(fast.stem, SequentialConvBNAct) and fast.stem[0] is model.stem[0] and len(fast.stem) == 3
@@ -293,7 +293,7 @@ def test_unknown_modules_come_through_unchanged(monkeypatch):
     x = torch.randn(1, 3, 6, 6)
     expected = model(x)
     assert inception_kernels.optimize(model) is model  # nothing to replace: the very same object
-    report = inception_kernels.optimize.report(model)
+    report = inception_kernels.optimize_report(model)
     assert report.replaced == [] and [r[0] for r in report.kept] == ["0", "3"]
     assert torch.equal(model(x), expected)
 
@@ -304,7 +304,7 @@ def test_unsupported_variants_are_kept_with_a_reason(monkeypatch):
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
     silu = randomize_bn(timm.create_model("inception_v3", num_classes=NUM_CLASSES, act_layer="silu")).eval()
     fast = inception_kernels.optimize(silu)
-    report = inception_kernels.optimize.report(fast)
+    report = inception_kernels.optimize_report(fast)
     assert report.replaced == [] and fast is silu
     assert any("SiLU" in reason for _, _, reason in report.kept)
 
@@ -313,7 +313,7 @@ def test_unsupported_variants_are_kept_with_a_reason(monkeypatch):
     model.features[6].register_forward_hook(lambda *a: calls.append(1))
     model.features[7].branch1[1].conv = nn.Conv2d(64, 96, 3, padding=2, dilation=2, bias=False)
     fast = inception_kernels.optimize(model)
-    kept = {name: reason for name, _, reason in inception_kernels.optimize.report(fast).kept}
+    kept = {name: reason for name, _, reason in inception_kernels.optimize_report(fast).kept}
     assert "hooks" in kept["features.6"] and "dilation" in kept["features.7"]
     assert type(fast.features[6]).__name__ == "InceptionA" and isinstance(
         fast.features[8], DropInInceptionBlock
@@ -386,7 +386,7 @@ def test_torch_export_records_reference_ops(strict, monkeypatch):
     """Decision: an exported optimized model holds the reference ATen ops (portable, no dependency on this
     package), with a one-time warning (non-strict export; Dynamo's strict tracing cannot warn); the exported
     program computes the same function."""
-    import inception_kernels.optimize as opt_module
+    import inception_kernels.convert as opt_module
 
     monkeypatch.setattr(opt_module, "_export_warned", False)
     model = randomize_bn(_tv_googlenet(aux=False)).eval()

@@ -21,6 +21,7 @@ from inception_kernels.models.inception_v3 import InceptionOutputs, scale_width
 from inception_kernels.train import ModelEMA, RMSpropTF, StaircaseLR, inception_loss, smoothed_cross_entropy
 from inception_kernels.train.checkpoint import atomic_save, check_compatible
 from inception_kernels.train.data import SafeImageFolder, build_data, collate_skip
+from inception_kernels.train.errors import ConfigError
 from inception_kernels.train.evaluate import crop_specs, multi_crop
 from inception_kernels.train.loop import NonFiniteLoss, TrainConfig, train
 
@@ -294,17 +295,17 @@ def test_synthetic_data_run(tmp_path):
 
 
 def test_bad_data_stops_with_a_clear_message(tmp_path):
-    with pytest.raises(SystemExit, match="no such directory"):
+    with pytest.raises(ConfigError, match="no such directory"):
         build_data(str(tmp_path / "missing"), 75)
     (tmp_path / "d" / "train" / "a").mkdir(parents=True)
     (tmp_path / "d" / "val").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="no images"):
+    with pytest.raises(ConfigError, match="no images"):
         build_data(str(tmp_path / "d"), 75)
     root = _image_tree(tmp_path / "ok", per_class=1, bad=0)
-    with pytest.raises(SystemExit, match="--num-classes 5 but the data has 2"):
+    with pytest.raises(ConfigError, match="--num-classes 5 but the data has 2"):
         build_data(str(root), 75, num_classes=5)
     shutil.rmtree(root / "val" / "dog")
-    with pytest.raises(SystemExit, match="train/ has 2 classes and val/ has 1"):
+    with pytest.raises(ConfigError, match="train/ has 2 classes and val/ has 1"):
         build_data(str(root), 75)
 
 
@@ -356,11 +357,11 @@ def test_atomic_save_survives_sigkill(tmp_path):
 
 def test_checkpoint_from_another_model_is_refused():
     ck = dict(model_name="googlenet", num_classes=10, model_kwargs={})
-    with pytest.raises(SystemExit, match="is a 'googlenet' model"):
+    with pytest.raises(ConfigError, match="is a 'googlenet' model"):
         check_compatible(ck, "inception_v3", {}, 10)
-    with pytest.raises(SystemExit, match="has 10 classes, the data has 5"):
+    with pytest.raises(ConfigError, match="has 10 classes, the data has 5"):
         check_compatible(ck, "googlenet", {}, 5)
-    with pytest.raises(SystemExit, match="model options"):
+    with pytest.raises(ConfigError, match="model options"):
         check_compatible(ck, "googlenet", {"width_mult": 0.5}, 10)
 
 
@@ -398,12 +399,12 @@ def test_resume_is_bit_identical(tmp_path, interrupted_run):
 
 def test_resume_refuses_another_model(interrupted_run):
     with pytest.raises(
-        SystemExit, match="trained with model='inception_v3', this run asks for model='googlenet'"
+        ConfigError, match="trained with model='inception_v3', this run asks for model='googlenet'"
     ):
         train(TrainConfig(resume=str(interrupted_run / "last.pt"), model="googlenet"))
-    with pytest.raises(SystemExit, match="trained with width_mult=0.125"):
+    with pytest.raises(ConfigError, match="trained with width_mult=0.125"):
         train(TrainConfig(resume=str(interrupted_run / "last.pt"), width_mult=0.5))
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         train(TrainConfig(resume=str(interrupted_run / "nope.pt")))
 
 
@@ -504,10 +505,23 @@ def test_recipe_defaults():
     assert (f.width_mult, f.epochs, f.batch_size, f.image_size) == (None, 100, 32, 299)
     g = resolve(TrainConfig(model="googlenet", data="synthetic"))
     assert (g.image_size, g.aux_weight, g.epochs) == (224, 0.3, 1)
-    with pytest.raises(SystemExit, match="no width_mult option"):
+    with pytest.raises(ConfigError, match="no width_mult option"):
         resolve(TrainConfig(model="googlenet", width_mult=0.5))
-    with pytest.raises(SystemExit, match="not divisible"):
+    with pytest.raises(ConfigError, match="not divisible"):
         resolve(TrainConfig(batch_size=10, accum_steps=3))
+
+
+def test_library_raises_and_only_the_cli_exits(tmp_path, capsys):
+    """The training library raises ConfigError (a ValueError, never SystemExit); the CLI prints it and returns 2."""
+    from inception_kernels import cli
+
+    assert issubclass(ConfigError, ValueError) and not issubclass(ConfigError, SystemExit)
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        train(TrainConfig(model="nope", output=str(tmp_path / "x")))
+    assert cli.main(["train", "--model", "nope", "-o", str(tmp_path / "y")]) == 2
+    assert "error: unknown model 'nope'" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert "error: checkpoint" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def test_auto_threads(monkeypatch):

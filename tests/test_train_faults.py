@@ -25,6 +25,7 @@ import torch
 from inception_kernels import cli
 from inception_kernels.train.checkpoint import CorruptCheckpoint, read_checkpoint, save_checkpoint
 from inception_kernels.train.cli import EXIT_CHECKPOINT_WRITE, EXIT_PREEMPTED
+from inception_kernels.train.errors import ConfigError
 from inception_kernels.train.loop import Preempted, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_corrupt_checkpoints_are_refused(tmp_path, preempted):
     with pytest.raises(CorruptCheckpoint, match="differ from its digest"):
         read_checkpoint(last)
     # an explicit --resume of a bad file is refused (no silent substitution), pointing at the previous one
-    with pytest.raises(SystemExit, match=r"corrupt.*the previous one is .*last\.prev\.pt.*--resume auto"):
+    with pytest.raises(ConfigError, match=r"corrupt.*the previous one is .*last\.prev\.pt.*--resume auto"):
         train(TrainConfig(resume=str(last)))
     last.write_bytes(b"")
     with pytest.raises(CorruptCheckpoint, match=r"cannot read .*\(0 bytes; truncated or corrupt\?\)"):
@@ -209,7 +210,7 @@ def test_corrupt_checkpoints_are_refused(tmp_path, preempted):
         read_checkpoint(last)
     # both bad: no fresh start over them (--resume DIR = --resume auto -o DIR)
     (run / "last.prev.pt").write_bytes((run / "last.prev.pt").read_bytes()[:1000])
-    with pytest.raises(SystemExit, match=r"no usable checkpoint in .*last\.pt' is incomplete: no optimizer; cannot "
+    with pytest.raises(ConfigError, match=r"no usable checkpoint in .*last\.pt' is incomplete: no optimizer; cannot "
                                          r"read .*last\.prev\.pt' \(1000 bytes.*Move the files away"):  # fmt: skip
         train(TrainConfig(resume=str(run)))
 
@@ -253,7 +254,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, preempted, reference
 
 
 def test_resume_auto_needs_a_run_directory_and_starts_fresh_in_an_empty_one(tmp_path):
-    with pytest.raises(SystemExit, match="--resume auto needs --output DIR"):
+    with pytest.raises(ConfigError, match="--resume auto needs --output DIR"):
         train(TrainConfig(resume="auto"))
     res = train(tiny(tmp_path / "fresh", resume="auto", epochs=1, limit_train=32))
     assert load(res.out_dir / "last.pt")["step"] == 2 and not (res.out_dir / "last.prev.pt").exists()

@@ -6,11 +6,13 @@ runs :func:`evaluate_checkpoints`. The optimizer, schedule and EMA import withou
 """
 
 from .ema import ModelEMA
+from .errors import ConfigError
 from .losses import inception_loss, smoothed_cross_entropy
 from .optim import RMSpropTF, build_optimizer, param_groups
 from .schedule import StaircaseLR
 
 __all__ = [
+    "ConfigError",
     "ModelEMA",
     "RMSpropTF",
     "StaircaseLR",

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+
 LAST, PREVIOUS = "last.pt", "last.prev.pt"
 DIGEST_KEY = "integrity"
 REQUIRED_KEYS = ("model", "model_name", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config")
@@ -128,7 +130,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 def latest_checkpoint(run_dir: str | os.PathLike, log=None) -> tuple[Path, dict] | None:
     """The newest good checkpoint of a run directory: ``last.pt``, or ``last.prev.pt`` when ``last.pt`` is missing
     or refused (each refusal is reported through ``log``, default stderr). ``None`` when the directory has neither
-    file (a fresh start); ``SystemExit`` with every reason when files exist but none is usable (nothing is
+    file (a fresh start); :class:`ConfigError` with every reason when files exist but none is usable (nothing is
     overwritten by starting afresh)."""
     run_dir = Path(run_dir)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -143,7 +145,7 @@ def latest_checkpoint(run_dir: str | os.PathLike, log=None) -> tuple[Path, dict]
             reasons.append(str(e))
             log(f"warning: refusing checkpoint: {e}")
     if reasons:
-        raise SystemExit(f"error: no usable checkpoint in {str(run_dir)!r}: " + "; ".join(reasons)
+        raise ConfigError(f"no usable checkpoint in {str(run_dir)!r}: " + "; ".join(reasons)
                          + ". Move the files away to start afresh.")  # fmt: skip
     return None
 
@@ -179,15 +181,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """:func:`read_checkpoint` for a path the user named: ``SystemExit`` with the reason when it is unusable."""
+    """:func:`read_checkpoint` for a path the user named: :class:`ConfigError` with the reason when unusable."""
     try:
         return read_checkpoint(path)
     except CorruptCheckpoint as e:
-        msg = f"error: checkpoint {e}"
+        msg = f"checkpoint {e}"
         prev = Path(path).with_name(PREVIOUS)
         if Path(path).name == LAST and prev.is_file():
             msg += f" (the previous one is {str(prev)!r}; --resume auto -o DIR picks the newest good one)"
-        raise SystemExit(msg) from e
+        raise ConfigError(msg) from e
 
 
 def check_compatible(
@@ -196,13 +198,13 @@ def check_compatible(
     """Stop with a clear message when a checkpoint was made for another model, other options or classes."""
     where = f" {path!r}" if path else ""
     if ckpt["model_name"] != model_name:
-        raise SystemExit(
-            f"error: checkpoint{where} is a {ckpt['model_name']!r} model, this run builds {model_name!r}"
+        raise ConfigError(
+            f"checkpoint{where} is a {ckpt['model_name']!r} model, this run builds {model_name!r}"
         )
     if ckpt.get("num_classes") != num_classes:
-        raise SystemExit(
-            f"error: checkpoint{where} has {ckpt.get('num_classes')} classes, the data has {num_classes}"
+        raise ConfigError(
+            f"checkpoint{where} has {ckpt.get('num_classes')} classes, the data has {num_classes}"
         )
     if ckpt.get("model_kwargs", {}) != model_kwargs:
-        raise SystemExit(f"error: checkpoint{where} was built with model options {ckpt.get('model_kwargs')}, "
+        raise ConfigError(f"checkpoint{where} was built with model options {ckpt.get('model_kwargs')}, "
                          f"this run uses {model_kwargs}")  # fmt: skip

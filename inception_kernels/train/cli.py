@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .errors import ConfigError
 from .evaluate import PROTOCOLS
 
 # Exit codes of `inception-kernels train` besides 0 (done) and 1 (an error, e.g. a NaN loss):
@@ -136,6 +137,9 @@ def run_train(args: argparse.Namespace) -> int:
     except CheckpointWriteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CHECKPOINT_WRITE
+    except ConfigError as e:  # bad options, data or checkpoint: the library's message, usage exit code
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -174,7 +178,8 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
                          crop_pct: float | None = None, batch_size: int = 256, workers: int | None = None,
                          limit_val: int = 0, device: str = "auto") -> list[dict]:  # fmt: skip
     """Top-1/top-5 of each checkpoint (raw / EMA weights) and of their ensemble under each crop protocol. Returns
-    rows ``dict(protocol, weights, model, top1, top5, n)``."""
+    rows ``dict(protocol, weights, model, top1, top5, n)``; raises :class:`ConfigError` for missing or mismatched
+    checkpoints or data."""
     import os
 
     import torch
@@ -189,7 +194,7 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
     first = ckpts[0]
     for p, c in zip(paths[1:], ckpts[1:]):
         if c["num_classes"] != first["num_classes"] or c["image_size"] != first["image_size"]:
-            raise SystemExit(f"error: {p!r} ({c['num_classes']} classes, {c['image_size']}px) cannot be ensembled "
+            raise ConfigError(f"{p!r} ({c['num_classes']} classes, {c['image_size']}px) cannot be ensembled "
                              f"with {paths[0]!r} ({first['num_classes']} classes, {first['image_size']}px)")  # fmt: skip
     if data is None:
         data = first["config"].get("data")
@@ -213,7 +218,7 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
             state = c["model"] if w == "raw" else (c["ema"] or {}).get("module")
             if state is None:
                 if weights == "ema":
-                    raise SystemExit(f"error: {p!r} has no EMA weights (trained with --ema-decay 0)")
+                    raise ConfigError(f"{p!r} has no EMA weights (trained with --ema-decay 0)")
                 continue
             m = create_model(c["model_name"], num_classes=c["num_classes"], **c["model_kwargs"])
             m.load_state_dict(state)
@@ -240,8 +245,12 @@ def evaluate_checkpoints(paths: list[str], data: str | None = None, crops=("1",)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    rows = evaluate_checkpoints(args.checkpoints, args.data, args.crops, args.weights, args.crop_pct,
-                                args.batch_size, args.workers, args.limit_val, args.device)  # fmt: skip
+    try:
+        rows = evaluate_checkpoints(args.checkpoints, args.data, args.crops, args.weights, args.crop_pct,
+                                    args.batch_size, args.workers, args.limit_val, args.device)  # fmt: skip
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(
         f"{'crops':>5s} {'views':>5s} {'weights':7s} {'model':40s} {'top-1':>7s} {'top-5':>7s} {'images':>7s}"
     )

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .errors import ConfigError
+
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 DIGITS_VAL_FRACTION = 0.2
@@ -158,11 +160,11 @@ class SafeImageFolder(Dataset):
 
         root = Path(root)
         if not root.is_dir():
-            raise SystemExit(f"error: dataset directory {str(root)!r} does not exist")
+            raise ConfigError(f"dataset directory {str(root)!r} does not exist")
         try:
             folder = ImageFolder(str(root), loader=lambda p: p)
         except (FileNotFoundError, RuntimeError) as e:
-            raise SystemExit(f"error: no images in {str(root)!r}: {e}") from e
+            raise ConfigError(f"no images in {str(root)!r}: {e}") from e
         self.root, self.samples, self.classes = root, folder.samples, folder.classes
         self.transform, self.seed, self.epoch = transform, seed, 0
 
@@ -243,26 +245,24 @@ def build_data(data: str | None, image_size: int, *, num_classes: int | None = N
     else:
         root = Path(data)
         if not root.is_dir():
-            raise SystemExit(f"error: --data {data!r}: no such directory (expected train/ and val/ inside)")
+            raise ConfigError(f"--data {data!r}: no such directory (expected train/ and val/ inside)")
         for split in ("train", "val"):
             if not (root / split).is_dir():
-                raise SystemExit(
-                    f"error: --data {data!r} has no {split}/ directory (expected train/ and val/)"
-                )
+                raise ConfigError(f"--data {data!r} has no {split}/ directory (expected train/ and val/)")
         train = SafeImageFolder(
             root / "train", inception_train_transform(image_size, color_jitter=color_jitter), seed=seed
         )
         val = SafeImageFolder(root / "val", inception_eval_transform(image_size, crop_pct))
         if train.classes != val.classes:
-            raise SystemExit(f"error: train/ has {len(train.classes)} classes and val/ has {len(val.classes)} "
+            raise ConfigError(f"train/ has {len(train.classes)} classes and val/ has {len(val.classes)} "
                              "(their class folders must be the same)")  # fmt: skip
         bundle = DataBundle(
             "folder", train, val, len(train.classes), train.classes, SafeImageFolder(root / "val")
         )
     if num_classes is not None and num_classes != bundle.num_classes and bundle.kind != "synthetic":
-        raise SystemExit(f"error: --num-classes {num_classes} but the data has {bundle.num_classes} classes")
+        raise ConfigError(f"--num-classes {num_classes} but the data has {bundle.num_classes} classes")
     if len(bundle.train) == 0 or len(bundle.val) == 0:
-        raise SystemExit(f"error: empty dataset ({len(bundle.train)} train, {len(bundle.val)} val images)")
+        raise ConfigError(f"empty dataset ({len(bundle.train)} train, {len(bundle.val)} val images)")
     if limit_train:
         bundle.train = Subset(bundle.train, range(min(limit_train, len(bundle.train))))
     if limit_val:

@@ -50,6 +50,7 @@ from . import checkpoint as ckpt_mod
 from . import distributed as dist_mod
 from .data import DataBundle, build_data, collate_skip
 from .ema import ModelEMA
+from .errors import ConfigError
 from .evaluate import accuracy_table, predict
 from .losses import inception_loss
 from .optim import build_optimizer, param_groups
@@ -216,7 +217,7 @@ def _model_class(name: str):
 
     cls = _resolve(name) if name in _MODELS else None
     if cls is None:
-        raise SystemExit(f"error: unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return cls
 
 
@@ -239,7 +240,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.batch_size is None:
         cfg.batch_size = 32
     if cfg.width_mult is not None and "width_mult" not in params:
-        raise SystemExit(f"error: model {cfg.model!r} has no width_mult option")
+        raise ConfigError(f"model {cfg.model!r} has no width_mult option")
     if cfg.image_size is None:
         if is_digits(cfg):
             with torch.random.fork_rng():
@@ -249,11 +250,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.aux_weight is None:
         cfg.aux_weight = 0.3 if cfg.model == "googlenet" else 0.4
     if cfg.batch_size % cfg.accum_steps:
-        raise SystemExit(
-            f"error: --batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}"
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}"
         )
     if cfg.aux_logits not in ("auto", "on", "off"):
-        raise SystemExit(f"error: aux_logits must be auto, on or off, got {cfg.aux_logits!r}")
+        raise ConfigError(f"aux_logits must be auto, on or off, got {cfg.aux_logits!r}")
     return cfg
 
 
@@ -450,7 +451,7 @@ def _find_resume(cfg: TrainConfig) -> tuple[Path | None, dict | None]:
     or ``"auto"`` (``cfg.output``): its newest good checkpoint, ``(None, None)`` when it has none yet."""
     if cfg.resume == "auto" or Path(cfg.resume).is_dir():
         if cfg.resume == "auto" and not cfg.output:
-            raise SystemExit("error: --resume auto needs --output DIR, the run directory to continue")
+            raise ConfigError("--resume auto needs --output DIR, the run directory to continue")
         run_dir = Path(cfg.output if cfg.resume == "auto" else cfg.resume)
         quiet = os.environ.get("RANK", "0") != "0"
         found = ckpt_mod.latest_checkpoint(run_dir, log=(lambda m: None) if quiet else None)
@@ -462,8 +463,8 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
     """Train a model as configured; returns the run directory and the per-epoch history. Raises
     :class:`NonFiniteLoss` when the loss becomes NaN/Inf (the last good ``last.pt`` is kept), :class:`Preempted`
     after a SIGTERM/SIGINT (a resumable ``last.pt`` written), :class:`CheckpointWriteError` when a checkpoint cannot
-    be written (the previous one kept), and ``SystemExit`` with a clear message for bad data, options or
-    checkpoints."""
+    be written (the previous one kept), and :class:`~inception_kernels.train.errors.ConfigError` (a ``ValueError``)
+    with a clear message for bad data, options or checkpoints."""
     t_start = time.perf_counter()
     resume_ckpt, resume_path = None, None
     if cfg.resume:
@@ -478,7 +479,7 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
         for k in TrainConfig.__dataclass_fields__:  # anything else asked for must agree with the checkpoint
             new, old = getattr(cfg, k), getattr(saved, k)
             if k not in RESUME_OVERRIDES and k != "resume" and new != getattr(defaults, k) and new != old:
-                raise SystemExit(f"error: --resume {resume_path}: the checkpoint was trained with {k}={old!r}, this "
+                raise ConfigError(f"--resume {resume_path}: the checkpoint was trained with {k}={old!r}, this "
                                  f"run asks for {k}={new!r} (a resumed run keeps its checkpoint's settings)")  # fmt: skip
         if saved.output is None or cfg.output is None:
             saved.output = str(resume_path.resolve().parent)
@@ -525,7 +526,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
     model = create_model(cfg.model, num_classes=num_classes, **mkw)
     min_size = getattr(model, "min_size", None)
     if min_size and cfg.image_size < min_size:
-        raise SystemExit(f"error: {cfg.model} needs an input of at least {min_size}x{min_size}, "
+        raise ConfigError(f"{cfg.model} needs an input of at least {min_size}x{min_size}, "
                          f"--image-size is {cfg.image_size}")  # fmt: skip
     if cfg.bn_momentum is not None:
         for m in model.modules():
@@ -540,7 +541,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
     train_loader, sampler, val_loader = _loaders(bundle, cfg, info, pin=device.type == "cuda")
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(bundle.train)} training images make no full batch of {cfg.batch_size} "
+        raise ConfigError(f"{len(bundle.train)} training images make no full batch of {cfg.batch_size} "
                          f"per process × {info.world_size} processes")  # fmt: skip
     global_batch = cfg.batch_size * info.world_size
     lr = cfg.lr * global_batch / 32 if cfg.lr_scale else cfg.lr

@@ -1,5 +1,8 @@
 """``inception_kernels.optimize(model)``: our fused layers inside someone else's model, same function, same tensors.
 
+This module holds :func:`optimize` (exported as ``inception_kernels.optimize``), its report
+(:func:`report`, exported as ``inception_kernels.optimize_report``) and the drop-in layers it installs.
+
     model = timm.create_model("inception_v4", num_classes=37)
     model = inception_kernels.optimize(model)  # keeps training: same Parameters, buffers and state_dict keys
 
@@ -39,12 +42,27 @@ that calls ``.view`` on a feature map should call ``.reshape``.
 reference ops (conv2d, batch_norm, relu, pools, cat): the exported program computes the same function and needs
 nothing from this package (ONNX has no operator for our kernels, and an exported graph is meant to run elsewhere).
 A one-time warning says so. ``torch.compile`` keeps our ops (registered custom ops, no graph breaks).
+
+**FX.** ``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor`` and timm's FX feature extraction
+(``timm.models.create_feature_extractor``, ``FeatureGraphNet``) trace an optimized model: on an FX proxy our layers
+take their reference forward, plain module and function calls (the user's ``conv`` / ``bn`` modules, relu, pools,
+cat), so the graph computes the same function with the same parameters, and node names keep the model's module
+paths (``Mixed_5b.branch1x1.conv``, ...; inside a block the table's op order may differ from the original's).
+The graph runs those plain ops, not our kernels.
+
+**TorchScript.** ``torch.jit.script`` cannot compile our layers (Triton launches, custom ops); scripting an
+optimized model raises one ``RuntimeError`` that says so and what to do instead: script the original model
+(``optimize`` leaves it unchanged), or use ``torch.compile`` / ``torch.export`` / ``torch.jit.trace``.
+
+**Unsupported modules.** A conv → BN(→ ReLU) whose conv is grouped, dilated, not zero-padded, larger than 7×7 or
+strided by more than 2, or whose tensors live on a device other than CPU / CUDA (meta is accepted), on several
+devices, or in a dtype other than float32 / bfloat16 / float16 / float64, is kept as it is; the report
+(``verbose=True`` or :func:`report`) gives the reason. A known block holding such a conv is kept too (its fusable
+members are still replaced).
 """
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -74,8 +92,13 @@ _export_warned = False
 
 
 def _use_reference(x: torch.Tensor) -> bool:
-    """Reference ops for this call: no kernel for the dtype, or the model is being exported."""
+    """Reference ops for this call: FX symbolic tracing, no kernel for the dtype, or the model is being exported."""
     global _export_warned
+    if isinstance(x, torch.fx.Proxy):
+        # torch.fx.symbolic_trace, torchvision's create_feature_extractor, timm's FX feature extraction: the
+        # reference forward is plain module and function calls without branches on tensor values, so the graph
+        # records conv, batch_norm, relu, pools and cat -- the same function, runnable without this package
+        return True
     if x.dtype not in _KERNEL_DTYPES:
         return True
     if exporting():
@@ -91,7 +114,21 @@ def _use_reference(x: torch.Tensor) -> bool:
     return False
 
 
-class DropInConvBNAct(ConvBNAct):
+class _NotScriptable:
+    """``torch.jit.script`` of a model holding our drop-in layers stops with one clear error (TorchScript cannot
+    compile their forwards: Triton launches, custom ops, plans); it calls this hook on every submodule first."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile {type(self).__name__}, a layer installed by "
+            "inception_kernels.optimize: its forward runs Triton kernels and torch.library custom ops, which "
+            "TorchScript cannot represent. Script the model before optimize() (optimize(model) leaves `model` "
+            "itself unchanged), or use torch.compile(optimized) to keep the fused kernels, or torch.export / "
+            "torch.jit.trace / torch.fx.symbolic_trace, which record the equivalent plain PyTorch ops."
+        )
+
+
+class DropInConvBNAct(_NotScriptable, ConvBNAct):
     """A :class:`ConvBNAct` around a user's ``nn.Conv2d`` and BN (``optimize``'s replacement of ``BasicConv2d`` /
     ``ConvNormAct``). Beyond ``ConvBNAct``: a conv bias is folded into the epilogue in eval (in train mode such a
     layer runs the reference ops), and the reference ops serve the calls listed in the module docstring."""
@@ -157,7 +194,7 @@ class SequentialConvBNAct(DropInConvBNAct):
         return len(self._modules)
 
 
-class DropInInceptionBlock(InceptionBlock):
+class DropInInceptionBlock(_NotScriptable, InceptionBlock):
     """An :class:`InceptionBlock` holding a torchvision / timm block's own convs, BNs and tensors (``optimize``'s
     replacement of an Inception block); the reference ops serve the calls listed in the module docstring."""
 
@@ -217,6 +254,26 @@ def _bn_reason(bn: nn.Module, channels: int) -> str | None:
     return None
 
 
+# where our layers run (meta: shapes only, for deferred initialization)
+_DEVICE_TYPES = ("cpu", "cuda", "meta")
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # float64: the reference ops
+
+
+def _placement_reason(m: nn.Module) -> str | None:
+    """Why ``m``'s parameters and buffers cannot run on our layers: a device other than CPU / CUDA (/ meta),
+    tensors on several devices, or a dtype other than float32 / bfloat16 / float16 / float64 (None when they can)."""
+    tensors = [t for t in list(m.parameters()) + list(m.buffers()) if t.is_floating_point() or t.is_complex()]
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        return f"its tensors are on several devices ({', '.join(sorted(map(str, devices)))})"
+    if devices and next(iter(devices)).type not in _DEVICE_TYPES:
+        return f"device {next(iter(devices))} (our layers run on CPU and CUDA)"
+    bad = sorted({str(t.dtype) for t in tensors if t.dtype not in _DTYPES})
+    if bad:
+        return f"dtype {', '.join(bad)} (our layers take float32, bfloat16, float16 and float64)"
+    return None
+
+
 def _conv_bn(m: nn.Module) -> _ConvBN | str | None:
     """The parts of a conv → BN → ReLU module; a reason string when it is one we cannot fuse; None otherwise."""
     q = _qual(m)
@@ -243,7 +300,8 @@ def _conv_bn(m: nn.Module) -> _ConvBN | str | None:
         return None
     if any(_has_hooks(sub) for sub in m.modules()):
         return "the module or a member has hooks"
-    reason = fusable_conv_reason(parts.conv) or _bn_reason(parts.bn, parts.conv.out_channels)
+    reason = (fusable_conv_reason(parts.conv) or _bn_reason(parts.bn, parts.conv.out_channels)
+              or _placement_reason(m))  # fmt: skip
     return reason or parts
 
 
@@ -442,6 +500,9 @@ def _build_block(m: nn.Module, spec: Block) -> DropInInceptionBlock:
     convs = _spec_convs(spec)
     if _has_hooks(m):
         raise _Mismatch("the block has hooks")
+    placement = _placement_reason(m)
+    if placement:
+        raise _Mismatch(placement)
     _check_layout(m, spec, convs)
     theirs = {}
     for c in convs:
@@ -588,12 +649,14 @@ def _walk(m: nn.Module, name: str, report: OptimizeReport, inplace: bool, memo: 
 
 def optimize(model: nn.Module, *, inplace: bool = False, verbose: bool = False) -> nn.Module:
     """Run ``model``'s Inception blocks through the block engine and its conv → BN → ReLU layers through the
-    fused conv op; returns the optimized model (see the module docstring for what is replaced and shared).
+    fused conv op; returns the optimized model (:mod:`inception_kernels.convert` says what is replaced and
+    shared, and how export, FX tracing and TorchScript behave). :func:`report` (``inception_kernels.optimize_report``)
+    of the returned model lists what was replaced and what was kept, with the reason.
 
     Args:
         model: any ``nn.Module``; torchvision ``GoogLeNet`` / ``Inception3`` and timm ``InceptionV3`` /
             ``InceptionV4`` / ``InceptionResnetV2`` are fully covered (any ``num_classes``, with or without aux
-            heads, train or eval, any device and dtype).
+            heads, train or eval, on CPU or CUDA, in float32 / bfloat16 / float16 / float64).
         inplace: swap the modules inside ``model`` (True) or return a new module tree that shares every
             Parameter, buffer and untouched module with ``model``, leaving ``model``'s own tree unchanged (False).
         verbose: print what was replaced and what was kept (with the reason).
@@ -620,14 +683,3 @@ def report(model: nn.Module) -> OptimizeReport:
         return _REPORTS[model]
     except KeyError:
         raise ValueError("this model was not returned by inception_kernels.optimize") from None
-
-
-class _CallableModule(types.ModuleType):
-    """``inception_kernels.optimize`` is both this module and the function: importing the submodule binds the
-    module as the package attribute, so the module forwards calls to :func:`optimize`."""
-
-    def __call__(self, model: nn.Module, *, inplace: bool = False, verbose: bool = False) -> nn.Module:
-        return optimize(model, inplace=inplace, verbose=verbose)
-
-
-sys.modules[__name__].__class__ = _CallableModule

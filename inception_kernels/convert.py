@@ -647,7 +647,9 @@ def _walk(m: nn.Module, name: str, report: OptimizeReport, inplace: bool, memo: 
     return new
 
 
-def optimize(model: nn.Module, *, inplace: bool = False, verbose: bool = False) -> nn.Module:
+def optimize(
+    model: nn.Module, *, inplace: bool = False, verbose: bool = False, backend: str | None = None
+) -> nn.Module:
     """Run ``model``'s Inception blocks through the block engine and its conv → BN → ReLU layers through the
     fused conv op; returns the optimized model (:mod:`inception_kernels.convert` says what is replaced and
     shared, and how export, FX tracing and TorchScript behave). :func:`report` (``inception_kernels.optimize_report``)
@@ -660,14 +662,23 @@ def optimize(model: nn.Module, *, inplace: bool = False, verbose: bool = False) 
         inplace: swap the modules inside ``model`` (True) or return a new module tree that shares every
             Parameter, buffer and untouched module with ``model``, leaving ``model``'s own tree unchanged (False).
         verbose: print what was replaced and what was kept (with the reason).
+        backend: run the optimized model on one backend (``"triton"``, ``"cudnn"``, ``"cuda"``, ``"reference"``,
+            ``"auto"``) whatever ``INCEPTION_KERNELS_BACKEND`` says (``ops.dispatch.bind_backend``; eager only);
+            None: the environment and the dispatch layer's choice per layer.
 
     Returns: the optimized model: same class as ``model`` (unless ``model`` itself is a conv-BN-ReLU or a block),
     same ``state_dict()`` keys and tensors, same function within fp32 rounding.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize expects an nn.Module, got {type(model).__name__}")
+    if backend is not None:
+        from .ops import dispatch
+
+        dispatch._check_backend(backend, "backend")  # refuse a bad name before touching the model
     rep = OptimizeReport()
     out = _walk(model, "", rep, inplace, {})
+    if backend is not None:
+        dispatch.bind_backend(out, backend)
     _REPORTS[out] = rep
     if verbose:
         print(rep)

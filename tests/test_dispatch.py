@@ -378,3 +378,20 @@ def test_cudnn_route_saves_what_the_triton_route_saves():
             cudnn_bytes = saved_activation_bytes(model, x)
     assert {c.impl for f, _, c, _ in log if f == "conv_fwd"} == {"cudnn"}
     assert abs(cudnn_bytes / triton_bytes - 1) <= 0.10, (cudnn_bytes, triton_bytes)
+
+
+def test_optimize_binds_a_backend():
+    import inception_kernels
+
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), torch.nn.BatchNorm2d(6),
+                              torch.nn.ReLU()).eval()  # fmt: skip
+    with pytest.raises(ValueError, match="backend"):
+        inception_kernels.optimize(seq, backend="fastest")
+    opt = inception_kernels.optimize(seq, backend="cudnn")
+    x = _cl(torch.randn(2, 4, 5, 5))
+    with torch.no_grad(), dispatch.recording() as log:
+        y = opt(x)
+    assert {c.impl for f, _, c, _ in log if f == "conv_fwd"} == {"cudnn"}
+    with torch.no_grad():
+        assert rel_err(y, seq(x)) < 1e-5

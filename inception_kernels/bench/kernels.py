@@ -29,6 +29,8 @@ RESIDUAL_SCALE = 0.17
 THRESHOLDS = {"bf16": 2e-2, "fp16": 1e-2, "fp32": 5e-3}
 PASSES = ("fwd", "fwdbwd")
 BASELINES = ("cudnn", "compile", "compile_max")
+# Our op on each conv route of the dispatch layer, beside ``ours`` (= what ``auto`` chooses per shape).
+ROUTES = ("triton", "cudnn")
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,8 @@ def bench_shape(shape: ConvShape, n: int, dtype_name: str, device, timers, *, im
             try:
                 if name == "ours":
                     fns[name] = ours_fn(shape)
+                elif name.startswith("ours_"):
+                    fns[name] = _on_route(ours_fn(shape), name.removeprefix("ours_"))
                 elif name == "cudnn":
                     fns[name] = _on_dict(ref)
                 else:
@@ -234,9 +238,22 @@ def bench_shape(shape: ConvShape, n: int, dtype_name: str, device, timers, *, im
                 rec["baseline_checks"][name] = check_error(e)
         check_and_time(rec, fns, lambda fn: check(fn, shape, sets[0], thr), sets, keys, timers, rounds=rounds,
                        label=f"kernels/{shape.name}/{n}/{dtype_name}")  # fmt: skip
-    finalize(rec, [(f"ours{s}", f"{b}{s}") for s in timer_suffixes(timers) for b in BASELINES], ceilings)
+    ours = ["ours"] + [n for n in impls if n.startswith("ours_")]
+    finalize(rec, [(f"{o}{s}", f"{b}{s}") for s in timer_suffixes(timers) for o in ours for b in BASELINES],
+             ceilings)  # fmt: skip
     rec["wall_s"] = time.perf_counter() - t0
     return rec
+
+
+def _on_route(fn, route: str):
+    """``fn`` with the dispatch layer forced to one conv route (forward and, through autograd, backward)."""
+    from ..ops import dispatch
+
+    def run(inp):
+        with dispatch.use_backend(route):
+            return fn(inp)
+
+    return run
 
 
 def check_and_time(rec: dict, fns: dict, check_one, sets, keys, timers, *, rounds: int, label: str) -> None:
@@ -252,7 +269,7 @@ def check_and_time(rec: dict, fns: dict, check_one, sets, keys, timers, *, round
     timed = {}
     for name, fn in fns.items():
         st = rec["check"]["status"] if name == "ours" else rec["baseline_checks"][name]["status"]
-        if st == "ERROR" or (name == "ours" and st != "PASS"):
+        if st == "ERROR" or (name.startswith("ours") and st != "PASS"):
             continue
         timed[name] = closures(fn, sets, keys)
     for timer, sfx in zip(timers, timer_suffixes(timers)):
@@ -276,7 +293,7 @@ def run_kernels(device, timers, *, shapes, batches=(32,), dtypes=("bf16",), comp
             for shape in shapes:
                 if dt == "fp32" and fp32_shapes is not None and shape.name not in fp32_shapes:
                     continue
-                impls = ["ours", "cudnn", "compile"]
+                impls = ["ours", *(f"ours_{r}" for r in ROUTES), "cudnn", "compile"]
                 if shape.name in compile_max_shapes and budget.allows(60):
                     impls.append("compile_max")
                 s = shape.tiny() if tiny else shape

@@ -44,7 +44,7 @@ def test_dry_run_of_every_step(tmp_path, monkeypatch):
     assert setup["smoke"]["collect_only"] and setup["smoke"]["rc"] == 0
     assert setup["smoke"]["counts"]["collected"] >= 10
     tests = steps["tests"]["pytest"]
-    assert tests["rc"] == 0 and tests["counts"]["collected"] > 100  # the rest of those files
+    assert tests["rc"] == 0 and tests["counts"]["collected"] > 20  # the rest of test_pool_residual.py
 
     (v3,) = steps["headline"]["networks"].values()
     assert v3["network"] == "inception_v3" and v3["status"] == "done" and v3["config"]["size"] == 75

@@ -14,9 +14,9 @@ bf16, one row per implementation:
 Columns: eval img/s at batch 256 (CUDA events, host included), latency at batch 1 (events) and its CUDA-graph
 replay (the eval forward captured with a static input by :func:`~.common.graphed`), training img/s at batch 128
 (forward + cross-entropy + backward + SGD-momentum step) and the peak working memory of a step, the first call's
-time of every measurement (Triton JIT, torch.compile), and the correctness checks: the eval logits of the same
-weights against the fp32 eager model, and for training the loss and the gradient norm of one step against the fp32
-model in train mode, rel. error <= max(3e-2 eval / 5e-2 train, 2× the error of eager bf16 autocast itself).
+time of every measurement (Triton JIT, torch.compile), and the correctness checks, at the measured batch sizes: the
+eval logits of the same weights against the fp32 eager model, and for training the loss and the gradient norm of one
+step (before any optimizer step) against the fp32 model in train mode, rel. error <= max(3e-2 eval / 5e-2 train, 2× the error of eager bf16 autocast itself).
 
 Time: every measurement has a cost estimate (first-call compile times dominate; the estimates are replaced by the
 measured first-call times of the same family as they come in); one that would not fit the budget is skipped and
@@ -57,11 +57,11 @@ ENV = "INCEPTION_KERNELS_BACKEND"
 
 PLANS = {
     # batch sizes of the issue; size None = the network's native input size
-    "gpu": {"size": None, "eval_batch": 256, "latency_batch": 1, "train_batch": 128, "check_batch": 8,
+    "gpu": {"size": None, "eval_batch": 256, "latency_batch": 1, "train_batch": 128,
             "dtype": torch.bfloat16, "rounds": 2},
     # CPU dry run: toy sizes (inception_v3 needs >= 75²), every code path, seconds not minutes
     "dry": {"size": {"googlenet": 32, "inception_v3": 75, "inception_v4": 75, "inception_resnet_v2": 75},
-            "eval_batch": 2, "latency_batch": 1, "train_batch": 2, "check_batch": 2, "dtype": torch.float32,
+            "eval_batch": 2, "latency_batch": 1, "train_batch": 2, "dtype": torch.float32,
             "rounds": 1},  # fp32: CPU bf16 is slow, and the reference backend's conv returns fp32 for bf16 on a CPU
 }  # fmt: skip
 
@@ -138,9 +138,11 @@ class _Network:
             ref = zoo.reference_model(name)
         self.ref = randomize_(ref).eval()  # fp32, NCHW: the correctness reference
         g = torch.Generator(device="cpu").manual_seed(1)
-        nc, s = plan["check_batch"], self.size
-        self.x_check = torch.randn(nc, 3, s, s, generator=g).to(self.dev)
-        self.y_check = torch.randint(0, 1000, (nc,), generator=g).to(self.dev)
+        # checked at the measured batch sizes: a compiled row then compiles no extra shape for its check
+        s, ne, nt = self.size, plan["eval_batch"], plan["train_batch"]
+        self.x_check = torch.randn(ne, 3, s, s, generator=g).to(self.dev)
+        self.x_train = torch.randn(nt, 3, s, s, generator=g).to(self.dev)
+        self.y_train = torch.randint(0, 1000, (nt,), generator=g).to(self.dev)
         with torch.no_grad(), tf32(False):
             self.want_logits = _logits(self.ref(self.x_check)).float()
         sync(self.dev)
@@ -148,7 +150,7 @@ class _Network:
             raise RuntimeError("degenerate fp32 reference logits: the checks would be vacuous")
         train_ref = _no_dropout(copy.deepcopy(self.ref)).train()
         with tf32(False):
-            loss = _loss(train_ref, self.x_check, self.y_check, contextlib.nullcontext())
+            loss = _loss(train_ref, self.x_train, self.y_train, contextlib.nullcontext())
             loss.backward()
         self.want_loss, self.want_gnorm = loss.detach(), _grad_norm(train_ref)
         del train_ref
@@ -206,9 +208,9 @@ class _Network:
 
     def check_train(self, row, m) -> dict:
         """One forward + backward of the train model from the reference weights (before any optimizer step)."""
-        x = self.x_check.to(self.input_dtype(row)).contiguous(memory_format=self.cl)
+        x = self.x_train.to(self.input_dtype(row)).contiguous(memory_format=self.cl)
         m.zero_grad(set_to_none=True)
-        loss = _loss(m, x, self.y_check, self.ctx(row))
+        loss = _loss(m, x, self.y_train, self.ctx(row))
         loss.backward()
         sync(self.dev)
         errs = {

@@ -318,7 +318,7 @@ def python_step(
         if not dry:
             torch.set_float32_matmul_precision("high")
         plan = headline.PLANS["dry" if dry else "gpu"]
-        timer = FakeTimer(DRY_TIMES) if dry else EventTimer(10.0, 40.0)
+        timer = FakeTimer(DRY_TIMES) if dry else EventTimer(25.0, 200.0)
         compiler = identity_compiler if dry else torch_compiler
         # dry run: the reference backend as the working route and a route that does not exist (the
         # route-unavailable path); the GPU routes do not run on a CPU without the interpreter

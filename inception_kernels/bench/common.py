@@ -95,14 +95,15 @@ def geomean(vals) -> float | None:
 
 class Budget:
     """Wall-clock budget of a section: ``left()`` seconds remain; ``allows(cost_s)`` says whether an item that
-    may take ``cost_s`` still fits. Skipped items are recorded with the reason, never silently dropped."""
+    may take ``cost_s`` still fits. Skipped items are recorded with the reason, never silently dropped. ``clock``:
+    seconds (default ``time.perf_counter``; a :class:`~.timing.FakeClock` in dry runs)."""
 
-    def __init__(self, seconds: float | None):
-        self.seconds = seconds
-        self.t0 = time.perf_counter()
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.clock = seconds, clock
+        self.t0 = clock()
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
+        return self.clock() - self.t0
 
     def left(self) -> float:
         return math.inf if self.seconds is None else self.seconds - self.elapsed()

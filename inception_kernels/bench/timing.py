@@ -81,6 +81,20 @@ class FakeTimer:
         return ms * (self.ours_factor if impl.startswith("ours") else 1.0)
 
 
+class FakeClock:
+    """A clock for dry runs: ``clock()`` returns seconds that move only by ``advance(s)`` (the time a step would
+    take on a GPU), so the time-budget and skip logic run deterministically on a CPU."""
+
+    def __init__(self, t0: float = 0.0):
+        self.t = float(t0)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += max(0.0, float(seconds))
+
+
 def num_sets(nbytes: int, threshold: int = ROTATE_BELOW_BYTES, max_sets: int = MAX_SETS) -> int:
     """Input sets to rotate over: 1 when one set is >= ``threshold`` bytes, else enough to exceed it, >= 3."""
     if nbytes >= threshold:

@@ -51,7 +51,7 @@ from .timing import (
     tolerances,
 )
 
-ROUTES = ("triton", "cudnn")  # values of INCEPTION_KERNELS_BACKEND for ours, in order of value
+ROUTES = ("auto", "cudnn", "triton")  # values of INCEPTION_KERNELS_BACKEND for ours, in order of value
 KINDS = ("eval", "latency", "train")
 ENV = "INCEPTION_KERNELS_BACKEND"
 

@@ -181,7 +181,7 @@ class _Network:
         if not fam.startswith("ours"):  # ours keeps (K, C, R, S) weights (its launchers repack them)
             m = m.to(memory_format=self.cl)
         else:
-            from ..optimize import optimize
+            from ..convert import optimize
 
             with route_env(route_of(row)):
                 m = optimize(m, inplace=True).to(self.dtype)

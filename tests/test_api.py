@@ -66,7 +66,7 @@ def test_import_is_lazy_and_help_works():
         import inception_kernels
         assert "inception_kernels.ops" not in sys.modules and "triton" not in sys.modules, sorted(sys.modules)
         text = pydoc.render_doc(inception_kernels.optimize, renderer=pydoc.plaintext)
-        assert "optimize(model: 'nn.Module', *, inplace: 'bool' = False, verbose: 'bool' = False)" in text, text
+        assert "optimize(model: 'nn.Module', *, inplace: 'bool' = False, verbose: 'bool' = False, backend:" in text, text
         pydoc.render_doc(inception_kernels, renderer=pydoc.plaintext)
         print("ok")
     """)

@@ -118,6 +118,10 @@ def _is_type_string(v) -> bool:
     (what the JIT infers at run time for, e.g., channels_last strides when the channel count is)."""
     if isinstance(v, str) and v.endswith(":16"):
         v = v[:-3]
+    if isinstance(v, str) and v.startswith(
+        "tensordesc<"
+    ):  # host TMA descriptor, e.g. "tensordesc<bf16[64, 64]>"
+        return True
     return isinstance(v, str) and (v.startswith("*") or v in _SCALAR_TYPES)
 
 
@@ -290,13 +294,112 @@ def disassemble(cubin: bytes) -> str:
 
 def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
     """``(registers, stack_bytes, mma_instructions)`` of a single-kernel cubin."""
-    out = disassemble(cubin)
+    return _stats_of(disassemble(cubin))
+
+
+def _stats_of(out: str) -> tuple[int, int, int]:
     regs = _REG_RE.search(out)
     stack = _STACK_RE.search(out)
     if regs is None or stack is None:
         raise RuntimeError("cuobjdump printed no resource usage")
     mma = sum(1 for line in out.splitlines() if _MMA_RE.search(line))
     return int(regs.group(1)), int(stack.group(1)), mma
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Static speed proxy (DESIGN.md section 4, item 4): the instruction mix of the SASS
+# ----------------------------------------------------------------------------------------------------------
+_SASS_LINE_RE = re.compile(
+    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9]*)((?:\.[A-Za-z0-9_]+)*)\s*([^;]*);"
+)
+_BRA_TARGET_RE = re.compile(r"0x([0-9a-f]+)")
+_MMA_SHAPE_RE = re.compile(r"\.(\d+)x(\d+)x(\d+)")
+# Integer / address arithmetic of the vector datapath (what address generation and masks cost per warp).
+INT_OPS = frozenset(
+    "IMAD IADD3 IADD IADD32I LEA ISETP SHF LOP3 LOP SEL IABS IMNMX VIADD VIMNMX PRMT SGXT BMSK IMUL ISCADD "
+    "FLO POPC BREV I2F F2I".split()
+)
+# The same on the uniform (scalar, one per warp) datapath: cheap, counted apart.
+UNIFORM_INT_OPS = frozenset("UIMAD UIADD3 ULEA UISETP USHF ULOP3 USEL UPRMT UIABS UIMNMX USGXT UBMSK".split())
+TC_OPS = ("HGMMA", "HMMA")
+COPY_OPS = ("UTMALDG", "LDGSTS", "LDG", "LDSM", "STG")
+PROXY_FIELDS = ("tc", "utmaldg", "ldgsts", "ldg", "int", "loop_instr", "loop_tc", "loop_int", "loop_uint",
+                "loop_copies", "int_per_tc", "macs_per_tc")  # fmt: skip
+
+
+def parse_sass(sass: str) -> list[tuple[int, str, str, str]]:
+    """``(address, opcode, modifiers, operands)`` of every instruction of a ``cuobjdump --dump-sass`` listing."""
+    out = []
+    for line in sass.splitlines():
+        m = _SASS_LINE_RE.search(line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(2), m.group(3), m.group(4)))
+    return out
+
+
+def _macs_per_warp(op: str, mods: str) -> int:
+    """Multiply-accumulates one warp issues with one tensor-core instruction: HMMA m16n8k16 (``.16816``) or
+    ``.1688`` per warp; HGMMA m64nNk16 per warpgroup of 4 warps."""
+    if op == "HGMMA":
+        m = _MMA_SHAPE_RE.search(mods)
+        return int(m.group(1)) * int(m.group(2)) * int(m.group(3)) // 4 if m else 0
+    digits = mods.split(".")[1] if mods.count(".") else ""
+    shapes = {"16816": 16 * 8 * 16, "1688": 16 * 8 * 8, "884": 8 * 8 * 4}
+    return shapes.get(digits, 0)
+
+
+def sass_proxy(sass: str) -> dict:
+    """Instruction mix of a kernel's SASS, whole and in its mainloop.
+
+    Whole kernel: tensor-core instructions (``tc``: HGMMA + HMMA), bulk tensor copies (UTMALDG), async copies
+    (LDGSTS), plain global loads (LDG) and vector-datapath integer instructions (``int``: IMAD, IADD3, LEA, ISETP,
+    SHF, LOP3, SEL, ...). Mainloop: the innermost backward-branch loop holding the most tensor-core instructions
+    (its body runs once per reduction step); ``loop_int`` / ``loop_tc`` = ``int_per_tc`` is the proxy, together
+    with ``macs_per_tc`` (multiply-accumulates per warp per tensor-core instruction, to compare tile shapes: one
+    HGMMA.64x256x16 does 8x the work of an HMMA.16816). Static counts, not a timing.
+    """
+    ins = parse_sass(sass)
+    counts: dict[str, int] = {}
+    for _, op, _, _ in ins:
+        counts[op] = counts.get(op, 0) + 1
+    loops = []
+    for addr, op, _, operands in ins:
+        if op == "BRA":
+            m = _BRA_TARGET_RE.search(operands)
+            if m and int(m.group(1), 16) < addr:
+                loops.append((int(m.group(1), 16), addr))
+
+    def body(lo, hi):
+        return [i for i in ins if lo <= i[0] <= hi]
+
+    best = None
+    for lo, hi in loops:
+        tc = sum(1 for i in body(lo, hi) if i[1] in TC_OPS)
+        if tc == 0:
+            continue
+        inner = not any(lo <= a < b <= hi and (a, b) != (lo, hi) and any(
+            i[1] in TC_OPS for i in body(a, b)) for a, b in loops)  # fmt: skip
+        key = (inner, tc, -(hi - lo))
+        if best is None or key > best[0]:
+            best = (key, lo, hi)
+    loop = body(best[1], best[2]) if best else ins
+    loop_tc = [i for i in loop if i[1] in TC_OPS]
+    loop_int = sum(1 for i in loop if i[1] in INT_OPS)
+    macs = [_macs_per_warp(i[1], i[2]) for i in loop_tc]
+    return {
+        "tc": sum(counts.get(op, 0) for op in TC_OPS),
+        "utmaldg": counts.get("UTMALDG", 0),
+        "ldgsts": counts.get("LDGSTS", 0),
+        "ldg": counts.get("LDG", 0),
+        "int": sum(v for k, v in counts.items() if k in INT_OPS),
+        "loop_instr": len(loop),
+        "loop_tc": len(loop_tc),
+        "loop_int": loop_int,
+        "loop_uint": sum(1 for i in loop if i[1] in UNIFORM_INT_OPS),
+        "loop_copies": sum(1 for i in loop if i[1] in COPY_OPS),
+        "int_per_tc": round(loop_int / len(loop_tc), 2) if loop_tc else None,
+        "macs_per_tc": round(sum(macs) / len(macs)) if macs else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -322,6 +425,23 @@ def _error_line(e: BaseException, fn=None) -> str:
     return f"{name}: {lines[0]}" if lines else name
 
 
+def arg_values(spec, config, dtype: str) -> dict:
+    """``spec.arg_types(dtype)``, or ``spec.arg_types(dtype, config)`` when it takes a second positional parameter
+    (types that depend on the config, such as a tensor descriptor's block shape)."""
+    params = [
+        p
+        for p in inspect.signature(spec.arg_types).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return dict(spec.arg_types(dtype, config) if len(params) >= 2 else spec.arg_types(dtype))
+
+
+def applies(spec, config, dtype: str, arch: int) -> bool:
+    """Whether the launcher can run ``config`` of ``spec`` for ``dtype`` on ``arch`` (``KernelSpec.applies``)."""
+    fn = getattr(spec, "applies", None)
+    return True if fn is None else bool(fn(config, dtype, int(arch)))
+
+
 def compile_kernel(spec, config, dtype: str, arch: int):
     """``triton.compile`` one (kernel, config, dtype, arch) for ``GPUTarget("cuda", arch, 32)``; raises on failure.
 
@@ -345,7 +465,7 @@ def compile_kernel(spec, config, dtype: str, arch: int):
         options["maxnreg"] = config.maxnreg
     with interpreter_off():
         jit_fn = fresh_jit(spec.fn)
-        signature, constexprs, pointers = build_signature(jit_fn, config, dict(spec.arg_types(dtype)))
+        signature, constexprs, pointers = build_signature(jit_fn, config, arg_values(spec, config, dtype))
         src = _make_source(jit_fn, signature, constexprs, pointers, make_backend(target))
         return triton.compile(src, target=target, options=options)
 
@@ -360,7 +480,9 @@ def compile_one(spec, config, dtype: str, arch: int) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):
             compiled = compile_kernel(spec, config, dtype, arch)
         row["shared_bytes"] = int(compiled.metadata.shared)
-        row["registers"], row["spill_bytes"], row["mma_instructions"] = cubin_stats(compiled.asm["cubin"])
+        sass = disassemble(compiled.asm["cubin"])
+        row["registers"], row["spill_bytes"], row["mma_instructions"] = _stats_of(sass)
+        row["proxy"] = sass_proxy(sass)
         limit = MAX_SHARED_BYTES.get(int(arch))
         if limit is not None and row["shared_bytes"] > limit:
             row["error"] = (
@@ -584,7 +706,8 @@ def compile_all(
 
     ``name_filter`` keeps the kernels whose name contains it. ``specs`` replaces the registry (tests);
     ``jobs`` is the number of worker processes (default: the CPU count, at most 8). Rows come back in
-    kernel, config, dtype, arch order.
+    kernel, config, dtype, arch order. Combinations a spec's ``applies`` rejects (configs that do not fit an
+    architecture at that element size, TMA variants below sm_90) are not compiled and give no row.
 
     With ``jobs=1`` the compiles run in this process. Otherwise they run in fresh Python processes, which import
     each spec again: that needs a spec that is a module-level object of an importable module, or is registered
@@ -602,6 +725,7 @@ def compile_all(
         for ci in range(len(spec.configs))
         for dtype in dtypes
         for arch in arches
+        if applies(spec, spec.configs[ci], dtype, arch)
     ]
     if not jobs_list:
         return []

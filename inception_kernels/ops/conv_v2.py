@@ -122,10 +122,10 @@ def _conv_fwd_v2(
     else:
         h_base = p * stride_h - pad_t
         w_base = q * stride_w - pad_l
-        # A offsets of tap (0, 0), channel block 0: the only per-element integer work, done once
-        a_off = (n.to(IDX_T) * sxn + h_base.to(IDX_T) * sxh + w_base.to(IDX_T) * sxw)[:, None] + offs_c.to(
-            IDX_T
-        )[None, :] * sxc
+        # A offsets of tap (0, 0), channel block 0: rows and channels kept apart (a hoisted [BLOCK_M, BLOCK_C]
+        # tile would hold BLOCK_M·BLOCK_C/threads registers); a step adds one scalar to the row offsets
+        a_row = n.to(IDX_T) * sxn + h_base.to(IDX_T) * sxh + w_base.to(IDX_T) * sxw
+        a_col = offs_c.to(IDX_T) * sxc
         zero = pid * 0
         r = zero
         s = zero
@@ -137,10 +137,10 @@ def _conv_fwd_v2(
             valid = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
             step = r.to(IDX_T) * sxh + s.to(IDX_T) * sxw + c0.to(IDX_T) * sxc
             if EVEN_C:
-                a = tl.load(x_ptr + (a_off + step), mask=valid[:, None], other=0.0)
+                a = tl.load(x_ptr + (a_row + step)[:, None] + a_col[None, :], mask=valid[:, None], other=0.0)
             else:
                 a_mask = valid[:, None] & ((c0 + offs_c) < C)[None, :]
-                a = tl.load(x_ptr + (a_off + step), mask=a_mask, other=0.0)
+                a = tl.load(x_ptr + (a_row + step)[:, None] + a_col[None, :], mask=a_mask, other=0.0)
             rs = r * S + s
             if B_DESC:
                 b = tl.reshape(w_desc.load([rs, c0, n0]), (BLOCK_C, BLOCK_N))
@@ -180,19 +180,18 @@ def _cfg(bm, bn, bc, warps, stages) -> triton.Config:
     )
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_C, warps, stages). 16-bit: BLOCK_C = 64 (128-byte rows: the widest swizzle), the
-# wide-N tiles for K >= 192, 4-warp 128-row tiles (one warpgroup per 64 rows x 2) for mid sizes, 32/16-channel
-# blocks for the C = 3 stem and deep-stage variants; short M tiles for tiny grids (8x8 at small batch).
+# (BLOCK_M, BLOCK_N, BLOCK_C, warps, stages). BLOCK_C = 64 gives 128-byte 16-bit rows (the widest swizzle);
+# 128-row tiles run on 8 warps (two warpgroups of 64 rows: at 4 warps the 128x128 fp32 accumulator plus the
+# epilogue spill on sm_90), BLOCK_N = 256 as 64x256 on 8 warps (128x256 spills); 16-channel blocks for the C = 3
+# stem; 3-5 stages; short M tiles for tiny grids (8x8 at small batch; below 64 rows the dot is mma.sync).
+# BLOCK_N must be a power of two (tl.arange), so no 192.
 V2_CONFIGS = tuple(
     _cfg(*c)
     for c in [
-        (128, 256, 64, 8, 3),
-        (128, 192, 64, 8, 3),
         (128, 128, 64, 8, 4),
-        (128, 128, 64, 4, 3),
-        (128, 128, 32, 4, 5),
+        (128, 128, 64, 8, 3),
+        (128, 128, 32, 8, 5),
         (64, 256, 64, 8, 3),
-        (64, 192, 64, 4, 4),
         (128, 64, 64, 4, 4),
         (64, 128, 64, 4, 4),
         (64, 64, 64, 4, 5),

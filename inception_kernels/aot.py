@@ -323,7 +323,7 @@ INT_OPS = frozenset(
 UNIFORM_INT_OPS = frozenset("UIMAD UIADD3 ULEA UISETP USHF ULOP3 USEL UPRMT UIABS UIMNMX USGXT UBMSK".split())
 TC_OPS = ("HGMMA", "HMMA")
 COPY_OPS = ("UTMALDG", "LDGSTS", "LDG", "LDSM", "STG")
-PROXY_FIELDS = ("tc", "utmaldg", "ldgsts", "ldg", "int", "loop_instr", "loop_tc", "loop_int", "loop_uint",
+PROXY_FIELDS = ("tc", "utmaldg", "ldgsts", "ldg", "int", "loop_instr", "loop_tc", "tc_op", "loop_int", "loop_uint",
                 "loop_copies", "int_per_tc", "macs_per_tc")  # fmt: skip
 
 
@@ -394,6 +394,7 @@ def sass_proxy(sass: str) -> dict:
         "int": sum(v for k, v in counts.items() if k in INT_OPS),
         "loop_instr": len(loop),
         "loop_tc": len(loop_tc),
+        "tc_op": "HGMMA" if any(i[1] == "HGMMA" for i in loop_tc) else ("HMMA" if loop_tc else "-"),
         "loop_int": loop_int,
         "loop_uint": sum(1 for i in loop if i[1] in UNIFORM_INT_OPS),
         "loop_copies": sum(1 for i in loop if i[1] in COPY_OPS),
@@ -736,9 +737,17 @@ def compile_all(
     return _run_in_process(specs, jobs_list, n)
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """The rows as an aligned text table, one line each (errors last, unpadded)."""
+_PROXY_COLUMNS = ("tc_op", "loop_tc", "loop_int", "int_per_tc", "utmaldg", "ldgsts")
+
+
+def format_table(rows: Sequence[dict], proxy: bool = False) -> str:
+    """The rows as an aligned text table, one line each (errors last, unpadded); with ``proxy``, the mainloop
+    instruction mix of :func:`sass_proxy` before the error column."""
     headers = ("kernel", "config", "arch", "dtype", "regs", "spill", "shared", "mma", "ok", "error")
+    if proxy:
+        rows = [{**r, **{f"p_{k}": (r.get("proxy") or {}).get(k) for k in _PROXY_COLUMNS}} for r in rows]
+        headers = headers[:-1] + _PROXY_COLUMNS + headers[-1:]
+    fields = FIELDS[:-1] + tuple(f"p_{k}" for k in _PROXY_COLUMNS) + FIELDS[-1:] if proxy else FIELDS
 
     def cell(row, field):
         v = row.get(field)
@@ -750,9 +759,9 @@ def format_table(rows: Sequence[dict]) -> str:
             return v or ""
         return "-" if v is None else str(v)
 
-    table = [headers] + [tuple(cell(r, f) for f in FIELDS) for r in rows]
+    table = [headers] + [tuple(cell(r, f) for f in fields) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(headers) - 1)]
-    right = {2, 4, 5, 6, 7}  # numbers right-aligned
+    right = {2, 4, 5, 6, 7} | (set(range(10, 10 + len(_PROXY_COLUMNS))) if proxy else set())  # numbers
     out = []
     for line in table:
         cells = [
@@ -762,10 +771,98 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def write_json(rows: Sequence[dict], path: str) -> None:
+def write_json(rows: Sequence[dict], path: str, proxy: bool = False) -> None:
+    keys = (*FIELDS, "proxy") if proxy else FIELDS
     with open(path, "w") as f:
-        json.dump([{k: r[k] for k in FIELDS} for r in rows], f, indent=1)
+        json.dump([{k: r.get(k) for k in keys} for r in rows], f, indent=1)
         f.write("\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# v1 vs v2 on the Inception layer shapes: each shape's heuristic config, compiled with the JIT's specializations
+# ----------------------------------------------------------------------------------------------------------
+H100_SMS = 132
+
+
+def _jit_int_type(v: int):
+    """What the JIT makes of an integer argument: the constant 1, a 16-divisible i32, or a plain i32."""
+    if v == 1:
+        return 1
+    return "i32:16" if v % 16 == 0 else "i32"
+
+
+def _shape_arg_values(shape, batch: int, dt: str) -> dict:
+    """Run-time values of the forward kernels' integer arguments for one layer (contiguous NHWC tensors)."""
+    N, C, H, W, K = batch, shape.C, shape.H, shape.W, shape.K
+    P, Q = shape.out_hw
+    ints = dict(N=N, C=C, H=H, W=W, K=K, P=P, Q=Q, sxn=H * W * C, sxc=1, sxh=W * C, sxw=C,
+                son=P * Q * K, sok=1, sop=Q * K, soq=K, srn=P * Q * K, srk=1, srp=Q * K, srq=K,
+                s2n=P * Q * K, s2k=1, s2p=Q * K, s2q=K, stride_h=shape.stride[0], stride_w=shape.stride[1],
+                pad_t=shape.padding[0], pad_l=shape.padding[2], k_split=K)  # fmt: skip
+    types = {k: _jit_int_type(v) for k, v in ints.items()}
+    types.update({k: f"*{dt}" for k in ("x_ptr", "w_ptr", "out_ptr", "res_ptr", "out2_ptr")})
+    types.update({k: "*fp32" for k in ("scale_ptr", "bias_ptr", "st_cnt_ptr", "st_mean_ptr", "st_m2_ptr")})
+    types.update(res_scale="fp32", R=shape.R, S=shape.S, HAS_SCALE=not shape.residual, HAS_BIAS=True,
+                 HAS_RES=shape.residual, RELU=True, HAS_OUT2=False, STATS=False,
+                 DOT_PRECISION="tf32" if dt == "fp32" else "ieee")  # fmt: skip
+    return types
+
+
+def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: int = H100_SMS, jobs=None):
+    """For each of the 14 Inception layer shapes (``inception_kernels.bench.kernels.SHAPES``): v1 and v2 forward
+    kernels with the config each launcher's heuristic picks for ``batch`` on a GPU with ``sms`` SMs, compiled for
+    ``arch`` with the JIT's integer specializations and v2's descriptor plan; one row per (shape, version)."""
+    import triton.language as tl
+
+    from inception_kernels.bench.kernels import SHAPES
+    from inception_kernels.ops import conv, conv_v2
+    from inception_kernels.ops._registry import KernelSpec
+
+    eb = 4 if dtype == "fp32" else 2
+    specs, meta = [], []
+    for shape in SHAPES:
+        P, Q = shape.out_hw
+        dims = (("BLOCK_M", batch * P * Q), ("BLOCK_N", shape.K), ("BLOCK_C", shape.C))
+        base = {**_shape_arg_values(shape, batch, dtype), "IDX_T": tl.int32}
+        c1 = conv.heuristic_config("fwd", dims, eb, 1, sms)
+        t1 = {k: v for k, v in base.items() if k in inspect.signature(conv._conv_fwd).parameters}
+        specs.append(KernelSpec(f"v1:{shape.name}", conv._conv_fwd, (c1,), lambda dt, *, t=t1: t))
+        meta.append((shape.name, "v1", c1, "-"))
+        c2 = conv_v2.heuristic_config_v2(dims, eb, sms, arch)
+        kw = c2.kwargs
+        tma = arch >= 90
+        b_desc = tma and (shape.K * eb) % 16 == 0
+        a_desc = b_desc and (shape.R, shape.S, shape.stride, shape.padding) == (1, 1, (1, 1), (0, 0, 0, 0))
+        a_desc = a_desc and (shape.C * eb) % 16 == 0
+        t2 = {**base, "A_DESC": a_desc, "B_DESC": b_desc, "EVEN_C": shape.C % kw["BLOCK_C"] == 0,
+              "x_desc": conv_v2._desc_type(dtype, (kw["BLOCK_M"], kw["BLOCK_C"])) if a_desc else f"*{dtype}",
+              "w_desc": conv_v2._desc_type(dtype, (1, kw["BLOCK_C"], kw["BLOCK_N"])) if b_desc else f"*{dtype}"}  # fmt: skip
+        specs.append(KernelSpec(f"v2:{shape.name}", conv_v2._conv_fwd_v2, (c2,), lambda dt, *, t=t2: t))
+        meta.append((shape.name, "v2", c2, ("A+B" if a_desc else "B") if b_desc else "-"))
+    rows = compile_all(arches=(arch,), dtypes=(dtype,), specs=specs, jobs=jobs)
+    for row, (name, version, cfg, desc) in zip(rows, meta, strict=True):
+        row.update(shape=name, version=version, tma=desc, config=config_name(cfg), batch=batch)
+    return rows
+
+
+def format_compare(rows: Sequence[dict]) -> str:
+    """The v1-vs-v2 rows as a markdown table (mainloop instruction mix per warp and per reduction step)."""
+    head = ("| shape | ver | config | TMA | regs | spill | smem KB | TC op | loop TC | loop int | int/TC | "
+            "int/kMAC | loop copies |")  # fmt: skip
+    out = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    for r in rows:
+        p = r.get("proxy") or {}
+        if not r["ok"]:
+            out.append(f"| {r['shape']} | {r['version']} | {r['config']} | {r['tma']} | FAIL: {r['error']} |")
+            continue
+        kmac = p["loop_tc"] * p["macs_per_tc"] / 1024 if p.get("loop_tc") else 0
+        per_kmac = f"{p['loop_int'] / kmac:.2f}" if kmac else "-"
+        out.append(
+            f"| {r['shape']} | {r['version']} | {r['config']} | {r['tma']} | {r['registers']} | {r['spill_bytes']} | "
+            f"{r['shared_bytes'] / 1024:.0f} | {p.get('tc_op')} | {p.get('loop_tc')} | "
+            f"{p.get('loop_int')} | {p.get('int_per_tc')} | {per_kmac} | {p.get('loop_copies')} |"
+        )
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -786,17 +883,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as a JSON list")
     parser.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: CPU count)")
+    parser.add_argument(
+        "--compare-v2", action="store_true",
+        help="v1 vs v2 forward kernels on the 14 Inception layer shapes (heuristic config each, first --arch and "
+        "--dtype, --batch), with the SASS instruction-mix proxy, as a markdown table",
+    )  # fmt: skip
+    parser.add_argument("--batch", type=int, default=32, help="batch size for --compare-v2")
+    parser.add_argument(
+        "--sms", type=int, default=H100_SMS, help="SM count the heuristics fill (--compare-v2)"
+    )
+    parser.add_argument(
+        "--proxy", action="store_true", help="add the SASS instruction-mix columns to the table"
+    )
     args = parser.parse_args(argv)
+    if args.compare_v2:
+        dtype = args.dtype[0] if args.dtype != list(DEFAULT_DTYPES) else "bf16"
+        arch = args.arch[-1] if args.arch != list(DEFAULT_ARCHES) else 90
+        rows = compare_v2_rows(args.batch, dtype, arch, args.sms, jobs=args.jobs)
+        print(
+            f"v1 vs v2 forward, batch {args.batch}, {dtype}, sm_{arch}, heuristic configs for {args.sms} SMs\n"
+        )
+        print(format_compare(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 1 if any(not r["ok"] for r in rows) else 0
 
     start = time.perf_counter()
     rows = compile_all(args.arch, args.dtype, args.kernel, jobs=args.jobs)
     elapsed = time.perf_counter() - start
     if args.json:
-        write_json(rows, args.json)
+        write_json(rows, args.json, proxy=args.proxy)
     if not rows:
         print(f"no kernels matched (filter {args.kernel!r})", file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(format_table(rows, proxy=args.proxy))
     failed = sum(not r["ok"] for r in rows)
     print(
         f"\n{len(rows)} compiles, {failed} failed, {elapsed:.1f} s "

@@ -223,7 +223,8 @@ def configs_for(elem_bytes: int, arch: int = 90) -> list[triton.Config]:
 @functools.lru_cache(maxsize=4096)
 def heuristic_config_v2(dims: tuple, elem_bytes: int, sms: int, arch: int = 90) -> triton.Config:
     """v1's rule (:func:`conv.heuristic_config`) over the v2 configs: the largest BLOCK_M·BLOCK_N tile whose grid
-    fills one wave of ``sms`` programs, then the deepest channel block, then fewer stages; if none fills a wave,
+    fills one wave of ``sms`` programs, then the squarer tile (64x64 before 128x32), the deepest channel block,
+    more warps, fewer stages; if none fills a wave,
     the one with the most programs. ``dims`` = (("BLOCK_M", N·P·Q), ("BLOCK_N", K), ("BLOCK_C", C))."""
     d = dict(dims)
     kept = conv.prune_configs(configs_for(elem_bytes, arch), d, elem_bytes)
@@ -237,6 +238,7 @@ def heuristic_config_v2(dims: tuple, elem_bytes: int, sms: int, arch: int = 90) 
             full,
             key=lambda c: (
                 c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"],
+                -(c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]),  # squarer: fewer operand bytes per MAC
                 c.kwargs["BLOCK_C"],
                 c.num_warps,
                 -c.num_stages,

@@ -221,27 +221,12 @@ def test_local_spec():
 # ----------------------------------------------------------------------------------------------------------
 # conv v2: tensor descriptors lower to TMA, dots to wgmma, without spills (what the interpreter cannot show)
 # ----------------------------------------------------------------------------------------------------------
-def _v2_picks():
-    """Module-level specs (fresh compile processes find them by importing this module): three v2 configs of each
-    registered v2 kernel: 128x128 on 8 warps, 64x256 on 8 warps, 128x64 on 4 warps."""
-    from inception_kernels.ops import conv_v2
-
-    picks = (conv_v2.V2_CONFIGS[0], conv_v2.V2_CONFIGS[3], conv_v2.V2_CONFIGS[4])
-    registered = {s.name: s for s in aot.registered_kernels()}
-    names = ("conv2d_fwd_v2", "conv2d_fwd_v2_tma", "conv2d_fwd_v2_gemm_tma")
-    return [
-        KernelSpec("pick_" + n, registered[n].fn, picks, registered[n].arg_types, registered[n].applies)
-        for n in names
-    ]
-
-
-V2_PICKS = _v2_picks()
-
-
 def test_conv_v2_sm90_bf16_hgmma_utmaldg_no_spills():
     """A few v2 configs for sm_90a bf16: the descriptor variants (weights by TMA; the 1x1 GEMM with both operands
     by TMA) show UTMALDG and HGMMA and do not spill; the pointer twin shows HGMMA with LDGSTS (cp.async)."""
-    specs = V2_PICKS
+    from inception_kernels.ops import conv_v2
+
+    specs = list(conv_v2.AOT_QUICK_SPECS)  # module-level: fresh compile processes find them
     rows = aot.compile_all(arches=(90,), dtypes=("bf16",), specs=specs)
     assert len(rows) == 9
     for r in rows:
@@ -252,7 +237,7 @@ def test_conv_v2_sm90_bf16_hgmma_utmaldg_no_spills():
             assert p["utmaldg"] > 0, r
         else:
             assert p["utmaldg"] == 0 and p["ldgsts"] > 0, r
-        if r["kernel"] == "pick_conv2d_fwd_v2_gemm_tma":
+        if r["kernel"] == "quick_conv2d_fwd_v2_gemm_tma":
             assert p["ldgsts"] == 0 and p["loop_int"] < p["loop_tc"] * 8, (
                 r
             )  # no address work left in the loop

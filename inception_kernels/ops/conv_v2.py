@@ -408,3 +408,18 @@ register_kernel(
         functools.partial(_v2_arg_types, R=1, S=1, a_desc=True, b_desc=True), applies=_applies(90),
     )
 )  # fmt: skip
+
+# A quick subset for tests (not registered: the registry above holds every config): three configs of each variant,
+# 128x128 on 8 warps, 64x256 on 8 warps, 128x64 on 4 warps. Module-level, so fresh compile processes find it.
+_QUICK = (V2_CONFIGS[0], V2_CONFIGS[3], V2_CONFIGS[4])
+AOT_QUICK_SPECS = (
+    KernelSpec("quick_conv2d_fwd_v2", _conv_fwd_v2, _QUICK, _v2_arg_types, applies=_applies(0)),
+    KernelSpec(
+        "quick_conv2d_fwd_v2_tma", _conv_fwd_v2, _QUICK,
+        functools.partial(_v2_arg_types, b_desc=True), applies=_applies(90),
+    ),
+    KernelSpec(
+        "quick_conv2d_fwd_v2_gemm_tma", _conv_fwd_v2, _QUICK,
+        functools.partial(_v2_arg_types, R=1, S=1, a_desc=True, b_desc=True), applies=_applies(90),
+    ),
+)  # fmt: skip

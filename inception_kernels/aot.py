@@ -841,14 +841,31 @@ def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: i
         meta.append((shape.name, "v2", c2, ("A+B" if a_desc else "B") if b_desc else "-"))
     rows = compile_all(arches=(arch,), dtypes=(dtype,), specs=specs, jobs=jobs)
     for row, (name, version, cfg, desc) in zip(rows, meta, strict=True):
-        row.update(shape=name, version=version, tma=desc, config=config_name(cfg), batch=batch)
+        row.update(shape=name, version=version, tma=desc, config=config_name(cfg), batch=batch,
+                   warps=cfg.num_warps, tile=[cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_C")])  # fmt: skip
     return rows
+
+
+# Dense 16-bit tensor-core rate of one sm_90 SM (H100 SXM: 989 TFLOP/s = 132 SMs x 1.83 GHz x 2048 FMA/clock).
+SM90_FMA_PER_CLOCK = 2048
+
+
+def _issue_ratio(row: dict) -> str:
+    """Issue slots one SM sub-partition spends on the mainloop per reduction step (warps/4 warps x loop
+    instructions, one instruction per clock) over the clocks the tensor cores need for the step's
+    BLOCK_M·BLOCK_N·BLOCK_C multiply-adds at the sm_90 16-bit peak. Near or above 1 the loop cannot keep the
+    tensor cores busy even with perfect latency hiding; a static bound for 16-bit HGMMA loops, not a timing."""
+    p = row.get("proxy") or {}
+    if not p.get("loop_tc") or p.get("tc_op") != "HGMMA" or not row.get("tile"):
+        return "-"
+    bm, bn, bc = row["tile"]
+    return f"{row['warps'] / 4 * p['loop_instr'] / (bm * bn * bc / SM90_FMA_PER_CLOCK):.2f}"
 
 
 def format_compare(rows: Sequence[dict]) -> str:
     """The v1-vs-v2 rows as a markdown table (mainloop instruction mix per warp and per reduction step)."""
     head = ("| shape | ver | config | TMA | regs | spill | smem KB | TC op | loop TC | loop int | int/TC | "
-            "int/kMAC | loop copies |")  # fmt: skip
+            "int/kMAC | loop instr | issue/MMA |")  # fmt: skip
     out = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
         p = r.get("proxy") or {}
@@ -860,7 +877,8 @@ def format_compare(rows: Sequence[dict]) -> str:
         out.append(
             f"| {r['shape']} | {r['version']} | {r['config']} | {r['tma']} | {r['registers']} | {r['spill_bytes']} | "
             f"{r['shared_bytes'] / 1024:.0f} | {p.get('tc_op')} | {p.get('loop_tc')} | "
-            f"{p.get('loop_int')} | {p.get('int_per_tc')} | {per_kmac} | {p.get('loop_copies')} |"
+            f"{p.get('loop_int')} | {p.get('int_per_tc')} | {per_kmac} | {p.get('loop_instr')} | "
+            f"{_issue_ratio(r)} |"
         )
     return "\n".join(out)
 

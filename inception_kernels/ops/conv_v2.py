@@ -214,10 +214,26 @@ def smem_bytes(cfg: triton.Config, elem_bytes: int) -> int:
     return cfg.num_stages * (kw["BLOCK_M"] * kw["BLOCK_C"] + kw["BLOCK_C"] * kw["BLOCK_N"]) * elem_bytes
 
 
+# Operand bytes each thread stages per pipeline step, at most: (BLOCK_M + BLOCK_N)·BLOCK_C·elem / threads. Above
+# it the pointer twin runs out of registers (fp32 128x64x64 on 4 warps: 384 bytes, 255 registers and a spill on
+# sm_90); every 16-bit config is at most 192.
+MAX_STAGED_BYTES_PER_THREAD = 256
+
+
 def configs_for(elem_bytes: int, arch: int = 90) -> list[triton.Config]:
-    """The configs whose pipelined tiles fit ``arch``'s shared memory at this element size."""
+    """The configs whose pipelined tiles fit ``arch``'s shared memory at this element size and whose per-thread
+    operand staging stays within :data:`MAX_STAGED_BYTES_PER_THREAD` (this prunes three fp32 configs)."""
     budget = SMEM_BUDGET[80 if arch < 90 else 90]
-    return [c for c in V2_CONFIGS if smem_bytes(c, elem_bytes) <= budget]
+
+    def staged(c):
+        kw = c.kwargs
+        return (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_C"] * elem_bytes // (32 * c.num_warps)
+
+    return [
+        c
+        for c in V2_CONFIGS
+        if smem_bytes(c, elem_bytes) <= budget and staged(c) <= MAX_STAGED_BYTES_PER_THREAD
+    ]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -236,31 +236,57 @@ def configs_for(elem_bytes: int, arch: int = 90) -> list[triton.Config]:
     ]
 
 
+# Relative efficiency of an output tile: the square root of its operand reuse BLOCK_M·BLOCK_N/(BLOCK_M + BLOCK_N)
+# (MACs per loaded operand element) over that of 128x128, capped at 1 -- 128x64: 0.82, 64x64: 0.71, 128x32: 0.63;
+# and the fixed cost of one reduction step in channels of MMA work (barriers, waits, mask and address updates).
+# Assumed, not measured: to be fitted when a GPU times the configs.
+_STEP_OVERHEAD_CHANNELS = 16
+
+
+def _tile_efficiency(bm: int, bn: int) -> float:
+    return min(1.0, (bm * bn / (bm + bn) / 64) ** 0.5)
+
+
+def estimated_cost(cfg: triton.Config, dims: dict, sms: int) -> float:
+    """A model of a config's run time on ``sms`` SMs (one program per SM per wave), in arbitrary units:
+
+    waves · steps · BLOCK_M·BLOCK_N · (BLOCK_C / efficiency + step overhead), with waves = ⌈tiles / sms⌉ and
+    steps = ⌈C / BLOCK_C⌉ per tap (the R·S factor is common to all configs). It charges what v1's rule ignores:
+    the padding of K to BLOCK_N (K = 160 on 128-wide tiles computes 256 columns), of C to BLOCK_C, and wave
+    quantization."""
+    kw = cfg.kwargs
+    bm, bn, bc = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_C"]
+    tiles = math.ceil(dims["BLOCK_M"] / bm) * math.ceil(dims["BLOCK_N"] / bn)
+    waves = math.ceil(tiles / max(1, sms))
+    steps = math.ceil(dims["BLOCK_C"] / bc)
+    eff = _tile_efficiency(bm, bn)
+    return waves * steps * bm * bn * (bc / eff + _STEP_OVERHEAD_CHANNELS)
+
+
+# Configs whose estimated cost is within this factor of the cheapest count as tied (the model is coarse); the
+# largest tile among them wins.
+_COST_TIE = 1.05
+
+
 @functools.lru_cache(maxsize=4096)
 def heuristic_config_v2(dims: tuple, elem_bytes: int, sms: int, arch: int = 90) -> triton.Config:
-    """v1's rule (:func:`conv.heuristic_config`) over the v2 configs: the largest BLOCK_M·BLOCK_N tile whose grid
-    fills one wave of ``sms`` programs, then the squarer tile (64x64 before 128x32), the deepest channel block,
-    more warps, fewer stages; if none fills a wave,
-    the one with the most programs. ``dims`` = (("BLOCK_M", N·P·Q), ("BLOCK_N", K), ("BLOCK_C", C))."""
+    """One config per shape without timing: among the configs that fit (:func:`configs_for`) and survive v1's
+    :func:`~inception_kernels.ops.conv.prune_configs`, those within 5 % of the lowest :func:`estimated_cost`; of
+    these the largest tile, then the deeper channel block, more warps, fewer stages.
+    ``dims`` = (("BLOCK_M", N·P·Q), ("BLOCK_N", K), ("BLOCK_C", C))."""
     d = dict(dims)
     kept = conv.prune_configs(configs_for(elem_bytes, arch), d, elem_bytes)
-
-    def programs(c):
-        return math.ceil(d["BLOCK_M"] / c.kwargs["BLOCK_M"]) * math.ceil(d["BLOCK_N"] / c.kwargs["BLOCK_N"])
-
-    full = [c for c in kept if programs(c) >= sms]
-    if full:
-        return max(
-            full,
-            key=lambda c: (
-                c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"],
-                -(c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]),  # squarer: fewer operand bytes per MAC
-                c.kwargs["BLOCK_C"],
-                c.num_warps,
-                -c.num_stages,
-            ),
-        )
-    return max(kept, key=lambda c: (programs(c), c.kwargs["BLOCK_C"], -c.num_stages))
+    best = min(estimated_cost(c, d, sms) for c in kept)
+    near = [c for c in kept if estimated_cost(c, d, sms) <= _COST_TIE * best]
+    return max(
+        near,
+        key=lambda c: (
+            c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"],
+            c.kwargs["BLOCK_C"],
+            c.num_warps,
+            -c.num_stages,
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -236,31 +236,35 @@ def configs_for(elem_bytes: int, arch: int = 90) -> list[triton.Config]:
     ]
 
 
-# Relative efficiency of an output tile: the square root of its operand reuse BLOCK_M·BLOCK_N/(BLOCK_M + BLOCK_N)
-# (MACs per loaded operand element) over that of 128x128, capped at 1 -- 128x64: 0.82, 64x64: 0.71, 128x32: 0.63;
-# and the fixed cost of one reduction step in channels of MMA work (barriers, waits, mask and address updates).
-# Assumed, not measured: to be fitted when a GPU times the configs.
-_STEP_OVERHEAD_CHANNELS = 16
+# Cost of one reduction step of one program, in SM clocks: the larger of the tensor-core time at the sm_90 16-bit
+# peak (2048 multiply-adds per clock per SM) and the issue time of the mainloop on one SM sub-partition (warps/4
+# warps x loop instructions at one per clock). The loop length is fitted to the static proxy of the v2 kernel with
+# the weight descriptor (``python -m inception_kernels.aot --compare-v2``): about 85 instructions plus 2.5 per
+# activation element a thread loads per step (128x128x64 on 8 warps: 163; 128x64x64 on 4 warps: 245).
+# Unmeasured: to be checked when a GPU times the configs.
+FMA_PER_CLOCK = 2048
+LOOP_BASE_INSTR = 85
+LOOP_INSTR_PER_A_ELEM = 2.5
 
 
-def _tile_efficiency(bm: int, bn: int) -> float:
-    return min(1.0, (bm * bn / (bm + bn) / 64) ** 0.5)
+def step_clocks(cfg: triton.Config) -> float:
+    kw = cfg.kwargs
+    bm, bn, bc, warps = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_C"], cfg.num_warps
+    mma = bm * bn * bc / FMA_PER_CLOCK
+    issue = warps / 4 * (LOOP_BASE_INSTR + LOOP_INSTR_PER_A_ELEM * bm * bc / (32 * warps))
+    return max(mma, issue)
 
 
 def estimated_cost(cfg: triton.Config, dims: dict, sms: int) -> float:
-    """A model of a config's run time on ``sms`` SMs (one program per SM per wave), in arbitrary units:
-
-    waves · steps · BLOCK_M·BLOCK_N · (BLOCK_C / efficiency + step overhead), with waves = ⌈tiles / sms⌉ and
-    steps = ⌈C / BLOCK_C⌉ per tap (the R·S factor is common to all configs). It charges what v1's rule ignores:
-    the padding of K to BLOCK_N (K = 160 on 128-wide tiles computes 256 columns), of C to BLOCK_C, and wave
-    quantization."""
+    """A model of a config's run time on ``sms`` SMs, in clocks per tap: waves · steps · :func:`step_clocks`, with
+    waves = ⌈tiles / sms⌉ and steps = ⌈C / BLOCK_C⌉ (the R·S factor is common to all configs). It charges what
+    v1's rule ignores: the padding of K to BLOCK_N (K = 160 on 128-wide tiles computes 256 columns), of C to
+    BLOCK_C, wave quantization, and narrow tiles whose loop cannot issue fast enough to feed the tensor cores."""
     kw = cfg.kwargs
-    bm, bn, bc = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_C"]
-    tiles = math.ceil(dims["BLOCK_M"] / bm) * math.ceil(dims["BLOCK_N"] / bn)
+    tiles = math.ceil(dims["BLOCK_M"] / kw["BLOCK_M"]) * math.ceil(dims["BLOCK_N"] / kw["BLOCK_N"])
     waves = math.ceil(tiles / max(1, sms))
-    steps = math.ceil(dims["BLOCK_C"] / bc)
-    eff = _tile_efficiency(bm, bn)
-    return waves * steps * bm * bn * (bc / eff + _STEP_OVERHEAD_CHANNELS)
+    steps = math.ceil(dims["BLOCK_C"] / kw["BLOCK_C"])
+    return waves * steps * step_clocks(cfg)
 
 
 # Configs whose estimated cost is within this factor of the cheapest count as tied (the model is coarse); the

@@ -131,6 +131,18 @@ def test_slices_x_out_residual(name, x_off, path, device):
         assert _plan(sliced["x"], inp["weight"], stride, padding, path)[0] == (x_off == 8)
 
 
+def test_1x1_gemm_descriptor_row_stride_of_size_1_dims(path, device):
+    """H = W = 1: the stride of a size-1 dimension is arbitrary in PyTorch; the GEMM's row stride is sxn then."""
+    inp = make_inputs(CASES["1x1_HW1"], device)
+    x = inp["x"]
+    odd = torch.as_strided(x.clone(), x.shape, (x.stride(0), 1, x.stride(0), 4))  # sxw = 4 != sxn = sxh = 8
+    y = _run({**inp, "x": odd}, "relu", 1.0)
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+    if path == "desc":
+        assert _plan(odd, inp["weight"], 1, 0, path) == (True, True)
+
+
 def test_out2_split_destination(path, device, poison):
     """Horizontal fusion: channels [0, K1) into a slice of a block buffer, [K1, K) into a poisoned temporary."""
     inp = make_inputs((2, 16, 5, 6, 32, (1, 1), 1, 0), device)

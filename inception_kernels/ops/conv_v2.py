@@ -332,19 +332,29 @@ def desc_plan(x, wp, stride, padding, out_shape) -> tuple[bool, bool]:
     N, C, H, W = x.shape
     sxn, sxc, sxh, sxw = x.stride()
     R, S = wp.shape[0], wp.shape[1]
+    rs = a_row_stride(x)
     a_ok = (
         R == 1
         and S == 1
         and tuple(stride) == (1, 1)
         and tuple(padding) == (0, 0, 0, 0)
         and (sxc == 1 or C == 1)
-        and (sxh == W * sxw or H == 1)
-        and (sxn == H * sxh or N == 1)
-        and _aligned(sxw * eb)
+        and (W == 1 or sxw == rs)
+        and (H == 1 or sxh == W * rs)
+        and (N == 1 or sxn == H * W * rs)
+        and _aligned(rs * eb)
         and _aligned(x.data_ptr())
         and b_ok
     )
     return a_ok, b_ok
+
+
+def a_row_stride(x) -> int:
+    """Stride between consecutive (n, h, w) pixels when x is dense over them (the innermost non-trivial one; the
+    stride of a size-1 dimension is arbitrary in PyTorch and must not be used)."""
+    N, C, H, W = x.shape
+    sxn, _, sxh, sxw = x.stride()
+    return sxw if W > 1 else sxh if H > 1 else sxn if N > 1 else max(C, 1)
 
 
 def supports_v2(
@@ -392,7 +402,7 @@ def conv_fwd_v2_into(
     a_desc = b_desc = False
     if _use_desc(x.device):
         a_desc, b_desc = desc_plan(x, wp, stride, padding, out.shape)
-    x_arg = TensorDescriptor(x, [N * H * W, C], [x.stride(3), 1], [bm, bc]) if a_desc else x
+    x_arg = TensorDescriptor(x, [N * H * W, C], [a_row_stride(x), 1], [bm, bc]) if a_desc else x
     w_arg = TensorDescriptor(wp, [R * S, C, K], [C * K, K, 1], [1, bc, bn]) if b_desc else wp
     dummy = wp
     res = residual if residual is not None else out

@@ -118,6 +118,10 @@ def _is_type_string(v) -> bool:
     (what the JIT infers at run time for, e.g., channels_last strides when the channel count is)."""
     if isinstance(v, str) and v.endswith(":16"):
         v = v[:-3]
+    if isinstance(v, str) and v.startswith(
+        "tensordesc<"
+    ):  # host TMA descriptor, e.g. "tensordesc<bf16[64, 64]>"
+        return True
     return isinstance(v, str) and (v.startswith("*") or v in _SCALAR_TYPES)
 
 
@@ -290,13 +294,113 @@ def disassemble(cubin: bytes) -> str:
 
 def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
     """``(registers, stack_bytes, mma_instructions)`` of a single-kernel cubin."""
-    out = disassemble(cubin)
+    return _stats_of(disassemble(cubin))
+
+
+def _stats_of(out: str) -> tuple[int, int, int]:
     regs = _REG_RE.search(out)
     stack = _STACK_RE.search(out)
     if regs is None or stack is None:
         raise RuntimeError("cuobjdump printed no resource usage")
     mma = sum(1 for line in out.splitlines() if _MMA_RE.search(line))
     return int(regs.group(1)), int(stack.group(1)), mma
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Static speed proxy (DESIGN.md section 4, item 4): the instruction mix of the SASS
+# ----------------------------------------------------------------------------------------------------------
+_SASS_LINE_RE = re.compile(
+    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9]*)((?:\.[A-Za-z0-9_]+)*)\s*([^;]*);"
+)
+_BRA_TARGET_RE = re.compile(r"0x([0-9a-f]+)")
+_MMA_SHAPE_RE = re.compile(r"\.(\d+)x(\d+)x(\d+)")
+# Integer / address arithmetic of the vector datapath (what address generation and masks cost per warp).
+INT_OPS = frozenset(
+    "IMAD IADD3 IADD IADD32I LEA ISETP SHF LOP3 LOP SEL IABS IMNMX VIADD VIMNMX PRMT SGXT BMSK IMUL ISCADD "
+    "FLO POPC BREV I2F F2I".split()
+)
+# The same on the uniform (scalar, one per warp) datapath: cheap, counted apart.
+UNIFORM_INT_OPS = frozenset("UIMAD UIADD3 ULEA UISETP USHF ULOP3 USEL UPRMT UIABS UIMNMX USGXT UBMSK".split())
+TC_OPS = ("HGMMA", "HMMA")
+COPY_OPS = ("UTMALDG", "LDGSTS", "LDG", "LDSM", "STG")
+PROXY_FIELDS = ("tc", "utmaldg", "ldgsts", "ldg", "int", "loop_instr", "loop_tc", "tc_op", "loop_int", "loop_uint",
+                "loop_copies", "int_per_tc", "macs_per_tc")  # fmt: skip
+
+
+def parse_sass(sass: str) -> list[tuple[int, str, str, str]]:
+    """``(address, opcode, modifiers, operands)`` of every instruction of a ``cuobjdump --dump-sass`` listing."""
+    out = []
+    for line in sass.splitlines():
+        m = _SASS_LINE_RE.search(line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(2), m.group(3), m.group(4)))
+    return out
+
+
+def _macs_per_warp(op: str, mods: str) -> int:
+    """Multiply-accumulates one warp issues with one tensor-core instruction: HMMA m16n8k16 (``.16816``) or
+    ``.1688`` per warp; HGMMA m64nNk16 per warpgroup of 4 warps."""
+    if op == "HGMMA":
+        m = _MMA_SHAPE_RE.search(mods)
+        return int(m.group(1)) * int(m.group(2)) * int(m.group(3)) // 4 if m else 0
+    digits = mods.split(".")[1] if mods.count(".") else ""
+    shapes = {"16816": 16 * 8 * 16, "1688": 16 * 8 * 8, "884": 8 * 8 * 4}
+    return shapes.get(digits, 0)
+
+
+def sass_proxy(sass: str) -> dict:
+    """Instruction mix of a kernel's SASS, whole and in its mainloop.
+
+    Whole kernel: tensor-core instructions (``tc``: HGMMA + HMMA), bulk tensor copies (UTMALDG), async copies
+    (LDGSTS), plain global loads (LDG) and vector-datapath integer instructions (``int``: IMAD, IADD3, LEA, ISETP,
+    SHF, LOP3, SEL, ...). Mainloop: the innermost backward-branch loop holding the most tensor-core instructions
+    (its body runs once per reduction step); ``loop_int`` / ``loop_tc`` = ``int_per_tc`` is the proxy, together
+    with ``macs_per_tc`` (multiply-accumulates per warp per tensor-core instruction, to compare tile shapes: one
+    HGMMA.64x256x16 does 8x the work of an HMMA.16816). Static counts, not a timing.
+    """
+    ins = parse_sass(sass)
+    counts: dict[str, int] = {}
+    for _, op, _, _ in ins:
+        counts[op] = counts.get(op, 0) + 1
+    loops = []
+    for addr, op, _, operands in ins:
+        if op == "BRA":
+            m = _BRA_TARGET_RE.search(operands)
+            if m and int(m.group(1), 16) < addr:
+                loops.append((int(m.group(1), 16), addr))
+
+    def body(lo, hi):
+        return [i for i in ins if lo <= i[0] <= hi]
+
+    best = None
+    for lo, hi in loops:
+        tc = sum(1 for i in body(lo, hi) if i[1] in TC_OPS)
+        if tc == 0:
+            continue
+        inner = not any(lo <= a < b <= hi and (a, b) != (lo, hi) and any(
+            i[1] in TC_OPS for i in body(a, b)) for a, b in loops)  # fmt: skip
+        key = (inner, tc, -(hi - lo))
+        if best is None or key > best[0]:
+            best = (key, lo, hi)
+    loop = body(best[1], best[2]) if best else ins
+    loop_tc = [i for i in loop if i[1] in TC_OPS]
+    loop_int = sum(1 for i in loop if i[1] in INT_OPS)
+    macs = [_macs_per_warp(i[1], i[2]) for i in loop_tc]
+    return {
+        "tc": sum(counts.get(op, 0) for op in TC_OPS),
+        "utmaldg": counts.get("UTMALDG", 0),
+        "ldgsts": counts.get("LDGSTS", 0),
+        "ldg": counts.get("LDG", 0),
+        "int": sum(v for k, v in counts.items() if k in INT_OPS),
+        "loop_instr": len(loop),
+        "loop_tc": len(loop_tc),
+        "tc_op": "HGMMA" if any(i[1] == "HGMMA" for i in loop_tc) else ("HMMA" if loop_tc else "-"),
+        "loop_int": loop_int,
+        "loop_uint": sum(1 for i in loop if i[1] in UNIFORM_INT_OPS),
+        "loop_copies": sum(1 for i in loop if i[1] in COPY_OPS),
+        "int_per_tc": round(loop_int / len(loop_tc), 2) if loop_tc else None,
+        "macs_per_tc": round(sum(macs) / len(macs)) if macs else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -322,6 +426,23 @@ def _error_line(e: BaseException, fn=None) -> str:
     return f"{name}: {lines[0]}" if lines else name
 
 
+def arg_values(spec, config, dtype: str) -> dict:
+    """``spec.arg_types(dtype)``, or ``spec.arg_types(dtype, config)`` when it takes a second positional parameter
+    (types that depend on the config, such as a tensor descriptor's block shape)."""
+    params = [
+        p
+        for p in inspect.signature(spec.arg_types).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return dict(spec.arg_types(dtype, config) if len(params) >= 2 else spec.arg_types(dtype))
+
+
+def applies(spec, config, dtype: str, arch: int) -> bool:
+    """Whether the launcher can run ``config`` of ``spec`` for ``dtype`` on ``arch`` (``KernelSpec.applies``)."""
+    fn = getattr(spec, "applies", None)
+    return True if fn is None else bool(fn(config, dtype, int(arch)))
+
+
 def compile_kernel(spec, config, dtype: str, arch: int):
     """``triton.compile`` one (kernel, config, dtype, arch) for ``GPUTarget("cuda", arch, 32)``; raises on failure.
 
@@ -345,7 +466,7 @@ def compile_kernel(spec, config, dtype: str, arch: int):
         options["maxnreg"] = config.maxnreg
     with interpreter_off():
         jit_fn = fresh_jit(spec.fn)
-        signature, constexprs, pointers = build_signature(jit_fn, config, dict(spec.arg_types(dtype)))
+        signature, constexprs, pointers = build_signature(jit_fn, config, arg_values(spec, config, dtype))
         src = _make_source(jit_fn, signature, constexprs, pointers, make_backend(target))
         return triton.compile(src, target=target, options=options)
 
@@ -360,7 +481,9 @@ def compile_one(spec, config, dtype: str, arch: int) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):
             compiled = compile_kernel(spec, config, dtype, arch)
         row["shared_bytes"] = int(compiled.metadata.shared)
-        row["registers"], row["spill_bytes"], row["mma_instructions"] = cubin_stats(compiled.asm["cubin"])
+        sass = disassemble(compiled.asm["cubin"])
+        row["registers"], row["spill_bytes"], row["mma_instructions"] = _stats_of(sass)
+        row["proxy"] = sass_proxy(sass)
         limit = MAX_SHARED_BYTES.get(int(arch))
         if limit is not None and row["shared_bytes"] > limit:
             row["error"] = (
@@ -584,7 +707,8 @@ def compile_all(
 
     ``name_filter`` keeps the kernels whose name contains it. ``specs`` replaces the registry (tests);
     ``jobs`` is the number of worker processes (default: the CPU count, at most 8). Rows come back in
-    kernel, config, dtype, arch order.
+    kernel, config, dtype, arch order. Combinations a spec's ``applies`` rejects (configs that do not fit an
+    architecture at that element size, TMA variants below sm_90) are not compiled and give no row.
 
     With ``jobs=1`` the compiles run in this process. Otherwise they run in fresh Python processes, which import
     each spec again: that needs a spec that is a module-level object of an importable module, or is registered
@@ -602,6 +726,7 @@ def compile_all(
         for ci in range(len(spec.configs))
         for dtype in dtypes
         for arch in arches
+        if applies(spec, spec.configs[ci], dtype, arch)
     ]
     if not jobs_list:
         return []
@@ -612,9 +737,17 @@ def compile_all(
     return _run_in_process(specs, jobs_list, n)
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """The rows as an aligned text table, one line each (errors last, unpadded)."""
+_PROXY_COLUMNS = ("tc_op", "loop_tc", "loop_int", "int_per_tc", "utmaldg", "ldgsts")
+
+
+def format_table(rows: Sequence[dict], proxy: bool = False) -> str:
+    """The rows as an aligned text table, one line each (errors last, unpadded); with ``proxy``, the mainloop
+    instruction mix of :func:`sass_proxy` before the error column."""
     headers = ("kernel", "config", "arch", "dtype", "regs", "spill", "shared", "mma", "ok", "error")
+    if proxy:
+        rows = [{**r, **{f"p_{k}": (r.get("proxy") or {}).get(k) for k in _PROXY_COLUMNS}} for r in rows]
+        headers = headers[:-1] + _PROXY_COLUMNS + headers[-1:]
+    fields = FIELDS[:-1] + tuple(f"p_{k}" for k in _PROXY_COLUMNS) + FIELDS[-1:] if proxy else FIELDS
 
     def cell(row, field):
         v = row.get(field)
@@ -626,9 +759,9 @@ def format_table(rows: Sequence[dict]) -> str:
             return v or ""
         return "-" if v is None else str(v)
 
-    table = [headers] + [tuple(cell(r, f) for f in FIELDS) for r in rows]
+    table = [headers] + [tuple(cell(r, f) for f in fields) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(headers) - 1)]
-    right = {2, 4, 5, 6, 7}  # numbers right-aligned
+    right = {2, 4, 5, 6, 7} | (set(range(10, 10 + len(_PROXY_COLUMNS))) if proxy else set())  # numbers
     out = []
     for line in table:
         cells = [
@@ -638,10 +771,116 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def write_json(rows: Sequence[dict], path: str) -> None:
+def write_json(rows: Sequence[dict], path: str, proxy: bool = False) -> None:
+    keys = (*FIELDS, "proxy") if proxy else FIELDS
     with open(path, "w") as f:
-        json.dump([{k: r[k] for k in FIELDS} for r in rows], f, indent=1)
+        json.dump([{k: r.get(k) for k in keys} for r in rows], f, indent=1)
         f.write("\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# v1 vs v2 on the Inception layer shapes: each shape's heuristic config, compiled with the JIT's specializations
+# ----------------------------------------------------------------------------------------------------------
+H100_SMS = 132
+
+
+def _jit_int_type(v: int):
+    """What the JIT makes of an integer argument: the constant 1, a 16-divisible i32, or a plain i32."""
+    if v == 1:
+        return 1
+    return "i32:16" if v % 16 == 0 else "i32"
+
+
+def _shape_arg_values(shape, batch: int, dt: str) -> dict:
+    """Run-time values of the forward kernels' integer arguments for one layer (contiguous NHWC tensors)."""
+    N, C, H, W, K = batch, shape.C, shape.H, shape.W, shape.K
+    P, Q = shape.out_hw
+    ints = dict(N=N, C=C, H=H, W=W, K=K, P=P, Q=Q, sxn=H * W * C, sxc=1, sxh=W * C, sxw=C,
+                son=P * Q * K, sok=1, sop=Q * K, soq=K, srn=P * Q * K, srk=1, srp=Q * K, srq=K,
+                s2n=P * Q * K, s2k=1, s2p=Q * K, s2q=K, stride_h=shape.stride[0], stride_w=shape.stride[1],
+                pad_t=shape.padding[0], pad_l=shape.padding[2], k_split=K)  # fmt: skip
+    types = {k: _jit_int_type(v) for k, v in ints.items()}
+    types.update({k: f"*{dt}" for k in ("x_ptr", "w_ptr", "out_ptr", "res_ptr", "out2_ptr")})
+    types.update({k: "*fp32" for k in ("scale_ptr", "bias_ptr", "st_cnt_ptr", "st_mean_ptr", "st_m2_ptr")})
+    types.update(res_scale="fp32", R=shape.R, S=shape.S, HAS_SCALE=not shape.residual, HAS_BIAS=True,
+                 HAS_RES=shape.residual, RELU=True, HAS_OUT2=False, STATS=False,
+                 DOT_PRECISION="tf32" if dt == "fp32" else "ieee")  # fmt: skip
+    return types
+
+
+def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: int = H100_SMS, jobs=None):
+    """For each of the 14 Inception layer shapes (``inception_kernels.bench.kernels.SHAPES``): v1 and v2 forward
+    kernels with the config each launcher's heuristic picks for ``batch`` on a GPU with ``sms`` SMs, compiled for
+    ``arch`` with the JIT's integer specializations and v2's descriptor plan; one row per (shape, version)."""
+    import triton.language as tl
+
+    from inception_kernels.bench.kernels import SHAPES
+    from inception_kernels.ops import conv, conv_v2
+    from inception_kernels.ops._registry import KernelSpec
+
+    eb = 4 if dtype == "fp32" else 2
+    specs, meta = [], []
+    for shape in SHAPES:
+        P, Q = shape.out_hw
+        dims = (("BLOCK_M", batch * P * Q), ("BLOCK_N", shape.K), ("BLOCK_C", shape.C))
+        base = {**_shape_arg_values(shape, batch, dtype), "IDX_T": tl.int32}
+        c1 = conv.heuristic_config("fwd", dims, eb, 1, sms)
+        t1 = {k: v for k, v in base.items() if k in inspect.signature(conv._conv_fwd).parameters}
+        specs.append(KernelSpec(f"v1:{shape.name}", conv._conv_fwd, (c1,), lambda dt, *, t=t1: t))
+        meta.append((shape.name, "v1", c1, "-"))
+        c2 = conv_v2.heuristic_config_v2(dims, eb, sms, arch)
+        kw = c2.kwargs
+        tma = arch >= 90
+        b_desc = tma and (shape.K * eb) % 16 == 0
+        a_desc = b_desc and (shape.R, shape.S, shape.stride, shape.padding) == (1, 1, (1, 1), (0, 0, 0, 0))
+        a_desc = a_desc and (shape.C * eb) % 16 == 0
+        t2 = {**base, "A_DESC": a_desc, "B_DESC": b_desc, "EVEN_C": shape.C % kw["BLOCK_C"] == 0,
+              "x_desc": conv_v2._desc_type(dtype, (kw["BLOCK_M"], kw["BLOCK_C"])) if a_desc else f"*{dtype}",
+              "w_desc": conv_v2._desc_type(dtype, (1, kw["BLOCK_C"], kw["BLOCK_N"])) if b_desc else f"*{dtype}"}  # fmt: skip
+        specs.append(KernelSpec(f"v2:{shape.name}", conv_v2._conv_fwd_v2, (c2,), lambda dt, *, t=t2: t))
+        meta.append((shape.name, "v2", c2, ("A+B" if a_desc else "B") if b_desc else "-"))
+    rows = compile_all(arches=(arch,), dtypes=(dtype,), specs=specs, jobs=jobs)
+    for row, (name, version, cfg, desc) in zip(rows, meta, strict=True):
+        row.update(shape=name, version=version, tma=desc, config=config_name(cfg), batch=batch,
+                   warps=cfg.num_warps, tile=[cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_C")])  # fmt: skip
+    return rows
+
+
+# Dense 16-bit tensor-core rate of one sm_90 SM (H100 SXM: 989 TFLOP/s = 132 SMs x 1.83 GHz x 2048 FMA/clock).
+SM90_FMA_PER_CLOCK = 2048
+
+
+def _issue_ratio(row: dict) -> str:
+    """Issue slots one SM sub-partition spends on the mainloop per reduction step (warps/4 warps x loop
+    instructions, one instruction per clock) over the clocks the tensor cores need for the step's
+    BLOCK_M·BLOCK_N·BLOCK_C multiply-adds at the sm_90 16-bit peak. Near or above 1 the loop cannot keep the
+    tensor cores busy even with perfect latency hiding; a static bound for 16-bit HGMMA loops, not a timing."""
+    p = row.get("proxy") or {}
+    if not p.get("loop_tc") or p.get("tc_op") != "HGMMA" or not row.get("tile"):
+        return "-"
+    bm, bn, bc = row["tile"]
+    return f"{row['warps'] / 4 * p['loop_instr'] / (bm * bn * bc / SM90_FMA_PER_CLOCK):.2f}"
+
+
+def format_compare(rows: Sequence[dict]) -> str:
+    """The v1-vs-v2 rows as a markdown table (mainloop instruction mix per warp and per reduction step)."""
+    head = ("| shape | ver | config | TMA | regs | spill | smem KB | TC op | loop TC | loop int | int/TC | "
+            "int/kMAC | loop instr | issue/MMA |")  # fmt: skip
+    out = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    for r in rows:
+        p = r.get("proxy") or {}
+        if not r["ok"]:
+            out.append(f"| {r['shape']} | {r['version']} | {r['config']} | {r['tma']} | FAIL: {r['error']} |")
+            continue
+        kmac = p["loop_tc"] * p["macs_per_tc"] / 1024 if p.get("loop_tc") else 0
+        per_kmac = f"{p['loop_int'] / kmac:.2f}" if kmac else "-"
+        out.append(
+            f"| {r['shape']} | {r['version']} | {r['config']} | {r['tma']} | {r['registers']} | {r['spill_bytes']} | "
+            f"{r['shared_bytes'] / 1024:.0f} | {p.get('tc_op')} | {p.get('loop_tc')} | "
+            f"{p.get('loop_int')} | {p.get('int_per_tc')} | {per_kmac} | {p.get('loop_instr')} | "
+            f"{_issue_ratio(r)} |"
+        )
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -662,17 +901,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as a JSON list")
     parser.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: CPU count)")
+    parser.add_argument(
+        "--compare-v2", action="store_true",
+        help="v1 vs v2 forward kernels on the 14 Inception layer shapes (heuristic config each, first --arch and "
+        "--dtype, --batch), with the SASS instruction-mix proxy, as a markdown table",
+    )  # fmt: skip
+    parser.add_argument("--batch", type=int, default=32, help="batch size for --compare-v2")
+    parser.add_argument(
+        "--sms", type=int, default=H100_SMS, help="SM count the heuristics fill (--compare-v2)"
+    )
+    parser.add_argument(
+        "--proxy", action="store_true", help="add the SASS instruction-mix columns to the table"
+    )
     args = parser.parse_args(argv)
+    if args.compare_v2:
+        dtype = args.dtype[0] if args.dtype != list(DEFAULT_DTYPES) else "bf16"
+        arch = args.arch[-1] if args.arch != list(DEFAULT_ARCHES) else 90
+        rows = compare_v2_rows(args.batch, dtype, arch, args.sms, jobs=args.jobs)
+        print(
+            f"v1 vs v2 forward, batch {args.batch}, {dtype}, sm_{arch}, heuristic configs for {args.sms} SMs\n"
+        )
+        print(format_compare(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 1 if any(not r["ok"] for r in rows) else 0
 
     start = time.perf_counter()
     rows = compile_all(args.arch, args.dtype, args.kernel, jobs=args.jobs)
     elapsed = time.perf_counter() - start
     if args.json:
-        write_json(rows, args.json)
+        write_json(rows, args.json, proxy=args.proxy)
     if not rows:
         print(f"no kernels matched (filter {args.kernel!r})", file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(format_table(rows, proxy=args.proxy))
     failed = sum(not r["ok"] for r in rows)
     print(
         f"\n{len(rows)} compiles, {failed} failed, {elapsed:.1f} s "

@@ -189,7 +189,7 @@ def test_package_kernels_compile_sm90_bf16():
     if not specs:
         pytest.skip("no kernels registered in inception_kernels.ops._registry.KERNELS")
     rows = aot.compile_all(arches=(90,), dtypes=("bf16",))
-    assert len(rows) == sum(len(s.configs) for s in specs)
+    assert len(rows) == sum(aot.applies(s, c, "bf16", 90) for s in specs for c in s.configs)
     failed = [r for r in rows if not r["ok"]]
     assert not failed, "\n" + aot.format_table(failed)
     gemm_kernels = {
@@ -216,3 +216,50 @@ def test_local_spec():
         assert row["ok"] is False and row["error"].startswith("LookupError: KernelSpec 'toy_local'")
     else:
         assert row["ok"] is True and row["mma_instructions"] == 0 and row["config"] == "B256_w4_s1"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# conv v2: tensor descriptors lower to TMA, dots to wgmma, without spills (what the interpreter cannot show)
+# ----------------------------------------------------------------------------------------------------------
+def test_conv_v2_sm90_bf16_hgmma_utmaldg_no_spills():
+    """A few v2 configs for sm_90a bf16: the descriptor variants (weights by TMA; the 1x1 GEMM with both operands
+    by TMA) show UTMALDG and HGMMA and do not spill; the pointer twin shows HGMMA with LDGSTS (cp.async)."""
+    from inception_kernels.ops import conv_v2
+
+    specs = list(conv_v2.AOT_QUICK_SPECS)  # module-level: fresh compile processes find them
+    rows = aot.compile_all(arches=(90,), dtypes=("bf16",), specs=specs)
+    assert len(rows) == 9
+    for r in rows:
+        p = r["proxy"]
+        assert r["ok"] and r["spill_bytes"] == 0, r
+        assert p["tc_op"] == "HGMMA" and p["loop_tc"] > 0, r
+        if r["kernel"].endswith("_tma"):
+            assert p["utmaldg"] > 0, r
+        else:
+            assert p["utmaldg"] == 0 and p["ldgsts"] > 0, r
+        if r["kernel"] == "quick_conv2d_fwd_v2_gemm_tma":
+            assert p["ldgsts"] == 0 and p["loop_int"] < p["loop_tc"] * 8, (
+                r
+            )  # no address work left in the loop
+    # the TMA variants never compile for sm_80 (the launcher uses the pointer twin there)
+    assert aot.compile_all(arches=(80,), dtypes=("bf16",), specs=specs[1:]) == []
+
+
+def test_sass_proxy_counts_the_innermost_mma_loop():
+    sass = "\n".join(
+        f"        /*{a:04x}*/                   {ins} ;"
+        for a, ins in [
+            (0x0000, "IMAD R1, R2, R3, RZ"),
+            (0x0010, "UTMALDG.3D [UR8], [UR24]"),
+            (0x0020, "IADD3 R4, R4, 0x1, RZ"),
+            (0x0030, "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR16].tnspB, R24"),
+            (0x0040, "ISETP.NE.AND P0, PT, R4, R5, PT"),
+            (0x0050, "@P0 BRA 0x20"),
+            (0x0060, "LEA R6, R7, R8, 0x1"),
+            (0x0070, "EXIT"),
+        ]
+    )
+    p = aot.sass_proxy(sass)
+    assert (p["tc"], p["utmaldg"], p["int"]) == (1, 1, 4)
+    assert (p["loop_instr"], p["loop_tc"], p["loop_int"], p["int_per_tc"]) == (4, 1, 2, 2.0)
+    assert p["tc_op"] == "HGMMA" and p["macs_per_tc"] == 64 * 128 * 16 // 4

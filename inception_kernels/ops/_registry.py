@@ -21,8 +21,12 @@ class KernelSpec:
     # triton.Config objects: .kwargs are the block-size constexprs, plus num_warps / num_stages.
     configs: tuple
     # dtype name -> {param: "*fp32" | "*bf16" | "i32" | "i64" | "fp32" | <constexpr value>} for every parameter
-    # that is not in config.kwargs.
-    arg_types: Callable[[str], dict[str, object]]
+    # that is not in config.kwargs. A two-parameter function is called as arg_types(dtype, config), for types that
+    # depend on the config (a tensor descriptor's block shape).
+    arg_types: Callable[..., dict[str, object]]
+    # applies(config, dtype, arch) -> False for the combinations the launcher never runs (a config whose pipelined
+    # tiles do not fit that architecture at that element size, a TMA variant on an arch without TMA).
+    applies: Callable[[object, str, int], bool] | None = None
 
 
 KERNELS: list[KernelSpec] = []

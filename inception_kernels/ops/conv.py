@@ -43,6 +43,56 @@ MAX_KERNEL = 7
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_epilogue(
+    acc, n, p, q, offs_n, mask_m, mask_n, pid_m, pid_n, M, K,
+    out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr, st_cnt_ptr, st_mean_ptr, st_m2_ptr,
+    son, sok, sop, soq, srn, srk, srp, srq, s2n, s2k, s2p, s2q, res_scale, k_split,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    HAS_OUT2: tl.constexpr, STATS: tl.constexpr, IDX_T: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """The forward epilogue shared by every forward kernel (v1 ``_conv_fwd`` and ``conv_v2``): on the fp32
+    accumulator tile of rows (n, p, q) x channels ``offs_n``: scale, bias, residual_scale, + residual, ReLU, BN
+    partial statistics of row tile ``pid_m``, then the store into ``out`` (and ``out2`` past ``k_split``)."""
+    if HAS_SCALE:
+        acc = acc * tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    acc = acc * res_scale
+    n64 = n.to(IDX_T)
+    p64 = p.to(IDX_T)
+    q64 = q.to(IDX_T)
+    mask_out = mask_m[:, None] & mask_n[None, :]
+    if HAS_RES:
+        r_ptrs = res_ptr + (n64 * srn + p64 * srp + q64 * srq)[:, None] + offs_n.to(IDX_T)[None, :] * srk
+        acc = acc + tl.load(r_ptrs, mask=mask_out, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    if STATS:
+        # Batch-norm statistics of this tile (BLOCK_M rows x BLOCK_N channels) from the fp32 accumulator: row
+        # count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean
+        # dwarfs the spread). bn_finalize combines the per-tile partials in a fixed order (Chan et al.).
+        cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
+        t_mean = tl.sum(tl.where(mask_m[:, None], acc, 0.0), axis=0) / cnt
+        dev = tl.where(mask_m[:, None], acc - t_mean[None, :], 0.0)
+        t_m2 = tl.sum(dev * dev, axis=0)
+        tl.store(st_mean_ptr + pid_m * K + offs_n, t_mean, mask=mask_n)
+        tl.store(st_m2_ptr + pid_m * K + offs_n, t_m2, mask=mask_n)
+        if pid_n == 0:
+            tl.store(st_cnt_ptr + pid_m, cnt.to(tl.float32))
+    if HAS_OUT2:
+        # Horizontal fusion: output channels [0, k_split) go to out, [k_split, K) to out2 (channel 0 onwards).
+        first = offs_n < k_split
+        o_ptrs = out_ptr + (n64 * son + p64 * sop + q64 * soq)[:, None] + offs_n.to(IDX_T)[None, :] * sok
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out & first[None, :])
+        k2 = (offs_n - k_split).to(IDX_T)
+        o2_ptrs = out2_ptr + (n64 * s2n + p64 * s2p + q64 * s2q)[:, None] + k2[None, :] * s2k
+        tl.store(o2_ptrs, acc.to(out2_ptr.dtype.element_ty), mask=mask_out & (~first)[None, :])
+    else:
+        o_ptrs = out_ptr + (n64 * son + p64 * sop + q64 * soq)[:, None] + offs_n.to(IDX_T)[None, :] * sok
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+
+
 def _conv_fwd(
     x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr,
     st_cnt_ptr, st_mean_ptr, st_m2_ptr,
@@ -103,43 +153,12 @@ def _conv_fwd(
         b = tl.load(b_ptrs, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
-    if HAS_SCALE:
-        acc = acc * tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    acc = acc * res_scale
-    n64 = n.to(IDX_T)
-    p64 = p.to(IDX_T)
-    q64 = q.to(IDX_T)
-    mask_out = mask_m[:, None] & mask_n[None, :]
-    if HAS_RES:
-        r_ptrs = res_ptr + (n64 * srn + p64 * srp + q64 * srq)[:, None] + offs_n.to(IDX_T)[None, :] * srk
-        acc = acc + tl.load(r_ptrs, mask=mask_out, other=0.0).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    if STATS:
-        # Batch-norm statistics of this tile (BLOCK_M rows x BLOCK_N channels) from the fp32 accumulator: row
-        # count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean
-        # dwarfs the spread). bn_finalize combines the per-tile partials in a fixed order (Chan et al.).
-        cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
-        t_mean = tl.sum(tl.where(mask_m[:, None], acc, 0.0), axis=0) / cnt
-        dev = tl.where(mask_m[:, None], acc - t_mean[None, :], 0.0)
-        t_m2 = tl.sum(dev * dev, axis=0)
-        tl.store(st_mean_ptr + pid_m * K + offs_n, t_mean, mask=mask_n)
-        tl.store(st_m2_ptr + pid_m * K + offs_n, t_m2, mask=mask_n)
-        if pid_n == 0:
-            tl.store(st_cnt_ptr + pid_m, cnt.to(tl.float32))
-    if HAS_OUT2:
-        # Horizontal fusion: output channels [0, k_split) go to out, [k_split, K) to out2 (channel 0 onwards).
-        first = offs_n < k_split
-        o_ptrs = out_ptr + (n64 * son + p64 * sop + q64 * soq)[:, None] + offs_n.to(IDX_T)[None, :] * sok
-        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out & first[None, :])
-        k2 = (offs_n - k_split).to(IDX_T)
-        o2_ptrs = out2_ptr + (n64 * s2n + p64 * s2p + q64 * s2q)[:, None] + k2[None, :] * s2k
-        tl.store(o2_ptrs, acc.to(out2_ptr.dtype.element_ty), mask=mask_out & (~first)[None, :])
-    else:
-        o_ptrs = out_ptr + (n64 * son + p64 * sop + q64 * soq)[:, None] + offs_n.to(IDX_T)[None, :] * sok
-        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+    _fwd_epilogue(
+        acc, n, p, q, offs_n, mask_m, mask_n, pid_m, pid_n, M, K,
+        out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr, st_cnt_ptr, st_mean_ptr, st_m2_ptr,
+        son, sok, sop, soq, srn, srk, srp, srq, s2n, s2k, s2p, s2q, res_scale, k_split,
+        HAS_SCALE, HAS_BIAS, HAS_RES, RELU, HAS_OUT2, STATS, IDX_T, BLOCK_M,
+    )  # fmt: skip
 
 
 def _epilogue_bwd(

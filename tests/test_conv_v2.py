@@ -1,0 +1,238 @@
+"""ops.conv_v2 (the v2 forward kernel) against the fp64 reference, on awkward shapes and every config.
+
+Without a GPU the kernel runs in the Triton interpreter (fp32/fp16, IEEE). The interpreter runs host-side tensor
+descriptors (``triton.tools.tensor_descriptor.TensorDescriptor``; out-of-range box elements read as zeros), so
+both twins of the kernel are interpreted here: the descriptor path (weights through a 3-D descriptor, and for
+1x1 stride-1 convs the activation through a 2-D one) and the pointer path. Each case checks which path it took
+(``desc_plan``), since a descriptor needs 16-byte aligned rows and silently falls back to pointers otherwise.
+What the interpreter cannot show — that the descriptor loads lower to TMA (UTMALDG) and the dots to wgmma
+(HGMMA) on sm_90 without spills — is checked by the AOT compile test (tests/test_aot.py::test_conv_v2_sm90_*).
+"""
+
+import math
+
+import pytest
+import torch
+import triton.language as tl
+from test_conv import TOL, make_inputs, reference_fp64, rel_err
+
+from inception_kernels.ops import batchnorm, conv, conv_v2
+
+# (N, C, H, W, K, (R, S), stride, padding): K a multiple of 4 where the descriptor path should engage (fp32 rows
+# of 16 bytes), odd K where it must fall back.
+CASES = {
+    "stem_C3_s2": (1, 3, 9, 9, 8, (3, 3), 2, 0),
+    "7x7_s2_C3": (1, 3, 11, 11, 8, (7, 7), 2, 3),
+    "3x3_oddC5": (2, 5, 6, 6, 12, (3, 3), 1, 1),
+    "3x3_C20_multiblock": (1, 20, 5, 7, 36, (3, 3), 1, 1),
+    "3x3_s2_odd": (2, 5, 9, 7, 8, (3, 3), 2, 1),
+    "3x3_s2_valid_odd": (1, 6, 9, 9, 12, (3, 3), 2, 0),
+    "asym_pad_s2": (1, 4, 8, 8, 8, (3, 3), 2, (0, 1, 1, 0)),
+    "1x7": (1, 10, 7, 9, 16, (1, 7), 1, (0, 3)),
+    "7x1": (1, 10, 9, 7, 16, (7, 1), 1, (3, 0)),
+    "1x3_oddK": (1, 6, 5, 6, 9, (1, 3), 1, (0, 1)),
+    "3x3_HW1": (2, 5, 1, 1, 8, (3, 3), 1, 1),
+    "1x1_HW1": (3, 8, 1, 1, 12, (1, 1), 1, 0),
+    "1x1_gemm": (2, 16, 4, 5, 24, (1, 1), 1, 0),
+    "1x1_gemm_oddC": (2, 5, 4, 4, 24, (1, 1), 1, 0),
+    "1x1_s2_odd": (1, 4, 7, 5, 8, (1, 1), 2, 0),
+    "2x2_mixed_stride": (1, 3, 7, 8, 4, (2, 2), (2, 1), 0),
+}
+# Which operands go through descriptors in the descriptor twin (fp32): (A_DESC, B_DESC)
+EXPECT_PLAN = {"1x3_oddK": (False, False), "1x1_gemm": (True, True), "1x1_gemm_oddC": (False, True),
+               "1x1_HW1": (True, True)}  # fmt: skip
+
+
+@pytest.fixture(params=["ptr", "desc"])
+def path(request, monkeypatch):
+    monkeypatch.setattr(conv_v2, "_FORCE_DESC", request.param == "desc")
+    return request.param
+
+
+def _plan(x, w, stride, padding, path):
+    if path == "ptr":
+        return (False, False)
+    wp = conv.packed_weight(w, (2, 3, 1, 0))
+    return conv_v2.desc_plan(x, wp, conv._pair(stride, "s"), conv._padding4(padding), None)
+
+
+def _run(inp, act, rs, config=None, out=None, dtype=torch.float32):
+    x = inp["x"]
+    st, pad = conv._pair(inp["stride"], "s"), conv._padding4(inp["padding"])
+    shape = conv.out_shape(x.shape, inp["weight"].shape, st, pad)
+    if out is None:
+        out = torch.full(shape, float("nan"), dtype=dtype).to(memory_format=torch.channels_last)
+    conv_v2.conv_fwd_v2_into(
+        x, inp["weight"], inp["scale"], inp["bias"], inp["residual"], st, pad, rs, act == "relu", out,
+        config=config,
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("epilogue", ["bn_relu", "residual", "plain"])
+def test_v2_forward_vs_fp64(name, epilogue, path, device, poison):
+    case = CASES[name]
+    act = None if epilogue == "plain" else "relu"
+    rs = 0.17 if epilogue == "residual" else 1.0
+    inp = make_inputs(case, device, scale=epilogue != "plain", bias=epilogue != "plain",
+                      residual=epilogue == "residual")  # fmt: skip
+    y = _run(inp, act, rs)
+    y_ref, _ = reference_fp64(inp, act, rs)
+    assert not y.isnan().any(), "unwritten output elements"
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+    plan = _plan(inp["x"], inp["weight"], inp["stride"], inp["padding"], path)
+    if path == "desc":
+        K = case[4]
+        assert plan == EXPECT_PLAN.get(name, (False, K % 4 == 0)), plan
+
+
+# One case per kernel family, every config: the 3x3 stride-2 implicit GEMM (C = 48: BLOCK_C 16 divides it, 32
+# and 64 do not, so both EVEN_C branches run) and the 1x1 GEMM (both operands by descriptor in the desc twin).
+ALL_CONFIG_CASES = {"3x3_s2": (2, 48, 7, 5, 40, (3, 3), 2, 1), "1x1_gemm": (2, 40, 3, 5, 48, (1, 1), 1, 0)}
+
+
+@pytest.mark.parametrize("name", list(ALL_CONFIG_CASES))
+def test_every_v2_config(name, path, device, poison):
+    inp = make_inputs(ALL_CONFIG_CASES[name], device, residual=True)
+    y_ref, _ = reference_fp64(inp, "relu", 0.3)
+    for cfg in conv_v2.V2_CONFIGS:
+        y = _run(inp, "relu", 0.3, config=cfg)
+        assert not y.isnan().any(), cfg
+        assert rel_err(y, y_ref) < TOL[torch.float32], cfg
+    if path == "desc":
+        assert _plan(inp["x"], inp["weight"], inp["stride"], inp["padding"], path) == (
+            name == "1x1_gemm",
+            True,
+        )
+
+
+@pytest.mark.parametrize("name", ["3x3_C20_multiblock", "1x1_gemm", "7x1"])
+@pytest.mark.parametrize("x_off", [8, 3])
+def test_slices_x_out_residual(name, x_off, path, device):
+    """x, residual and out are channel slices of larger NaN-poisoned buffers; only out's slice is written. An x
+    offset of 8 floats (32 bytes) keeps the 1x1 activation descriptor usable, 3 (12 bytes) forces pointers."""
+    N, C, H, W, K, RS, stride, padding = CASES[name]
+    inp = make_inputs(CASES[name], device, residual=True)
+    st, pad = conv._pair(stride, "s"), conv._padding4(padding)
+    _, _, P, Q = conv.out_shape(inp["x"].shape, inp["weight"].shape, st, pad)
+    xbig = torch.randn(N, C + 16, H, W, device=device).to(memory_format=torch.channels_last)
+    xbig[:, x_off : x_off + C] = inp["x"]
+    rbig = torch.full((N, K + 9, P, Q), float("nan"), device=device).to(memory_format=torch.channels_last)
+    rbig[:, 5 : 5 + K] = inp["residual"]
+    obig = torch.full((N, K + 11, P, Q), float("nan"), device=device).to(memory_format=torch.channels_last)
+    off = 4
+    sliced = {**inp, "x": xbig[:, x_off : x_off + C], "residual": rbig[:, 5 : 5 + K]}
+    _run(sliced, "relu", 0.5, out=obig[:, off : off + K])
+    y_ref, _ = reference_fp64(inp, "relu", 0.5)
+    assert rel_err(obig[:, off : off + K], y_ref) < TOL[torch.float32]
+    assert obig[:, :off].isnan().all() and obig[:, off + K :].isnan().all()
+    if path == "desc" and name == "1x1_gemm":
+        assert _plan(sliced["x"], inp["weight"], stride, padding, path)[0] == (x_off == 8)
+
+
+def test_1x1_gemm_descriptor_row_stride_of_size_1_dims(path, device):
+    """H = W = 1: the stride of a size-1 dimension is arbitrary in PyTorch; the GEMM's row stride is sxn then."""
+    inp = make_inputs(CASES["1x1_HW1"], device)
+    x = inp["x"]
+    odd = torch.as_strided(x.clone(), x.shape, (x.stride(0), 1, x.stride(0), 4))  # sxw = 4 != sxn = sxh = 8
+    y = _run({**inp, "x": odd}, "relu", 1.0)
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+    if path == "desc":
+        assert _plan(odd, inp["weight"], 1, 0, path) == (True, True)
+
+
+def test_out2_split_destination(path, device, poison):
+    """Horizontal fusion: channels [0, K1) into a slice of a block buffer, [K1, K) into a poisoned temporary."""
+    inp = make_inputs((2, 16, 5, 6, 32, (1, 1), 1, 0), device)
+    x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    buf = torch.full((2, 40, 5, 6), float("nan"), device=device).to(memory_format=torch.channels_last)
+    tmp = conv._new_cl((2, 21, 5, 6), x)
+    conv_v2.conv_fwd_v2_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp)
+    assert rel_err(buf[:, 7:18], y_ref[:, :11]) < TOL[torch.float32]
+    assert rel_err(tmp, y_ref[:, 11:]) < TOL[torch.float32]
+    assert buf[:, :7].isnan().all() and buf[:, 18:].isnan().all()
+    with pytest.raises(ValueError, match="split the K output channels"):
+        conv_v2.conv_fwd_v2_into(
+            x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp[:, :5]
+        )
+
+
+@pytest.mark.parametrize("cfg_index", [0, len(conv_v2.V2_CONFIGS) - 1])
+@pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_gemm"])
+def test_bn_statistics_partials(name, cfg_index, path, device, poison):
+    """The BN-statistics epilogue (training mode): partials finalize to the batch mean and variance of y."""
+    case = CASES[name]
+    inp = make_inputs(case, device, scale=False, bias=False)
+    x, w = inp["x"], inp["weight"]
+    st, pad = conv._pair(case[6], "s"), conv._padding4(case[7])
+    shape = conv.out_shape(x.shape, w.shape, st, pad)
+    N, K, P, Q = shape
+    y = conv._new_cl(shape, x)
+    parts = conv.stats_partials(N * P * Q, K, x.device)
+    cfg = conv_v2.V2_CONFIGS[cfg_index]
+    conv_v2.conv_fwd_v2_into(x, w, None, None, None, st, pad, 1.0, False, y, config=cfg, stats=parts)
+    mean, var, _ = batchnorm.bn_finalize(parts, N * P * Q, 1e-5)
+    y_ref, _ = reference_fp64(inp, None, 1.0)
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+    assert rel_err(mean, y_ref.mean((0, 2, 3))) < 1e-5
+    assert rel_err(var, y_ref.var((0, 2, 3), unbiased=False)) < 1e-5
+    tiles = math.ceil(N * P * Q / cfg.kwargs["BLOCK_M"])
+    assert (parts[0][tiles:] == 0).all() and (parts[0][:tiles] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_gemm", "1x7"])
+def test_64_bit_index_path(name, path, device, monkeypatch, poison):
+    """IDX_T = int64 (what a tensor spanning 2**31 elements gets) computes the same function."""
+    monkeypatch.setattr(conv, "index_type", lambda *t: tl.int64)
+    inp = make_inputs(CASES[name], device, residual=True)
+    y = _run(inp, "relu", 0.7)
+    y_ref, _ = reference_fp64(inp, "relu", 0.7)
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+
+
+@pytest.mark.skipif(not conv._backend.interpreter_active(), reason="interpreter-only behaviour")
+@pytest.mark.parametrize("name", ["3x3_C20_multiblock", "1x1_gemm"])
+def test_fp16(name, path, device):
+    inp = make_inputs(CASES[name], device, dtype=torch.float16)
+    y = _run(inp, "relu", 1.0, dtype=torch.float16)
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert rel_err(y, y_ref) < 2e-3
+
+
+def test_same_bits_as_v1_epilogue_semantics_on_nan_free_inputs(device):
+    """v1 and v2 agree (both against fp64 and with each other) on one shape with every epilogue feature on."""
+    inp = make_inputs(CASES["3x3_s2_odd"], device, residual=True)
+    y2 = _run(inp, "relu", 0.3)
+    y1 = torch.empty_like(y2)
+    st, pad = conv._pair(inp["stride"], "s"), conv._padding4(inp["padding"])
+    conv.conv_fwd_into(
+        inp["x"], inp["weight"], inp["scale"], inp["bias"], inp["residual"], st, pad, 0.3, True, y1
+    )
+    assert rel_err(y2, y1) < TOL[torch.float32]
+
+
+def test_supports_v2_and_heuristic(device):
+    x = torch.randn(1, 4, 5, 5, device=device).to(memory_format=torch.channels_last)
+    w = torch.randn(8, 4, 3, 3, device=device)
+    assert conv_v2.supports_v2(x, w, (1, 1)) is None
+    assert "stride" in conv_v2.supports_v2(x, w, (3, 1))
+    assert "kernel size" in conv_v2.supports_v2(x, torch.randn(8, 4, 9, 9), (1, 1))
+    if device.type == "cpu":
+        assert "bfloat16" in conv_v2.supports_v2(x.bfloat16(), w.bfloat16(), (1, 1))
+        with pytest.raises(NotImplementedError, match="no bfloat16"):
+            y = torch.empty(1, 8, 3, 3, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+            conv_v2.conv_fwd_v2_into(
+                x.bfloat16(), w.bfloat16(), None, None, None, (1, 1), (0,) * 4, 1.0, False, y
+            )
+    # a big problem gets a large tile with a full wave of programs; every chosen config fits shared memory
+    big = (("BLOCK_M", 32 * 17 * 17), ("BLOCK_N", 192), ("BLOCK_C", 768))
+    cfg = conv_v2.heuristic_config_v2(big, 2, 132, 90)
+    grid = math.ceil(big[0][1] / cfg.kwargs["BLOCK_M"]) * math.ceil(192 / cfg.kwargs["BLOCK_N"])
+    assert grid >= 132 and cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"] >= 64 * 128
+    for eb, arch in ((2, 90), (4, 90), (2, 80), (4, 80)):
+        fits = conv_v2.configs_for(eb, arch)
+        assert fits and all(conv_v2.smem_bytes(c, eb) <= conv_v2.SMEM_BUDGET[arch] for c in fits)
+    assert min(c.kwargs["BLOCK_M"] for c in conv_v2.V2_CONFIGS) >= conv.STATS_ROWS

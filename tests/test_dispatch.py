@@ -302,14 +302,15 @@ def test_measure_checks_first_then_picks_the_fastest(monkeypatch):
 
     p = dispatch.ConvProblem(2, 5, 6, 6, 7, 3, 3, (1, 1), (1, 1, 1, 1), torch.float32, "cpu-interpreter",
                              relu=True, scale=True, bias=True)  # fmt: skip
-    timer = FakeTimer({"/cudnn/": 2.0, "/triton/": 1.0})
+    timer = FakeTimer({"/cudnn/": 2.0, "/triton/": 1.0, "/triton_v2/": 1.5})
     row = tune.measure("conv_fwd", p, torch.device("cpu"), timer)
-    assert row.times_ms == {"triton": 1.0, "cudnn": 2.0} and row.winner == "triton"
+    assert row.times_ms == {"triton": 1.0, "cudnn": 2.0, "triton_v2": 1.5} and row.winner == "triton"
     # a wrong implementation is never timed, whatever its speed
     good = dispatch.implementations("conv_fwd")["cudnn"]
     broken = dispatch.Impl("conv_fwd", "cudnn", good.reasons, lambda *a: good.fn(*a) * 1.01)
     monkeypatch.setitem(dispatch._IMPLS["conv_fwd"], "cudnn", broken)
-    row = tune.measure("conv_fwd", p, torch.device("cpu"), FakeTimer({"/cudnn/": 0.1, "/triton/": 1.0}))
+    row = tune.measure("conv_fwd", p, torch.device("cpu"),
+                       FakeTimer({"/cudnn/": 0.1, "/triton/": 1.0, "/triton_v2/": 3.0}))  # fmt: skip
     assert row.winner == "triton" and "check failed" in row.failed["cudnn"]
     for fam in ("conv_dgrad", "conv_wgrad"):
         row = tune.measure(fam, dispatch.backward_problem(p), torch.device("cpu"),
@@ -326,7 +327,8 @@ def test_tune_model_writes_a_table_that_auto_then_follows(monkeypatch):
     torch.manual_seed(0)
     model = torch.nn.Sequential(ConvBNAct(3, 8, 3, stride=2), ConvBNAct(8, 6, (1, 3), padding=(0, 1)))
     x = _cl(torch.randn(2, 3, 9, 9))
-    timer = FakeTimer({"conv_fwd/cudnn/": 1.0, "conv_fwd/triton/": 2.0, "conv_dgrad/triton/": 1.0,
+    timer = FakeTimer({"conv_fwd/cudnn/": 1.0, "conv_fwd/triton/": 2.0, "conv_fwd/triton_v2/": 3.0,
+                       "conv_dgrad/triton/": 1.0,
                        "conv_dgrad/cudnn/": 3.0, "conv_wgrad/cudnn/": 1.0, "conv_wgrad/triton/": 4.0})  # fmt: skip
     with dispatch.use_backend("triton"):
         rows = tune.tune_model(model, x, train=True, timer=timer)
@@ -395,3 +397,21 @@ def test_optimize_binds_a_backend():
     assert {c.impl for f, _, c, _ in log if f == "conv_fwd"} == {"cudnn"}
     with torch.no_grad():
         assert rel_err(y, seq(x)) < 1e-5
+
+
+def test_conv_v2_is_listed_and_runs_when_forced(poison):
+    """Forward v2 (ops/conv_v2.py) is an implementation of the dispatch layer: forced with
+    INCEPTION_KERNELS_BACKEND=triton_v2 (backward on v1), never chosen by the rule."""
+    x = _cl(torch.randn(2, 5, 7, 6)).requires_grad_()
+    w = (torch.randn(6, 5, 3, 1) * 0.3).requires_grad_()
+    with dispatch.use_backend("triton_v2"), dispatch.recording() as log:
+        y = conv.conv2d(x, w, stride=(2, 1), padding=(1, 0), activation="relu")
+        dx, dw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert {(f, c.impl) for f, _, c, _ in log} == {("conv_fwd", "triton_v2"), ("conv_dgrad", "triton"),
+                                                   ("conv_wgrad", "triton")}  # fmt: skip
+    xd, wd = (t.detach().double().requires_grad_() for t in (x, w))
+    yd = reference.conv2d(xd, wd, stride=(2, 1), padding=(1, 1, 0, 0), activation="relu")
+    dxd, dwd = torch.autograd.grad(yd, (xd, wd), torch.ones_like(yd))
+    assert rel_err(y, yd) < TOL and rel_err(dx, dxd) < TOL and rel_err(dw, dwd) < TOL
+    for p in (_problem(), _problem(residual=True, relu=True), _problem(C=16, K=16, N=1, H=4, W=4)):
+        assert dispatch.rule("conv_fwd", p)[0] != "triton_v2"

@@ -44,7 +44,7 @@ import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import conv
+from . import conv, dispatch
 from ._registry import KernelSpec, register_kernel
 from .conv import _fwd_epilogue
 
@@ -479,3 +479,23 @@ AOT_QUICK_SPECS = (
         functools.partial(_v2_arg_types, R=1, S=1, a_desc=True, b_desc=True), applies=_applies(90),
     ),
 )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The dispatch layer lists v2 as a conv forward implementation of its own: chosen when forced
+# (INCEPTION_KERNELS_BACKEND=triton_v2) or when a tuning table measured it fastest on this GPU; never by the
+# rule or the shipped defaults until a committed GPU result shows it faster (issue 14).
+# ----------------------------------------------------------------------------------------------------------
+def _dispatch_reasons(problem) -> list[str]:
+    return conv._triton_reasons(problem)
+
+
+def _dispatch_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
+    if out is None:
+        out = conv._new_cl(conv.out_shape(x.shape, weight.shape, stride, padding), x)
+    return conv_fwd_v2_into(
+        x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2=out2, stats=stats
+    )
+
+
+dispatch.register(dispatch.Impl("conv_fwd", "triton_v2", _dispatch_reasons, _dispatch_fwd))

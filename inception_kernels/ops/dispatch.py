@@ -7,7 +7,8 @@ family             implementations (``reasons`` says why one cannot serve an inp
 =================  ==============================================================================================
 ``conv_fwd``       ``triton`` (our implicit GEMM with the fused epilogue), ``cudnn`` (PyTorch's convolution -- cuDNN
                    on a GPU -- then our epilogue kernel: scale, bias, residual, ReLU, split destinations, the slice
-                   write; BN statistics by our statistics kernel), ``reference``
+                   write; BN statistics by our statistics kernel), ``triton_v2`` (forward v2, ops/conv_v2.py:
+                   only forced or tuned until a GPU measures it), ``reference``
 ``conv_dgrad``     ``triton`` (stride-phase implicit GEMM), ``cudnn`` (``aten.convolution_backward``), ``reference``
 ``conv_wgrad``     ``triton`` (deterministic split-K), ``cudnn`` (``aten.convolution_backward``), ``reference``
 ``bn_stats``,      ``triton``, ``cuda`` (csrc/), ``reference``
@@ -57,7 +58,7 @@ FAMILIES = (
     "conv_fwd", "conv_dgrad", "conv_wgrad", "bn_stats", "bn_act", "pool2d", "scaled_residual",
 )  # fmt: skip
 CONV_FAMILIES = ("conv_fwd", "conv_dgrad", "conv_wgrad")
-BACKENDS = ("auto", "triton", "cudnn", "cuda", "reference")
+BACKENDS = ("auto", "triton", "cudnn", "cuda", "reference", "triton_v2")
 # Below this arithmetic intensity (FLOPs per byte of x, w, out and residual moved once) a conv is memory-bound on
 # the H100/H200 class (bf16 dense peak / HBM bandwidth is ~240 FLOP/B); ``triton`` then wins by fusing the epilogue.
 # 100 separates Round 1's shapes the way the measurement did: 35x35 1x1 128->320 + residual (53 FLOP/B, 1.85x)
@@ -225,7 +226,7 @@ def register_memory_bound(family: str, cuda: bool = True) -> None:
 def _load_impls() -> None:
     # the implementations register themselves when their modules are imported
     global _LOADED
-    from . import batchnorm, conv, conv_cudnn, pool, residual  # noqa: F401
+    from . import batchnorm, conv, conv_cudnn, conv_v2, pool, residual  # noqa: F401
 
     _LOADED = True
 
@@ -334,6 +335,8 @@ _FORCED = {
     "triton": {"conv_fwd": "triton", "conv_dgrad": "triton", "conv_wgrad": "triton"},
     "cudnn": {"conv_fwd": "cudnn", "conv_dgrad": "cudnn", "conv_wgrad": "cudnn"},
     "cuda": {"conv_fwd": "triton", "conv_dgrad": "triton", "conv_wgrad": "triton"},
+    # conv forward v2 (ops/conv_v2.py; unmeasured on a GPU, so only forced or tuned), v1's backward
+    "triton_v2": {"conv_fwd": "triton_v2", "conv_dgrad": "triton", "conv_wgrad": "triton"},
 }
 
 

@@ -107,7 +107,9 @@ def pool_geometry(kernel_size, stride, padding) -> tuple[tuple[int, int], tuple[
     if any(p < 0 for p in padding):
         raise ValueError(f"padding must be non-negative, got {padding}")
     if any(p > k // 2 for k, p in zip(kernel, padding)):
-        raise ValueError(f"padding must be at most half of kernel_size, got padding {padding}, kernel_size {kernel}")
+        raise ValueError(
+            f"padding must be at most half of kernel_size, got padding {padding}, kernel_size {kernel}"
+        )
     return kernel, stride, padding
 
 
@@ -152,7 +154,9 @@ def is_channels_inner(t: torch.Tensor) -> bool:
     return t.dim() == 4 and (t.shape[1] == 1 or t.stride(1) == 1)
 
 
-def tensor(t, name: str, *, dims: int | None = None, like: torch.Tensor | None = None, dtype_of_like: bool = True):
+def tensor(
+    t, name: str, *, dims: int | None = None, like: torch.Tensor | None = None, dtype_of_like: bool = True
+):
     """``t`` is a tensor of ``dims`` dimensions on ``like``'s device (and of its dtype, if asked)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -162,7 +166,9 @@ def tensor(t, name: str, *, dims: int | None = None, like: torch.Tensor | None =
         if t.device != like.device:
             raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
         if dtype_of_like and t.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but x has {like.dtype}; all tensors must share x's dtype")
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but x has {like.dtype}; all tensors must share x's dtype"
+            )
 
 
 def float_activation(t, name: str) -> None:
@@ -237,7 +243,7 @@ def no_overlap(out: torch.Tensor, inputs: dict, *, elementwise: bool = False, na
 def channel_vector(t, name: str, C: int, like: torch.Tensor, *, dtypes=None, what: str = "C") -> torch.Tensor:
     """A per-channel (C,) tensor on x's device; returned contiguous (a strided view is copied once)."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D ({what},), got shape {tuple(t.shape)}")
     if t.device != like.device:

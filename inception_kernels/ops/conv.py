@@ -1139,7 +1139,6 @@ def _validate(x, weight, stride, padding, scale, bias, activation, residual, res
     """Checks every argument of :func:`conv2d`; returns (stride, padding 4-tuple, scale, bias), the per-channel
     tensors contiguous (the kernels read them with unit stride)."""
     _args.float_activation(x, "x")
-    dev = x.device
     _args.tensor(weight, "weight", dims=4, like=x)
     N, C, H, W = x.shape
     K, Cw, R, S = weight.shape

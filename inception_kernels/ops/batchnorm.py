@@ -147,7 +147,7 @@ def _bn_act_fwd(
     mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
     z = (v - mean[None, :]) * (invstd * w)[None, :] + b[None, :]
     if RELU:
-        z = tl.maximum(z, 0.0)
+        z = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu
     op = pixel_offsets(offs_m, H, W, son, soh, sow, IDX_T)[:, None] + c64 * soc
     tl.store(out_ptr + op, z.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -37,7 +37,7 @@ def _residual_fwd(
         y_ptr + yo, mask=mask, other=0.0
     ).to(tl.float32)
     if RELU:
-        z = tl.maximum(z, 0.0)
+        z = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu
     tl.store(out_ptr + oo, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -22,6 +22,20 @@ from inception_kernels import ops
 from inception_kernels.ops import _args, reference
 
 BACKENDS = ["triton", "reference"]
+# our kernels run on CUDA tensors with a GPU, in the interpreter on CPU tensors without one (tests/conftest.py)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _dev(t):
+    """``t`` on DEVICE with the same strides and storage offset (channel slices stay slices); None stays None."""
+    if t is None or t.device == DEVICE:
+        return t
+    n = t.untyped_storage().nbytes() // t.element_size()
+    return (
+        torch.empty(n, dtype=t.dtype, device=DEVICE)
+        .as_strided(t.shape, t.stride(), t.storage_offset())
+        .copy_(t)
+    )
 
 
 def _settings(n):
@@ -169,7 +183,12 @@ def test_conv2d_argument_forms(case, backend, monkeypatch, poison):
 
     with _backend(monkeypatch, backend):
         ours = lambda: ops.conv2d(  # noqa: E731
-            x, w, stride=stride, padding=padding, bias=bias, activation="relu" if relu else None
+            _dev(x),
+            _dev(w),
+            stride=stride,
+            padding=padding,
+            bias=_dev(bias),
+            activation="relu" if relu else None,
         )
         if _raises_like_pytorch(ours, lambda: torch_ref(torch.float64)):
             return
@@ -227,7 +246,7 @@ def test_pool2d_argument_forms(case, backend, monkeypatch, poison):
         )
 
     with _backend(monkeypatch, backend):
-        ours = lambda: ops.pool2d(x, kind, kernel, stride, padding, ceil_mode, count_include_pad)  # noqa: E731
+        ours = lambda: ops.pool2d(_dev(x), kind, kernel, stride, padding, ceil_mode, count_include_pad)  # noqa: E731
         if _raises_like_pytorch(ours, lambda: torch_ref(torch.float64)):
             return
         y = ours()
@@ -280,22 +299,18 @@ def test_batch_norm_act_vs_f_batch_norm(case, backend, monkeypatch, poison):
         y = F.batch_norm(x.to(dtype), rmd, rvd, w, b, True, momentum, eps)
         return (torch.relu(y) if relu else y), rmd, rvd
 
-    ours_rm = (
-        None
-        if rm is None
-        else rm.clone()
-        if rm.is_contiguous()
-        else torch.zeros(2 * rm.numel())[::2].copy_(rm)
-    )
-    ours_rv = (
-        None
-        if rv is None
-        else rv.clone()
-        if rv.is_contiguous()
-        else torch.zeros(2 * rv.numel())[::2].copy_(rv)
-    )
+    def fresh(t):  # an independent copy in the same form: a strided view stays a strided view
+        return (
+            None
+            if t is None
+            else _dev(t.clone() if t.is_contiguous() else torch.zeros(2 * t.numel())[::2].copy_(t))
+        )
+
+    ours_rm, ours_rv = fresh(rm), fresh(rv)
     with _backend(monkeypatch, backend):
-        ours = lambda: ops.batch_norm_act(x, weight, bias, ours_rm, ours_rv, momentum, eps, relu)  # noqa: E731
+        ours = lambda: ops.batch_norm_act(  # noqa: E731
+            _dev(x), _dev(weight), _dev(bias), ours_rm, ours_rv, momentum, eps, relu
+        )
         if _raises_like_pytorch(ours, lambda: torch_ref(torch.float64)):
             return
         y = ours()
@@ -314,7 +329,7 @@ def test_bn_stats_and_bn_act(case, inplace, backend, monkeypatch, poison):
     x, weight, bias, rm, rv, _, eps, relu = case
     x64 = x.double()
     with _backend(monkeypatch, backend):
-        mean, var = ops.bn_stats(x)
+        mean, var = ops.bn_stats(_dev(x))
         if x.numel() == 0:
             assert mean.shape == var.shape == (x.shape[1],) and mean.isnan().all() and var.isnan().all()
             return
@@ -323,8 +338,16 @@ def test_bn_stats_and_bn_act(case, inplace, backend, monkeypatch, poison):
         assert_fp32_rule(mean, mean64, mean32)
         assert_fp32_rule(var, var64, var32, floor=1e-5)
         invstd = torch.rsqrt(var64 + eps).float()
-        xin = x.clone()
-        y = ops.bn_act(xin, mean64.float(), invstd, weight, bias, relu, out=xin if inplace else None)
+        xin = _dev(x.clone())
+        y = ops.bn_act(
+            xin,
+            _dev(mean64.float()),
+            _dev(invstd),
+            _dev(weight),
+            _dev(bias),
+            relu,
+            out=xin if inplace else None,
+        )
         if inplace:
             assert y.data_ptr() == xin.data_ptr()
     expected = reference.bn_act(x64, mean64.float().double(), invstd.double(), weight, bias, relu)
@@ -347,10 +370,20 @@ def test_conv_bn_act_argument_forms(case, momentum, backend, monkeypatch, poison
         y = F.batch_norm(y, rm, rv, gamma.to(dtype), beta.to(dtype), True, momentum, 1e-3)
         return (torch.relu(y) if relu else y), rm, rv
 
-    rm, rv = torch.zeros(K), torch.ones(K)
+    rm, rv = _dev(torch.zeros(K)), _dev(torch.ones(K))
     with _backend(monkeypatch, backend):
         ours = lambda: ops.conv_bn_act(  # noqa: E731
-            x, w, gamma, beta, rm, rv, momentum=momentum, eps=1e-3, stride=stride, padding=padding, relu=relu
+            _dev(x),
+            _dev(w),
+            _dev(gamma),
+            _dev(beta),
+            rm,
+            rv,
+            momentum=momentum,
+            eps=1e-3,
+            stride=stride,
+            padding=padding,
+            relu=relu,
         )
         if _raises_like_pytorch(ours, lambda: torch_ref(torch.float64)):
             return
@@ -379,8 +412,8 @@ def test_scaled_residual_forms(seed, shape, scale, relu, out, specials, backend,
     y = _cl(_randn(gen, *shape))
     expected = reference.scaled_residual(x.double(), y.double(), scale, relu)
     same = reference.scaled_residual(x, y, scale, relu)
-    xo, yo = x.clone(), y.clone()
-    big = _cl(torch.full((shape[0], shape[1] + 4, *shape[2:]), float("nan")))
+    xo, yo = _dev(x.clone()), _dev(y.clone())
+    big = _cl(torch.full((shape[0], shape[1] + 4, *shape[2:]), float("nan"), device=DEVICE))
     dest = {"new": None, "x": xo, "y": yo, "slice": big[:, 2 : 2 + shape[1]]}[out]
     with _backend(monkeypatch, backend), torch.no_grad():
         z = ops.scaled_residual(xo, yo, scale, relu, out=dest)
@@ -711,7 +744,7 @@ def test_bad_input_raises_naming_the_argument(case, backend, monkeypatch):
 def test_the_reported_pool_padding_bug():
     """F.avg_pool2d accepts a one-element padding tuple; pool2d died with an IndexError."""
     x = _x(2, 3, 8, 8)
-    y = ops.pool2d(x, "avg", (4, 4), (2, 2), (2,), True)
+    y = ops.pool2d(_dev(x), "avg", (4, 4), (2, 2), (2,), True)
     assert_fp32_rule(
         y, F.avg_pool2d(x.double(), (4, 4), (2, 2), (2,), True), F.avg_pool2d(x, (4, 4), (2, 2), (2,), True)
     )
@@ -722,7 +755,7 @@ def test_conv_same_padding_matches_pytorch_for_even_kernels(R, S, poison):
     """ "same" with an even kernel pads one more at the bottom / right, as F.conv2d does."""
     assert _args.conv_padding("same", (R, S)) == ((R - 1) // 2, R // 2, (S - 1) // 2, S // 2)
     x, w = _x(2, 3, 5, 6), torch.randn(4, 3, R, S)
-    y = ops.conv2d(x, w, padding="same")
+    y = ops.conv2d(_dev(x), _dev(w), padding="same")
     assert_fp32_rule(y, F.conv2d(x.double(), w.double(), padding="same"), F.conv2d(x, w, padding="same"))
 
 
@@ -734,7 +767,7 @@ def test_conv_same_padding_matches_pytorch_for_even_kernels(R, S, poison):
 def test_conv_relu_keeps_nan():
     x = _x(1, 2, 3, 3)
     x[0, 0, 1, 1] = float("nan")
-    y = ops.conv2d(x, torch.ones(1, 2, 1, 1), activation="relu")
+    y = ops.conv2d(_dev(x), _dev(torch.ones(1, 2, 1, 1)), activation="relu")
     assert y[0, 0, 1, 1].isnan()
 
 

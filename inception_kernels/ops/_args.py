@@ -39,6 +39,10 @@ def int_tuple(v, name: str, n: int = 2) -> tuple[int, ...]:
     These are the forms ``F.conv2d`` and the 2-D pooling functionals accept for stride, padding and kernel
     size; anything else is a ``TypeError`` naming ``name``.
     """
+    if type(v) is int:  # the common cases first: this runs on every op call
+        return (v,) * n
+    if type(v) is tuple and len(v) == n and all(type(i) is int for i in v):
+        return v
     forms = f"an int or a sequence of 1 or {n} ints"
     if isinstance(v, (tuple, list, torch.Size)):
         items = tuple(_int(i, name, forms) for i in v)
@@ -64,6 +68,10 @@ def conv_padding(padding, kernel_size=None, stride=(1, 1)) -> tuple[int, int, in
     dimension, the odd element at the bottom / right, exactly as PyTorch does for even kernels.
     ``kernel_size`` (R, S) is needed for ``"same"`` only.
     """
+    if type(padding) is int and padding >= 0:
+        return (padding,) * 4
+    if type(padding) is tuple and len(padding) == 4 and all(type(i) is int and i >= 0 for i in padding):
+        return padding
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0, 0, 0)
@@ -118,9 +126,12 @@ def pool_geometry(kernel_size, stride, padding) -> tuple[tuple[int, int], tuple[
 # ----------------------------------------------------------------------------------------------------------
 def real(v, name: str, *, finite: bool = True, minimum: float | None = None) -> float:
     """A Python float from a real number (int, float, numpy scalar; not bool, str or tensor)."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+    if type(v) is float or type(v) is int:
+        v = float(v)
+    elif isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a float, got {type(v).__name__} {v!r}")
-    v = float(v)
+    else:
+        v = float(v)
     if finite and not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if minimum is not None and not v >= minimum:
@@ -130,7 +141,7 @@ def real(v, name: str, *, finite: bool = True, minimum: float | None = None) -> 
 
 def flag(v, name: str) -> bool:
     """A bool from True/False (or the ints 0/1, numpy bools); a string or None is a TypeError, not truthy."""
-    if isinstance(v, bool) or type(v).__name__ == "bool_":
+    if v is True or v is False or type(v).__name__ == "bool_":
         return bool(v)
     if isinstance(v, numbers.Integral) and v in (0, 1):
         return bool(v)

@@ -771,6 +771,15 @@ def test_conv_relu_keeps_nan():
     assert y[0, 0, 1, 1].isnan()
 
 
+def test_first_argument_by_keyword(poison):
+    """The device guard around the public entries keeps their signatures: x may be passed by keyword."""
+    x, w = _x(1, 3, 4, 4), torch.randn(2, 3, 1, 1)
+    y = ops.conv2d(x=_dev(x), weight=_dev(w))
+    assert_fp32_rule(y, F.conv2d(x.double(), w.double()), F.conv2d(x, w))
+    z = ops.pool2d(x=_dev(x), kind="max", kernel=2)
+    assert torch.equal(z.cpu(), F.max_pool2d(x, 2))
+
+
 def test_int_like_arguments_are_accepted():
     """numpy integers and 0-d integer tensors are ints to PyTorch's argument parser; bools are not."""
     np = pytest.importorskip("numpy")

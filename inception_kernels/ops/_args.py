@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import numbers
 import operator
@@ -285,11 +286,14 @@ def on_input_device(fn):
     and public entries, so inputs on a non-default GPU launch there. A plain call on CPU and on the current
     device; under torch.compile the compiled code sets the device itself."""
 
+    first = next(iter(inspect.signature(fn).parameters))  # its name, for calls that pass it by keyword
+
     @functools.wraps(fn)
-    def run(t, *args, **kwargs):
+    def run(*args, **kwargs):
+        t = args[0] if args else kwargs.get(first)
         if isinstance(t, torch.Tensor) and t.is_cuda and not torch.compiler.is_compiling():
             with device_guard(t):
-                return fn(t, *args, **kwargs)
-        return fn(t, *args, **kwargs)
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
 
     return run

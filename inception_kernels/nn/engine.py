@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..ops import _recompute, dispatch, reference
 from ..ops import conv as conv_ops
 from ..ops import pool as pool_ops
+from ..ops._args import device_guard
 from .layers import ConvBNAct, _pair, _VersionCache
 
 
@@ -372,9 +373,10 @@ class InceptionBlock(nn.Module):
             leaf = self.plan.leaves[order[0]]
             dest = out[:, leaf.lo : leaf.hi]
             tmp = _new_like(x, sum(ks[1:]), x.shape[-2:])
-            conv_ops.conv_forward(
-                x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
-            )
+            with device_guard(x):  # the launchers run on the current CUDA device: make it x's
+                conv_ops.conv_forward(
+                    x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
+                )
             started[order[0]] = dest
             lo = 0
             for i, k in zip(order[1:], ks[1:]):

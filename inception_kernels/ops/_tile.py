@@ -42,11 +42,6 @@ def grid_2d(M: int, C: int):
     return (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
 
 
-def is_channels_inner(t: torch.Tensor) -> bool:
-    """4-D with unit channel stride (channels_last storage, possibly a channel slice of a larger buffer)."""
-    return t.dim() == 4 and (t.shape[1] == 1 or t.stride(1) == 1)
-
-
 def tl_index_type(*tensors: torch.Tensor | None):
     """int32 offsets unless one of the tensors spans 2**31 elements (then int64)."""
     for t in tensors:
@@ -64,23 +59,3 @@ def new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
 
 def new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
-
-
-def check_activation(t: torch.Tensor, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-    if not is_channels_inner(t):
-        raise ValueError(
-            f"{name} must be a 4-D channels_last tensor (or a channel slice of one); got shape "
-            f"{tuple(t.shape)} with strides {t.stride()}"
-        )
-
-
-def check_out(out: torch.Tensor, shape, like: torch.Tensor, name: str = "out") -> None:
-    check_activation(out, name)
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
-    if out.dtype != like.dtype or out.device != like.device:
-        raise ValueError(f"{name} must be {like.dtype} on {like.device}, got {out.dtype} on {out.device}")

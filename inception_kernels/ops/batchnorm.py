@@ -24,11 +24,12 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from ..utils import record_launch
-from . import _recompute, _tile, dispatch, reference
+from . import _args, _recompute, _tile, dispatch, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
@@ -146,7 +147,7 @@ def _bn_act_fwd(
     mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
     z = (v - mean[None, :]) * (invstd * w)[None, :] + b[None, :]
     if RELU:
-        z = tl.maximum(z, 0.0)
+        z = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu
     op = pixel_offsets(offs_m, H, W, son, soh, sow, IDX_T)[:, None] + c64 * soc
     tl.store(out_ptr + op, z.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -229,6 +230,7 @@ def stats_partials_of(x: torch.Tensor):
     return stats_partials_into(x, partials)
 
 
+@_args.on_input_device
 def stats_partials_into(x: torch.Tensor, partials):
     """Write x's per-tile partials into the first rows of ``partials`` = (count (T,), mean (T, C), M2 (T, C));
     rows past cdiv(N·H·W, BLOCK_M) are left alone (zeroed counts mark them empty for :func:`bn_finalize`)."""
@@ -253,15 +255,17 @@ def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=Non
     update = running_mean is not None
     unbias = M / (M - 1) if M > 1 else float("inf")
     record_launch()
-    _bn_finalize_kernel[(triton.cdiv(C, FINALIZE_BLOCK_C),)](
-        cnt, pmean, pm2, mean, var, invstd,
-        running_mean if update else mean, running_var if update else var,
-        T, C, float(eps), float(momentum), float(unbias),
-        UPDATE_RUNNING=update, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    with _args.device_guard(pmean):
+        _bn_finalize_kernel[(triton.cdiv(C, FINALIZE_BLOCK_C),)](
+            cnt, pmean, pm2, mean, var, invstd,
+            running_mean if update else mean, running_var if update else var,
+            T, C, float(eps), float(momentum), float(unbias),
+            UPDATE_RUNNING=update, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS,
+        )  # fmt: skip
     return mean, var, invstd
 
 
+@_args.on_input_device
 def bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out):
     N, C, H, W = x.shape
     M = N * H * W
@@ -276,6 +280,7 @@ def bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out):
     return out
 
 
+@_args.on_input_device
 def bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu, dx=None):
     """(dx, dγ, dβ); dx written into ``dx`` (any channels_last view) when given."""
     N, C, H, W = x.shape
@@ -342,9 +347,24 @@ def _cuda_ops():
 # ----------------------------------------------------------------------------------------------------------
 # Public functional ops (no autograd of their own: building blocks of the autograd functions below)
 # ----------------------------------------------------------------------------------------------------------
+_STAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _stat(t, name: str, C: int, x: torch.Tensor, *, dtypes=_STAT_DTYPES) -> torch.Tensor:
+    """A per-channel (C,) operand of the kernels: float32, contiguous (a no-op for the usual fp32 vector)."""
+    t = _args.channel_vector(t, name, C, x, dtypes=dtypes)
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
+
+
+@_args.on_input_device
 def bn_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance over N·H·W, float32 (C,). x: channels_last (slices allowed)."""
-    _tile.check_activation(x, "x")
+    """Per-channel mean and biased variance over N·H·W, float32 (C,). x: channels_last (slices allowed).
+
+    With no pixels (N·H·W = 0) both are NaN, like ``torch.var_mean`` of an empty tensor."""
+    _args.activation(x, "x")
+    if x.numel() == 0:
+        nan = torch.full((x.shape[1],), float("nan"), dtype=torch.float32, device=x.device)
+        return nan, nan.clone()
     impl = _impl(x, "bn_stats")
     if impl == "reference":
         return _ref_stats(x)
@@ -356,13 +376,23 @@ def bn_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
+@_args.on_input_device
 def bn_act(x, mean, invstd, weight=None, bias=None, relu: bool = True, out=None) -> torch.Tensor:
-    """``act((x − mean)·invstd·weight + bias)`` per channel; writes ``out`` (a channels_last slice) if given."""
-    _tile.check_activation(x, "x")
+    """``act((x − mean)·invstd·weight + bias)`` per channel; writes ``out`` (a channels_last slice) if given.
+
+    x: (N, C, H, W) channels_last (slices allowed); mean, invstd: (C,) float tensors (float32 is the fast case);
+    weight, bias: (C,) or None; ``out`` may be x itself (in place), but no other view of x's memory."""
+    _args.activation(x, "x")
+    C = x.shape[1]
+    mean, invstd = _stat(mean, "mean", C, x), _stat(invstd, "invstd", C, x)
+    weight = None if weight is None else _stat(weight, "weight", C, x)
+    bias = None if bias is None else _stat(bias, "bias", C, x)
+    relu = _args.flag(relu, "relu")
     if out is None:
         out = _tile.new_cl(x.shape, x)
     else:
-        _tile.check_out(out, x.shape, x)
+        _args.out_tensor(out, x.shape, x)
+        _args.no_overlap(out, {"x": x}, elementwise=True)
     impl = _impl(x, "bn_act")
     if impl == "reference":
         return out.copy_(reference.bn_act(x, mean, invstd, weight, bias, relu))
@@ -431,15 +461,64 @@ class _BatchNormActFn(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None, None
 
 
+def _running_stats(running_mean, running_var, C: int, x: torch.Tensor, what: str = "C"):
+    """(mean, var, write_back): float32 contiguous running statistics for the kernels. Buffers already in that
+    form are used in place; others (float16, strided) are updated through a float32 copy written back after."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "running_mean and running_var must both be None or both be tensors (as in F.batch_norm)"
+        )
+    if running_mean is None:
+        return None, None, None
+    pair = []
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        _args.channel_vector(t, name, C, x, dtypes=_STAT_DTYPES, what=what)
+        if t.requires_grad:
+            raise ValueError(f"{name} must not require grad (it is updated in place)")
+        pair.append(t)
+    if all(t.dtype == torch.float32 and t.stride(0) == 1 for t in pair):
+        return running_mean, running_var, None
+    work = [torch.empty(C, dtype=torch.float32, device=x.device).copy_(t) for t in pair]
+
+    def write_back():
+        with torch.no_grad():
+            running_mean.copy_(work[0])
+            running_var.copy_(work[1])
+
+    return work[0], work[1], write_back
+
+
+def _bn_scalars(momentum, eps, relu):
+    return _args.real(momentum, "momentum"), _args.real(eps, "eps", minimum=0.0), _args.flag(relu, "relu")
+
+
+def _empty_bn(y, weight, bias, eps, relu):
+    """F.batch_norm of a tensor without elements: an empty result (running statistics untouched)."""
+    z = F.batch_norm(y, None, None, weight, bias, True, 0.0, eps)
+    return (torch.relu(z) if relu else z).contiguous(memory_format=torch.channels_last)
+
+
+@_args.on_input_device
 def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=None, momentum: float = 0.1,
                    eps: float = 1e-5, relu: bool = True) -> torch.Tensor:  # fmt: skip
     """Training-mode ``act(batch_norm(x))`` with batch statistics, running stats updated like ``nn.BatchNorm2d``.
 
-    x: (N, C, H, W) channels_last; weight/bias (C,) or None; running_mean/running_var (C,) or None.
+    x: (N, C, H, W) channels_last; weight/bias (C,) float32 or x's dtype, or None; running_mean/running_var
+    (C,) float tensors (updated in place) or both None. Raises like ``F.batch_norm`` when a channel has a
+    single value; an input without elements gives an empty result.
     """
-    _tile.check_activation(x, "x")
-    return _BatchNormActFn.apply(x, weight, bias, running_mean, running_var, float(momentum), float(eps),
-                                 bool(relu), None)  # fmt: skip
+    _args.activation(x, "x")
+    C = x.shape[1]
+    weight = None if weight is None else _args.channel_vector(weight, "weight", C, x)
+    bias = None if bias is None else _args.channel_vector(bias, "bias", C, x)
+    momentum, eps, relu = _bn_scalars(momentum, eps, relu)
+    if x.numel() == 0:
+        return _empty_bn(x, weight, bias, eps, relu)
+    rm, rv, write_back = _running_stats(running_mean, running_var, C, x)
+    y = _BatchNormActFn.apply(x, weight, bias, rm, rv, momentum, eps, relu, None)
+    if write_back is not None:
+        write_back()
+    return y
 
 
 class _ConvBNActFn(torch.autograd.Function):
@@ -505,23 +584,56 @@ def conv_bn_act_supported(x: torch.Tensor) -> bool:
     return conv_ops._eager_direct(x)
 
 
+@_args.on_input_device
 def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: float, eps: float,
                 stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True, out=None) -> torch.Tensor:  # fmt: skip
     """Training-mode ``act(batch_norm(conv(x, weight)))`` fused (see the module docstring).
 
-    x: (N, C, H, W) channels_last; weight (K, C, R, S); gamma/beta (K,) or None; running stats (K,) or None
-    (not tracked); padding (top, bottom, left, right). Returns a new channels_last (N, K, P, Q) tensor, or
-    writes ``out`` (a channels_last slice of a buffer that no autograd node has recorded, e.g. a block output
-    the block engine joins with ``_SliceJoin``) and returns it.
+    x: (N, C, H, W) channels_last (NCHW is converted); weight (K, C, R, S); stride and padding in any form
+    :func:`~inception_kernels.ops.conv2d` accepts (padding: int, pair, (top, bottom, left, right), "same",
+    "valid"); gamma/beta (K,) or None; running stats (K,) or both None (not tracked). Returns a new
+    channels_last (N, K, P, Q) tensor, or writes ``out`` (a channels_last slice of a buffer that no autograd
+    node has recorded, e.g. a block output the block engine joins with ``_SliceJoin``) and returns it. Where
+    our conv cannot run directly (reference backend, torch.compile) it is the plain PyTorch composition.
     """
-    args = (x, weight, gamma, beta, running_mean, running_var, float(momentum), float(eps), tuple(stride),
-            tuple(padding), bool(relu))  # fmt: skip
+    stride, padding, _, _ = conv_ops._validate(x, weight, stride, padding, None, None, None, None, 1.0, None)
+    K = weight.shape[0]
+    gamma = None if gamma is None else _args.channel_vector(gamma, "gamma", K, x, what="K")
+    beta = None if beta is None else _args.channel_vector(beta, "beta", K, x, what="K")
+    momentum, eps, relu = _bn_scalars(momentum, eps, relu)
+    shape = conv_ops.out_shape(x.shape, weight.shape, stride, padding)
+    if out is not None:
+        _args.out_tensor(out, shape, x)
+        if out.requires_grad:
+            raise ValueError(
+                "conv_bn_act(out=...): out must not require grad (autograd records this op's output)"
+            )
+        if not torch.compiler.is_compiling():
+            _args.no_overlap(out, {"x": x, "weight": weight})
+    x = x if _args.is_nhwc_strided(x) else x.contiguous(memory_format=torch.channels_last)
+    if shape[0] * shape[2] * shape[3] == 0 or not conv_bn_act_supported(x):
+        return _conv_bn_act_composed(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride,
+                                     padding, relu, out)  # fmt: skip
+    rm, rv, write_back = _running_stats(running_mean, running_var, K, x, what="K")
     record = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, gamma, beta)
     )
-    if out is not None and out.requires_grad:
-        raise ValueError("conv_bn_act(out=...): out must not require grad (autograd records this op's output)")
-    return _ConvBNActFn.apply(*args, out, record)
+    y = _ConvBNActFn.apply(x, weight, gamma, beta, rm, rv, momentum, eps, stride, padding, relu, out, record)
+    if write_back is not None:
+        write_back()
+    return y
+
+
+def _conv_bn_act_composed(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding,
+                          relu, out):  # fmt: skip
+    """conv_bn_act from ops.conv2d and F.batch_norm (the reference definition; autograd by PyTorch)."""
+    y = conv_ops.conv2d(x, weight, stride=stride, padding=padding)
+    if y.numel() == 0:
+        z = _empty_bn(y, gamma, beta, eps, relu)
+    else:
+        _running_stats(running_mean, running_var, weight.shape[0], x, what="K")  # the checks only
+        z = reference.batch_norm_act(y, gamma, beta, running_mean, running_var, momentum, eps, relu)
+    return z.contiguous(memory_format=torch.channels_last) if out is None else out.copy_(z)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import _recompute, dispatch, reference
+from . import _args, _recompute, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 
 _TORCH_TO_TL = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -1143,120 +1143,58 @@ def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale,
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point and argument checking
 # ----------------------------------------------------------------------------------------------------------
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FLOAT_DTYPES = _args.FLOAT_DTYPES
+_pair = _args.pair
+_is_nhwc_strided = _args.is_nhwc_strided
+_check_tensor = _args.tensor
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int):
-        return (v, v)
-    if (
-        isinstance(v, (tuple, list))
-        and len(v) == 2
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
-    ):
-        return (int(v[0]), int(v[1]))
-    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
-
-
-def _padding4(v) -> tuple[int, int, int, int]:
-    if isinstance(v, (tuple, list)) and len(v) == 4:
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
-            raise TypeError(f"padding must hold ints, got {v!r}")
-        pad = tuple(int(i) for i in v)
-    else:
-        try:
-            ph, pw = _pair(v, "padding")
-        except TypeError:
-            raise TypeError(
-                f"padding must be an int, (ph, pw) or (top, bottom, left, right); got {v!r}"
-            ) from None
-        pad = (ph, ph, pw, pw)
-    if any(p < 0 for p in pad):
-        raise ValueError(f"padding must be non-negative, got {v!r}")
-    return pad
-
-
-def _is_nhwc_strided(t: torch.Tensor) -> bool:
-    """Channels innermost and (n, h, w) laid out without overlap: a channels_last tensor or a channel slice."""
-    N, K, P, Q = t.shape
-    sn, sk, sp, sq = t.stride()
-    return (
-        (sk == 1 or K == 1) and (sq >= K or Q == 1) and (sp >= Q * sq or P == 1) and (sn >= P * sp or N == 1)
-    )
-
-
-def _check_tensor(t, name: str, *, dims: int, dtype: torch.dtype | None, device: torch.device):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != dims:
-        raise ValueError(f"{name} must be {dims}-D, got shape {tuple(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but x is on {device}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but x has {dtype}; all tensors must share x's dtype")
+def _padding4(v, kernel_size=None, stride=(1, 1)) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from any padding form conv2d accepts ("same" needs the kernel size)."""
+    return _args.conv_padding(v, kernel_size, stride)
 
 
 def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
-    dev = x.device
-    _check_tensor(weight, "weight", dims=4, dtype=x.dtype, device=dev)
+    """Checks every argument of :func:`conv2d`; returns (stride, padding 4-tuple, scale, bias), the per-channel
+    tensors contiguous (the kernels read them with unit stride)."""
+    _args.float_activation(x, "x")
+    _args.tensor(weight, "weight", dims=4, like=x)
     N, C, H, W = x.shape
     K, Cw, R, S = weight.shape
     if Cw != C:
         raise ValueError(f"weight has {Cw} input channels but x has {C} (weight shape {tuple(weight.shape)})")
     if not (1 <= R <= MAX_KERNEL and 1 <= S <= MAX_KERNEL):
         raise ValueError(f"weight kernel size {R}x{S} is not supported (1..{MAX_KERNEL} in each dimension)")
-    st = _pair(stride, "stride")
+    if K == 0:
+        raise ValueError(f"weight must have at least one output channel, got shape {tuple(weight.shape)}")
+    st = _args.pair(stride, "stride")
     if any(s not in (1, 2) for s in st):
         raise ValueError(f"stride must be 1 or 2 in each dimension, got {stride!r}")
-    pad = _padding4(padding)
+    pad = _args.conv_padding(padding, (R, S), st)
     _, _, P, Q = out_shape(x.shape, weight.shape, st, pad)
     if P < 1 or Q < 1:
         raise ValueError(f"x of spatial size {H}x{W} is smaller than the {R}x{S} kernel with padding {pad}")
-    for name, t in (("scale", scale), ("bias", bias)):
-        if t is None:
-            continue
-        _check_tensor(t, name, dims=1, dtype=None, device=dev)
-        if t.dtype not in (x.dtype, torch.float32):
-            raise TypeError(f"{name} must be float32 or x's dtype {x.dtype}, got {t.dtype}")
-        if t.shape[0] != K:
-            raise ValueError(f"{name} must have length K={K} (weight.shape[0]), got {t.shape[0]}")
+    scale = None if scale is None else _args.channel_vector(scale, "scale", K, x, what="K")
+    bias = None if bias is None else _args.channel_vector(bias, "bias", K, x, what="K")
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    if isinstance(residual_scale, bool) or not isinstance(residual_scale, (int, float)):
-        raise TypeError(f"residual_scale must be a float, got {type(residual_scale).__name__}")
-    if not math.isfinite(residual_scale):
-        raise ValueError(f"residual_scale must be finite, got {residual_scale}")
+    _args.real(residual_scale, "residual_scale")
     if residual is not None:
-        _check_tensor(residual, "residual", dims=4, dtype=x.dtype, device=dev)
+        _args.tensor(residual, "residual", dims=4, like=x)
         if tuple(residual.shape) != (N, K, P, Q):
             raise ValueError(f"residual must have shape {(N, K, P, Q)}, got {tuple(residual.shape)}")
     if out is not None:
-        _check_tensor(out, "out", dims=4, dtype=x.dtype, device=dev)
-        if tuple(out.shape) != (N, K, P, Q):
-            raise ValueError(f"out must have shape {(N, K, P, Q)}, got {tuple(out.shape)}")
-        if not _is_nhwc_strided(out):
-            raise ValueError(
-                f"out must be channels_last or a channel slice of a channels_last tensor, got strides {out.stride()}"
-            )
+        _args.out_tensor(out, (N, K, P, Q), x)
         if not torch.compiler.is_compiling():  # checked again inside the op at run time
             _check_no_alias(out, x, residual)
-    return st, pad
+    return st, pad, scale, bias
 
 
 def _check_no_alias(out, x, residual):
-    for name, t in (("x", x), ("residual", residual)):
-        if t is not None and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
-            raise ValueError(f"out must not share memory with {name}")
+    _args.no_overlap(out, {"x": x, "residual": residual})
 
 
+@_args.on_input_device
 def conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -1286,7 +1224,7 @@ def conv2d(
     Returns: (N, K, P, Q) channels_last tensor (``out`` when given). Accumulation is float32; float32 inputs
     use TF32 on the GPU only when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default for convs).
     """
-    stride_t, pad = _validate(
+    stride_t, pad, scale, bias = _validate(
         x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out
     )
     x = x.contiguous(memory_format=torch.channels_last) if not _is_nhwc_strided(x) else x

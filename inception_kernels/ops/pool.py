@@ -22,11 +22,13 @@ import triton
 import triton.language as tl
 
 from ..utils import record_launch
-from . import _recompute, _tile, dispatch, reference
+from . import _args, _recompute, _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS
 
 KINDS = {"max": 0, "avg": 1}
+MAX_KERNEL = 127  # per dimension (the kernels unroll the window)
+MAX_WINDOW = 127  # max pooling: the int8 argmax of a window (the CUDA C++ kernels' limit too)
 
 
 def out_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
@@ -164,19 +166,6 @@ _pool_bwd_kernel = triton.jit(_pool_bwd)
 # ----------------------------------------------------------------------------------------------------------
 # Launchers and functional ops
 # ----------------------------------------------------------------------------------------------------------
-def _norm(kernel, stride, padding):
-    def pair(v):
-        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-    kernel, stride, padding = pair(kernel), pair(stride if stride is not None else kernel), pair(padding)
-    for k, p in zip(kernel, padding):
-        if not 1 <= k <= 127 or p < 0 or p > k // 2:
-            raise ValueError(
-                f"pooling needs 1 <= kernel <= 127 and 0 <= padding <= kernel // 2, got {kernel}, {padding}"
-            )
-    return kernel, stride, padding
-
-
 def pool_out_shape(x_shape, kernel, stride, padding, ceil_mode):
     N, C, H, W = x_shape
     P = out_size(H, kernel[0], stride[0], padding[0], ceil_mode)
@@ -184,6 +173,7 @@ def pool_out_shape(x_shape, kernel, stride, padding, ceil_mode):
     return N, C, P, Q
 
 
+@_args.on_input_device
 def pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
     N, C, H, W = x.shape
     _, _, P, Q = out.shape
@@ -201,6 +191,7 @@ def pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_p
     return idx.permute(0, 3, 1, 2) if is_max else None
 
 
+@_args.on_input_device
 def pool_bwd_triton(grad_out, idx, kind, kernel, stride, padding, count_include_pad, x_shape, dtype):
     N, C, H, W = x_shape
     _, _, P, Q = grad_out.shape
@@ -374,24 +365,32 @@ def pool2d(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'max' or 'avg', got {kind!r}")
-    _tile.check_activation(x, "x")
-    kernel, stride, padding = _norm(kernel, stride, padding)
-    if kind == "max" and kernel[0] * kernel[1] > 128:
+    _args.activation(x, "x")
+    kernel, stride, padding = _args.pool_geometry(kernel, stride, padding)
+    ceil_mode = _args.flag(ceil_mode, "ceil_mode")
+    count_include_pad = _args.flag(count_include_pad, "count_include_pad")
+    if max(kernel) > MAX_KERNEL:
+        raise ValueError(f"kernel_size must be at most {MAX_KERNEL} in each dimension, got {kernel}")
+    if kind == "max" and kernel[0] * kernel[1] > MAX_WINDOW:
         raise ValueError(
-            f"max pooling windows are limited to 128 elements (int8 argmax), got kernel {kernel}"
+            f"kernel_size: max pooling windows are limited to {MAX_WINDOW} elements (int8 argmax), got {kernel}"
         )
+    if 0 in x.shape[1:]:
+        raise ValueError(f"x must have non-zero C, H and W (only the batch may be empty, as in F.max_pool2d), "
+                         f"got shape {tuple(x.shape)}")  # fmt: skip
     shape = pool_out_shape(x.shape, kernel, stride, padding, ceil_mode)
     if min(shape[2:]) < 1:
-        raise ValueError(f"pooling output would be empty: input {tuple(x.shape)}, kernel {kernel}")
+        raise ValueError(f"pooling output would be empty: x {tuple(x.shape)}, kernel_size {kernel}, "
+                         f"padding {padding}")  # fmt: skip
+    if out is not None:
+        _args.out_tensor(out, shape, x)
     conf = (kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
     if torch.compiler.is_compiling() or type(x) not in (torch.Tensor, torch.nn.Parameter):
-        if out is not None:
-            _tile.check_out(out, shape, x)
         return _traced_pool(x, conf, out)
     if out is None:
         out = _tile.new_cl(shape, x)
     else:
-        _tile.check_out(out, shape, x)
+        _args.no_overlap(out, {"x": x})
         if out.requires_grad:
             raise ValueError("pool2d(out=...): out must not require grad (autograd records this op's output)")
     y = _PoolFn.apply(x, *conf, out)

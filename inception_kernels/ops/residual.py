@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..utils import record_launch
-from . import _tile, dispatch, reference
+from . import _args, _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 
@@ -37,7 +37,7 @@ def _residual_fwd(
         y_ptr + yo, mask=mask, other=0.0
     ).to(tl.float32)
     if RELU:
-        z = tl.maximum(z, 0.0)
+        z = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu
     tl.store(out_ptr + oo, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -65,6 +65,7 @@ _residual_fwd_kernel = triton.jit(_residual_fwd)
 _residual_bwd_kernel = triton.jit(_residual_bwd)
 
 
+@_args.on_input_device
 def residual_fwd_into(x, y, scale, relu, out):
     N, C, H, W = x.shape
     M = N * H * W
@@ -77,6 +78,7 @@ def residual_fwd_into(x, y, scale, relu, out):
     return out
 
 
+@_args.on_input_device
 def residual_bwd_triton(grad_out, out, scale, relu):
     N, C, H, W = grad_out.shape
     M = N * H * W
@@ -130,20 +132,29 @@ class _ScaledResidualFn(torch.autograd.Function):
 def scaled_residual(
     x: torch.Tensor, y: torch.Tensor, scale: float = 1.0, relu: bool = True, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``act(x + scale · y)`` for channels_last (N, C, H, W) x and y (channel slices allowed). Differentiable."""
-    _tile.check_activation(x, "x")
-    _tile.check_activation(y, "y")
-    if y.shape != x.shape or y.dtype != x.dtype or y.device != x.device:
-        raise ValueError(f"y must match x in shape, dtype and device; got {tuple(y.shape)} {y.dtype} vs "
-                         f"{tuple(x.shape)} {x.dtype}")  # fmt: skip
+    """``act(x + scale · y)`` for channels_last (N, C, H, W) x and y (channel slices allowed). Differentiable.
+
+    y: x's shape, dtype and device; scale: a float; ``out`` (inference only) may be x or y itself (in place)
+    but no other view of their memory."""
+    _args.activation(x, "x")
+    _args.activation(y, "y")
+    if y.device != x.device:
+        raise ValueError(f"y is on {y.device} but x is on {x.device}")
+    if y.dtype != x.dtype:
+        raise TypeError(f"y has dtype {y.dtype} but x has {x.dtype}; y must match x")
+    if y.shape != x.shape:
+        raise ValueError(f"y must match x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    scale = _args.real(scale, "scale", finite=False)
+    relu = _args.flag(relu, "relu")
     if out is None:
         out = _tile.new_cl(x.shape, x)
-        return _ScaledResidualFn.apply(x, y, float(scale), bool(relu), out)
-    _tile.check_out(out, x.shape, x)
+        return _ScaledResidualFn.apply(x, y, scale, relu, out)
+    _args.out_tensor(out, x.shape, x)
+    _args.no_overlap(out, {"x": x, "y": y}, elementwise=True)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         raise ValueError("scaled_residual(out=...) is for inference; with autograd, let it allocate")
     with torch.no_grad():
-        return _ScaledResidualFn.apply(x, y, float(scale), bool(relu), out)
+        return _ScaledResidualFn.apply(x, y, scale, relu, out)
 
 
 def _strides(prefix: str) -> dict:

@@ -159,8 +159,7 @@ def conv_cases(draw):
         x = big[:, 1 : 1 + C]
     w = _randn(gen, K, C, R, S)
     bias = _randn(gen, 2 * K)[::2] if draw(st.booleans()) else None  # a strided (K,) view when present
-    # relu of a NaN pre-activation: a known conv-kernel bug (test_conv_relu_keeps_nan), kept out of this test
-    relu = draw(st.booleans()) and not x.isnan().any().item()
+    relu = draw(st.booleans())
     return x, w, stride_form, padding, bias, relu
 
 
@@ -759,16 +758,14 @@ def test_conv_same_padding_matches_pytorch_for_even_kernels(R, S, poison):
     assert_fp32_rule(y, F.conv2d(x.double(), w.double(), padding="same"), F.conv2d(x, w, padding="same"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conv kernel epilogue's tl.maximum(acc, 0) maps NaN to 0 (torch.relu keeps NaN); the fix "
-    "(propagate_nan=tl.PropagateNan.ALL) belongs to the conv kernel, outside issue 16's validation change",
-)
-def test_conv_relu_keeps_nan():
+@pytest.mark.parametrize("route", ["triton", "cudnn", "triton_v2"])
+def test_conv_relu_keeps_nan(route, monkeypatch):
+    """relu(NaN) = NaN in every conv route's epilogue, as torch.relu (the epilogues' max propagates NaN)."""
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", route)
     x = _x(1, 2, 3, 3)
     x[0, 0, 1, 1] = float("nan")
     y = ops.conv2d(_dev(x), _dev(torch.ones(1, 2, 1, 1)), activation="relu")
-    assert y[0, 0, 1, 1].isnan()
+    assert y[0, 0, 1, 1].isnan() and not y[0, 0, 0, 0].isnan()
 
 
 def test_first_argument_by_keyword(poison):

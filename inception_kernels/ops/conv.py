@@ -67,7 +67,7 @@ def _fwd_epilogue(
         r_ptrs = res_ptr + (n64 * srn + p64 * srp + q64 * srq)[:, None] + offs_n.to(IDX_T)[None, :] * srk
         acc = acc + tl.load(r_ptrs, mask=mask_out, other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu
     if STATS:
         # Batch-norm statistics of this tile (BLOCK_M rows x BLOCK_N channels) from the fp32 accumulator: row
         # count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean
@@ -1213,7 +1213,8 @@ def conv2d(
     Args:
         x: (N, C, H, W) float32/bfloat16/float16, channels_last (a contiguous NCHW input is converted once).
         weight: (K, C, R, S), 1 <= R, S <= 7 (1×n and n×1 included), same dtype as x.
-        stride: 1 or 2, or a pair. padding: int, (ph, pw) or (top, bottom, left, right) zeros.
+        stride: 1 or 2, or a pair (any form F.conv2d takes). padding: int, (ph, pw), (top, bottom, left, right)
+            zeros, "valid", or "same" (stride 1; an even kernel pads one more at the bottom / right, as F.conv2d).
         scale, bias: optional (K,) per-output-channel (folded BN or conv bias); float32 or x's dtype.
         activation: None or "relu".
         residual: optional (N, K, P, Q) tensor added after scaling; absent counts as 0 (residual_scale still

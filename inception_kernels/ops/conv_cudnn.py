@@ -57,7 +57,7 @@ def _epilogue_fwd(
         ro = pixel_offsets(offs_m, P, Q, srn, srp, srq, IDX_T)[:, None] + k64[None, :] * srk
         acc = acc + tl.load(res_ptr + ro, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu
     if HAS_OUT2:
         first = (offs_k < k_split)[None, :]
         oo = pixel_offsets(offs_m, P, Q, son, sop, soq, IDX_T)[:, None] + k64[None, :] * sok

@@ -426,13 +426,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, interrupted_run
 
 
 def test_end_to_end_digits_cli(tmp_path, capsys):
-    """The CLI on the built-in data: loss falls, artifacts are written, the path is printed; eval works on them."""
+    """The CLI on the built-in data: loss falls, artifacts are written, the path is printed; eval works on them.
+
+    The run is deterministic: seed 0 and ``--threads 1`` (the trainer otherwise picks its thread count from the
+    machine's load, and a different reduction order changes every loss after step 1). 24 steps of AdamW at lr 3e-3,
+    128 images, batch 16; the drop (mean of the first 4 step losses minus that of the last 4) is 0.32 at seed 0.
+    It is not a margin that holds for every seed: measured with ``--threads 1`` over seeds 0-19 the drop ranges
+    from -0.10 (seed 18) to 0.84 (seed 11), median ~0.4 (the papers' RMSProp recipe at this size: 0.01 at seed 0).
+    So the seed is fixed, and the assertion checks this fixed run.
+    """
     from inception_kernels import cli
 
     out = tmp_path / "e2e"
-    rc = cli.main(["train", "--width-mult", "0.125", "--limit-train", "256", "--limit-val", "32", "--epochs", "3",
-                   "--batch-size", "32", "--backend", "reference", "-q", "-o", str(out),
-                   "--log-every", "1"])  # fmt: skip
+    rc = cli.main(["train", "--width-mult", "0.125", "--limit-train", "128", "--limit-val", "32", "--epochs", "3",
+                   "--batch-size", "16", "--opt", "adamw", "--lr", "3e-3", "--seed", "0", "--threads", "1",
+                   "--backend", "reference", "-q", "-o", str(out), "--log-every", "1"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
     assert f"output: {out}" in printed and f"outputs in {out}" in printed

@@ -529,3 +529,30 @@ def test_auto_threads(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
     assert auto_threads(16) == 10 and auto_threads(4) == 4
+
+
+def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch, capsys):
+    """Installed without the [train] extra, `inception-kernels train` says what to install (exit 1) instead of
+    a raw ModuleNotFoundError; a missing module that is not an optional dependency still raises."""
+    from inception_kernels import cli
+    from inception_kernels.train import cli as train_cli
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    rc = cli.main(["train", "--limit-train", "16", "--epochs", "1", "-q", "-o", str(tmp_path / "r")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "needs tqdm" in err and 'pip install "inception-kernels[train]"' in err, err
+    assert (
+        train_cli.train_main(["--limit-train", "16", "--epochs", "1", "-q", "-o", str(tmp_path / "r")]) == 1
+    )
+    assert 'pip install "inception-kernels[train]"' in capsys.readouterr().err
+
+    def needs_bogus(_args):
+        import inception_kernels_no_such_module  # noqa: F401
+
+    monkeypatch.setattr(train_cli, "run_eval", needs_bogus)
+    with pytest.raises(ModuleNotFoundError, match="inception_kernels_no_such_module"):
+        cli.main(["eval", str(tmp_path / "x.pt")])
+    plots = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    assert 'pip install "inception-kernels[bench]"' in train_cli.missing_extra_message(plots, "bench")

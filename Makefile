@@ -2,13 +2,14 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo check test lint aot bench bench-static gpu-check csrc
+.PHONY: demo check test lint aot bench bench-static gpu-check csrc wheel-smoke
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q $(TORCH_PKGS)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
@@ -41,6 +42,11 @@ bench-static: $(VENV)/.installed
 # Knobs: CUDA_HOME, CSRC_ARCHS="80;90", CMAKE_ARCHS="8.0;9.0+PTX", MAX_JOBS (default 1). See .ci/csrc.sh.
 csrc: $(VENV)/.installed
 	VENV=$(VENV) bash .ci/csrc.sh
+
+# `python -m build` (sdist, then the wheel from it) and the wheel installed in a fresh venv outside the repo (torch
+# from the same place as above): without extras `inception-kernels train` names the extra; with [train] it runs.
+wheel-smoke: $(VENV)/.installed
+	VENV=$(VENV) TORCH_PKGS="$(TORCH_PKGS)" bash .ci/wheel_smoke.sh
 
 # On a GPU machine (torch/triton preinstalled, no internet): install without touching torch, GPU tests, quick bench.
 gpu-check:

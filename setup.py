@@ -154,6 +154,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["inception_kernels", "inception_kernels.*"]),
+    # data files read at run time (ops/shipped_defaults.json: the chooser's shipped tuning table); MANIFEST.in
+    # puts them and csrc/ into the sdist
+    package_data={"inception_kernels": ["*.json", "*/*.json", "*/*/*.json"]},
+    include_package_data=True,
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.11",
@@ -164,7 +168,8 @@ setup(
         # The trainer: built-in digits data (scikit-learn), progress bars, plots, YAML run configs.
         "train": ["torchvision", "scikit-learn", "tqdm", "matplotlib", "pyyaml"],
         "bench": ["matplotlib"],
-        "dev": ["pytest>=7", "hypothesis>=6", "ruff", "torchvision", "timm", "scikit-learn", "tqdm", "matplotlib", "pyyaml"],
+        "dev": ["pytest>=7", "hypothesis>=6", "ruff", "build", "torchvision", "timm", "scikit-learn", "tqdm",
+                "matplotlib", "pyyaml"],
     },
     entry_points={"console_scripts": ["inception-kernels=inception_kernels.cli:main"]},
     ext_modules=ext_modules,

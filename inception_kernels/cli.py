@@ -147,11 +147,11 @@ def main(argv=None) -> int:
             os.environ.setdefault("TRITON_INTERPRET", "1")
         return tune.run_tune(args)
     if args.command == "train":
-        return train_cli.run_train(args)
+        return train_cli.run_friendly("train", train_cli.run_train, args)
     if args.command == "eval":
-        return train_cli.run_eval(args)
+        return train_cli.run_friendly("eval", train_cli.run_eval, args)
     if args.command == "bench":
-        return bench_cli.run_bench(args)
+        return train_cli.run_friendly("bench", bench_cli.run_bench, args)
     # Without a GPU the kernels run in the Triton interpreter, which must be chosen before they are defined.
     if args.command == "check":
         import torch

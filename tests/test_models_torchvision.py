@@ -129,7 +129,7 @@ def test_googlenet_train_forward_backward_and_running_stats(monkeypatch):
     for k, p in ours.named_parameters():
         assert rel_err(p.grad, ref_params[k].grad) < 1e-4, k
     ref_buffers = dict(ref.named_buffers())
-    assert set(dict(ours.named_buffers())) == set(ref_buffers)
+    assert list(dict(ours.named_buffers())) == list(ref_buffers)
     for k, b in ours.named_buffers():
         assert torch.allclose(b.double(), ref_buffers[k].double(), rtol=1e-4, atol=1e-6), k
 

@@ -427,13 +427,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, interrupted_run
 
 
 def test_end_to_end_digits_cli(tmp_path, capsys):
-    """The CLI on the built-in data: loss falls, artifacts are written, the path is printed; eval works on them."""
+    """The CLI on the built-in data: loss falls, artifacts are written, the path is printed; eval works on them.
+
+    The run is deterministic: seed 0 and ``--threads 1`` (the trainer otherwise picks its thread count from the
+    machine's load, and a different reduction order changes every loss after step 1). 24 steps of AdamW at lr 3e-3,
+    128 images, batch 16; the drop (mean of the first 4 step losses minus that of the last 4) is 0.32 at seed 0.
+    It is not a margin that holds for every seed: measured with ``--threads 1`` over seeds 0-19 the drop ranges
+    from -0.10 (seed 18) to 0.84 (seed 11), median 0.36. (The previous setting, the papers' RMSProp recipe on 256
+    images at batch 32 with the load-chosen thread count, fell by 0.01 at seed 0 with 1 thread.)
+    So the seed is fixed, and the assertion checks this fixed run.
+    """
     from inception_kernels import cli
 
     out = tmp_path / "e2e"
-    rc = cli.main(["train", "--width-mult", "0.125", "--limit-train", "256", "--limit-val", "32", "--epochs", "3",
-                   "--batch-size", "32", "--backend", "reference", "-q", "-o", str(out),
-                   "--log-every", "1"])  # fmt: skip
+    rc = cli.main(["train", "--width-mult", "0.125", "--limit-train", "128", "--limit-val", "32", "--epochs", "3",
+                   "--batch-size", "16", "--opt", "adamw", "--lr", "3e-3", "--seed", "0", "--threads", "1",
+                   "--backend", "reference", "-q", "-o", str(out), "--log-every", "1"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
     assert f"output: {out}" in printed and f"outputs in {out}" in printed
@@ -535,3 +544,30 @@ def test_auto_threads(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
     assert auto_threads(16) == 10 and auto_threads(4) == 4
+
+
+def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch, capsys):
+    """Installed without the [train] extra, `inception-kernels train` says what to install (exit 1) instead of
+    a raw ModuleNotFoundError; a missing module that is not an optional dependency still raises."""
+    from inception_kernels import cli
+    from inception_kernels.train import cli as train_cli
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    rc = cli.main(["train", "--limit-train", "16", "--epochs", "1", "-q", "-o", str(tmp_path / "r")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "needs tqdm" in err and 'pip install "inception-kernels[train]"' in err, err
+    assert (
+        train_cli.train_main(["--limit-train", "16", "--epochs", "1", "-q", "-o", str(tmp_path / "r")]) == 1
+    )
+    assert 'pip install "inception-kernels[train]"' in capsys.readouterr().err
+
+    def needs_bogus(_args):
+        import inception_kernels_no_such_module  # noqa: F401
+
+    monkeypatch.setattr(train_cli, "run_eval", needs_bogus)
+    with pytest.raises(ModuleNotFoundError, match="inception_kernels_no_such_module"):
+        cli.main(["eval", str(tmp_path / "x.pt")])
+    plots = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    assert 'pip install "inception-kernels[bench]"' in train_cli.missing_extra_message(plots, "bench")

@@ -9,6 +9,38 @@ import sys
 from .errors import ConfigError
 from .evaluate import PROTOCOLS
 
+# Optional dependencies (import name -> distribution) and the extra of setup.py that installs them; a command
+# that needs one says which extra to install instead of a bare ModuleNotFoundError.
+OPTIONAL_DEPS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "tqdm": "tqdm", "yaml": "pyyaml",
+                 "torchvision": "torchvision"}  # fmt: skip
+COMMAND_EXTRA = {"train": "train", "eval": "train", "bench": "bench"}
+
+
+def missing_extra_message(err: ModuleNotFoundError, command: str) -> str | None:
+    """The message for ``err`` raised by ``inception-kernels <command>`` when it is an optional dependency
+    missing from the environment (None for any other missing module: a real bug, re-raised)."""
+    top = (err.name or "").split(".")[0]
+    if top not in OPTIONAL_DEPS:
+        return None
+    extra = COMMAND_EXTRA.get(command, "train")
+    if extra == "bench" and top != "matplotlib":
+        extra = "train"  # bench's extra has matplotlib only; the networks it builds come with [train]
+    return (f"error: `inception-kernels {command}` needs {OPTIONAL_DEPS[top]}, which is not installed "
+            f"(No module named {top!r}). Install the extra: pip install \"inception-kernels[{extra}]\"")  # fmt: skip
+
+
+def run_friendly(command: str, fn, *args) -> int:
+    """``fn(*args)``, turning a missing optional dependency into the install hint above (exit status 1)."""
+    try:
+        return fn(*args)
+    except ModuleNotFoundError as e:
+        msg = missing_extra_message(e, command)
+        if msg is None:
+            raise
+        print(msg, file=sys.stderr)
+        return 1
+
+
 # Exit codes of `inception-kernels train` besides 0 (done) and 1 (an error, e.g. a NaN loss):
 # SIGTERM/SIGINT stopped the run after a step with a resumable checkpoint (sysexits' EX_TEMPFAIL) ...
 EXIT_PREEMPTED = 75
@@ -147,7 +179,7 @@ def train_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m inception_kernels.train", description=TRAIN_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_train_arguments(p)
-    return run_train(p.parse_args(argv))
+    return run_friendly("train", run_train, p.parse_args(argv))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -48,11 +48,9 @@ class ConvShape:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        t, b, left, r = self.padding
-        return (
-            (self.H + t + b - self.R) // self.stride[0] + 1,
-            (self.W + left + r - self.S) // self.stride[1] + 1,
-        )
+        from ..ops._args import conv_out_hw
+
+        return conv_out_hw(self.H, self.W, self.R, self.S, self.stride, self.padding)
 
     def flops(self, n: int) -> dict:
         P, Q = self.out_hw

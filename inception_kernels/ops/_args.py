@@ -62,6 +62,13 @@ def pair(v, name: str) -> tuple[int, int]:
 _CONV_PADDING_FORMS = "an int, a sequence of 1 or 2 ints, (top, bottom, left, right), 'same' or 'valid'"
 
 
+def conv_out_hw(H: int, W: int, R: int, S: int, stride, padding) -> tuple[int, int]:
+    """(P, Q): the output height and width of an R×S conv with ``stride`` (sh, sw) and ``padding`` (top, bottom,
+    left, right) on an H×W input -- the one copy of this arithmetic (ops, dispatch problems, benchmarks)."""
+    top, bottom, left, right = padding
+    return (H + top + bottom - R) // stride[0] + 1, (W + left + right - S) // stride[1] + 1
+
+
 def conv_padding(padding, kernel_size=None, stride=(1, 1)) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) zero padding from ``F.conv2d``'s forms or an explicit 4-tuple.
 

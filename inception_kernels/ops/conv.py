@@ -557,10 +557,7 @@ def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
 def out_shape(x_shape, w_shape, stride, padding) -> tuple[int, int, int, int]:
     N, _, H, W = x_shape
     K, _, R, S = w_shape
-    top, bottom, left, right = padding
-    P = (H + top + bottom - R) // stride[0] + 1
-    Q = (W + left + right - S) // stride[1] + 1
-    return N, K, P, Q
+    return (N, K, *_args.conv_out_hw(H, W, R, S, stride, padding))
 
 
 def _new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:

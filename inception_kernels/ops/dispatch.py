@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from .. import _backend
+from . import _args
 
 FAMILIES = (
     "conv_fwd", "conv_dgrad", "conv_wgrad", "bn_stats", "bn_act", "pool2d", "scaled_residual",
@@ -98,11 +99,7 @@ class ConvProblem:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        t, b, lft, r = self.padding
-        return (
-            (self.H + t + b - self.R) // self.stride[0] + 1,
-            (self.W + lft + r - self.S) // self.stride[1] + 1,
-        )
+        return _args.conv_out_hw(self.H, self.W, self.R, self.S, self.stride, self.padding)
 
     def flops(self) -> int:
         P, Q = self.out_hw

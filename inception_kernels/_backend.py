@@ -24,12 +24,16 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+try:  # once per process: Triton is optional (macOS / Windows CPU users run the reference backend)
+    import triton as _triton  # noqa: F401
+
+    TRITON_IMPORT_ERROR: str | None = None
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by tests/test_no_triton.py
+    TRITON_IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - triton is a Linux dependency
-        return False
-    return True
+    return TRITON_IMPORT_ERROR is None
 
 
 def triton_can_run(t: torch.Tensor) -> bool:
@@ -39,6 +43,15 @@ def triton_can_run(t: torch.Tensor) -> bool:
     if t.device.type == "cuda":
         return True
     return t.device.type == "cpu" and interpreter_active()
+
+
+def check_interpretable(x: torch.Tensor) -> None:
+    """Refuse what the Triton interpreter would compute wrongly: it has no bfloat16 arithmetic."""
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and interpreter_active():
+        raise NotImplementedError(
+            "the Triton interpreter has no bfloat16 arithmetic (its results would be wrong): run bfloat16 on a "
+            "GPU, or use float32/float16, or INCEPTION_KERNELS_BACKEND=reference"
+        )
 
 
 def cuda_extension_ready() -> tuple[bool, str]:

@@ -815,7 +815,7 @@ def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: i
     import triton.language as tl
 
     from inception_kernels.bench.kernels import SHAPES
-    from inception_kernels.ops import conv, conv_v2
+    from inception_kernels.ops import conv_kernels, conv_v2
     from inception_kernels.ops._registry import KernelSpec
 
     eb = 4 if dtype == "fp32" else 2
@@ -824,9 +824,9 @@ def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: i
         P, Q = shape.out_hw
         dims = (("BLOCK_M", batch * P * Q), ("BLOCK_N", shape.K), ("BLOCK_C", shape.C))
         base = {**_shape_arg_values(shape, batch, dtype), "IDX_T": tl.int32}
-        c1 = conv.heuristic_config("fwd", dims, eb, 1, sms)
-        t1 = {k: v for k, v in base.items() if k in inspect.signature(conv._conv_fwd).parameters}
-        specs.append(KernelSpec(f"v1:{shape.name}", conv._conv_fwd, (c1,), lambda dt, *, t=t1: t))
+        c1 = conv_kernels.heuristic_config("fwd", dims, eb, 1, sms)
+        t1 = {k: v for k, v in base.items() if k in inspect.signature(conv_kernels._conv_fwd).parameters}
+        specs.append(KernelSpec(f"v1:{shape.name}", conv_kernels._conv_fwd, (c1,), lambda dt, *, t=t1: t))
         meta.append((shape.name, "v1", c1, "-"))
         c2 = conv_v2.heuristic_config_v2(dims, eb, sms, arch)
         kw = c2.kwargs

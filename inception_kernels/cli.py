@@ -37,7 +37,7 @@ def _rel(a, b) -> float:
 def run_conv_checks(device) -> tuple[list[dict], bool]:
     import torch
 
-    from .ops import conv, conv2d, reference
+    from .ops import _args, conv, conv2d, reference
 
     rows, ok_all = [], True
     tol = 2e-5 if device.type == "cpu" else 1e-4
@@ -47,7 +47,7 @@ def run_conv_checks(device) -> tuple[list[dict], bool]:
         w = torch.randn(K, C, R, S, device=device) / math.sqrt(C * R * S)
         sc = torch.rand(K, device=device) + 0.5
         b = torch.randn(K, device=device)
-        shape = conv.out_shape(x.shape, w.shape, st, pad)
+        shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
         res = torch.randn(shape, device=device).to(memory_format=torch.channels_last) if has_res else None
         rs = 0.17 if has_res else 1.0
         leaves = [t for t in (x, w, sc, b, res) if t is not None]

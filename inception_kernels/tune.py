@@ -156,7 +156,7 @@ def explain(model: nn.Module, x: torch.Tensor, train: bool = False) -> list[dict
 # Step 2: measure one problem
 # ----------------------------------------------------------------------------------------------------------
 def _inputs(problem: dispatch.ConvProblem, family: str, device: torch.device, gen: torch.Generator) -> dict:
-    from .ops import conv as conv_ops
+    from .ops import _tile
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=problem.dtype)
@@ -174,8 +174,8 @@ def _inputs(problem: dispatch.ConvProblem, family: str, device: torch.device, ge
         inp["gp"] = rnd(p.N, p.K, P, Q).contiguous(memory_format=torch.channels_last)
     if family == "conv_fwd" and p.out2:
         k1 = max(1, p.K // 2)
-        inp["out"] = conv_ops._new_cl((p.N, k1, P, Q), inp["x"])
-        inp["out2"] = conv_ops._new_cl((p.N, p.K - k1, P, Q), inp["x"])
+        inp["out"] = _tile.new_cl((p.N, k1, P, Q), inp["x"])
+        inp["out2"] = _tile.new_cl((p.N, p.K - k1, P, Q), inp["x"])
     if family == "conv_fwd" and p.stats:
         inp["stats"] = True
     return inp
@@ -184,14 +184,14 @@ def _inputs(problem: dispatch.ConvProblem, family: str, device: torch.device, ge
 def _runner(
     family: str, impl: dispatch.Impl, problem: dispatch.ConvProblem, inp: dict
 ) -> Callable[[], object]:
-    from .ops import conv as conv_ops
+    from .ops import conv_triton
 
     st, pad = problem.stride, problem.padding
     if family == "conv_fwd":
         M = problem.N * problem.out_hw[0] * problem.out_hw[1]
 
         def run():
-            stats = conv_ops.stats_partials(M, problem.K, inp["x"].device) if inp.get("stats") else None
+            stats = conv_triton.stats_partials(M, problem.K, inp["x"].device) if inp.get("stats") else None
             y = impl.fn(inp["x"], inp["weight"], inp["scale"], inp["bias"], inp["residual"], st, pad, 0.3,
                         problem.relu, inp.get("out"), inp.get("out2"), stats)  # fmt: skip
             return (y, inp["out2"]) if inp.get("out2") is not None else (y,)

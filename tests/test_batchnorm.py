@@ -138,16 +138,16 @@ def test_conv_bn_act_train(case, relu, device, poison):
 
 def test_conv_bn_stats_every_config(device, poison):
     """The statistics epilogue under every forward config (tiles larger than the partial rows leave empty ones)."""
-    from inception_kernels.ops import conv
+    from inception_kernels.ops import _tile, conv_kernels, conv_triton
 
     x = _cl(torch.randn(2, 24, 9, 11, device=device) + 5)
     wt = torch.randn(40, 24, 1, 1, device=device) / 5
     M = 2 * 9 * 11
     yd = reference.conv2d(x.double(), wt.double())
-    for cfg in conv.prune_configs(conv.FWD_CONFIGS, {"BLOCK_M": M, "BLOCK_N": 40, "BLOCK_C": 24}, 4):
-        y = conv._new_cl((2, 40, 9, 11), x)
-        parts = conv.stats_partials(M, 40, x.device)
-        conv.conv_fwd_into(
+    for cfg in conv_kernels.prune_configs(conv_kernels.FWD_CONFIGS, {"BLOCK_M": M, "BLOCK_N": 40, "BLOCK_C": 24}, 4):
+        y = _tile.new_cl((2, 40, 9, 11), x)
+        parts = conv_triton.stats_partials(M, 40, x.device)
+        conv_triton.conv_fwd_into(
             x, wt, None, None, None, (1, 1), (0, 0, 0, 0), 1.0, False, y, config=cfg, stats=parts
         )
         mean, var, _ = bn.bn_finalize(parts, M, 1e-3)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from inception_kernels.ops import conv, conv2d, reference
+from inception_kernels.ops import _args, _tile, conv, conv2d, conv_kernels, conv_triton, reference
 
 # (N, C, H, W, K, (R, S), stride, padding)
 CASES = {
@@ -45,7 +45,7 @@ def make_inputs(case, device, dtype=torch.float32, *, scale=True, bias=True, res
     b = torch.randn(K, device=device) if bias else None
     st = conv._pair(stride, "stride")
     pad = conv._padding4(padding)
-    shape = conv.out_shape(x.shape, w.shape, st, pad)
+    shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
     res = (
         torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last)
         if residual
@@ -117,7 +117,7 @@ def test_out_slice_concat_free_and_strided_grad(name, device, poison):
         for k in ("weight", "scale", "bias"):
             if d[k] is not None:
                 d[k].requires_grad_()
-    _, _, P, Q = conv.out_shape(
+    _, _, P, Q = _args.conv_out_shape(
         x.shape, inp1["weight"].shape, conv._pair(stride, "s"), conv._padding4(padding)
     )
     off1, off2, total = 3, 3 + K + 2, 3 + K + 2 + K2 + 4
@@ -202,15 +202,15 @@ def test_every_autotune_config(which, device, poison):
     y_ref, d = reference_fp64(inp, "relu", 0.3)
     g = torch.randn(y_ref.shape, device=device).to(memory_format=torch.channels_last)
     gx, gw = torch.autograd.grad(y_ref, [d["x"], d["weight"]], g.double())
-    configs = {"fwd": conv.FWD_CONFIGS, "dgrad": conv.DGRAD_CONFIGS, "wgrad": conv.WGRAD_CONFIGS}[which]
+    configs = {"fwd": conv_kernels.FWD_CONFIGS, "dgrad": conv_kernels.DGRAD_CONFIGS, "wgrad": conv_kernels.WGRAD_CONFIGS}[which]
     for cfg in configs:
         if which == "fwd":
-            out = conv._new_cl(y_ref.shape, x)
-            conv.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, out, config=cfg)
+            out = _tile.new_cl(y_ref.shape, x)
+            conv_triton.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, out, config=cfg)
             assert rel_err(out, y_ref) < TOL[torch.float32], cfg
             continue
-        y = conv._new_cl(y_ref.shape, x)
-        conv.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, y)
+        y = _tile.new_cl(y_ref.shape, x)
+        conv_triton.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, y)
         grads = conv.conv_bwd(
             g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, False, False), configs={which: cfg}
         )
@@ -258,8 +258,8 @@ def test_input_slice_at_channel_offset(device):
 def test_reference_backend_switch(monkeypatch, device):
     inp = make_inputs(CASES["1x1"], device)
     called = []
-    real_fwd = conv.conv_fwd_into
-    monkeypatch.setattr(conv, "conv_fwd_into", lambda *a, **k: called.append(1))
+    real_fwd = conv_triton.conv_fwd_into
+    monkeypatch.setattr(conv_triton, "conv_fwd_into", lambda *a, **k: called.append(1))
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
     y = conv2d(**inp, activation="relu")
     assert not called
@@ -269,7 +269,7 @@ def test_reference_backend_switch(monkeypatch, device):
     with pytest.raises(ValueError, match="INCEPTION_KERNELS_BACKEND"):
         conv2d(**inp)
     # cuda forces the CUDA C++ versions of the ops that have one; the convolution has none and stays on Triton
-    monkeypatch.setattr(conv, "conv_fwd_into", real_fwd)
+    monkeypatch.setattr(conv_triton, "conv_fwd_into", real_fwd)
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "cuda")
     assert rel_err(conv2d(**inp, activation="relu"), y_ref) < 1e-5
 
@@ -284,30 +284,30 @@ def test_auto_backend_on_cpu_is_reference(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
 def test_heuristic_config_fills_the_gpu_and_fits_the_problem(kind):
-    configs = {"fwd": conv.FWD_CONFIGS, "dgrad": conv.DGRAD_CONFIGS, "wgrad": conv.WGRAD_CONFIGS}[kind]
+    configs = {"fwd": conv_kernels.FWD_CONFIGS, "dgrad": conv_kernels.DGRAD_CONFIGS, "wgrad": conv_kernels.WGRAD_CONFIGS}[kind]
     red = "BLOCK_C" if kind == "fwd" else "BLOCK_K"
     # big problem: a large tile and a full wave; tiny problem: tiles no larger than the extents allow
     big = (("BLOCK_M", 32 * 17 * 17), ("BLOCK_N", 192), (red, 768))
-    cfg = conv.heuristic_config(kind, big, 2, 1, 132)
+    cfg = conv_kernels.heuristic_config(kind, big, 2, 1, 132)
     assert cfg in configs
     grid = math.ceil(big[0][1] / cfg.kwargs["BLOCK_M"]) * math.ceil(192 / cfg.kwargs["BLOCK_N"])
     assert grid >= 132 and cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"] >= 64 * 64
     small = (("BLOCK_M", 20), ("BLOCK_N", 3), (red, 5))
-    cfg = conv.heuristic_config(kind, small, 4, 1, 132)
-    assert cfg.kwargs["BLOCK_N"] <= 16 or cfg is min(configs, key=conv._tile_volume)
+    cfg = conv_kernels.heuristic_config(kind, small, 4, 1, 132)
+    assert cfg.kwargs["BLOCK_N"] <= 16 or cfg is min(configs, key=conv_kernels._tile_volume)
 
 
 def test_index_type_switches_to_64_bit_past_2_31_elements():
     import triton.language as tl
 
     small = torch.empty((8, 64, 35, 35), device="meta").to(memory_format=torch.channels_last)
-    assert conv.index_type(small, None) == tl.int32
+    assert _tile.tl_index_type(small, None) == tl.int32
     # a channel slice of a huge buffer counts by the span of its strides, not its own numel
     huge_slice = torch.empty((80, 2048, 128, 128), device="meta").to(memory_format=torch.channels_last)[
         :, :16
     ]
     assert huge_slice.numel() < 2**31
-    assert conv.index_type(small, huge_slice) == tl.int64
+    assert _tile.tl_index_type(small, huge_slice) == tl.int64
 
 
 def test_split_destination_horizontal_fusion(device, poison):
@@ -316,13 +316,13 @@ def test_split_destination_horizontal_fusion(device, poison):
     x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
     y_ref, _ = reference_fp64(inp, "relu", 1.0)
     buf = torch.full((2, 40, 5, 6), float("nan"), device=device).to(memory_format=torch.channels_last)
-    tmp = conv._new_cl((2, 19, 5, 6), x)  # poisoned
-    conv.conv_fwd_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp)
+    tmp = _tile.new_cl((2, 19, 5, 6), x)  # poisoned
+    conv_triton.conv_fwd_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp)
     assert rel_err(buf[:, 7:18], y_ref[:, :11]) < TOL[torch.float32]
     assert rel_err(tmp, y_ref[:, 11:]) < TOL[torch.float32]
     assert buf[:, :7].isnan().all() and buf[:, 18:].isnan().all()
     with pytest.raises(ValueError, match="split the K output channels"):
-        conv.conv_fwd_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp[:, :5])
+        conv_triton.conv_fwd_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp[:, :5])
 
 
 @pytest.mark.skipif(not conv._backend.interpreter_active(), reason="interpreter-only behaviour")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from inception_kernels.ops import conv, conv2d, reference
+from inception_kernels.ops import _args, conv, conv2d, reference
 
 pytestmark = pytest.mark.gpu
 
@@ -39,7 +39,7 @@ def _inputs(shape, dtype, residual=True):
     sc = torch.rand(K, device=dev) + 0.5
     b = torch.randn(K, device=dev) * 0.1
     st, pad = conv._pair(stride, "s"), conv._padding4(padding)
-    shp = conv.out_shape(x.shape, w.shape, st, pad)
+    shp = _args.conv_out_shape(x.shape, w.shape, st, pad)
     res = (
         torch.randn(shp, device=dev, dtype=dtype).to(memory_format=torch.channels_last) if residual else None
     )

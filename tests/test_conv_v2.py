@@ -16,7 +16,7 @@ import torch
 import triton.language as tl
 from test_conv import TOL, make_inputs, reference_fp64, rel_err
 
-from inception_kernels.ops import batchnorm, conv, conv_v2
+from inception_kernels.ops import _args, _tile, batchnorm, conv, conv_triton, conv_v2
 
 # (N, C, H, W, K, (R, S), stride, padding): K a multiple of 4 where the descriptor path should engage (fp32 rows
 # of 16 bytes), odd K where it must fall back.
@@ -52,14 +52,14 @@ def path(request, monkeypatch):
 def _plan(x, w, stride, padding, path):
     if path == "ptr":
         return (False, False)
-    wp = conv.packed_weight(w, (2, 3, 1, 0))
+    wp = conv_triton.packed_weight(w, (2, 3, 1, 0))
     return conv_v2.desc_plan(x, wp, conv._pair(stride, "s"), conv._padding4(padding), None)
 
 
 def _run(inp, act, rs, config=None, out=None, dtype=torch.float32):
     x = inp["x"]
     st, pad = conv._pair(inp["stride"], "s"), conv._padding4(inp["padding"])
-    shape = conv.out_shape(x.shape, inp["weight"].shape, st, pad)
+    shape = _args.conv_out_shape(x.shape, inp["weight"].shape, st, pad)
     if out is None:
         out = torch.full(shape, float("nan"), dtype=dtype).to(memory_format=torch.channels_last)
     conv_v2.conv_fwd_v2_into(
@@ -115,7 +115,7 @@ def test_slices_x_out_residual(name, x_off, path, device):
     N, C, H, W, K, RS, stride, padding = CASES[name]
     inp = make_inputs(CASES[name], device, residual=True)
     st, pad = conv._pair(stride, "s"), conv._padding4(padding)
-    _, _, P, Q = conv.out_shape(inp["x"].shape, inp["weight"].shape, st, pad)
+    _, _, P, Q = _args.conv_out_shape(inp["x"].shape, inp["weight"].shape, st, pad)
     xbig = torch.randn(N, C + 16, H, W, device=device).to(memory_format=torch.channels_last)
     xbig[:, x_off : x_off + C] = inp["x"]
     rbig = torch.full((N, K + 9, P, Q), float("nan"), device=device).to(memory_format=torch.channels_last)
@@ -149,7 +149,7 @@ def test_out2_split_destination(path, device, poison):
     x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
     y_ref, _ = reference_fp64(inp, "relu", 1.0)
     buf = torch.full((2, 40, 5, 6), float("nan"), device=device).to(memory_format=torch.channels_last)
-    tmp = conv._new_cl((2, 21, 5, 6), x)
+    tmp = _tile.new_cl((2, 21, 5, 6), x)
     conv_v2.conv_fwd_v2_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp)
     assert rel_err(buf[:, 7:18], y_ref[:, :11]) < TOL[torch.float32]
     assert rel_err(tmp, y_ref[:, 11:]) < TOL[torch.float32]
@@ -168,10 +168,10 @@ def test_bn_statistics_partials(name, cfg_index, path, device, poison):
     inp = make_inputs(case, device, scale=False, bias=False)
     x, w = inp["x"], inp["weight"]
     st, pad = conv._pair(case[6], "s"), conv._padding4(case[7])
-    shape = conv.out_shape(x.shape, w.shape, st, pad)
+    shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
     N, K, P, Q = shape
-    y = conv._new_cl(shape, x)
-    parts = conv.stats_partials(N * P * Q, K, x.device)
+    y = _tile.new_cl(shape, x)
+    parts = conv_triton.stats_partials(N * P * Q, K, x.device)
     cfg = conv_v2.V2_CONFIGS[cfg_index]
     conv_v2.conv_fwd_v2_into(x, w, None, None, None, st, pad, 1.0, False, y, config=cfg, stats=parts)
     mean, var, _ = batchnorm.bn_finalize(parts, N * P * Q, 1e-5)
@@ -186,7 +186,7 @@ def test_bn_statistics_partials(name, cfg_index, path, device, poison):
 @pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_gemm", "1x7"])
 def test_64_bit_index_path(name, path, device, monkeypatch, poison):
     """IDX_T = int64 (what a tensor spanning 2**31 elements gets) computes the same function."""
-    monkeypatch.setattr(conv, "index_type", lambda *t: tl.int64)
+    monkeypatch.setattr(_tile, "tl_index_type", lambda *t: tl.int64)
     inp = make_inputs(CASES[name], device, residual=True)
     y = _run(inp, "relu", 0.7)
     y_ref, _ = reference_fp64(inp, "relu", 0.7)
@@ -208,7 +208,7 @@ def test_same_bits_as_v1_epilogue_semantics_on_nan_free_inputs(device):
     y2 = _run(inp, "relu", 0.3)
     y1 = torch.empty_like(y2)
     st, pad = conv._pair(inp["stride"], "s"), conv._padding4(inp["padding"])
-    conv.conv_fwd_into(
+    conv_triton.conv_fwd_into(
         inp["x"], inp["weight"], inp["scale"], inp["bias"], inp["residual"], st, pad, 0.3, True, y1
     )
     assert rel_err(y2, y1) < TOL[torch.float32]
@@ -235,4 +235,4 @@ def test_supports_v2_and_heuristic(device):
     for eb, arch in ((2, 90), (4, 90), (2, 80), (4, 80)):
         fits = conv_v2.configs_for(eb, arch)
         assert fits and all(conv_v2.smem_bytes(c, eb) <= conv_v2.SMEM_BUDGET[arch] for c in fits)
-    assert min(c.kwargs["BLOCK_M"] for c in conv_v2.V2_CONFIGS) >= conv.STATS_ROWS
+    assert min(c.kwargs["BLOCK_M"] for c in conv_v2.V2_CONFIGS) >= conv_triton.STATS_ROWS

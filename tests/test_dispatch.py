@@ -13,7 +13,7 @@ import torch
 from helpers import rel_err
 
 from inception_kernels.bench.timing import FakeTimer
-from inception_kernels.ops import conv, dispatch, reference
+from inception_kernels.ops import _tile, conv, conv_triton, dispatch, reference
 from inception_kernels.ops.batchnorm import conv_bn_act
 
 TOL = 2e-5  # fp32 vs fp64, as tests/test_conv.py (interpreter dot products are IEEE fp32)
@@ -110,7 +110,7 @@ def test_cudnn_route_split_destinations(cudnn, poison):
     w = torch.randn(9, 6, 1, 1)
     scale, bias = torch.rand(9) + 0.5, torch.randn(9)
     a = _cl(torch.full((2, 11, 5, 5), float("nan")))[:, 2:6]
-    b = conv._new_cl((2, 5, 5, 5), x)
+    b = _tile.new_cl((2, 5, 5, 5), x)
     conv.conv_forward(x, w, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, a, out2=b)
     want = _ref_fwd(x, w, (1, 1), (0, 0, 0, 0), scale=scale, bias=bias, activation="relu")
     assert rel_err(a, want[:, :4]) < TOL and rel_err(b, want[:, 4:]) < TOL
@@ -344,7 +344,7 @@ def test_tune_model_writes_a_table_that_auto_then_follows(monkeypatch):
     for r in rows:
         assert dispatch.choose(r.family, r.problem).impl == r.winner
     with dispatch.recording() as log:
-        stats = conv.stats_partials(2 * 4 * 4, 8, x.device)  # the training problem (BN statistics epilogue)
+        stats = conv_triton.stats_partials(2 * 4 * 4, 8, x.device)  # the training problem (BN statistics epilogue)
         y = conv.conv_forward(x, model[0].conv.weight, None, None, None, (2, 2), (0, 0, 0, 0), 1.0, False,
                               stats=stats)  # fmt: skip
     assert log[0][2].impl == "cudnn" and log[0][2].why.startswith("tuned")

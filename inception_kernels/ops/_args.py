@@ -69,6 +69,13 @@ def conv_out_hw(H: int, W: int, R: int, S: int, stride, padding) -> tuple[int, i
     return (H + top + bottom - R) // stride[0] + 1, (W + left + right - S) // stride[1] + 1
 
 
+def conv_out_shape(x_shape, w_shape, stride, padding) -> tuple[int, int, int, int]:
+    """(N, K, P, Q) of a conv of an (N, C, H, W) input with a (K, C, R, S) weight."""
+    N, _, H, W = x_shape
+    K, _, R, S = w_shape
+    return (N, K, *conv_out_hw(H, W, R, S, stride, padding))
+
+
 def conv_padding(padding, kernel_size=None, stride=(1, 1)) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) zero padding from ``F.conv2d``'s forms or an explicit 4-tuple.
 

@@ -8,8 +8,8 @@ contiguous (channels_last), and work on [BLOCK_M, BLOCK_C] tiles. Every tensor c
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+
+from ._triton import tl, triton
 
 # Tile of the elementwise / reduction kernels: 64 pixels x 64 channels, 4 warps (16 KB of fp32 per operand).
 BLOCK_M = 64

@@ -25,14 +25,14 @@ import functools
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
+from .. import _backend
 from ..utils import record_launch
-from . import _args, _recompute, _tile, dispatch, reference
+from . import _args, _recompute, _tile, conv_triton, dispatch, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
+from ._triton import tl, triton
 
 FINALIZE_BLOCK_T = 32
 FINALIZE_BLOCK_C = 64
@@ -218,10 +218,6 @@ def _tile_args():
     return dict(BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
 
 
-def _check_interpretable(x: torch.Tensor) -> None:
-    conv_ops._check_interpretable(x)
-
-
 def stats_partials_of(x: torch.Tensor):
     """Per-tile (count, mean, M2) partials of x (for a tensor our conv did not produce)."""
     N, C, H, W = x.shape
@@ -370,7 +366,7 @@ def bn_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _ref_stats(x)
     if impl == "cuda":
         return tuple(_cuda_ops().bn_stats(x))
-    _check_interpretable(x)
+    _backend.check_interpretable(x)
     M = x.numel() // x.shape[1]
     mean, var, _ = bn_finalize(stats_partials_of(x), M, 1.0)  # eps only shapes the unused invstd
     return mean, var
@@ -399,7 +395,7 @@ def bn_act(x, mean, invstd, weight=None, bias=None, relu: bool = True, out=None)
     if impl == "cuda":
         _cuda_ops().bn_act_fwd(x, mean, invstd, weight, bias, bool(relu), out)
         return out
-    _check_interpretable(x)
+    _backend.check_interpretable(x)
     return bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out)
 
 
@@ -413,7 +409,7 @@ def bn_act_backward(grad_out, x, mean, invstd, weight=None, bias=None, relu: boo
         return _ref_bwd(grad_out, x, mean, invstd, weight, bias, relu)
     if impl == "cuda":
         return tuple(_cuda_ops().bn_act_bwd(grad_out, x, mean, invstd, weight, bias, bool(relu)))
-    _check_interpretable(x)
+    _backend.check_interpretable(x)
     return bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu)
 
 
@@ -433,7 +429,7 @@ class _BatchNormActFn(torch.autograd.Function):
         M = x.numel() // x.shape[1]
         _momentum_and_check(M, momentum)
         if impl == "triton":
-            _check_interpretable(x)
+            _backend.check_interpretable(x)
             mean, var, invstd = bn_finalize(stats_partials_of(x), M, eps, running_mean, running_var, momentum)
         else:
             mean, var = bn_stats(x)
@@ -541,11 +537,11 @@ class _ConvBNActFn(torch.autograd.Function):
         out,
         record,
     ):
-        shape = conv_ops.out_shape(x.shape, weight.shape, stride, padding)
+        shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
         N, K, P, Q = shape
         M = N * P * Q
         _momentum_and_check(M, momentum)
-        partials = conv_ops.stats_partials(M, K, x.device)
+        partials = conv_triton.stats_partials(M, K, x.device)
         y = conv_ops.conv_forward(x, weight, None, None, None, stride, padding, 1.0, False, stats=partials)
         mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum)
         # ``out`` is an input of this node: write and return an autograd-plain alias of it (a tensor returned
@@ -601,7 +597,7 @@ def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: 
     gamma = None if gamma is None else _args.channel_vector(gamma, "gamma", K, x, what="K")
     beta = None if beta is None else _args.channel_vector(beta, "beta", K, x, what="K")
     momentum, eps, relu = _bn_scalars(momentum, eps, relu)
-    shape = conv_ops.out_shape(x.shape, weight.shape, stride, padding)
+    shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
     if out is not None:
         _args.out_tensor(out, shape, x)
         if out.requires_grad:

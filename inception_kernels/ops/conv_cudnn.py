@@ -21,15 +21,13 @@ import functools
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
 from . import _tile, dispatch
-from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
+from ._triton import tl, triton
 
 
 def _epilogue_fwd(
@@ -95,7 +93,7 @@ def conv_fwd_cudnn(
 ):  # fmt: skip
     """The fused conv forward on this route; same contract as ``ops.conv.conv_fwd_into`` except that ``out`` may
     be None (then the result is a new channels_last tensor, ATen's own when there is no epilogue)."""
-    conv_ops._check_interpretable(x)
+    _backend.check_interpretable(x)
     y0 = _aten_conv(x, weight, stride, padding)
     N, K, P, Q = y0.shape
     if stats is not None:
@@ -106,7 +104,7 @@ def conv_fwd_cudnn(
     if out is None and out2 is None and trivial:
         return y0
     if out is None:
-        out = conv_ops._new_cl((N, K, P, Q), x)
+        out = _tile.new_cl((N, K, P, Q), x)
     k1 = out.shape[1] if out2 is not None else K
     dummy = y0
     res = residual if residual is not None else out
@@ -126,7 +124,7 @@ def conv_fwd_cudnn(
 
 
 def _stats_into(y0: torch.Tensor, stats) -> None:
-    """Per-tile BN partials of y0 into the conv kernel's statistics buffers (``conv.stats_partials``): our
+    """Per-tile BN partials of y0 into the conv kernel's statistics buffers (``conv_triton.stats_partials``): our
     statistics kernel's BLOCK_M-pixel tiles fill the first rows; the zeroed counts mark the rest empty."""
     from .batchnorm import stats_partials_into
 

@@ -5,7 +5,7 @@ Same function, arguments and output semantics as :func:`inception_kernels.ops.co
     y = act(residual + residual_scale * (conv(x, w; stride, padding) * scale[k] + bias[k]))
 
 with ``out`` / ``residual`` / ``x`` any NHWC-strided views (channel slices included), the split destination
-``out2`` and the per-tile BN statistics partials. The epilogue is literally v1's (``conv._fwd_epilogue``, one
+``out2`` and the per-tile BN statistics partials. The epilogue is literally v1's (``conv_kernels._fwd_epilogue``, one
 ``@triton.jit`` helper both kernels call); what differs is the mainloop:
 
 * **address arithmetic out of the reduction loop.** v1 recomputes per step ``it % num_cb``, ``it // num_cb``,
@@ -39,14 +39,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import triton
-import triton.language as tl
 
 from .. import _backend
 from ..utils import record_launch
-from . import conv, dispatch
+from . import _args, _tile, conv_kernels, conv_triton, dispatch
 from ._registry import KernelSpec, register_kernel
-from .conv import _fwd_epilogue
+from ._triton import tl, triton
+from .conv_kernels import _fwd_epilogue
 
 try:  # host-side tensor descriptors: triton >= 3.3 (3.6 on the GPU machines, 3.8 here)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -279,7 +278,7 @@ def heuristic_config_v2(dims: tuple, elem_bytes: int, sms: int, arch: int = 90) 
     these the largest tile, then the deeper channel block, more warps, fewer stages.
     ``dims`` = (("BLOCK_M", N·P·Q), ("BLOCK_N", K), ("BLOCK_C", C))."""
     d = dict(dims)
-    kept = conv.prune_configs(configs_for(elem_bytes, arch), d, elem_bytes)
+    kept = conv_kernels.prune_configs(configs_for(elem_bytes, arch), d, elem_bytes)
     best = min(estimated_cost(c, d, sms) for c in kept)
     near = [c for c in kept if estimated_cost(c, d, sms) <= _COST_TIE * best]
     return max(
@@ -372,7 +371,7 @@ def supports_v2(
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"dtype {x.dtype} is not supported"
     K, _, R, S = weight.shape
-    if not (1 <= R <= conv.MAX_KERNEL and 1 <= S <= conv.MAX_KERNEL):
+    if not (1 <= R <= conv_kernels.MAX_KERNEL and 1 <= S <= conv_kernels.MAX_KERNEL):
         return f"kernel size {R}x{S} is not supported"
     if any(s not in (1, 2) for s in stride):
         return f"stride {tuple(stride)} is not supported"
@@ -383,20 +382,20 @@ def conv_fwd_v2_into(
     x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None, out2=None,
     stats=None,
 ):  # fmt: skip
-    """v2 of :func:`conv.conv_fwd_into`: same arguments, same result, same writes (only ``out``'s view, ``out2``
+    """v2 of :func:`conv_triton.conv_fwd_into`: same arguments, same result, same writes (only ``out``'s view, ``out2``
     and the ``stats`` partials). ``config`` is one of :data:`V2_CONFIGS` (default: :func:`heuristic_config_v2`);
-    ``stats`` are the buffers of :func:`conv.stats_partials`."""
-    conv._check_interpretable(x)
+    ``stats`` are the buffers of :func:`conv_triton.stats_partials`."""
+    _backend.check_interpretable(x)
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, K1, P, Q = out.shape
     if out2 is not None and (K1 + out2.shape[1] != K or residual is not None):
         raise ValueError("out and out2 must split the K output channels, without a residual")
-    wp = conv.packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K), shared with v1's cache
+    wp = conv_triton.packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K), shared with v1's cache
     eb = x.element_size()
     if config is None:
         dims = (("BLOCK_M", N * P * Q), ("BLOCK_N", K), ("BLOCK_C", C))
-        config = heuristic_config_v2(dims, eb, conv._num_sms(x.device), _device_arch(x.device))
+        config = heuristic_config_v2(dims, eb, conv_kernels._num_sms(x.device), _device_arch(x.device))
     kw = config.kwargs
     bm, bn, bc = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_C"]
     a_desc = b_desc = False
@@ -419,7 +418,7 @@ def conv_fwd_v2_into(
         float(residual_scale), K1 if out2 is not None else K,
         R=R, S=S, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
         RELU=bool(relu), HAS_OUT2=out2 is not None, STATS=stats is not None,
-        DOT_PRECISION=conv._dot_precision(x.dtype, x.device), IDX_T=conv.index_type(x, out, residual, out2),
+        DOT_PRECISION=conv_triton._dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(x, out, residual, out2),
         A_DESC=a_desc, B_DESC=b_desc, EVEN_C=C % bc == 0,
         **kw, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
@@ -434,7 +433,7 @@ def _desc_type(dt: str, block: Sequence[int]) -> str:
 
 
 def _v2_arg_types(dt: str, config=None, *, R=3, S=3, a_desc=False, b_desc=False, **over) -> dict[str, object]:
-    base = {k: v for k, v in conv._fwd_arg_types(dt).items()}
+    base = {k: v for k, v in conv_kernels._fwd_arg_types(dt).items()}
     base.update(R=R, S=S, A_DESC=a_desc, B_DESC=b_desc, EVEN_C=True)
     kw = config.kwargs if config is not None else {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 64}
     base["x_desc"] = _desc_type(dt, (kw["BLOCK_M"], kw["BLOCK_C"])) if a_desc else f"*{dt}"
@@ -487,12 +486,12 @@ AOT_QUICK_SPECS = (
 # rule or the shipped defaults until a committed GPU result shows it faster (issue 14).
 # ----------------------------------------------------------------------------------------------------------
 def _dispatch_reasons(problem) -> list[str]:
-    return conv._triton_reasons(problem)
+    return conv_triton._triton_reasons(problem)
 
 
 def _dispatch_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
     if out is None:
-        out = conv._new_cl(conv.out_shape(x.shape, weight.shape, stride, padding), x)
+        out = _tile.new_cl(_args.conv_out_shape(x.shape, weight.shape, stride, padding), x)
     return conv_fwd_v2_into(
         x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2=out2, stats=stats
     )

@@ -18,13 +18,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import triton
-import triton.language as tl
 
+from .. import _backend
 from ..utils import record_launch
 from . import _args, _recompute, _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS
+from ._triton import tl, triton
 
 KINDS = {"max": 0, "avg": 1}
 MAX_KERNEL = 127  # per dimension (the kernels unroll the window)
@@ -265,9 +265,8 @@ def _repool(conf, x, out=None):
 
 
 def _tile_check_interpretable(x):
-    from .conv import _check_interpretable
 
-    _check_interpretable(x)
+    _backend.check_interpretable(x)
 
 
 # ----------------------------------------------------------------------------------------------------------

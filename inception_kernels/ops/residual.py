@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
-import triton.language as tl
 
+from .. import _backend
 from ..utils import record_launch
 from . import _args, _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
+from ._triton import tl, triton
 
 
 def _residual_fwd(
@@ -102,9 +102,8 @@ class _ScaledResidualFn(torch.autograd.Function):
         elif impl == "cuda":
             torch.ops.inception_kernels_cuda.scaled_residual_fwd(x, y, float(scale), bool(relu), out)
         else:
-            from .conv import _check_interpretable
 
-            _check_interpretable(x)
+            _backend.check_interpretable(x)
             residual_fwd_into(x, y, scale, relu, out)
         ctx.impl, ctx.scale, ctx.relu = impl, scale, relu
         ctx.save_for_backward(out)

@@ -1,0 +1,231 @@
+"""The ``triton`` route of the conv families: launchers of the v1 kernels (``conv_kernels``) for the forward, dgrad
+and wgrad, the backward's epilogue-gradient pass (shared by every route), packed-weight caching, and the BN-statistics
+partial buffers. Tensors arrive validated and channels_last-strided (``conv.conv2d`` checks them).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from .. import _backend
+from ..utils import record_launch
+from . import _args, _tile, dispatch
+from . import conv_kernels as kernels
+from ._triton import triton
+
+
+def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
+    if dtype != torch.float32 or device.type != "cuda":
+        return "ieee"
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+STATS_ROWS = min(c.kwargs["BLOCK_M"] for c in kernels.FWD_CONFIGS)
+
+
+def stats_partials(M: int, K: int, device: torch.device):
+    """Buffers for the forward kernel's BN-statistics epilogue: (count, mean, M2) per row tile of the output.
+
+    Sized for the smallest BLOCK_M any config may use (``STATS_ROWS`` rows per partial); a config with larger
+    tiles fills fewer rows, and the zeroed counts mark the rest empty. The count buffer is (T,), mean and M2
+    are (T, K) float32.
+    """
+    tiles = triton.cdiv(M, STATS_ROWS)
+    return (
+        torch.zeros(tiles, device=device, dtype=torch.float32),
+        _tile.new_buf((tiles, K), device),
+        _tile.new_buf((tiles, K), device),
+    )
+
+
+_PACK_CACHE: dict = {}
+_PACK_CACHE_MAX = 1024
+
+
+def packed_weight(
+    weight: torch.Tensor, perm: tuple[int, ...], scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given), in one kernel.
+
+    Unscaled packs are cached per weight tensor and reused while ``weight._version`` is unchanged (an
+    optimizer step or any in-place write invalidates them), so inference repacks each weight once.
+    """
+    cacheable = (
+        scale is None
+        and not torch.compiler.is_compiling()
+        and not (weight.is_cuda and torch.cuda.is_current_stream_capturing())
+    )
+    key = (id(weight), perm)
+    if cacheable:
+        hit = _PACK_CACHE.get(key)
+        if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+            return hit[2]
+    src = weight.permute(*perm)
+    out = torch.empty(src.shape, dtype=weight.dtype, device=weight.device)
+    record_launch()
+    if scale is None:
+        out.copy_(src)
+    else:
+        k_dim = perm.index(0)
+        view = [1] * weight.dim()
+        view[k_dim] = -1
+        torch.mul(src, scale.to(weight.dtype).view(view), out=out)
+    if cacheable:
+        if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
+            _PACK_CACHE.clear()
+        _PACK_CACHE[key] = (weakref.ref(weight), weight._version, out)
+    return out
+
+
+def conv_fwd_into(
+    x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None, out2=None,
+    stats=None,
+):  # fmt: skip
+    """Launch the forward kernel writing ``out`` (any NHWC-strided (N, K, P, Q) view).
+
+    With ``out2`` (horizontal fusion), ``out`` receives the first ``out.shape[1]`` output channels and ``out2``
+    the remaining ones: one GEMM serves sibling convolutions whose results go to different buffers.
+    With ``stats`` (the buffers of :func:`stats_partials`), the epilogue also writes per-tile batch-norm
+    partial statistics of the output (see ``ops.batchnorm.bn_finalize``).
+    """
+    _backend.check_interpretable(x)
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, K1, P, Q = out.shape
+    if out2 is not None and (K1 + out2.shape[1] != K or residual is not None):
+        raise ValueError("out and out2 must split the K output channels, without a residual")
+    wp = packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K)
+    dummy = wp
+    res = residual if residual is not None else out
+    o2 = out2 if out2 is not None else out
+    grid = lambda meta: (triton.cdiv(N * P * Q, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
+    dims = {"BLOCK_M": N * P * Q, "BLOCK_N": K, "BLOCK_C": C}
+    if stats is not None and config is None:
+        # never the timing autotuner here: its trial runs of other tile sizes would leave partial-statistics rows
+        # (and counts) behind that the final config does not overwrite
+        config = kernels.heuristic_config("fwd", tuple(dims.items()), x.element_size(), 1, kernels._num_sms(x.device))
+    kernels._launch(
+        kernels._conv_fwd_kernel, "fwd", grid, dims, x.element_size(), config, 1, x.device,
+        x, wp, out,
+        scale if scale is not None else dummy, bias if bias is not None else dummy, res, o2,
+        *(stats if stats is not None else (dummy, dummy, dummy)),
+        N, C, H, W, K, P, Q,
+        *x.stride(), *out.stride(), *res.stride(), *o2.stride(),
+        stride[0], stride[1], padding[0], padding[2],
+        float(residual_scale), K1 if out2 is not None else K,
+        R=R, S=S, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+        RELU=bool(relu), HAS_OUT2=out2 is not None, STATS=stats is not None,
+        DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(x, out, residual, out2),
+    )  # fmt: skip
+    return out
+
+
+def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
+    """Split-K count for wgrad: enough programs to fill the GPU, each split keeping >= 256 reduction rows."""
+    sms = kernels._num_sms(device)
+    want = max(1, (2 * sms + tiles - 1) // tiles)
+    return int(max(1, min(want, rows // 256 if device.type == "cuda" else rows // 16, 64)))
+
+
+def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_res: bool):
+    """Our pass over grad_out that every conv backward starts with, whichever GEMMs follow: the ReLU mask from the
+    saved output ``y``, the residual gradient, and the bias-gradient partials. Returns (gp = residual_scale ·
+    masked grad as a dense channels_last tensor, dbias float32 or None, dres or None)."""
+    N, K, P, Q = grad_out.shape
+    M = N * P * Q
+    gp = _tile.new_cl((N, K, P, Q), x, dtype=grad_out.dtype)
+    gres = _tile.new_cl((N, K, P, Q), x, dtype=grad_out.dtype) if need_res else gp
+    cfg = kernels.EPILOGUE_BWD_CONFIG
+    bm, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_K"]
+    gbias_part = _tile.new_buf((triton.cdiv(M, bm), K), x.device)
+    ysrc = y if relu else grad_out
+    record_launch()
+    kernels._epilogue_bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(K, bk))](
+        grad_out, ysrc, gp, gres, gbias_part,
+        M, K, P, Q, *grad_out.stride(), *ysrc.stride(),
+        float(residual_scale),
+        RELU=bool(relu), WRITE_GRES=bool(need_res), IDX_T=_tile.tl_index_type(grad_out, y, gp), BLOCK_M=bm, BLOCK_K=bk,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return gp, (gbias_part.sum(0) if need_bias else None), (gres if need_res else None)
+
+
+def dgrad_triton(gp, x, weight, scale, stride, padding, config=None):
+    """dx of the conv from ``gp`` (dense channels_last): stride-phase implicit GEMM, scale folded into the
+    repacked (R, S, K, C) weight."""
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = gp.shape
+    wd = packed_weight(weight, (2, 3, 0, 1), scale)  # (R, S, K, C), scale folded in
+    dx = _tile.new_cl((N, C, H, W), x)
+    phases = stride[0] * stride[1]
+    Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
+    grid = lambda meta: (
+        triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),
+        phases,
+    )
+    kernels._launch(
+        kernels._conv_dgrad_kernel, "dgrad", grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
+        x.element_size(), config, phases, x.device,
+        gp, wd, dx,
+        N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(),
+        stride[0], stride[1], padding[0], padding[2],
+        R=R, S=S, DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(gp, x, dx),
+    )  # fmt: skip
+    return dx
+
+
+def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None):
+    """The weight gradient without scale, float32 (K, C, R, S): deterministic split-K implicit GEMM."""
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = gp.shape
+    M = N * P * Q
+    dev = x.device
+    wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
+    max_split = _wgrad_splits(1, M, dev)
+    probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split, kernels._num_sms(dev))
+    tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
+    nsplit = splits or _wgrad_splits(tiles, M, dev)
+    rows = triton.cdiv(M, nsplit)
+    ws = _tile.new_buf((nsplit, K, C, R, S), dev)
+    grid = lambda meta: (
+        triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
+    )  # fmt: skip
+    kernels._launch(
+        kernels._conv_wgrad_kernel, "wgrad", grid, wdims,
+        x.element_size(), config, nsplit, dev,
+        x, gp, ws,
+        N, C, H, W, K, P, Q, *x.stride(), *gp.stride(),
+        stride[0], stride[1], padding[0], padding[2],
+        rows,
+        R=R, S=S, DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x),
+    )  # fmt: skip
+    return ws.sum(0)  # fixed-order reduction over splits: deterministic
+
+
+def _fwd_triton(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
+    if out is None:
+        out = _tile.new_cl(_args.conv_out_shape(x.shape, weight.shape, stride, padding), x)
+    return conv_fwd_into(
+        x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2=out2, stats=stats
+    )
+
+
+def _triton_reasons(problem) -> list[str]:
+    why = []
+    if not _backend.triton_available():
+        why.append("triton is not installed")
+    if problem.device.startswith("cpu"):
+        if problem.device != "cpu-interpreter":
+            why.append("Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 on a CPU")
+        elif problem.dtype == torch.bfloat16:
+            why.append("the Triton interpreter has no bfloat16 arithmetic")
+    return why
+
+
+dispatch.register(dispatch.Impl("conv_fwd", "triton", _triton_reasons, _fwd_triton))
+dispatch.register(dispatch.Impl("conv_dgrad", "triton", _triton_reasons, dgrad_triton))
+dispatch.register(dispatch.Impl("conv_wgrad", "triton", _triton_reasons, wgrad_triton))

@@ -66,9 +66,10 @@ def network(repeat: int) -> dict:
         ours.eval()
         with torch.no_grad():
             ours(x)  # warm: weights packed and BN folded once, as in any second call
-        with torch.no_grad(), count_launches() as n:
+        with torch.no_grad(), count_launches() as n, OpCounter() as aten:
             ours(x)
         out["eval_launches"] = n.count
+        out["eval_device_launches"] = n.count + aten.total - n.aten
         with torch.no_grad():
             out["eval_host_ms"] = _median_us(lambda: ours(x), max(3, repeat // 20)) / 1e3
         ours.train()
@@ -78,9 +79,12 @@ def network(repeat: int) -> dict:
             ours(x).float().sum().backward()
 
         step()
-        with count_launches() as n:
+        with count_launches() as n, OpCounter() as aten:
             step()
         out["train_launches"] = n.count
+        # every kernel of the step: ours (Triton and the ATen helpers our launchers call) and the ATen ops around
+        # them (BN running-stat counters, the head, the loss), each once
+        out["train_device_launches"] = n.count + aten.total - n.aten
         out["train_host_ms"] = _median_us(step, max(3, repeat // 40)) / 1e3
     # the ATen ops eager PyTorch runs for the same model (counted on the meta device: no arithmetic). Its whole-
     # network host time cannot be separated from CPU arithmetic here, so the host comparison is per call (above).

@@ -8,16 +8,20 @@ import threading
 _state = threading.local()
 
 
-def record_launch(n: int = 1) -> None:
-    """Called by every launcher for each kernel it puts on the GPU (Triton kernels and helper copies)."""
+def record_launch(n: int = 1, aten: bool = False) -> None:
+    """Called by every launcher for each kernel it puts on the GPU: Triton kernels, and the ATen helpers our
+    launchers call (copies, reductions, zero-fills; ``aten=True``, so a count of ATen ops can leave them out)."""
     counters = getattr(_state, "counters", None)
     if counters:
         for c in counters:
             c.count += n
+            if aten:
+                c.aten += n
 
 
 class LaunchCounter:
-    count: int = 0
+    count: int = 0  # every kernel our launchers put on the GPU
+    aten: int = 0  # of those, the ATen helper ops (also seen by a TorchDispatchMode such as bench.counting.OpCounter)
 
     def __repr__(self) -> str:
         return f"LaunchCounter(count={self.count})"

@@ -288,17 +288,16 @@ def bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu, dx=None):
     bs = bias if bias is not None else dummy
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
     idx = _tile.tl_index_type(grad_out, x, dx)
-    pb = _tile.new_buf((T, C), dev)
-    pw = _tile.new_buf((T, C), dev)
+    parts = _tile.new_buf((2, T, C), dev)  # per-tile partials of dβ (row 0) and dγ (row 1)
+    pb, pw = parts[0], parts[1]
     grid = _tile.grid_2d(M, C)
     record_launch()
     _bn_act_bwd_reduce_kernel[grid](
         grad_out, x, mean, invstd, wt, bs, pb, pw, M, C, H, W, *grad_out.stride(), *x.stride(),
         IDX_T=idx, **flags, **_tile_args(),
     )  # fmt: skip
-    record_launch(2)
-    gb = pb.sum(0)  # fixed-order reduction over tiles: deterministic
-    gw = pw.sum(0)
+    record_launch(aten=True)
+    gb, gw = parts.sum(1)  # both reductions over tiles in one launch, in a fixed order: deterministic
     if dx is None:
         dx = _tile.new_cl(x.shape, x)
     record_launch()

@@ -28,12 +28,18 @@ def conv_bwd(
 ):  # fmt: skip
     """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None.
 
-    Our epilogue-gradient pass, then dgrad and wgrad by the implementations the dispatch layer chooses (or
-    ``impls`` = {"dgrad": name, "wgrad": name}); ``configs``/``splits`` pin the Triton kernels' tiles (tests)."""
+    Our epilogue-gradient pass (skipped when the epilogue is the identity), then dgrad and wgrad by the
+    implementations the dispatch layer chooses (or ``impls`` = {"dgrad": name, "wgrad": name});
+    ``configs``/``splits`` pin the Triton kernels' tiles (tests)."""
     _backend.check_interpretable(x)
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
-    gp, dbias, dres = epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias, need_res)
+    if relu or need_bias or need_res or residual_scale != 1.0 or grad_out.dtype != x.dtype:
+        gp, dbias, dres = epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias, need_res)
+    else:
+        # an identity epilogue (a conv feeding a BN in training, say): dgrad and wgrad read grad_out as it is
+        # (every route takes any strides), no pass over it
+        gp, dbias, dres = grad_out, None, None
     need_g = need_w or need_scale
     if impls is None:
         impls = {

@@ -81,7 +81,7 @@ def _aten_padding(x: torch.Tensor, padding):
 
 def _aten_conv(x, weight, stride, padding) -> torch.Tensor:
     xin, pad = _aten_padding(x, padding)
-    record_launch()
+    record_launch(aten=True)
     y = torch.ops.aten.convolution(xin, weight, None, list(stride), list(pad), [1, 1], False, [0, 0], 1)
     if not y.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)
@@ -136,7 +136,7 @@ def conv_bwd_cudnn(gp, x, weight, scale, stride, padding, need_x: bool, need_w: 
     (dense channels_last, already multiplied by residual_scale); scale is folded into the weight for dx."""
     w_eff = weight if scale is None or not need_x else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
     xin, pad = _aten_padding(x, padding)
-    record_launch()
+    record_launch(aten=True)
     dxp, dw, _ = torch.ops.aten.convolution_backward(
         gp, xin, w_eff, None, list(stride), list(pad), [1, 1], False, [0, 0], 1, [need_x, need_w, False]
     )

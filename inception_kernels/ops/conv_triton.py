@@ -33,6 +33,7 @@ def stats_partials(M: int, K: int, device: torch.device):
     are (T, K) float32.
     """
     tiles = triton.cdiv(M, STATS_ROWS)
+    record_launch(aten=True)  # the zero-filled counts
     return (
         torch.zeros(tiles, device=device, dtype=torch.float32),
         _tile.new_buf((tiles, K), device),
@@ -64,7 +65,7 @@ def packed_weight(
             return hit[2]
     src = weight.permute(*perm)
     out = torch.empty(src.shape, dtype=weight.dtype, device=weight.device)
-    record_launch()
+    record_launch(aten=True)
     if scale is None:
         out.copy_(src)
     else:
@@ -149,6 +150,8 @@ def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_re
         RELU=bool(relu), WRITE_GRES=bool(need_res), IDX_T=_tile.tl_index_type(grad_out, y, gp), BLOCK_M=bm, BLOCK_K=bk,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
+    if need_bias:
+        record_launch(aten=True)
     return gp, (gbias_part.sum(0) if need_bias else None), (gres if need_res else None)
 
 
@@ -203,6 +206,7 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None):
         rows,
         R=R, S=S, DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x),
     )  # fmt: skip
+    record_launch(aten=True)
     return ws.sum(0)  # fixed-order reduction over splits: deterministic
 
 

@@ -91,7 +91,7 @@ def _aten_conv(x, weight, stride, padding) -> torch.Tensor:
 def conv_fwd_cudnn(
     x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out=None, out2=None, stats=None,
 ):  # fmt: skip
-    """The fused conv forward on this route; same contract as ``ops.conv.conv_fwd_into`` except that ``out`` may
+    """The fused conv forward on this route; same contract as ``ops.conv_triton.conv_fwd_into`` except that ``out`` may
     be None (then the result is a new channels_last tensor, ATen's own when there is no epilogue)."""
     _backend.check_interpretable(x)
     y0 = _aten_conv(x, weight, stride, padding)

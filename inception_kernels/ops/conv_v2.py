@@ -1,6 +1,6 @@
 """Forward convolution "v2": the implicit-GEMM mainloop rebuilt for Hopper, with v1's fused epilogue.
 
-Same function, arguments and output semantics as :func:`inception_kernels.ops.conv.conv_fwd_into` (v1):
+Same function, arguments and output semantics as :func:`inception_kernels.ops.conv_triton.conv_fwd_into` (v1):
 
     y = act(residual + residual_scale * (conv(x, w; stride, padding) * scale[k] + bias[k]))
 
@@ -22,7 +22,7 @@ with ``out`` / ``residual`` / ``x`` any NHWC-strided views (channel slices inclu
   is fine) the activation is the 2-D matrix (N·H·W, C) with row stride ``sxw`` and goes through a descriptor
   too, so both operands arrive by TMA and the loop has no integer work besides the two coordinates.
 * **a wider config space** (BLOCK_N up to 256, 4–8 warps, 3–5 stages), pruned per shape with v1's
-  :func:`~inception_kernels.ops.conv.prune_configs` rule plus a shared-memory estimate of the stages, and one
+  :func:`~inception_kernels.ops.conv_kernels.prune_configs` rule plus a shared-memory estimate of the stages, and one
   config per shape chosen without timing by the same rule as v1's heuristic.
 
 Descriptors are used on CUDA devices of compute capability >= 9 when the strides allow (16-byte aligned rows and
@@ -274,7 +274,7 @@ _COST_TIE = 1.05
 @functools.lru_cache(maxsize=4096)
 def heuristic_config_v2(dims: tuple, elem_bytes: int, sms: int, arch: int = 90) -> triton.Config:
     """One config per shape without timing: among the configs that fit (:func:`configs_for`) and survive v1's
-    :func:`~inception_kernels.ops.conv.prune_configs`, those within 5 % of the lowest :func:`estimated_cost`; of
+    :func:`~inception_kernels.ops.conv_kernels.prune_configs`, those within 5 % of the lowest :func:`estimated_cost`; of
     these the largest tile, then the deeper channel block, more warps, fewer stages.
     ``dims`` = (("BLOCK_M", N·P·Q), ("BLOCK_N", K), ("BLOCK_C", C))."""
     d = dict(dims)

@@ -55,10 +55,9 @@ else:  # pragma: no cover - exercised in a subprocess by tests/test_no_triton.py
         def __repr__(self) -> str:
             return f"Config({self.kwargs}, num_warps={self.num_warps}, num_stages={self.num_stages})"
 
-    def _decorator_or_kernel(fn=None, **_kwargs):
-        if fn is None:
-            return _MissingKernel
-        return _MissingKernel(fn)
+    def _as_missing(kernel):
+        """What a kernel decorator gives without Triton (decorators stack: jit, then autotune / heuristics)."""
+        return kernel if isinstance(kernel, _MissingKernel) else _MissingKernel(kernel)
 
     class _Marker:
         """An inert ``triton.language`` name (``tl.constexpr``, ``tl.int32``, ...)."""
@@ -87,15 +86,13 @@ else:  # pragma: no cover - exercised in a subprocess by tests/test_no_triton.py
 
         @staticmethod
         def jit(fn=None, **kwargs):
-            return _decorator_or_kernel(fn, **kwargs)
+            return _as_missing if fn is None else _as_missing(fn)
 
         @staticmethod
         def autotune(*args, **kwargs):
-            return lambda kernel: kernel if isinstance(kernel, _MissingKernel) else _MissingKernel(kernel)
+            return _as_missing
 
-        @staticmethod
-        def heuristics(*args, **kwargs):
-            return lambda kernel: kernel if isinstance(kernel, _MissingKernel) else _MissingKernel(kernel)
+        heuristics = autotune
 
         @staticmethod
         def cdiv(a: int, b: int) -> int:

@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import batchnorm as bn_ops
-from ..ops.conv import conv2d
+from ..ops import dispatch
+from ..ops.conv import _PLAIN_TENSORS, _check_no_alias, conv2d, plan_forward, plannable
 
 
 def _pair(v) -> tuple[int, int]:
@@ -46,6 +47,27 @@ class _VersionCache:
         return self.value
 
 
+class _Plans(dict):
+    """Execution plans of one module keyed by call signature (a few entries: one per input shape seen). Never
+    pickled or deep-copied: a copy starts empty and plans itself on its first call."""
+
+    MAX = 8
+
+    def __reduce__(self):
+        return (_Plans, ())
+
+    def put(self, key, plan):
+        if len(self) >= self.MAX:
+            self.clear()
+        self[key] = plan
+        return plan
+
+
+def _versions(*tensors):
+    """What changes when a tensor is replaced, rebound (``.data = ...``) or written in place."""
+    return tuple((id(t), t._version, t.data_ptr()) if t is not None else None for t in tensors)
+
+
 class ConvBNAct(nn.Module):
     """``relu(bn(conv(x)))`` with BN eps 1e-3 (TF lineage); drop-in for torchvision/timm ``BasicConv2d``."""
 
@@ -58,6 +80,7 @@ class ConvBNAct(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels, eps=eps)
         self.act = act
         self._fold = _VersionCache()
+        self._plans = _Plans()
 
     @property
     def out_channels(self) -> int:
@@ -96,6 +119,12 @@ class ConvBNAct(nn.Module):
             # eval, or a frozen BN (eval-mode BN inside a training model): running statistics, folded into the
             # conv epilogue (differentiable: γ and β get their gradients through scale and bias). A BN without
             # running statistics normalizes with batch statistics in eval mode too, as nn.BatchNorm2d does.
+            if not (torch.is_grad_enabled() and (x.requires_grad or self._trainable())):
+                plan = self._eval_plan(x, out, stride, padding, activation)
+                if plan is not None:
+                    if out is not None:
+                        _check_no_alias(out, x, None)
+                    return plan(x, out)
             scale, bias = self.folded()
             return conv2d(x, conv.weight, stride=stride, padding=padding, scale=scale, bias=bias,
                           activation=activation, out=out)  # fmt: skip
@@ -107,6 +136,28 @@ class ConvBNAct(nn.Module):
         if self.act:
             y = F.relu(y)
         return y if out is None else out.copy_(y)
+
+    def _trainable(self) -> bool:
+        return any(p.requires_grad for p in (self.conv.weight, self.bn.weight, self.bn.bias) if p is not None)
+
+    def _eval_plan(self, x, out, stride, padding, activation):
+        """The eval forward for this call signature decided once (``ops.conv.plan_forward``: BN folded, weight
+        packed, implementation chosen, launch fixed) and kept until the signature, the backend, a parameter or a
+        running statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
+        if type(x) not in _PLAIN_TENSORS or torch.compiler.is_compiling() or dispatch.recording_active():
+            return None
+        conv, bn = self.conv, self.bn
+        key = (x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
+               dispatch.requested(),
+               _versions(conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias))  # fmt: skip
+        plan = self._plans.get(key)
+        if plan is None:
+            if not plannable(x):
+                return None
+            scale, bias = self.folded()
+            plan = self._plans.put(key, plan_forward(x, conv.weight, stride=stride, padding=padding, scale=scale,
+                                                     bias=bias, activation=activation, out=out))  # fmt: skip
+        return plan
 
     def writes_slice_under_autograd(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x, out=slice)`` with autograd writes the slice inside its own autograd node (the

@@ -80,6 +80,33 @@ def conv_forward(
     return impl.fn(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats)
 
 
+def plan_forward(x, weight, *, stride=1, padding=0, scale=None, bias=None, activation=None, residual_scale=1.0,
+                 out=None):  # fmt: skip
+    """:func:`conv2d` without a residual or autograd, decided once for one call signature.
+
+    Validates the arguments, asks the dispatch layer which implementation serves them, and lets it do its
+    per-signature work (the triton route packs the weight and fixes the launch); returns ``run(x, out=None)``,
+    which computes ``conv2d(x, weight, ...)`` for any later ``x`` (and ``out``) of the same shape, strides, dtype
+    and device as the ones given here. ``weight``, ``scale`` and ``bias`` are bound: whoever keeps the plan keys
+    it on their versions (``nn.layers.ConvBNAct`` does). Only for eager calls our kernels serve
+    (:func:`plannable`)."""
+    st, pad, scale, bias = _validate(x, weight, stride, padding, scale, bias, activation, None, residual_scale, out)
+    if not plannable(x):
+        raise ValueError("plan_forward needs a channels_last x that our kernels serve, outside tracing")
+    relu, rs = activation == "relu", float(residual_scale)
+    impl = dispatch.choose_conv("conv_fwd", x, weight, st, pad, None, relu, scale, bias)
+    if impl.plan is not None:
+        return impl.plan(x, weight, scale, bias, st, pad, rs, relu, out)
+    return lambda x, out=None: impl.fn(x, weight, scale, bias, None, st, pad, rs, relu, out, None, None)
+
+
+def plannable(x: torch.Tensor) -> bool:
+    """Whether :func:`plan_forward` may serve calls on tensors like ``x``: an eager, non-empty channels_last
+    tensor our kernels run on, and no dispatch recording in progress (it must see every choice)."""
+    return (x.numel() > 0 and _eager_direct(x) and _is_nhwc_strided(x) and not dispatch.recording_active()
+            and not dispatch.is_reference(x))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------------
 # torch.library registration
 # ----------------------------------------------------------------------------------------------------------

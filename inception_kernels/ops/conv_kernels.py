@@ -505,25 +505,34 @@ def autotune_enabled() -> bool:
     return os.environ.get("INCEPTION_KERNELS_AUTOTUNE", "0") not in ("", "0")
 
 
-def _launch(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, *args, **kwargs):
-    """Launch ``kernel`` (a triton.autotune object) with: the given config; else the autotuner when enabled on a
-    GPU; else the heuristic config -- also in the interpreter, which has no GPU to time configs on (every other
+def launcher(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, **kwargs):
+    """What launching ``kernel`` (a triton.autotune object) with these compile-time arguments takes, decided once:
+    returns ``launch(*args)`` for the run-time arguments. The config: the given one; else the autotuner when enabled
+    on a GPU; else the heuristic config -- also in the interpreter, which has no GPU to time configs on (every other
     config is exercised there by the tests that pass ``config`` explicitly)."""
     if config is None:
         if autotune_enabled() and not _backend.interpreter_active():
-            record_launch()
-            kernel[grid](*args, **kwargs)
-            return
-        else:
-            config = heuristic_config(
-                kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device)
-            )
-    meta = dict(config.kwargs)
-    record_launch()
-    kernel.fn[lambda _: grid({**kwargs, **meta})](
-        *args, **kwargs, **meta, num_warps=config.num_warps, num_stages=config.num_stages
-    )
 
+            def tuned(*args):
+                record_launch()
+                kernel[grid](*args, **kwargs)
+
+            return tuned
+        config = heuristic_config(kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device))
+    meta = {**kwargs, **config.kwargs}
+    run = kernel.fn[grid(meta)]
+    meta.update(num_warps=config.num_warps, num_stages=config.num_stages)
+
+    def launch(*args):
+        record_launch()
+        run(*args, **meta)
+
+    return launch
+
+
+def _launch(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, *args, **kwargs):
+    """Launch ``kernel`` once (see :func:`launcher`)."""
+    launcher(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, **kwargs)(*args)
 
 
 # ----------------------------------------------------------------------------------------------------------

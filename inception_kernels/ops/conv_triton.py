@@ -50,8 +50,9 @@ def packed_weight(
 ) -> torch.Tensor:
     """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given), in one kernel.
 
-    Unscaled packs are cached per weight tensor and reused while ``weight._version`` is unchanged (an
-    optimizer step or any in-place write invalidates them), so inference repacks each weight once.
+    Unscaled packs are cached per weight tensor and reused while ``weight._version`` and its storage are unchanged
+    (an optimizer step, any in-place write or a ``.data`` rebinding invalidates them), so inference repacks each
+    weight once.
     """
     cacheable = (
         scale is None
@@ -61,7 +62,7 @@ def packed_weight(
     key = (id(weight), perm)
     if cacheable:
         hit = _PACK_CACHE.get(key)
-        if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+        if hit is not None and hit[0]() is weight and hit[1] == (weight._version, weight.data_ptr()):
             return hit[2]
     src = weight.permute(*perm)
     out = torch.empty(src.shape, dtype=weight.dtype, device=weight.device)
@@ -76,8 +77,46 @@ def packed_weight(
     if cacheable:
         if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
             _PACK_CACHE.clear()
-        _PACK_CACHE[key] = (weakref.ref(weight), weight._version, out)
+        _PACK_CACHE[key] = (weakref.ref(weight), (weight._version, weight.data_ptr()), out)
     return out
+
+
+def fwd_launcher(
+    x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None, out2=None,
+    stats=None,
+):  # fmt: skip
+    """Everything about one forward launch that stays while the tensors keep their shapes, strides and flags,
+    decided once: returns ``run(x, wp, out, scale, bias, res, o2, cnt, mean, m2)`` taking the tensors of one call
+    (``wp``: the packed weight; an absent operand is any tensor of the call, e.g. ``wp``; ``res`` / ``o2`` absent:
+    ``out``). Arguments as :func:`conv_fwd_into`, whose tensors only lend their shapes and strides here."""
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, K1, P, Q = out.shape
+    if out2 is not None and (K1 + out2.shape[1] != K or residual is not None):
+        raise ValueError("out and out2 must split the K output channels, without a residual")
+    res = residual if residual is not None else out
+    o2 = out2 if out2 is not None else out
+    grid = lambda meta: (triton.cdiv(N * P * Q, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
+    dims = {"BLOCK_M": N * P * Q, "BLOCK_N": K, "BLOCK_C": C}
+    if stats is not None and config is None:
+        # never the timing autotuner here: its trial runs of other tile sizes would leave partial-statistics rows
+        # (and counts) behind that the final config does not overwrite
+        config = kernels.heuristic_config("fwd", tuple(dims.items()), x.element_size(), 1, kernels._num_sms(x.device))
+    launch = kernels.launcher(
+        kernels._conv_fwd_kernel, "fwd", grid, dims, x.element_size(), config, 1, x.device,
+        R=R, S=S, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+        RELU=bool(relu), HAS_OUT2=out2 is not None, STATS=stats is not None,
+        DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(x, out, residual, out2),
+    )  # fmt: skip
+    ints = (
+        N, C, H, W, K, P, Q, *x.stride(), *out.stride(), *res.stride(), *o2.stride(),
+        stride[0], stride[1], padding[0], padding[2], float(residual_scale), K1 if out2 is not None else K,
+    )  # fmt: skip
+
+    def run(x, wp, out, scale, bias, res, o2, cnt, mean, m2):
+        launch(x, wp, out, scale, bias, res, o2, cnt, mean, m2, *ints)
+
+    return run
 
 
 def conv_fwd_into(
@@ -92,35 +131,33 @@ def conv_fwd_into(
     partial statistics of the output (see ``ops.batchnorm.bn_finalize``).
     """
     _backend.check_interpretable(x)
-    N, C, H, W = x.shape
-    K, _, R, S = weight.shape
-    _, K1, P, Q = out.shape
-    if out2 is not None and (K1 + out2.shape[1] != K or residual is not None):
-        raise ValueError("out and out2 must split the K output channels, without a residual")
+    run = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config, out2,
+                       stats)  # fmt: skip
     wp = packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K)
-    dummy = wp
-    res = residual if residual is not None else out
-    o2 = out2 if out2 is not None else out
-    grid = lambda meta: (triton.cdiv(N * P * Q, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
-    dims = {"BLOCK_M": N * P * Q, "BLOCK_N": K, "BLOCK_C": C}
-    if stats is not None and config is None:
-        # never the timing autotuner here: its trial runs of other tile sizes would leave partial-statistics rows
-        # (and counts) behind that the final config does not overwrite
-        config = kernels.heuristic_config("fwd", tuple(dims.items()), x.element_size(), 1, kernels._num_sms(x.device))
-    kernels._launch(
-        kernels._conv_fwd_kernel, "fwd", grid, dims, x.element_size(), config, 1, x.device,
-        x, wp, out,
-        scale if scale is not None else dummy, bias if bias is not None else dummy, res, o2,
-        *(stats if stats is not None else (dummy, dummy, dummy)),
-        N, C, H, W, K, P, Q,
-        *x.stride(), *out.stride(), *res.stride(), *o2.stride(),
-        stride[0], stride[1], padding[0], padding[2],
-        float(residual_scale), K1 if out2 is not None else K,
-        R=R, S=S, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-        RELU=bool(relu), HAS_OUT2=out2 is not None, STATS=stats is not None,
-        DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(x, out, residual, out2),
-    )  # fmt: skip
+    run(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
+        residual if residual is not None else out, out2 if out2 is not None else out,
+        *(stats if stats is not None else (wp, wp, wp)))  # fmt: skip
     return out
+
+
+def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, relu, out):
+    """The eval forward's plan (``dispatch.Impl.plan``): weight packed, launch decided once; ``(x, out=None)``
+    then runs one kernel."""
+    _backend.check_interpretable(x)
+    shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
+    example = out if out is not None else _tile.new_cl(shape, x)
+    run = fwd_launcher(x, weight, scale, bias, None, stride, padding, residual_scale, relu, example)
+    wp = packed_weight(weight, (2, 3, 1, 0))
+    s = scale if scale is not None else wp
+    b = bias if bias is not None else wp
+
+    def plan(x, out=None):
+        if out is None:
+            out = _tile.new_cl(shape, x)
+        run(x, wp, out, s, b, out, out, wp, wp, wp)
+        return out
+
+    return plan
 
 
 def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
@@ -230,6 +267,6 @@ def _triton_reasons(problem) -> list[str]:
     return why
 
 
-dispatch.register(dispatch.Impl("conv_fwd", "triton", _triton_reasons, _fwd_triton))
+dispatch.register(dispatch.Impl("conv_fwd", "triton", _triton_reasons, _fwd_triton, _fwd_triton_plan))
 dispatch.register(dispatch.Impl("conv_dgrad", "triton", _triton_reasons, dgrad_triton))
 dispatch.register(dispatch.Impl("conv_wgrad", "triton", _triton_reasons, wgrad_triton))

@@ -167,12 +167,16 @@ def backward_problem(p: ConvProblem) -> ConvProblem:
 @dataclass(frozen=True)
 class Impl:
     """One implementation of one family. ``reasons(problem)`` lists why it cannot serve ``problem`` (empty: it
-    can); ``fn`` is what runs (its signature is the family's; see ops.conv / ops.conv_cudnn)."""
+    can); ``fn`` is what runs (its signature is the family's; see ops.conv / ops.conv_cudnn). ``plan``, where an
+    implementation has one, does the per-signature work of ``fn`` once and returns what runs a call (the conv
+    forward's: ``plan(x, weight, scale, bias, stride, padding, residual_scale, relu, out)`` -> ``run(x, out)``,
+    see ``ops.conv.plan_forward``)."""
 
     family: str
     name: str
     reasons: Callable[[object], list[str]]
     fn: Callable | None = None
+    plan: Callable | None = None
 
 
 _IMPLS: dict[str, dict[str, Impl]] = {f: {} for f in FAMILIES}
@@ -577,6 +581,11 @@ def is_reference(t: torch.Tensor) -> bool:
         return False
     return rule("conv_fwd", ConvProblem(1, 1, 1, 1, 1, 1, 1, (1, 1), (0, 0, 0, 0), t.dtype,
                                         device_tag(t.device)))[0] == "reference"  # fmt: skip
+
+
+def recording_active() -> bool:
+    """Whether a :func:`recording` block is open (plans made once must not bypass it)."""
+    return bool(_RECORDERS)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,165 @@
+"""Plans decided once (issue 12 item 3): an eval ``ConvBNAct`` validates, dispatches, folds BN and packs its
+weight on the first call per input signature, and later calls only launch -- until something that changes the
+result changes (a parameter or running statistic written or replaced, the backend, the input signature)."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import randomize_bn, rel_err
+
+from inception_kernels.nn.layers import ConvBNAct
+from inception_kernels.ops import conv as conv_ops
+from inception_kernels.ops import dispatch
+from inception_kernels.utils import count_launches
+
+
+def _module(cin, cout, k, stride=1, padding=0, device="cpu"):
+    m = ConvBNAct(cin, cout, k, stride=stride, padding=padding).to(device)
+    return randomize_bn(m).eval()
+
+
+def _expected(m, x):
+    """fp64 reference of relu(bn(conv(x))) with running statistics."""
+    m64 = copy.deepcopy(m).double()
+    with torch.no_grad():
+        return F.relu(m64.bn(m64.conv(x.double())))
+
+
+def _cl(*shape, device="cpu"):
+    return torch.randn(*shape, device=device).contiguous(memory_format=torch.channels_last)
+
+
+class _Calls:
+    """Counts calls of a module-level function while the context is open."""
+
+    def __init__(self, monkeypatch, owner, name):
+        self.n = 0
+        fn = getattr(owner, name)
+
+        def counted(*a, **k):
+            self.n += 1
+            return fn(*a, **k)
+
+        monkeypatch.setattr(owner, name, counted)
+
+
+# the awkward shapes: C=3, odd channel counts, H=W=1, stride 2 on odd sizes, 1xn / nx1, padding
+SHAPES = [
+    (3, 5, (3, 3), 1, 1, (7, 9)),
+    (17, 33, (1, 7), 1, (0, 3), (9, 11)),
+    (8, 12, (7, 1), 1, (3, 0), (5, 6)),
+    (5, 7, (3, 3), 2, 0, (9, 7)),
+    (4, 6, (1, 1), 1, 0, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,hw", SHAPES)
+def test_planned_eval_matches_fp64_and_is_planned_once(cin, cout, k, stride, padding, hw, device, poison,
+                                                       monkeypatch):  # fmt: skip
+    m = _module(cin, cout, k, stride, padding, device)
+    x = _cl(2, cin, *hw, device=device)
+    validations = _Calls(monkeypatch, conv_ops, "_validate")
+    choices = _Calls(monkeypatch, dispatch, "choose_conv")
+    with torch.no_grad():
+        first = m(x)
+        assert validations.n == 1 and choices.n == 1
+        x2 = _cl(2, cin, *hw, device=device)  # fresh values, same signature
+        with count_launches() as n:
+            second = m(x2)
+    assert validations.n == 1 and choices.n == 1, "the second call re-validated or re-dispatched"
+    assert n.count == 1  # one kernel, no repack or fold
+    assert torch.isfinite(second).all()
+    assert rel_err(first, _expected(m, x)) < 1e-5
+    assert rel_err(second, _expected(m, x2)) < 1e-5
+
+
+def test_plan_writes_a_channel_slice_at_an_offset(device, poison):
+    m = _module(6, 10, (3, 3), 1, 1, device)
+    x = _cl(2, 6, 5, 5, device=device)
+    buf = torch.full((2, 24, 5, 5), 7.0, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for _ in range(2):  # the first call plans, the second runs the plan
+            y = m(x, out=buf[:, 9:19])
+    assert y.data_ptr() == buf[:, 9:19].data_ptr()
+    assert rel_err(buf[:, 9:19], _expected(m, x)) < 1e-5
+    assert (buf[:, :9] == 7).all() and (buf[:, 19:] == 7).all()
+
+
+def test_plan_rejects_an_out_that_overlaps_x(device):
+    m = _module(4, 4, (1, 1), 1, 0, device)
+    a, b = _cl(1, 8, 3, 3, device=device), _cl(1, 8, 3, 3, device=device)
+    with torch.no_grad():
+        m(a[:, :4], out=b[:, 4:])  # plans this signature (separate buffers)
+        m(a[:, :4], out=b[:, 4:])
+        with pytest.raises(ValueError, match="out must not share memory with x"):
+            m(a[:, :4], out=a[:, 4:])  # same signature, but the destination interleaves with x
+
+
+@pytest.mark.parametrize("change", ["running_mean", "running_var", "bn_weight", "conv_weight", "weight_data",
+                                    "load_state_dict", "new_parameter"])  # fmt: skip
+def test_plan_follows_every_change_of_the_result(change, device):
+    m = _module(5, 7, (3, 3), 1, 1, device)
+    x = _cl(2, 5, 6, 6, device=device)
+    with torch.no_grad():
+        m(x)
+        m(x)  # planned
+        if change == "running_mean":
+            m.bn.running_mean.add_(0.5)
+        elif change == "running_var":
+            m.bn.running_var.mul_(3.0)
+        elif change == "bn_weight":
+            m.bn.weight.mul_(-1.0)
+        elif change == "conv_weight":
+            m.conv.weight.mul_(2.0)
+        elif change == "weight_data":
+            m.conv.weight.data = torch.randn_like(m.conv.weight)
+        elif change == "load_state_dict":
+            other = _module(5, 7, (3, 3), 1, 1, device)
+            m.load_state_dict(other.state_dict())
+        else:
+            m.conv.weight = torch.nn.Parameter(torch.randn_like(m.conv.weight))
+        y = m(x)
+    assert rel_err(y, _expected(m, x)) < 1e-5
+
+
+def test_plan_follows_the_backend_and_the_signature(device, monkeypatch):
+    m = _module(3, 4, (3, 3), 2, 1, device)
+    x = _cl(1, 3, 7, 7, device=device)
+    with torch.no_grad():
+        m(x)
+        with dispatch.use_backend("reference"), count_launches() as n:
+            y_ref = m(x)
+        assert n.count == 0  # the reference route runs no kernel of ours
+        assert rel_err(y_ref, _expected(m, x)) < 1e-5
+        x_big = _cl(3, 3, 9, 8, device=device)
+        y_big = m(x_big)  # a new signature plans anew
+        assert y_big.shape == (3, 4, 5, 4)
+        assert rel_err(y_big, _expected(m, x_big)) < 1e-5
+        x_nchw = torch.randn(1, 3, 7, 7, device=device)  # contiguous NCHW: the unplanned route converts it
+        assert rel_err(m(x_nchw), _expected(m, x_nchw)) < 1e-5
+
+
+def test_planned_module_copies_and_pickles_without_its_plans(device):
+    m = _module(4, 6, (3, 3), 1, 1, device)
+    x = _cl(2, 4, 5, 5, device=device)
+    with torch.no_grad():
+        y = m(x)
+        assert len(m._plans) == 1
+        for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+            assert len(other._plans) == 0
+            with torch.no_grad():
+                other.conv.weight.mul_(0.5)  # the copy has its own parameters; the original's plan is untouched
+            assert rel_err(other(x), _expected(other, x)) < 1e-5
+        assert torch.equal(m(x), y)
+
+
+def test_eval_with_autograd_is_not_planned(device):
+    m = _module(4, 6, (3, 3), 1, 1, device)
+    x = _cl(2, 4, 5, 5, device=device).requires_grad_()
+    y = m(x)
+    y.sum().backward()
+    assert len(m._plans) == 0
+    assert x.grad is not None and m.conv.weight.grad is not None

@@ -268,10 +268,10 @@ def test_inception_v2_stem_grid_equals_v3(monkeypatch):
     v3 = create_model("inception_v3", aux_logits=False).eval()
     x = torch.randn(1, 3, 299, 299)
     with torch.no_grad():
-        assert run_stages(v2, v2.stages_a[:1], x).shape == run_stages(v3, v3.stages_a[:3], x).shape
-        assert run_stages(v2, v2.stages_a[:1], x).shape == (1, 64, 147, 147)
+        assert run_stages(v2, v2.stages[:1], x).shape == run_stages(v3, v3.stages[:3], x).shape
+        assert run_stages(v2, v2.stages[:1], x).shape == (1, 64, 147, 147)
     for n in range(60, 340, 7):
-        assert stages_hw(v2, v2.stages_a[:1], (n, n + 1)) == stages_hw(v3, v3.stages_a[:3], (n, n + 1))
+        assert stages_hw(v2.stages[:1], (n, n + 1)) == stages_hw(v3.stages[:3], (n, n + 1))
     assert v2.min_size == v3.min_size == 75
     assert create_model("inception_v2", stem="7x7_32").min_size == 73
     with pytest.raises(ValueError, match="at least 75x75"):
@@ -306,7 +306,7 @@ def test_inception_v2_stem_on_our_kernels(device, monkeypatch):
     from inception_kernels.nn.network import run_stages
 
     model = randomize_bn(create_model("inception_v2", aux_logits=False)).eval()
-    stem = model.stages_a[:5]
+    stem = model.stages[:5]
     x = torch.randn(2, 3, 75, 75)
     ref = copy.deepcopy(model).double()
     with torch.no_grad():
@@ -331,9 +331,9 @@ def test_inception_v3_low_res_shapes(stem, size, grid, monkeypatch):
 
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
     model = create_model("inception_v3", stem=stem, num_classes=10).eval()
-    n_stem = [name for name, _ in model.stages_a].index("Mixed_5b")
-    assert stages_hw(model, model.stages_a[:n_stem], (size, size)) == (grid, grid)
-    assert stages_hw(model, model.stages_a, (size, size)) == (17, 17)  # Mixed_6e, where the aux head reads
+    names = [name for name, _ in model.stages]
+    assert stages_hw(model.stages[: names.index("Mixed_5b")], (size, size)) == (grid, grid)
+    assert stages_hw(model.stages[: names.index("Mixed_7a")], (size, size)) == (17, 17)  # Mixed_6e: the aux head
     with torch.no_grad():
         assert model(torch.randn(1, 3, size, size)).shape == (1, 10)
         model.train()  # so the aux head works at these inputs

@@ -22,7 +22,10 @@ Options beyond the reference:
 * ``hfuse``: horizontal fusion of the sibling 1×1 convs in the fused eval path (see the engine).
 
 ``forward`` returns logits, or ``GoogLeNetOutputs(logits, aux_logits2, aux_logits1)`` in training mode with
-``aux_logits=True`` (torchvision's order). Inputs smaller than 15×15 raise a ``ValueError``.
+``aux_logits=True`` (torchvision's order). Inputs smaller than 15×15 (``GoogLeNet.min_size``, computed from the table: maxpool3,
+3×3/2, needs a 2×2 grid after maxpool2) raise a ``ValueError``. The plumbing is
+:class:`~inception_kernels.nn.network.InceptionNetwork`'s (timm's ``forward_features`` / ``forward_head`` /
+``reset_classifier``).
 """
 
 from __future__ import annotations
@@ -35,12 +38,9 @@ import torch.nn.functional as F
 
 from ..nn.engine import Block, Conv, Pool, branch
 from ..nn.layers import ConvBNAct
-from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
-from ..ops import dispatch
+from ..nn.network import AuxHead, InceptionNetwork
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
-
-MIN_SIZE = 15  # maxpool3 (3×3/2, no padding) needs a 2×2 grid after maxpool2: 15×15 input at least
 
 # Table 1 of the paper, per module: (#1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj)
 MODULES = {
@@ -72,29 +72,6 @@ def _maxpool(kernel: int = 3) -> Pool:
     return Pool("max", kernel, 2, ceil_mode=True)
 
 
-def _modules(names, paper_5x5: bool) -> list:
-    return [(n, inception_block(*MODULES[n], paper_5x5=paper_5x5)) for n in names]
-
-
-def stages_to_aux1(paper_5x5: bool = False) -> list:
-    """Stem and 3a..4a: ends on the 14×14×512 grid that feeds ``aux1``."""
-    return [("conv1", Conv("conv1", 64, 7, stride=2, padding=3)), ("maxpool1", _maxpool()),
-            ("conv2", Conv("conv2", 64)), ("conv3", Conv("conv3", 192, 3, padding=1)), ("maxpool2", _maxpool()),
-            *_modules(("inception3a", "inception3b"), paper_5x5), ("maxpool3", _maxpool()),
-            *_modules(("inception4a",), paper_5x5)]  # fmt: skip
-
-
-def stages_to_aux2(paper_5x5: bool = False) -> list:
-    """4b..4d: ends on the 14×14×528 grid that feeds ``aux2``."""
-    return _modules(("inception4b", "inception4c", "inception4d"), paper_5x5)
-
-
-def stages_to_head(paper_5x5: bool = False) -> list:
-    """4e, maxpool4 (2×2/2 as torchvision), 5a, 5b: 7×7×1024 at 224² input."""
-    return [*_modules(("inception4e",), paper_5x5), ("maxpool4", _maxpool(2)),
-            *_modules(("inception5a", "inception5b"), paper_5x5)]  # fmt: skip
-
-
 class InceptionAux(nn.Module):
     """Auxiliary classifier (torchvision layout): adaptive avg-pool to 4×4 → 1×1 128 → FC 1024 + ReLU → dropout
     → FC. Names ``conv`` (a ``ConvBNAct``), ``fc1``, ``fc2``."""
@@ -106,6 +83,11 @@ class InceptionAux(nn.Module):
         self.fc2 = nn.Linear(1024, num_classes)
         self.dropout = nn.Dropout(p=dropout)
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's: a new ``fc2`` for ``num_classes``; 0: the identity."""
+        dd = dict(device=self.fc1.weight.device, dtype=self.fc1.weight.dtype)
+        self.fc2 = (nn.Linear(1024, num_classes, **dd) if num_classes > 0 else nn.Identity()).train(self.training)
+
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(x, (4, 4))
         x = self.conv(x, reference=reference)
@@ -113,65 +95,34 @@ class InceptionAux(nn.Module):
         return self.fc2(self.dropout(x))
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(InceptionNetwork):
     """GoogLeNet equal to torchvision's ``googlenet`` (see the module docstring for the options)."""
+
+    model_name = "googlenet"
+    outputs = GoogLeNetOutputs
+    # the heads pool adaptively (any grid); torchvision registers both after inception5b (state-dict order)
+    aux_heads = {"aux2": AuxHead("inception4d", registered_after="inception5b"),
+                 "aux1": AuxHead("inception4a", registered_after="inception5b")}  # fmt: skip
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
                  dropout: float = 0.2, dropout_aux: float = 0.7, paper_5x5: bool = False, hfuse: bool = True):  # fmt: skip
-        super().__init__()
+        def aux(name: str, c: int) -> InceptionAux:
+            return InceptionAux(c, num_classes, dropout=dropout_aux)
+
+        super().__init__(self.stage_table(paper_5x5), num_classes, dropout, aux if aux_logits else None, hfuse)
         self.transform_input = transform_input
         self.paper_5x5 = paper_5x5
-        self.stages_a = stages_to_aux1(paper_5x5)
-        self.stages_b = stages_to_aux2(paper_5x5)
-        self.stages_c = stages_to_head(paper_5x5)
-        # Registration order = torchvision's (stem, inception modules, aux1, aux2, fc): same state-dict key order.
-        c_aux1 = build_stages(self, self.stages_a, 3, hfuse=hfuse)
-        c_aux2 = build_stages(self, self.stages_b, c_aux1, hfuse=hfuse)
-        c = build_stages(self, self.stages_c, c_aux2, hfuse=hfuse)
-        if aux_logits:
-            self.aux1 = InceptionAux(c_aux1, num_classes, dropout=dropout_aux)
-            self.aux2 = InceptionAux(c_aux2, num_classes, dropout=dropout_aux)
-        else:
-            self.aux1 = None
-            self.aux2 = None
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(c, num_classes)
 
-    @property
-    def aux_logits(self) -> bool:
-        return self.aux1 is not None
+    @classmethod
+    def stage_table(cls, paper_5x5: bool = False) -> list:
+        """Table 1: stem, 3a, 3b, maxpool3, 4a (the 14×14×512 grid ``aux1`` reads), 4b..4d (the 14×14×528 grid
+        of ``aux2``), 4e, maxpool4 (2×2/2 as torchvision), 5a, 5b: 7×7×1024 at 224² input."""
 
-    @aux_logits.setter
-    def aux_logits(self, value: bool) -> None:
-        """``model.aux_logits = False`` drops the heads (as torchvision's factory does after loading weights)."""
-        if value and self.aux1 is None:
-            raise ValueError("this GoogLeNet was built without aux heads; build it with aux_logits=True")
-        if not value:
-            self.aux1 = None
-            self.aux2 = None
+        def modules(*names):
+            return [(n, inception_block(*MODULES[n], paper_5x5=paper_5x5)) for n in names]
 
-    @property
-    def stages(self) -> list:
-        return self.stages_a + self.stages_b + self.stages_c
-
-    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """Spatial size of the last Inception module's output for an input of size ``hw``."""
-        return stages_hw(self, self.stages, hw)
-
-    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        return transform_input(x) if self.transform_input else x
-
-    def forward(self, x: torch.Tensor):
-        check_min_size("googlenet", tuple(x.shape[-2:]), self.out_hw, MIN_SIZE)
-        reference = dispatch.is_reference(x)
-        with_aux = self.training and self.aux1 is not None
-        x = run_stages(self, self.stages_a, self._transform_input(x))
-        aux1 = self.aux1(x, reference=reference) if with_aux else None
-        x = run_stages(self, self.stages_b, x)
-        aux2 = self.aux2(x, reference=reference) if with_aux else None
-        x = run_stages(self, self.stages_c, x)
-        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-        if with_aux:
-            return GoogLeNetOutputs(x, aux2, aux1)
-        return x
+        return [("conv1", Conv("conv1", 64, 7, stride=2, padding=3)), ("maxpool1", _maxpool()),
+                ("conv2", Conv("conv2", 64)), ("conv3", Conv("conv3", 192, 3, padding=1)), ("maxpool2", _maxpool()),
+                *modules("inception3a", "inception3b"), ("maxpool3", _maxpool()),
+                *modules("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
+                ("maxpool4", _maxpool(2)), *modules("inception5a", "inception5b")]  # fmt: skip

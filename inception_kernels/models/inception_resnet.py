@@ -52,14 +52,9 @@ block, as TF-slim's ``block8``).
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
-
 from ..nn.engine import Block, Conv, Pool, branch
-from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
+from ..nn.network import InceptionNetwork
 from .inception_v4 import _avg, reduction_a, stem_v4
-
-MIN_SIZE = 75
 
 
 def _residual(branches, width: int, scale: float, act: bool) -> Block:
@@ -176,35 +171,7 @@ def _repeat(prefix: str, spec: Block, n: int) -> list:
     return [(f"{prefix}.{i}", spec) for i in range(n)]
 
 
-class _ResNetBase(nn.Module):
-    """Stages + global average pool + dropout + linear head (named ``head_name``)."""
-
-    model_name = "inception_resnet"
-    head_name = "last_linear"
-
-    def _build(self, stages, num_classes: int, drop_rate: float, hfuse: bool) -> None:
-        self.num_classes = num_classes
-        self.stages = stages
-        self.num_features = build_stages(self, stages, 3, hfuse=hfuse)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.add_module(self.head_name, nn.Linear(self.num_features, num_classes))
-        self.min_size = MIN_SIZE
-
-    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """Grid size of the last feature map for an input of ``hw`` pixels (8×8 at 299²)."""
-        return stages_hw(self, self.stages, hw)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_min_size(self.model_name, tuple(x.shape[-2:]), self.out_hw, self.min_size)
-        return run_stages(self, self.stages, x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.global_pool(self.forward_features(x)), 1)
-        return getattr(self, self.head_name)(self.head_drop(x))
-
-
-class InceptionResNetV2(_ResNetBase):
+class InceptionResNetV2(InceptionNetwork):
     """Inception-ResNet-v2 in the TF-slim layout, equal to timm's ``inception_resnet_v2``.
 
     Options: ``num_classes``; ``drop_rate`` (timm's default 0); residual scales ``scale_a`` (Block35, 0.17),
@@ -216,7 +183,11 @@ class InceptionResNetV2(_ResNetBase):
 
     def __init__(self, num_classes: int = 1000, drop_rate: float = 0.0, scale_a: float = 0.17,
                  scale_b: float = 0.10, scale_c: float = 0.20, scale_last: float = 1.0, hfuse: bool = True):  # fmt: skip
-        super().__init__()
+        super().__init__(self.stage_table(scale_a, scale_b, scale_c, scale_last), num_classes, drop_rate, hfuse=hfuse)
+
+    @classmethod
+    def stage_table(cls, scale_a: float = 0.17, scale_b: float = 0.10, scale_c: float = 0.20,
+                    scale_last: float = 1.0) -> list:  # fmt: skip
         stages = [("conv2d_1a", Conv("conv2d_1a", 32, 3, stride=2)), ("conv2d_2a", Conv("conv2d_2a", 32, 3)),
                   ("conv2d_2b", Conv("conv2d_2b", 64, 3, padding=1)), ("maxpool_3a", Pool("max", 3, 2)),
                   ("conv2d_3b", Conv("conv2d_3b", 80)), ("conv2d_4a", Conv("conv2d_4a", 192, 3)),
@@ -226,11 +197,19 @@ class InceptionResNetV2(_ResNetBase):
         stages += _repeat("repeat_1", block17(1088, scale_b), 20)
         stages += [("mixed_7a", reduction_b_v2())]
         stages += _repeat("repeat_2", block8(2080, scale_c), 9)
-        stages += [("block8", block8(2080, scale_last, act=False)), ("conv2d_7b", Conv("conv2d_7b", 1536))]
-        self._build(stages, num_classes, drop_rate, hfuse)
+        return stages + [("block8", block8(2080, scale_last, act=False)), ("conv2d_7b", Conv("conv2d_7b", 1536))]
 
 
-class InceptionResNetV1(_ResNetBase):
+class _PaperLayout(InceptionNetwork):
+    """The paper's Fig. 15 arrangement (v1 and the paper's v2): dropout 0.2 (keep 0.8), a ReLU after every
+    residual sum unless ``last_relu=False``."""
+
+    def __init__(self, num_classes: int = 1000, drop_rate: float = 0.2, scale_a: float = 0.17,
+                 scale_b: float = 0.10, scale_c: float = 0.20, last_relu: bool = True, hfuse: bool = True):  # fmt: skip
+        super().__init__(self.stage_table(scale_a, scale_b, scale_c, last_relu), num_classes, drop_rate, hfuse=hfuse)
+
+
+class InceptionResNetV1(_PaperLayout):
     """Inception-ResNet-v1 per the paper (Figs. 10–15); see the module docstring.
 
     Options: ``num_classes``; ``drop_rate`` (0.2: the paper's keep-probability 0.8); residual scales ``scale_a``
@@ -240,19 +219,18 @@ class InceptionResNetV1(_ResNetBase):
     model_name = "inception_resnet_v1"
     head_name = "last_linear"
 
-    def __init__(self, num_classes: int = 1000, drop_rate: float = 0.2, scale_a: float = 0.17,
-                 scale_b: float = 0.10, scale_c: float = 0.20, last_relu: bool = True, hfuse: bool = True):  # fmt: skip
-        super().__init__()
+    @classmethod
+    def stage_table(cls, scale_a: float = 0.17, scale_b: float = 0.10, scale_c: float = 0.20,
+                    last_relu: bool = True) -> list:  # fmt: skip
         stages = stem_v1() + _repeat("repeat_1", block_a_v1(256, scale_a), 5)
         stages += [("mixed_6a", reduction_a(192, 192, 256, 384))]
         stages += _repeat("repeat_2", block_b_v1(896, scale_b), 10)
         stages += [("mixed_7a", reduction_b_v1())]
         stages += _repeat("repeat_3", block_c_v1(1792, scale_c), 4)
-        stages += [("repeat_3.4", block_c_v1(1792, scale_c, act=last_relu))]
-        self._build(stages, num_classes, drop_rate, hfuse)
+        return stages + [("repeat_3.4", block_c_v1(1792, scale_c, act=last_relu))]
 
 
-class InceptionResNetV2Paper(_ResNetBase):
+class InceptionResNetV2Paper(_PaperLayout):
     """Inception-ResNet-v2 in the paper's own layout (Figs. 3, 16, 7, 17, 18, 19 arranged as Fig. 15); see the
     module docstring for the up-projection widths (384, 1152, 2144 — not the figures' 1154 and 2048).
 
@@ -262,14 +240,13 @@ class InceptionResNetV2Paper(_ResNetBase):
     model_name = "inception_resnet_v2_paper"
     head_name = "classif"
 
-    def __init__(self, num_classes: int = 1000, drop_rate: float = 0.2, scale_a: float = 0.17,
-                 scale_b: float = 0.10, scale_c: float = 0.20, last_relu: bool = True, hfuse: bool = True):  # fmt: skip
-        super().__init__()
+    @classmethod
+    def stage_table(cls, scale_a: float = 0.17, scale_b: float = 0.10, scale_c: float = 0.20,
+                    last_relu: bool = True) -> list:  # fmt: skip
         stages = stem_v4(("conv2d_1a", "conv2d_2a", "conv2d_2b", "mixed_3a", "mixed_4a", "mixed_5a"))
         stages += _repeat("repeat", block35(384, scale_a), 5)
         stages += [("mixed_6a", reduction_a(256, 256, 384, 384))]  # 384 + 384 + 384 = 1152 @ 17²
         stages += _repeat("repeat_1", block17(1152, scale_b), 10)
         stages += [("mixed_7a", reduction_b_v2())]  # 384 + 288 + 320 + 1152 = 2144 @ 8²
         stages += _repeat("repeat_2", block8(2144, scale_c), 4)
-        stages += [("repeat_2.4", block8(2144, scale_c, act=last_relu))]
-        self._build(stages, num_classes, drop_rate, hfuse)
+        return stages + [("repeat_2.4", block8(2144, scale_c, act=last_relu))]

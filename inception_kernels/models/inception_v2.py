@@ -34,12 +34,8 @@ No reference implementation exists (no torchvision/timm model, no published weig
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
-
-from ..nn.engine import Block, Conv, Pool, get_submodule, layer_hw
-from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
-from ..ops import dispatch
+from ..nn.engine import Conv, Pool
+from ..nn.network import InceptionNetwork
 from . import inception_v3 as v3
 
 STEMS = ("7x7", "7x7_32")
@@ -56,54 +52,25 @@ def stem(kind: str = "7x7") -> list:
             ("maxpool2", Pool("max", 3, 2))]  # fmt: skip
 
 
-class InceptionV2(nn.Module):
+class InceptionV2(InceptionNetwork):
     """Inception-v2 (Table 3 baseline): ``forward`` returns logits, or ``InceptionOutputs(logits, aux_logits)`` in
-    training mode with ``aux_logits=True`` (as ``InceptionV3``)."""
+    training mode with ``aux_logits=True`` (as ``InceptionV3``). Smallest input 75×75 (``"7x7"``), 73×73
+    (``"7x7_32"``), computed from the table."""
+
+    model_name = "inception_v2"
+    outputs = v3.InceptionOutputs
+    aux_heads = v3.AUX_HEADS
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, dropout: float = 0.5,
                  avgpool_mode: str = "torch", stem: str = "7x7", hfuse: bool = True):  # fmt: skip
-        super().__init__()
-        if avgpool_mode not in ("torch", "tf"):
-            raise ValueError(f"avgpool_mode must be 'torch' or 'tf', got {avgpool_mode!r}")
+        def aux(name: str, c: int) -> v3.InceptionAux:
+            return v3.InceptionAux(c, num_classes, bn_aux=False)
+
+        super().__init__(self.stage_table(stem, avgpool_mode), num_classes, dropout, aux if aux_logits else None,
+                         hfuse)  # fmt: skip
         self.stem_kind = stem
-        self.stages_a = globals()["stem"](stem) + v3.body_to_aux(avgpool_mode)
-        self.stages_b = v3.body_after_aux(avgpool_mode)
-        c = build_stages(self, self.stages_a, 3, hfuse=hfuse)
-        self.AuxLogits = v3.InceptionAux(c, num_classes, bn_aux=False) if aux_logits else None
-        c = build_stages(self, self.stages_b, c, hfuse=hfuse)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(c, num_classes)
-        self.min_size = next(n for n in range(1, 1000) if self._fits((n, n)))  # 75 ("7x7"), 73 ("7x7_32")
 
-    @property
-    def aux_logits(self) -> bool:
-        return self.AuxLogits is not None
-
-    def _fits(self, hw: tuple[int, int]) -> bool:
-        """Every stage of the network has a non-empty output for an input of size ``hw``."""
-        for name, item in self.stages_a + self.stages_b:
-            if isinstance(item, Block):
-                hw = get_submodule(self, name).out_hw(hw)
-            else:
-                hw = layer_hw(item, hw)
-            if min(hw) < 1:
-                return False
-        return True
-
-    def forward(self, x: torch.Tensor):
-        check_min_size("inception_v2", tuple(x.shape[-2:]),
-                       lambda hw: stages_hw(self, self.stages_a + self.stages_b, hw), self.min_size)  # fmt: skip
-        reference = dispatch.is_reference(x)
-        x = run_stages(self, self.stages_a, x)
-        aux = None
-        if self.AuxLogits is not None and self.training:
-            if min(x.shape[-2:]) < 17:
-                raise ValueError("inception_v2 with aux_logits in training mode needs a 17x17 Mixed_6e grid "
-                                 f"(a 299x299 input), got {tuple(x.shape[-2:])} (or use aux_logits=False)")  # fmt: skip
-            aux = self.AuxLogits(x, reference=reference)
-        x = run_stages(self, self.stages_b, x)
-        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-        if self.training and self.AuxLogits is not None:
-            return v3.InceptionOutputs(x, aux)
-        return x
+    @classmethod
+    def stage_table(cls, stem: str = "7x7", avgpool_mode: str = "torch") -> list:
+        v3.check_avgpool_mode(avgpool_mode)
+        return globals()["stem"](stem) + v3.body(avgpool_mode)

@@ -26,9 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.engine import Block, Conv, Pool, branch
-from ..nn.layers import ConvBNAct
-from ..nn.network import build_stages, check_min_size, run_stages, stages_hw, transform_input
-from ..ops import dispatch
+from ..nn.network import AuxHead, InceptionNetwork, build_stages
 
 InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
 
@@ -125,87 +123,76 @@ def stem(kind: str = "299", first_conv: str = "3x3") -> list:
     return layers
 
 
-def body_to_aux(avgpool_mode: str = "torch") -> list:
+def body(avgpool_mode: str = "torch") -> list:
+    """Mixed_5b … Mixed_6e (the 17×17 grid the aux head reads), Mixed_7a … Mixed_7c."""
     inc = avgpool_mode == "torch"
     return [("Mixed_5b", block_a(32, inc)), ("Mixed_5c", block_a(64, inc)), ("Mixed_5d", block_a(64, inc)),
             ("Mixed_6a", block_b()), ("Mixed_6b", block_c(128, inc)), ("Mixed_6c", block_c(160, inc)),
-            ("Mixed_6d", block_c(160, inc)), ("Mixed_6e", block_c(192, inc))]  # fmt: skip
+            ("Mixed_6d", block_c(160, inc)), ("Mixed_6e", block_c(192, inc)), ("Mixed_7a", block_d()),
+            ("Mixed_7b", block_e(inc)), ("Mixed_7c", block_e(inc))]  # fmt: skip
 
 
-def body_after_aux(avgpool_mode: str = "torch") -> list:
-    inc = avgpool_mode == "torch"
-    return [("Mixed_7a", block_d()), ("Mixed_7b", block_e(inc)), ("Mixed_7c", block_e(inc))]
+def check_avgpool_mode(avgpool_mode: str) -> None:
+    if avgpool_mode not in ("torch", "tf"):
+        raise ValueError(f"avgpool_mode must be 'torch' or 'tf', got {avgpool_mode!r}")
+
+
+# The aux head up to its global pool: avg-pool 5×5/3 → 1×1 128 → 5×5 768 (valid): it needs a 17×17 grid.
+AUX_LAYERS = (Pool("avg", 5, 3), Conv("conv0", 128), Conv("conv1", 768, 5))
+AUX_HEADS = {"AuxLogits": AuxHead("Mixed_6e", AUX_LAYERS)}
 
 
 class InceptionAux(nn.Module):
-    """Auxiliary head on the 17×17 grid: avgpool 5/3 → 1×1 128 → 5×5 768 (valid) → FC (→ BN with ``bn_aux``)."""
+    """Auxiliary head on the 17×17 grid: :data:`AUX_LAYERS` → global avg-pool → FC (→ BN with ``bn_aux``)."""
 
     def __init__(self, in_channels: int, num_classes: int, bn_aux: bool = False, width_mult: float = 1.0):
         super().__init__()
-        c0, c1 = scale_width(128, width_mult), scale_width(768, width_mult)
-        self.conv0 = ConvBNAct(in_channels, c0, 1)
-        self.conv1 = ConvBNAct(c0, c1, 5)
-        self.fc = nn.Linear(c1, num_classes)
+        self.pool, *convs = AUX_LAYERS
+        c = build_stages(self, [(c.name, _scaled(c, width_mult)) for c in convs], in_channels)
+        self.fc = nn.Linear(c, num_classes)
         self.fc_bn = nn.BatchNorm1d(num_classes, eps=1e-3) if bn_aux else None
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """timm's: a new FC (and ``fc_bn``) for ``num_classes``; 0: identities."""
+        dd = dict(device=self.conv1.conv.weight.device, dtype=self.conv1.conv.weight.dtype)
+        new = num_classes > 0
+        self.fc = (nn.Linear(self.conv1.out_channels, num_classes, **dd) if new else nn.Identity()).train(self.training)
+        if self.fc_bn is not None:
+            self.fc_bn = (nn.BatchNorm1d(num_classes, eps=1e-3, **dd) if new else nn.Identity()).train(self.training)
+
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
-        x = F.avg_pool2d(x, kernel_size=5, stride=3)
+        x = F.avg_pool2d(x, kernel_size=self.pool.kernel, stride=self.pool.stride)
         x = self.conv1(self.conv0(x, reference=reference), reference=reference)
         x = self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
         return self.fc_bn(x) if self.fc_bn is not None else x
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(InceptionNetwork):
     """Inception-v3; ``forward`` returns logits, or ``InceptionOutputs(logits, aux_logits)`` in training mode
     with ``aux_logits=True`` (as torchvision)."""
+
+    model_name = "inception_v3"
+    outputs = InceptionOutputs
+    aux_heads = AUX_HEADS
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
                  dropout: float = 0.5, avgpool_mode: str = "torch", bn_aux: bool = False, stem: str = "299",
                  first_conv: str = "3x3", hfuse: bool = True, width_mult: float = 1.0):  # fmt: skip
-        super().__init__()
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult!r}")
-        if avgpool_mode not in ("torch", "tf"):
-            raise ValueError(f"avgpool_mode must be 'torch' or 'tf', got {avgpool_mode!r}")
-        if stem not in ("299", "151", "79"):
-            raise ValueError(f"stem must be '299', '151' or '79', got {stem!r}")
+        def aux(name: str, c: int) -> InceptionAux:
+            return InceptionAux(c, num_classes, bn_aux, width_mult)
+
+        table = self.stage_table(stem, first_conv, avgpool_mode, width_mult)
+        super().__init__(table, num_classes, dropout, aux if aux_logits else None, hfuse)
         self.transform_input = transform_input
         self.stem_kind = stem
-        self.stages_a = globals()["stem"](stem, first_conv) + body_to_aux(avgpool_mode)
-        self.stages_b = body_after_aux(avgpool_mode)
-        if width_mult != 1.0:
-            self.stages_a = [(n, _scaled(it, width_mult)) for n, it in self.stages_a]
-            self.stages_b = [(n, _scaled(it, width_mult)) for n, it in self.stages_b]
         self.width_mult = width_mult
-        c = build_stages(self, self.stages_a, 3, hfuse=hfuse)
-        self.AuxLogits = InceptionAux(c, num_classes, bn_aux, width_mult) if aux_logits else None
-        c = build_stages(self, self.stages_b, c, hfuse=hfuse)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(c, num_classes)
-        self.min_size = {"299": 75, "151": 39, "79": 20}[stem]
 
-    @property
-    def aux_logits(self) -> bool:
-        return self.AuxLogits is not None
-
-    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        return transform_input(x) if self.transform_input else x
-
-    def forward(self, x: torch.Tensor):
-        check_min_size("inception_v3", tuple(x.shape[-2:]), lambda hw: stages_hw(self, self.stages_a + self.stages_b, hw),
-                       self.min_size)  # fmt: skip
-
-        reference = dispatch.is_reference(x)
-        x = run_stages(self, self.stages_a, self._transform_input(x))
-        aux = None
-        if self.AuxLogits is not None and self.training:
-            if min(x.shape[-2:]) < 17:
-                raise ValueError("inception_v3 with aux_logits in training mode needs a 17x17 Mixed_6e grid: "
-                                 "an input of at least 299x299 (or aux_logits=False)")  # fmt: skip
-            aux = self.AuxLogits(x, reference=reference)
-        x = run_stages(self, self.stages_b, x)
-        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-        if self.training and self.AuxLogits is not None:
-            return InceptionOutputs(x, aux)
-        return x
+    @classmethod
+    def stage_table(cls, stem: str = "299", first_conv: str = "3x3", avgpool_mode: str = "torch",
+                    width_mult: float = 1.0) -> list:  # fmt: skip
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult!r}")
+        check_avgpool_mode(avgpool_mode)
+        if stem not in ("299", "151", "79"):
+            raise ValueError(f"stem must be '299', '151' or '79', got {stem!r}")
+        return [(n, _scaled(it, width_mult)) for n, it in globals()["stem"](stem, first_conv) + body(avgpool_mode)]

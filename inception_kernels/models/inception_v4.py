@@ -18,7 +18,7 @@ BN eps 1e-3; the pool branches' 3×3 average excludes padding (``count_include_p
     features.19-21 3 × Inception-C                                      → 1536 (Fig. 6)
 
 42,679,816 parameters, 12.25 G multiply-adds at 299² (convolutions and the classifier). The smallest legal input
-is 75×75 (every stage keeps at least a 1×1 grid).
+is 75×75 (every stage keeps at least a 1×1 grid; ``InceptionV4.min_size``, computed from the table).
 
 The blocks shared with the residual networks (:func:`stem_v4`, :func:`reduction_a`) are used by
 :mod:`inception_kernels.models.inception_resnet` too.
@@ -26,13 +26,8 @@ The blocks shared with the residual networks (:func:`stem_v4`, :func:`reduction_
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
-
 from ..nn.engine import Block, Conv, Pool, branch
-from ..nn.network import build_stages, check_min_size, run_stages, stages_hw
-
-MIN_SIZE = 75
+from ..nn.network import InceptionNetwork
 
 
 def _avg() -> Pool:
@@ -141,30 +136,18 @@ def body() -> list:
     return [(f"features.{6 + i}", b) for i, b in enumerate(blocks)]
 
 
-class InceptionV4(nn.Module):
+class InceptionV4(InceptionNetwork):
     """Inception-v4, equal to timm's ``inception_v4`` (same state dict, same function).
 
     Options: ``num_classes``; ``drop_rate`` (dropout before the classifier; timm's default 0, the paper's
     keep-probability 0.8 is ``drop_rate=0.2``); ``hfuse`` (horizontal fusion of sibling 1×1 convs in eval)."""
 
+    model_name = "inception_v4"
+    head_name = "last_linear"
+
     def __init__(self, num_classes: int = 1000, drop_rate: float = 0.0, hfuse: bool = True):
-        super().__init__()
-        self.num_classes = num_classes
-        self.stages = stem_v4() + body()
-        self.num_features = build_stages(self, self.stages, 3, hfuse=hfuse)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.last_linear = nn.Linear(self.num_features, num_classes)
-        self.min_size = MIN_SIZE
+        super().__init__(self.stage_table(), num_classes, drop_rate, hfuse=hfuse)
 
-    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """Grid size of the last feature map for an input of ``hw`` pixels (8×8 at 299²)."""
-        return stages_hw(self, self.stages, hw)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_min_size("inception_v4", tuple(x.shape[-2:]), self.out_hw, self.min_size)
-        return run_stages(self, self.stages, x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.global_pool(self.forward_features(x)), 1)
-        return self.last_linear(self.head_drop(x))
+    @classmethod
+    def stage_table(cls) -> list:
+        return stem_v4() + body()

@@ -80,6 +80,7 @@ def branch(*layers, fork=()) -> Branch:
 # Shape arithmetic
 # ----------------------------------------------------------------------------------------------------------
 def _out_size(size: int, k: int, s: int, p: int, ceil: bool = False) -> int:
+    """Output length of a convolution or pooling window (PyTorch's arithmetic, ``ceil``: pooling's ceil_mode)."""
     span = size + 2 * p - k
     n = (-(-span // s) if ceil else span // s) + 1
     if ceil and (n - 1) * s >= size + p:
@@ -87,12 +88,64 @@ def _out_size(size: int, k: int, s: int, p: int, ceil: bool = False) -> int:
     return n
 
 
-def layer_hw(layer, hw: tuple[int, int]) -> tuple[int, int]:
+def _min_in_size(out: int, k: int, s: int, p: int, ceil: bool = False) -> int:
+    """The smallest input length (at least 1) whose :func:`_out_size` is at least ``out``: the inverse of the
+    floor formula, and for ceil mode the ceil formula together with PyTorch's rule that the last window starts
+    inside the input or its left padding (assumes ``p <= k // 2``, as PyTorch requires)."""
+    n = (out - 1) * s + k - 2 * p
+    if ceil:
+        n = max((out - 2) * s + k - 2 * p + 1, (out - 1) * s - p + 1)
+    return max(n, 1)
+
+
+def _geometry(layer) -> tuple[tuple, bool]:
+    """((kernel, stride, padding) of the height, the same of the width), ceil mode."""
     if isinstance(layer, Conv):
-        (kh, kw), (sh, sw), (ph, pw) = _pair(layer.kernel), _pair(layer.stride), _pair(layer.padding)
-        return _out_size(hw[0], kh, sh, ph), _out_size(hw[1], kw, sw, pw)
-    k, s, p = layer.kernel, layer.stride, layer.padding
-    return _out_size(hw[0], k, s, p, layer.ceil_mode), _out_size(hw[1], k, s, p, layer.ceil_mode)
+        return tuple(zip(_pair(layer.kernel), _pair(layer.stride), _pair(layer.padding))), False
+    return ((layer.kernel, layer.stride, layer.padding),) * 2, layer.ceil_mode
+
+
+def out_hw(item, hw: tuple[int, int]) -> tuple[int, int]:
+    """Output (H, W) of a table item (:class:`Conv`, :class:`Pool` or :class:`Block`) for an input of ``hw``.
+    Every leaf of a block has the same size; the first branch's path gives it."""
+    if isinstance(item, Block):
+        br = item.branches[0]
+        return chain_hw(br.layers + (br.fork[0].layers if br.fork else ()), hw)
+    dims, ceil = _geometry(item)
+    return tuple(_out_size(n, k, s, p, ceil) for n, (k, s, p) in zip(hw, dims))
+
+
+def min_in_hw(item, hw: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """The smallest input (H, W) for which ``item`` and every layer inside it give an output of at least ``hw``
+    (for a block: the largest need over its chains and forks)."""
+    if not isinstance(item, Block):
+        dims, ceil = _geometry(item)
+        return tuple(_min_in_size(n, k, s, p, ceil) for n, (k, s, p) in zip(hw, dims))
+    needs = []
+    for br in item.branches:
+        at_fork = _max_hw([chain_min_hw(fb.layers, hw) for fb in br.fork]) if br.fork else hw
+        needs.append(chain_min_hw(br.layers, at_fork))
+    return _max_hw(needs)
+
+
+def chain_hw(items, hw: tuple[int, int]) -> tuple[int, int]:
+    """Output (H, W) of a sequence of table items."""
+    for item in items:
+        hw = out_hw(item, hw)
+    return hw
+
+
+def chain_min_hw(items, hw: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """The smallest input (H, W) for which every item of the sequence has a non-empty output and the last one
+    an output of at least ``hw``."""
+    hw = _max_hw([hw, (1, 1)])
+    for item in reversed(tuple(items)):
+        hw = min_in_hw(item, hw)
+    return hw
+
+
+def _max_hw(hws) -> tuple[int, int]:
+    return max(h for h, _ in hws), max(w for _, w in hws)
 
 
 def _pool(layer: Pool, x: torch.Tensor, fused: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,13 +287,7 @@ class InceptionBlock(nn.Module):
         return self.spec.proj.out if self.spec.merge == "residual" else self.plan.out_channels
 
     def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
-        br = self.spec.branches[0]
-        for layer in br.layers:
-            hw = layer_hw(layer, hw)
-        if br.fork:
-            for layer in br.fork[0].layers:
-                hw = layer_hw(layer, hw)
-        return hw
+        return out_hw(self.spec, hw)
 
     # -------------------------------------------------------------------------------------------- reference
     def _run_ref(self, layers, x):

@@ -243,8 +243,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model {cfg.model!r} has no width_mult option")
     if cfg.image_size is None:
         if is_digits(cfg):
-            with torch.random.fork_rng():
-                cfg.image_size = int(getattr(_build(cfg, 10, aux=False), "min_size", 75))
+            cfg.image_size = cls.min_size_for(**_table_kwargs(cfg))
         else:
             cfg.image_size = 224 if cfg.model == "googlenet" else 299
     if cfg.aux_weight is None:
@@ -258,34 +257,22 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def _build(cfg: TrainConfig, num_classes: int, aux: bool | None) -> nn.Module:
-    from ..models import create_model
-
+def _table_kwargs(cfg: TrainConfig) -> dict:
     kw = dict(cfg.model_kwargs)
     if cfg.width_mult is not None:
         kw["width_mult"] = cfg.width_mult
-    if aux is not None and "aux_logits" in inspect.signature(_model_class(cfg.model)).parameters:
-        kw["aux_logits"] = aux
-    return create_model(cfg.model, num_classes=num_classes, **kw)
+    return kw
 
 
 def model_kwargs(cfg: TrainConfig, num_classes: int) -> dict:
     """The keyword arguments the run's model is built with (stored in checkpoints): ``model_kwargs`` plus
     ``width_mult`` and the resolved ``aux_logits`` (``auto``: on when the model has aux heads that can run at this
-    input size -- probed with one train-mode forward of a throwaway copy)."""
-    kw = dict(cfg.model_kwargs)
-    if cfg.width_mult is not None:
-        kw["width_mult"] = cfg.width_mult
-    if "aux_logits" in inspect.signature(_model_class(cfg.model)).parameters:
+    input size, ``aux_min_size_for`` of the model class)."""
+    kw = _table_kwargs(cfg)
+    cls = _model_class(cfg.model)
+    if cls.aux_heads:
         if cfg.aux_logits == "auto":
-            with torch.random.fork_rng():
-                probe = _build(cfg, num_classes, aux=True).train()
-                try:
-                    with torch.no_grad():
-                        probe(torch.zeros(2, 3, cfg.image_size, cfg.image_size))
-                    kw["aux_logits"] = True
-                except ValueError:
-                    kw["aux_logits"] = False
+            kw["aux_logits"] = cfg.image_size >= cls.aux_min_size_for(**kw)
         else:
             kw["aux_logits"] = cfg.aux_logits == "on"
     return kw
@@ -521,13 +508,13 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
     mkw = model_kwargs(cfg, num_classes)
     if resume_ckpt is not None:
         ckpt_mod.check_compatible(resume_ckpt, cfg.model, mkw, num_classes, str(resume_path))
+    min_size = _model_class(cfg.model).min_size_for(**mkw)
+    if cfg.image_size < min_size:
+        raise ConfigError(f"{cfg.model} needs an input of at least {min_size}x{min_size}, "
+                         f"--image-size is {cfg.image_size}")  # fmt: skip
     from ..models import create_model
 
     model = create_model(cfg.model, num_classes=num_classes, **mkw)
-    min_size = getattr(model, "min_size", None)
-    if min_size and cfg.image_size < min_size:
-        raise ConfigError(f"{cfg.model} needs an input of at least {min_size}x{min_size}, "
-                         f"--image-size is {cfg.image_size}")  # fmt: skip
     if cfg.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo check test lint aot bench bench-static gpu-check csrc wheel-smoke
+.PHONY: demo check test test-slow lint aot bench bench-static gpu-check csrc wheel-smoke
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,10 +21,16 @@ demo: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(BIN)/inception-kernels check
 
-# Full CPU test suite (Triton interpreter, reference oracle, AOT compiles for sm_80/sm_90), plus lint.
+# CPU test suite (Triton interpreter, reference oracle, AOT compiles for sm_80/sm_90), plus lint; the tests marked
+# `slow` (a minute or more each in the interpreter: whole-network training steps, torch.compile of whole models,
+# the AOT compile of every package kernel) run in `make test-slow`. CI (.ci/run) runs both. PYTEST_WORKERS: xdist.
+PYTEST_WORKERS ?= auto
 test: $(VENV)/.installed
 	$(BIN)/ruff check inception_kernels tests benchmarks
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) -m slow
 
 aot: $(VENV)/.installed
 	$(BIN)/python -m inception_kernels.aot --arch 80 90

@@ -168,8 +168,8 @@ setup(
         # The trainer: built-in digits data (scikit-learn), progress bars, plots, YAML run configs.
         "train": ["torchvision", "scikit-learn", "tqdm", "matplotlib", "pyyaml"],
         "bench": ["matplotlib"],
-        "dev": ["pytest>=7", "hypothesis>=6", "ruff", "build", "torchvision", "timm", "scikit-learn", "tqdm",
-                "matplotlib", "pyyaml"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "ruff", "build", "torchvision", "timm",
+                "scikit-learn", "tqdm", "matplotlib", "pyyaml"],
     },
     entry_points={"console_scripts": ["inception-kernels=inception_kernels.cli:main"]},
     ext_modules=ext_modules,

@@ -64,6 +64,17 @@ def poison(monkeypatch):
 _SEED = int(os.environ.get("INCEPTION_KERNELS_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist (``make test`` runs ``-n auto``): every worker uses the seed the header prints."""
+    node.workerinput["inception_kernels_seed"] = _SEED
+
+
+def pytest_configure(config):
+    global _SEED
+    _SEED = getattr(config, "workerinput", {}).get("inception_kernels_seed", _SEED)
+
+
 def pytest_report_header(config):
     return f"inception-kernels test seed: {_SEED} (set INCEPTION_KERNELS_TEST_SEED to replay)"
 

@@ -8,6 +8,14 @@ import torch
 from inception_kernels.nn.layers import ConvBNAct
 
 
+def marked_slow(values, slow):
+    """``values`` as pytest params, those in ``slow`` marked ``slow``: the cases that take a minute or more in the
+    Triton interpreter on 2 cores run in ``make test-slow`` (CI runs both), not in ``make test``."""
+    import pytest
+
+    return [pytest.param(v, marks=pytest.mark.slow) if v in slow else v for v in values]
+
+
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -183,6 +183,7 @@ def test_cli_unknown_kernel_exits_nonzero():
     assert "no kernels matched" in proc.stderr
 
 
+@pytest.mark.slow
 def test_package_kernels_compile_sm90_bf16():
     """Every registered kernel x config compiles for sm_90a bf16, and the conv GEMMs run on tensor cores."""
     specs = aot.registered_kernels()

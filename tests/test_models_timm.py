@@ -19,6 +19,7 @@ from helpers import (
     assert_same_grads_and_buffers,
     check_eval_on_our_kernels,
     check_train_block,
+    marked_slow,
     n_params,
     randomize_bn,
     rel_err,
@@ -67,7 +68,7 @@ def test_eval_equals_timm_reference_backend(name, size, monkeypatch):
         assert rel_err(ours(x), ref(x)) < 1e-5
 
 
-@pytest.mark.parametrize("name", list(REFERENCES))
+@pytest.mark.parametrize("name", marked_slow(list(REFERENCES), {"inception_v4"}))
 def test_train_forward_backward_and_running_stats(name, monkeypatch):
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
     ours, ref = _pair(name)
@@ -398,6 +399,7 @@ def test_inception_v3_equals_timm(monkeypatch):
     assert rel_err(out_o[0], out_r[0]) < 1e-4 and rel_err(out_o[1], out_r[1]) < 1e-4
 
 
+@pytest.mark.slow
 def test_inception_resnet_v2_our_kernels_smallest_input(device):
     """The whole timm-equal Inception-ResNet-v2 on our kernels (interpreter without a GPU) at 75x75, eval."""
     ref = randomize_bn(timm.create_model("inception_resnet_v2", pretrained=False)).eval()

@@ -170,3 +170,36 @@ def assert_same_grads_and_buffers(ours, ref, tol=1e-4):
     ref_buffers = dict(ref.named_buffers())
     for k, b in ours.named_buffers():
         assert torch.allclose(b.cpu().double(), ref_buffers[k].double(), rtol=tol, atol=1e-6), k
+
+
+class GraphRecorder:
+    """A ``torch.compile`` backend (AOT autograd, run eagerly) that records the ``call_function`` targets of the
+    forward and backward graphs it is handed: ``recorder.targets["fw"]`` / ``["bw"]``, as strings such as
+    ``"inception_kernels.bn_act_train.default"``."""
+
+    def __init__(self):
+        from torch._dynamo.backends.common import aot_autograd
+
+        self.targets = {"fw": [], "bw": []}
+        self.backend = aot_autograd(fw_compiler=self._record("fw"), bw_compiler=self._record("bw"))
+
+    def _record(self, kind):
+        from torch._functorch.aot_autograd import make_boxed_func
+
+        def compiler(gm, example_inputs):
+            for n in gm.graph.nodes:
+                if n.op == "call_function":
+                    # an op that mutates its arguments is wrapped: auto_functionalized(op, ...)
+                    functionalized = str(n.target).startswith("auto_functionalized")
+                    self.targets[kind].append(str(n.args[0] if functionalized else n.target))
+            return make_boxed_func(gm.forward)
+
+        return compiler
+
+    def count(self, op: str, kind: str = "fw") -> int:
+        """How many calls of ``inception_kernels::op`` (any overload) the ``kind`` graphs hold."""
+        return sum(t.startswith(f"inception_kernels.{op}.") for t in self.targets[kind])
+
+    def aten_batch_norm(self) -> list[str]:
+        """ATen batch-norm calls in any graph (the nn.BatchNorm2d fallback)."""
+        return [t for ts in self.targets.values() for t in ts if "batch_norm" in t]

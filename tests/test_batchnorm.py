@@ -253,3 +253,77 @@ def test_conv_bn_act_into_slice_under_autograd(device, poison):
     g = _cl(torch.randn(2, 20, 6, 7, device=device))[:, 4:13]  # a strided gradient slice
     for a, r in zip(torch.autograd.grad(y, ours, g), torch.autograd.grad(y_ref, refs, g.double())):
         assert rel_err(a, r) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library ops (what torch.compile traces)
+# ----------------------------------------------------------------------------------------------------------
+def _layout(x, layout):
+    """x as a channels_last tensor, a contiguous NCHW tensor, or a channel slice (offset 5) of a larger buffer."""
+    if layout == "channels_last":
+        return _cl(x)
+    if layout == "contiguous":
+        return x.contiguous()
+    return _slice_of_buffer(_cl(x))
+
+
+OPCHECK_CASES = [
+    # shape, layout, affine, running statistics
+    ((2, 3, 5, 7), "channels_last", True, True),  # C=3
+    ((2, 3, 5, 7), "contiguous", False, False),
+    ((2, 37, 1, 1), "slice", True, True),  # odd C, H=W=1, channel offset 5
+    ((2, 37, 1, 1), "contiguous", True, False),
+    ((3, 70, 4, 3), "slice", False, True),  # two channel tiles
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+@pytest.mark.parametrize("relu", [True, False])
+def test_bn_library_ops_opcheck(case, relu, device):
+    """opcheck (schema, fake kernel strides, autograd registration, AOT dispatch) of the registered BN ops:
+    bn_batch_stats (running statistics mutated), bn_act_train (its gradient through the batch statistics) and
+    bn_act_bwd."""
+    shape, layout, affine, running = case
+    ops = torch.ops.inception_kernels
+    C = shape[1]
+    x = _layout(torch.randn(shape, device=device) * 2 + 0.5, layout)
+    rm, rv = (torch.randn(C, device=device), torch.rand(C, device=device) + 0.5) if running else (None, None)
+    torch.library.opcheck(ops.bn_batch_stats.default, (x, rm, rv, 0.3, 1e-3))
+    mean, invstd = ops.bn_batch_stats(x, None, None, 0.3, 1e-3)
+    w = (torch.rand(C, device=device) + 0.5).requires_grad_() if affine else None
+    b = torch.randn(C, device=device).requires_grad_() if affine else None
+    torch.library.opcheck(ops.bn_act_train.default, (x.detach().requires_grad_(), mean, invstd, w, b, relu))
+    g = _layout(torch.randn(shape, device=device), "slice" if layout != "slice" else "contiguous")
+    wd, bd = (w.detach(), b.detach()) if affine else (None, None)
+    torch.library.opcheck(ops.bn_act_bwd.default, (g, x, mean, invstd, wd, bd, relu))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_act_compiled_matches_eager(affine, device):
+    """batch_norm_act under torch.compile(fullgraph=True): our ops in the graphs (no ATen batch norm), output,
+    gradients and running statistics as the eager call."""
+    from helpers import GraphRecorder
+
+    torch._dynamo.reset()
+    C = 37
+    x = _slice_of_buffer(_cl(torch.randn(2, C, 3, 5, device=device) * 2 + 0.5))
+    w = torch.rand(C, device=device) + 0.5 if affine else None
+    b = torch.randn(C, device=device) if affine else None
+    runs = {}
+    rec = GraphRecorder()
+    for name in ("eager", "compiled"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+        rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+
+        def f(rm, rv, x_, *wb):
+            return bn.batch_norm_act(x_, *(wb or (None, None)), rm, rv, momentum=0.3, eps=1e-3, relu=True)
+
+        fn = torch.compile(f, fullgraph=True, backend=rec.backend) if name == "compiled" else f
+        y = fn(rm, rv, *leaves)
+        runs[name] = (y, rm, rv, torch.autograd.grad(y, leaves, torch.ones_like(y)))
+    (ye, rme, rve, ge), (yc, rmc, rvc, gc) = runs["eager"], runs["compiled"]
+    assert rec.count("bn_batch_stats") == 1 and rec.count("bn_act_train") == 1
+    assert rec.count("bn_act_bwd", "bw") == 1 and not rec.aten_batch_norm()
+    assert rel_err(yc, ye) < 1e-6 and rel_err(rmc, rme) < 1e-6 and rel_err(rvc, rve) < 1e-6
+    for a, e in zip(gc, ge, strict=True):
+        assert rel_err(a, e) < 1e-5

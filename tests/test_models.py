@@ -219,6 +219,47 @@ def test_torch_compile_runs_our_ops_and_matches_eager(monkeypatch):
     assert rel_err(compiled, eager) < 1e-4
 
 
+def test_torch_compile_train_block_runs_our_bn_and_residual_ops(monkeypatch):
+    """torch.compile(fullgraph=True) of an Inception-v3 block (Figure 5, narrow) in TRAIN mode, inside a
+    ScaledResidual whose branch ends in a ConvBNAct (so the sum runs as the scaled_residual op): the graphs call our
+    BN ops once per BN layer (batch statistics with the running-stat update, BN-apply + ReLU, its backward), our
+    residual op and its backward, and no ATen batch norm; output, input and parameter gradients and running
+    statistics equal the eager call on our kernels, and the reference backend's."""
+    import copy
+
+    from helpers import GraphRecorder
+
+    from inception_kernels.models.inception_v3 import _scaled, block_a
+    from inception_kernels.nn import ConvBNAct, InceptionBlock, ScaledResidual
+
+    torch._dynamo.reset()
+    block = InceptionBlock(8, _scaled(block_a(8), 0.125))
+    model = randomize_bn(ScaledResidual(torch.nn.Sequential(block, ConvBNAct(block.out_channels, 8, 1)), 0.2))
+    model.train()
+    eager, oracle = copy.deepcopy(model), copy.deepcopy(model)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    rec = GraphRecorder()
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    runs = {}
+    for name, m in (("compiled", torch.compile(model, fullgraph=True, backend=rec.backend)), ("eager", eager),
+                    ("reference", oracle)):  # fmt: skip
+        if name == "reference":
+            monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
+        runs[name] = [y, xi.grad, *(p.grad for p in m.parameters()), *m.buffers()]
+    fw_ops = sorted(set(rec.targets["fw"]))
+    assert rec.count("bn_batch_stats") == n_bn and rec.count("bn_act_train") == n_bn, fw_ops
+    assert rec.count("bn_act_bwd", "bw") == n_bn, sorted(set(rec.targets["bw"]))
+    assert rec.count("scaled_residual") == 1 and rec.count("scaled_residual_bwd", "bw") == 1
+    assert rec.count("conv2d_fwd") == n_bn and rec.count("pool2d_fwd") == 1
+    assert not rec.aten_batch_norm(), rec.aten_batch_norm()
+    for other in ("eager", "reference"):
+        for i, (a, b) in enumerate(zip(runs["compiled"], runs[other], strict=True)):
+            assert rel_err(a, b) < 1e-5, (other, i)
+
+
 def test_slice_merge_backward_hands_out_views_not_copies():
     """Training-mode merge: the leaves' gradients are strided channel views of the block gradient."""
     from inception_kernels.nn.engine import _SliceMerge

@@ -360,18 +360,29 @@ def _block35():
 @pytest.mark.parametrize("make, cin, size", [(_googlenet_block, 12, 5), (_block35, 320, 3)])
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_torch_compile_fullgraph(make, cin, size, mode, device):
-    """No graph break anywhere in an optimized block (fullgraph=True), eval and train, same result as eager."""
+    """No graph break anywhere in an optimized block (fullgraph=True), eval and train, same result as eager; the
+    graphs run our ops: every conv as ``conv2d_fwd``, and in train mode every BN as our batch-statistics ops (in
+    eval BN is folded into the conv epilogue), never ATen's convolution or batch norm."""
+    from helpers import GraphRecorder
+
     torch._dynamo.reset()
     fast = inception_kernels.optimize(make()).to(device).train(mode == "train")
     eager_model = copy.deepcopy(fast)
     x = torch.randn(2, cin, size, size, device=device)
-    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    rec = GraphRecorder()
+    compiled = torch.compile(fast, fullgraph=True, backend=rec.backend)
     x_c, x_e = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_c, y_e = compiled(x_c), eager_model(x_e)
     assert rel_err(y_c.cpu(), y_e.cpu()) < 1e-5
     y_c.sum().backward()
     y_e.sum().backward()
     assert rel_err(x_c.grad.cpu(), x_e.grad.cpu()) < 1e-4
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    n_bn_ops = n_bn if mode == "train" else 0
+    assert rec.count("bn_batch_stats") == n_bn_ops and rec.count("bn_act_train") == n_bn_ops
+    assert rec.count("bn_act_bwd", "bw") == n_bn_ops
+    assert rec.count("conv2d_fwd") >= 1 and not rec.aten_batch_norm()
+    assert not [t for ts in rec.targets.values() for t in ts if "convolution" in t]
 
 
 def test_torch_compile_whole_optimized_network(device):

@@ -213,3 +213,55 @@ def test_pool_into_slice_under_autograd(kind, device, poison):
     assert rel_err(dx, dx_ref) < 1e-6
     with pytest.raises(ValueError, match="must not require grad"):
         pool2d(x, kind, 3, 2, out=_cl(torch.zeros(2, 6, 4, 3, device=device)).requires_grad_())
+
+
+def _layout(t, layout):
+    """t as channels_last, contiguous NCHW, or a channel slice (offset 3) of a larger channels_last buffer."""
+    if layout == "channels_last":
+        return _cl(t)
+    if layout == "contiguous":
+        return t.contiguous()
+    N, C, H, W = t.shape
+    buf = _cl(torch.randn(N, C + 5, H, W, device=t.device, dtype=t.dtype))
+    buf[:, 3 : 3 + C] = t
+    return buf[:, 3 : 3 + C]
+
+
+@pytest.mark.parametrize("case", [((2, 3, 5, 7), "channels_last", "slice"), ((1, 37, 1, 1), "slice", "contiguous"),
+                                  ((2, 70, 4, 3), "contiguous", "channels_last")], ids=str)  # fmt: skip
+@pytest.mark.parametrize("relu", [True, False])
+def test_scaled_residual_library_ops_opcheck(case, relu, device):
+    """opcheck of the registered scaled_residual op (and its backward op): C=3, odd C with H=W=1, two channel
+    tiles; channels_last, contiguous and channel-slice operands."""
+    shape, layout_x, layout_y = case
+    ops = torch.ops.inception_kernels
+    x = _layout(torch.randn(shape, device=device), layout_x).requires_grad_()
+    y = _layout(torch.randn(shape, device=device), layout_y).detach().requires_grad_()
+    torch.library.opcheck(ops.scaled_residual.default, (x, y, 0.17, relu))
+    out = ops.scaled_residual(x.detach(), y.detach(), 0.17, relu)
+    g = _layout(torch.randn(shape, device=device), layout_y)
+    torch.library.opcheck(ops.scaled_residual_bwd.default, (g, out, 0.17, relu))
+
+
+def test_scaled_residual_compiled_matches_eager(device):
+    """scaled_residual under torch.compile(fullgraph=True): the registered op and its backward op in the graphs,
+    output and gradients as the eager call."""
+    from helpers import GraphRecorder
+
+    torch._dynamo.reset()
+    x = _cl(torch.randn(2, 37, 3, 5, device=device))
+    y = _layout(torch.randn(2, 37, 3, 5, device=device), "slice")
+    rec = GraphRecorder()
+    runs = []
+    for compiled in (False, True):
+        leaves = [x.clone().requires_grad_(), y.clone().requires_grad_()]
+        fn = scaled_residual
+        if compiled:
+            fn = torch.compile(scaled_residual, fullgraph=True, backend=rec.backend)
+        out = fn(*leaves, 0.17, True)
+        runs.append((out, torch.autograd.grad(out, leaves, torch.ones_like(out))))
+    assert rec.count("scaled_residual") == 1 and rec.count("scaled_residual_bwd", "bw") == 1
+    (oe, ge), (oc, gc) = runs
+    assert rel_err(oc, oe) < 1e-6
+    for a, e in zip(gc, ge, strict=True):
+        assert rel_err(a, e) < 1e-6

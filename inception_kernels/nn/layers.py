@@ -10,7 +10,8 @@ Three execution modes, chosen per call:
 * train (fused): our conv with per-tile BN statistics in its epilogue, a finalize kernel (batch mean/var, running
   stats updated exactly like ``nn.BatchNorm2d``), then BN-apply + ReLU written straight into the destination
   (``ops.batchnorm.conv_bn_act``); backward recomputes the ReLU mask from the saved pre-BN output. Under
-  ``torch.compile`` (or without a Triton device) train mode runs our conv, then ``nn.BatchNorm2d`` and ReLU.
+  ``torch.compile`` train mode runs our registered conv op, then our registered BN ops (statistics with the
+  running-stat update, BN-apply + ReLU, their backward); without a Triton device, our conv then ``nn.BatchNorm2d``.
 """
 
 from __future__ import annotations
@@ -130,7 +131,15 @@ class ConvBNAct(nn.Module):
                           activation=activation, out=out)  # fmt: skip
         if plain and bn_ops.conv_bn_act_supported(x):
             return self._forward_train_fused(x, out, stride, padding)
-        # traced (torch.compile), no Triton device, SyncBatchNorm or a conv bias: our conv, then the BN module
+        # (momentum=None averages with 1/num_batches_tracked: a float() of a tensor, which Dynamo cannot trace)
+        counts = self.bn.momentum is not None or not self.bn.track_running_stats
+        if plain and counts and bn_ops.traced_bn_supported(x):
+            # traced (torch.compile): our conv, then our registered BN ops (batch statistics with the running-stat
+            # update, BN-apply + act, their backward)
+            y = conv2d(x, conv.weight, stride=stride, padding=padding)
+            y = bn_ops.batch_norm_act(y, *self._bn_step_args(), relu=self.act)
+            return y if out is None else out.copy_(y)
+        # no Triton device, SyncBatchNorm, a conv bias or momentum=None traced: our conv, then the BN module
         y = self.bn(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding) if conv.bias is not None
                     else conv2d(x, conv.weight, stride=stride, padding=padding))  # fmt: skip
         if self.act:
@@ -176,14 +185,18 @@ class ConvBNAct(nn.Module):
             return 1.0 / float(bn.num_batches_tracked)
         return bn.momentum
 
-    def _forward_train_fused(self, x, out, stride, padding):
-        """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act."""
+    def _bn_step_args(self) -> tuple:
+        """(γ, β, running mean, running var, momentum, eps) of one training-mode BN step (counts the batch)."""
         bn = self.bn
         momentum = self._bn_momentum()
         track = bn.track_running_stats
-        y = bn_ops.conv_bn_act(
-            x, self.conv.weight, bn.weight, bn.bias, bn.running_mean if track else None,
-            bn.running_var if track else None, momentum=momentum, eps=bn.eps, stride=stride,
+        return (bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
+                momentum, bn.eps)  # fmt: skip
+
+    def _forward_train_fused(self, x, out, stride, padding):
+        """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act."""
+        gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
+        return bn_ops.conv_bn_act(
+            x, self.conv.weight, gamma, beta, rm, rv, momentum=momentum, eps=eps, stride=stride,
             padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act, out=out,
         )  # fmt: skip
-        return y

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..utils import record_launch
-from . import _args, _recompute, _tile, conv_triton, dispatch, reference
+from . import _args, _library, _recompute, _tile, conv_triton, dispatch, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
@@ -388,6 +388,11 @@ def bn_act(x, mean, invstd, weight=None, bias=None, relu: bool = True, out=None)
     else:
         _args.out_tensor(out, x.shape, x)
         _args.no_overlap(out, {"x": x}, elementwise=True)
+    return _bn_act_into(x, mean, invstd, weight, bias, relu, out)
+
+
+def _bn_act_into(x, mean, invstd, weight, bias, relu, out):
+    """bn_act on checked arguments (float32 per-channel vectors; x any strides), by the chosen implementation."""
     impl = _impl(x, "bn_act")
     if impl == "reference":
         return out.copy_(reference.bn_act(x, mean, invstd, weight, bias, relu))
@@ -421,23 +426,30 @@ def _momentum_and_check(M: int, momentum: float) -> float:
     return momentum
 
 
+def _batch_stats(x, running_mean, running_var, momentum, eps):
+    """(mean, invstd) float32 (C,) of x over N·H·W; running statistics (float32 contiguous, or None) updated in
+    place like ``nn.BatchNorm2d`` (momentum, unbiased variance). Triton: partials + finalize, two launches."""
+    impl = _impl(x, "bn_act")
+    M = x.numel() // x.shape[1]
+    _momentum_and_check(M, momentum)
+    if impl == "triton":
+        _backend.check_interpretable(x)
+        mean, _, invstd = bn_finalize(stats_partials_of(x), M, eps, running_mean, running_var, momentum)
+        return mean, invstd
+    mean, var = bn_stats(x)
+    invstd = torch.rsqrt(var + eps)
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_((var * (M / (M - 1))).to(running_var.dtype),
+                                                alpha=momentum)  # fmt: skip
+    return mean, invstd
+
+
 class _BatchNormActFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, relu, out):
-        impl = _impl(x, "bn_act")
-        M = x.numel() // x.shape[1]
-        _momentum_and_check(M, momentum)
-        if impl == "triton":
-            _backend.check_interpretable(x)
-            mean, var, invstd = bn_finalize(stats_partials_of(x), M, eps, running_mean, running_var, momentum)
-        else:
-            mean, var = bn_stats(x)
-            invstd = torch.rsqrt(var + eps)
-            if running_mean is not None:
-                with torch.no_grad():
-                    running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-                    running_var.mul_(1 - momentum).add_((var * (M / (M - 1))).to(running_var.dtype),
-                                                        alpha=momentum)  # fmt: skip
+        mean, invstd = _batch_stats(x, running_mean, running_var, momentum, eps)
         y = bn_act(x, mean, invstd, weight, bias, relu, out=out)
         ctx.save_for_backward(x, mean, invstd, weight, bias)
         ctx.relu = relu
@@ -454,6 +466,107 @@ class _BatchNormActFn(torch.autograd.Function):
         dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db.to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library ops: what torch.compile traces (eager calls go through _BatchNormActFn, without dispatcher overhead)
+#
+#   bn_batch_stats  (mean, invstd) of a detached x, running statistics updated in place (mutated arguments);
+#   bn_act_train    BN-apply + act with those statistics; its registered gradient is the training-mode one
+#                   (through the batch statistics: dx, dγ, dβ of bn_act_backward), so mean and invstd must be
+#                   x's batch statistics (from bn_batch_stats) and get no gradient of their own;
+#   bn_act_bwd      that gradient (dx, dγ, dβ).
+# Same launches as the eager path: partials + finalize, apply; reduce + sum + dx.
+# ----------------------------------------------------------------------------------------------------------
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or t.dtype == torch.float32 else t.float()
+
+
+def _bn_batch_stats_impl(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _batch_stats(x, running_mean, running_var, momentum, eps)
+
+
+def _channel_vec(x: torch.Tensor) -> torch.Tensor:
+    """A fake per-channel float32 (C,) statistic or gradient."""
+    return x.new_empty(x.shape[1], dtype=torch.float32)
+
+
+def _bn_batch_stats_fake(x, running_mean, running_var, momentum, eps):
+    return _channel_vec(x), _channel_vec(x)
+
+
+def _bn_act_train_impl(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    relu: bool,
+) -> torch.Tensor:
+    return _bn_act_into(x, _f32(mean), _f32(invstd), _f32(weight), _f32(bias), relu, _tile.new_cl(x.shape, x))
+
+
+def _bn_act_train_fake(x, mean, invstd, weight, bias, relu):
+    return _tile.new_cl(x.shape, x)
+
+
+def _bn_act_bwd_impl(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    relu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = bn_act_backward(grad_out, x, _f32(mean), _f32(invstd), _f32(weight), _f32(bias), relu)
+    if db.untyped_storage().data_ptr() == dw.untyped_storage().data_ptr():
+        # the Triton route sums both partials in one op: two rows of one tensor (outputs may not alias, and
+        # the fakes promise fresh vectors)
+        dw, db = (t.clone() if t.storage_offset() else t for t in (dw, db))
+    return _library.fresh_cl(dx, grad_out, x), dw, db
+
+
+def _bn_act_bwd_fake(grad_out, x, mean, invstd, weight, bias, relu):
+    return _tile.new_cl(x.shape, x), _channel_vec(x), _channel_vec(x)
+
+
+def _bn_act_train_setup(ctx, inputs, output):
+    x, mean, invstd, weight, bias, relu = inputs
+    ctx.save_for_backward(x, mean, invstd, weight, bias)
+    ctx.relu = relu
+
+
+def _bn_act_train_backward(ctx, grad):
+    x, mean, invstd, weight, bias = ctx.saved_tensors
+    dx, dw, db = torch.ops.inception_kernels.bn_act_bwd(grad, x, mean, invstd, weight, bias, ctx.relu)
+    dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[3] else None
+    db = db.to(bias.dtype) if bias is not None and ctx.needs_input_grad[4] else None
+    return dx, None, None, dw, db, None
+
+
+_library.define("bn_batch_stats", _bn_batch_stats_impl, fake=_bn_batch_stats_fake,
+                mutates_args=("running_mean", "running_var"))  # fmt: skip
+_library.define("bn_act_bwd", _bn_act_bwd_impl, fake=_bn_act_bwd_fake)
+_library.define("bn_act_train", _bn_act_train_impl, fake=_bn_act_train_fake, backward=_bn_act_train_backward,
+                setup_context=_bn_act_train_setup)  # fmt: skip
+
+
+def _traced_batch_norm_act(x, weight, bias, running_mean, running_var, momentum, eps, relu):
+    ops = torch.ops.inception_kernels
+    mean, invstd = ops.bn_batch_stats(x.detach(), running_mean, running_var, momentum, eps)
+    return ops.bn_act_train(x, mean, invstd, weight, bias, relu)
+
+
+def traced_bn_supported(x: torch.Tensor) -> bool:
+    """Training-mode BN of a traced call (torch.compile) runs our registered ops (not the reference backend)."""
+    return _library.traced(x) and not dispatch.is_reference(x)
 
 
 def _running_stats(running_mean, running_var, C: int, x: torch.Tensor, what: str = "C"):
@@ -509,8 +622,12 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
     momentum, eps, relu = _bn_scalars(momentum, eps, relu)
     if x.numel() == 0:
         return _empty_bn(x, weight, bias, eps, relu)
+    _momentum_and_check(x.numel() // C, momentum)
     rm, rv, write_back = _running_stats(running_mean, running_var, C, x)
-    y = _BatchNormActFn.apply(x, weight, bias, rm, rv, momentum, eps, relu, None)
+    if _library.traced(x):
+        y = _traced_batch_norm_act(x, weight, bias, rm, rv, momentum, eps, relu)
+    else:
+        y = _BatchNormActFn.apply(x, weight, bias, rm, rv, momentum, eps, relu, None)
     if write_back is not None:
         write_back()
     return y

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _backend
-from . import _args, _recompute, _tile, dispatch, reference
+from . import _args, _library, _recompute, _tile, dispatch, reference
 from .conv_kernels import MAX_KERNEL
 from .conv_reference import _reference_bwd, _reference_fwd
 from .conv_triton import epilogue_grad
@@ -117,8 +117,7 @@ def _ours(t: torch.Tensor) -> bool:
     return backend != "reference" and (backend != "auto" or _backend.triton_can_run(t))
 
 
-@torch.library.custom_op("inception_kernels::conv2d_fwd", mutates_args=())
-def _conv2d_fwd_op(
+def _conv2d_fwd_impl(
     x: torch.Tensor,
     weight: torch.Tensor,
     scale: torch.Tensor | None,
@@ -135,13 +134,11 @@ def _conv2d_fwd_op(
     return _tile.new_cl(y.shape, x).copy_(y)
 
 
-@_conv2d_fwd_op.register_fake
-def _(x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
+def _conv2d_fwd_fake(x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
     return _tile.new_cl(_args.conv_out_shape(x.shape, weight.shape, stride, padding), x)
 
 
-@torch.library.custom_op("inception_kernels::conv2d_fwd_out", mutates_args=("out",))
-def _conv2d_fwd_out_op(
+def _conv2d_fwd_out_impl(
     x: torch.Tensor,
     weight: torch.Tensor,
     scale: torch.Tensor | None,
@@ -160,13 +157,11 @@ def _conv2d_fwd_out_op(
         out.copy_(_reference_fwd(x, weight, scale, bias, residual, stride, padding, residual_scale, relu))
 
 
-@_conv2d_fwd_out_op.register_fake
-def _(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out):
+def _conv2d_fwd_out_fake(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out):
     return None
 
 
-@torch.library.custom_op("inception_kernels::conv2d_bwd", mutates_args=())
-def _conv2d_bwd_op(
+def _conv2d_bwd_impl(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -209,14 +204,13 @@ def _pack_grads(grads, need, grad_out, x, weight, scale):
             else:
                 out.append(t.copy_(g))
         else:
-            out.append(x.new_empty(0))
+            out.append(_library.no_tensor(x))
     return tuple(out)
 
 
-@_conv2d_bwd_op.register_fake
-def _(grad_out, x, weight, scale, y, stride, padding, residual_scale, relu, need):
+def _conv2d_bwd_fake(grad_out, x, weight, scale, y, stride, padding, residual_scale, relu, need):
     return tuple(
-        make() if wanted else x.new_empty(0)
+        make() if wanted else _library.no_tensor(x)
         for wanted, make in zip(need, _grad_templates(grad_out, x, weight, scale))
     )
 
@@ -244,7 +238,7 @@ def _run_backward(
     need = (nig[0], nig[1], ctx.has_scale and nig[2], ctx.has_bias and nig[3], ctx.has_res and nig[4])
     if not any(need):
         return (None,) * 5
-    if direct and type(grad_out) in _PLAIN_TENSORS and not torch.compiler.is_compiling():
+    if direct and not _library.traced(grad_out):
         # the forward ran our kernels directly: so does the backward, on the forward's backend
         with dispatch.use_backend(ctx.backend):
             return conv_bwd(grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need)
@@ -258,11 +252,7 @@ def _eager_direct(x: torch.Tensor) -> bool:
     """Outside torch.compile, call the launchers directly: the torch.library dispatch of a Python custom op
     costs tens of microseconds per call, more than a small Inception layer takes on the GPU. Under
     torch.compile the registered ops are used, so graphs see opaque, correctly-faked ops."""
-    return type(x) in _PLAIN_TENSORS and not torch.compiler.is_compiling() and _ours(x)
-
-
-# Fake, functional and other tracing tensor subclasses must go through the registered ops.
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+    return not _library.traced(x) and _ours(x)
 
 
 def _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu):
@@ -274,7 +264,10 @@ def _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu
     dispatch.remember_backend(ctx)
 
 
-_conv2d_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+_library.define("conv2d_fwd_out", _conv2d_fwd_out_impl, fake=_conv2d_fwd_out_fake, mutates_args=("out",))
+_library.define("conv2d_bwd", _conv2d_bwd_impl, fake=_conv2d_bwd_fake)
+_library.define("conv2d_fwd", _conv2d_fwd_impl, fake=_conv2d_fwd_fake, backward=_fwd_backward,
+                setup_context=_fwd_setup_context)  # fmt: skip
 
 
 class _Conv2dFn(torch.autograd.Function):

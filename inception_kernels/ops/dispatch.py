@@ -324,7 +324,8 @@ def requested() -> str:
     name = _ENV_PARSED.get(raw)
     if name is None:
         name = _check_backend(raw.strip().lower() or "auto", "INCEPTION_KERNELS_BACKEND")
-        _ENV_PARSED[raw] = name
+        if not torch.compiler.is_compiling():  # a dict filled while Dynamo traces fails the frame's own guard
+            _ENV_PARSED[raw] = name
     return name
 
 

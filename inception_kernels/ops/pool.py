@@ -21,7 +21,7 @@ import torch
 
 from .. import _backend
 from ..utils import record_launch
-from . import _args, _recompute, _tile, dispatch, reference
+from . import _args, _library, _recompute, _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS
 from ._triton import tl, triton
@@ -277,8 +277,7 @@ def _idx_template(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty((N, P, Q, C), device=like.device, dtype=torch.int8).permute(0, 3, 1, 2)
 
 
-@torch.library.custom_op("inception_kernels::pool2d_fwd", mutates_args=())
-def _pool2d_fwd_op(
+def _pool2d_fwd_impl(
     x: torch.Tensor,
     kind: str,
     kernel: Sequence[int],
@@ -292,18 +291,16 @@ def _pool2d_fwd_op(
     kernel, stride, padding = tuple(kernel), tuple(stride), tuple(padding)
     out = _tile.new_cl(pool_out_shape(x.shape, kernel, stride, padding, ceil_mode), x)
     idx = pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out)
-    return out, (idx if idx is not None else x.new_empty(0, dtype=torch.int8))
+    return out, (idx if idx is not None else _library.no_tensor(x, torch.int8))
 
 
-@_pool2d_fwd_op.register_fake
-def _(x, kind, kernel, stride, padding, ceil_mode, count_include_pad):
+def _pool2d_fwd_fake(x, kind, kernel, stride, padding, ceil_mode, count_include_pad):
     shape = pool_out_shape(x.shape, tuple(kernel), tuple(stride), tuple(padding), ceil_mode)
-    idx = _idx_template(shape, x) if kind == "max" else x.new_empty(0, dtype=torch.int8)
+    idx = _idx_template(shape, x) if kind == "max" else _library.no_tensor(x, torch.int8)
     return _tile.new_cl(shape, x), idx
 
 
-@torch.library.custom_op("inception_kernels::pool2d_bwd", mutates_args=())
-def _pool2d_bwd_op(
+def _pool2d_bwd_impl(
     grad: torch.Tensor,
     idx: torch.Tensor,
     kind: str,
@@ -317,8 +314,7 @@ def _pool2d_bwd_op(
                            tuple(x_shape), grad.dtype)  # fmt: skip
 
 
-@_pool2d_bwd_op.register_fake
-def _(grad, idx, kind, kernel, stride, padding, count_include_pad, x_shape):
+def _pool2d_bwd_fake(grad, idx, kind, kernel, stride, padding, count_include_pad, x_shape):
     return _tile.new_cl(tuple(x_shape), grad)
 
 
@@ -336,7 +332,9 @@ def _op_backward(ctx, grad_out, _grad_idx):
     return dx, None, None, None, None, None, None
 
 
-_pool2d_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+_library.define("pool2d_bwd", _pool2d_bwd_impl, fake=_pool2d_bwd_fake)
+_library.define("pool2d_fwd", _pool2d_fwd_impl, fake=_pool2d_fwd_fake, backward=_op_backward,
+                setup_context=_op_setup_context)  # fmt: skip
 
 
 def _traced_pool(x, conf, out):
@@ -384,7 +382,7 @@ def pool2d(
     if out is not None:
         _args.out_tensor(out, shape, x)
     conf = (kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
-    if torch.compiler.is_compiling() or type(x) not in (torch.Tensor, torch.nn.Parameter):
+    if _library.traced(x):
         return _traced_pool(x, conf, out)
     if out is None:
         out = _tile.new_cl(shape, x)

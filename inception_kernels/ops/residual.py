@@ -14,7 +14,7 @@ import torch
 
 from .. import _backend
 from ..utils import record_launch
-from . import _args, _tile, dispatch, reference
+from . import _args, _library, _tile, dispatch, reference
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 from ._triton import tl, triton
@@ -93,18 +93,33 @@ def residual_bwd_triton(grad_out, out, scale, relu):
     return gx, gy
 
 
+def _residual_into(x, y, scale, relu, out, impl):
+    """out = act(x + scale·y) by implementation ``impl`` (x, y any strides; out channels_last or a slice)."""
+    if impl == "reference":
+        out.copy_(reference.scaled_residual(x, y, scale, relu))
+    elif impl == "cuda":
+        torch.ops.inception_kernels_cuda.scaled_residual_fwd(x, y, float(scale), bool(relu), out)
+    else:
+        _backend.check_interpretable(x)
+        residual_fwd_into(x, y, scale, relu, out)
+    return out
+
+
+def _residual_grads(grad, out, scale, relu, impl):
+    """(gx, gy) from the output's gradient; the ReLU mask from the saved output."""
+    if impl == "reference":
+        g = torch.where(out > 0, grad, grad.new_zeros(())) if relu else grad
+        return g, g * scale
+    if impl == "cuda":
+        return tuple(torch.ops.inception_kernels_cuda.scaled_residual_bwd(grad, out, float(scale), relu))
+    return residual_bwd_triton(grad, out, scale, relu)
+
+
 class _ScaledResidualFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, scale, relu, out):
         impl = dispatch.choose("scaled_residual", x).impl
-        if impl == "reference":
-            out.copy_(reference.scaled_residual(x, y, scale, relu))
-        elif impl == "cuda":
-            torch.ops.inception_kernels_cuda.scaled_residual_fwd(x, y, float(scale), bool(relu), out)
-        else:
-
-            _backend.check_interpretable(x)
-            residual_fwd_into(x, y, scale, relu, out)
+        _residual_into(x, y, scale, relu, out, impl)
         ctx.impl, ctx.scale, ctx.relu = impl, scale, relu
         ctx.save_for_backward(out)
         return out
@@ -112,20 +127,46 @@ class _ScaledResidualFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        if ctx.impl == "reference":
-            g = (
-                torch.where(out > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-                if ctx.relu
-                else grad
-            )
-            gx, gy = g, g * ctx.scale
-        elif ctx.impl == "cuda":
-            gx, gy = torch.ops.inception_kernels_cuda.scaled_residual_bwd(
-                grad, out, float(ctx.scale), ctx.relu
-            )
-        else:
-            gx, gy = residual_bwd_triton(grad, out, ctx.scale, ctx.relu)
+        gx, gy = _residual_grads(grad, out, ctx.scale, ctx.relu, ctx.impl)
         return gx, gy, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library ops: what torch.compile traces (eager calls go through _ScaledResidualFn)
+# ----------------------------------------------------------------------------------------------------------
+def _op_impl(x: torch.Tensor, y: torch.Tensor, scale: float, relu: bool) -> torch.Tensor:
+    impl = dispatch.choose("scaled_residual", x).impl
+    return _residual_into(x, y, scale, relu, _tile.new_cl(x.shape, x), impl)
+
+
+def _op_fake(x, y, scale, relu):
+    return _tile.new_cl(x.shape, x)
+
+
+def _bwd_op_impl(
+    grad: torch.Tensor, out: torch.Tensor, scale: float, relu: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gx, gy = _residual_grads(grad, out, scale, relu, dispatch.choose("scaled_residual", out).impl)
+    return _library.fresh_cl(gx, grad, out), _library.fresh_cl(gy, grad, out, gx)
+
+
+def _bwd_op_fake(grad, out, scale, relu):
+    return _tile.new_cl(grad.shape, out), _tile.new_cl(grad.shape, out)
+
+
+def _op_setup(ctx, inputs, output):
+    _, _, ctx.scale, ctx.relu = inputs
+    ctx.save_for_backward(output)
+
+
+def _op_backward(ctx, grad):
+    (out,) = ctx.saved_tensors
+    gx, gy = torch.ops.inception_kernels.scaled_residual_bwd(grad, out, ctx.scale, ctx.relu)
+    return gx, gy, None, None
+
+
+_library.define("scaled_residual_bwd", _bwd_op_impl, fake=_bwd_op_fake)
+_library.define("scaled_residual", _op_impl, fake=_op_fake, backward=_op_backward, setup_context=_op_setup)
 
 
 def scaled_residual(
@@ -145,13 +186,19 @@ def scaled_residual(
         raise ValueError(f"y must match x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
     scale = _args.real(scale, "scale", finite=False)
     relu = _args.flag(relu, "relu")
+    traced = _library.traced(x, y)
     if out is None:
+        if traced:
+            return torch.ops.inception_kernels.scaled_residual(x, y, scale, relu)
         out = _tile.new_cl(x.shape, x)
         return _ScaledResidualFn.apply(x, y, scale, relu, out)
     _args.out_tensor(out, x.shape, x)
-    _args.no_overlap(out, {"x": x, "y": y}, elementwise=True)
+    if not traced:  # (data pointers are not known while tracing)
+        _args.no_overlap(out, {"x": x, "y": y}, elementwise=True)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         raise ValueError("scaled_residual(out=...) is for inference; with autograd, let it allocate")
+    if traced:
+        return out.copy_(torch.ops.inception_kernels.scaled_residual(x, y, scale, relu))
     with torch.no_grad():
         return _ScaledResidualFn.apply(x, y, scale, relu, out)
 

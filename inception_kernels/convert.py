@@ -71,8 +71,9 @@ import torch
 import torch.nn as nn
 
 from .nn.engine import Block, Conv, InceptionBlock, Pool, set_submodule
-from .nn.layers import ConvBNAct, _pair
+from .nn.layers import ConvBNAct
 from .nn.residual import _KERNEL_DTYPES, _has_hooks, exporting, fusable_conv_reason
+from .ops._args import pair as _pair
 from .ops.conv import conv2d
 
 __all__ = [

@@ -27,7 +27,8 @@ from ..ops import _recompute, dispatch, reference
 from ..ops import conv as conv_ops
 from ..ops import pool as pool_ops
 from ..ops._args import device_guard
-from .layers import ConvBNAct, _pair, _VersionCache
+from ..ops._args import pair as _pair
+from .layers import ConvBNAct, _VersionCache
 
 
 # ----------------------------------------------------------------------------------------------------------

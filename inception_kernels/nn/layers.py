@@ -22,11 +22,9 @@ import torch.nn.functional as F
 
 from ..ops import batchnorm as bn_ops
 from ..ops import dispatch
-from ..ops.conv import _PLAIN_TENSORS, _check_no_alias, conv2d, plan_forward, plannable
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+from ..ops._args import pair as _pair
+from ..ops._library import traced
+from ..ops.conv import _check_no_alias, conv2d, plan_forward, plannable
 
 
 class _VersionCache:
@@ -153,7 +151,7 @@ class ConvBNAct(nn.Module):
         """The eval forward for this call signature decided once (``ops.conv.plan_forward``: BN folded, weight
         packed, implementation chosen, launch fixed) and kept until the signature, the backend, a parameter or a
         running statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
-        if type(x) not in _PLAIN_TENSORS or torch.compiler.is_compiling() or dispatch.recording_active():
+        if traced(x) or dispatch.recording_active():
             return None
         conv, bn = self.conv, self.bn
         key = (x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),

@@ -55,7 +55,8 @@ def int_tuple(v, name: str, n: int = 2) -> tuple[int, ...]:
     return (_int(v, name, forms),) * n
 
 
-def pair(v, name: str) -> tuple[int, int]:
+def pair(v, name: str = "value") -> tuple[int, int]:
+    """``v`` as (int, int): the one copy of this (ops, layers, the block engine, convert)."""
     return int_tuple(v, name, 2)
 
 

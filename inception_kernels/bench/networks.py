@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from ..utils import count_macs, rel_err
 from . import zoo
 from .blocks import randomize_
 from .common import (
@@ -34,7 +35,7 @@ from .common import (
 )
 from .kernels import progress
 from .memory import peak_memory
-from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync, tolerances
+from .timing import Rotator, check_error, check_result, measure, num_sets, sync, tolerances
 
 BASELINES = ("eager_nchw", "eager_cl", "compile", "compile_max")
 THRESHOLDS = {"eval": 3e-2, "train": 5e-2}
@@ -53,9 +54,7 @@ def _logits(out):
 
 
 def network_macs(name: str, size: int) -> int:
-    from .counting import layer_profile
-
-    return sum(layer.macs for layer in layer_profile(zoo.our_model(name, "meta"), size))
+    return count_macs(zoo.our_model(name, "meta"), size)
 
 
 def bench_network(name: str, device, timers, *, eval_batches=(1, 32, 256), train_batches=(64,), size=None,

@@ -1,7 +1,7 @@
 """``inception-kernels`` command line.
 
     inception-kernels check [--no-aot] [--arch 80 90] [--dtype fp32 bf16 fp16] [--json PATH]
-    inception-kernels bench [--quick] [--out DIR] [--static] [--dry-run]
+    inception-kernels bench [--quick] [--out DIR] [--static] [--dry-run] [--memory] [--list] [targeted run options]
 
 ``check`` is the self-check: it runs convolution cases (forward and every gradient) through our kernels -- the
 compiled kernels on a CUDA GPU, the Triton interpreter on a machine without one -- against the fp64 reference,
@@ -147,6 +147,11 @@ def main(argv=None) -> int:
     if args.command == "eval":
         return train_cli.run_friendly("eval", train_cli.run_eval, args)
     if args.command == "bench":
+        if args.memory:  # ours really runs: without a GPU in the Triton interpreter (chosen before kernels exist)
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ.setdefault("TRITON_INTERPRET", "1")
         return train_cli.run_friendly("bench", bench_cli.run_bench, args)
     # Without a GPU the kernels run in the Triton interpreter, which must be chosen before they are defined.
     if args.command == "check":

@@ -253,6 +253,55 @@ def test_gpu_suite_structure_with_fake_timer(tmp_path, monkeypatch):
     assert res["kernels"][1]["excluded"]
 
 
+def test_targeted_run_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """``bench --list`` and a targeted plan (--shapes, --networks, --batches, ...; what benchmarks/bench_conv.py and
+    bench_models.py used to do) run on the CPU at toy sizes with a fake timer: only what was asked for runs."""
+    import argparse
+
+    from inception_kernels.bench import cli as bench_cli
+    from inception_kernels.bench import kernels, suite
+    from inception_kernels.bench.common import identity_compiler
+    from inception_kernels.cli import main
+
+    assert main(["bench", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(s.name in listing for s in kernels.SHAPES) and all(n in listing for n in zoo.NETWORKS)
+
+    parser = argparse.ArgumentParser()
+    bench_cli.add_bench_arguments(parser)
+    args = parser.parse_args(["--shapes", "320_res", "BN_RELU_288", "--networks", "googlenet", "--batches", "2",
+                              "--train-batches", "2", "--dtypes", "fp32", "--no-compile", "--no-graph",
+                              "--rounds", "1"])  # fmt: skip
+    assert bench_cli.targeted(args) and not bench_cli.targeted(parser.parse_args(["--quick"]))
+    plan, sections = bench_cli.plan_from_args(args)
+    assert sections == ("ceilings", "kernels", "networks")
+    assert plan["kernels"]["shapes"] == ["35x35_1x1_128-320_res"] and plan["memops"]["cases"] == ["35x35_bn_relu_288"]
+    assert plan["deadline_s"] is None and plan["graph_ms"] is None and plan["kernels"]["fp32_shapes"] is None
+    assert suite.PLANS["full"]["kernels"]["budget_s"] == 120  # the base plan is copied, not changed
+    with pytest.raises(ValueError, match="no kernel shape matches"):
+        suite.targeted_plan(shapes=["no-such-shape"])
+
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    plan.update(tiny_shapes=True, ceilings={"copy_mib": 1, "matmul_n": 32})
+    plan["networks"].update(size=32, ours_dtype=torch.float32)
+    timer = FakeTimer()
+    res = suite.run_suite(str(tmp_path), plan=plan, sections=sections, device="cpu", timers=[timer],
+                          compiler=identity_compiler, plots=False, log=lambda *a: None)  # fmt: skip
+    assert "blocks" not in res and json.loads((tmp_path / "results.json").read_text())["meta"]["plan"]["name"]
+    conv, mem = res["kernels"]
+    assert (conv["name"], conv["params"]["batch"], conv["params"]["dtype"]) == ("35x35_1x1_128-320_res", 2, "fp32")
+    assert conv["check"]["status"] == "PASS", conv["check"]
+    # bench_conv.py's informational fields: ReLU sign flips, gradients through the reference's own mask
+    assert 0 <= conv["check"]["relu_mask_mismatch"] <= 1
+    assert set(conv["check"]["rel_err_ref_mask"]) == {"dx", "dw", "dbias", "dresidual"}
+    assert "compile" not in conv["times"] and "cudnn" in conv["times"] and not any("@" in k for k in conv["times"])
+    assert len(conv["times"]["ours"]["fwd"]["rounds_ms"]) == 1
+    assert mem["name"] == "35x35_bn_relu_288" and "compile" not in mem["times"]
+    ev, tr = res["networks"]
+    assert (ev["name"], ev["params"]["batch"], tr["params"]["mode"], tr["params"]["batch"]) == ("googlenet", 2, "train", 2)
+    assert set(ev["times"]) == {"ours", "eager_nchw", "eager_cl"} and set(tr["times"]) == {"ours", "eager_cl"}
+
+
 def test_cli_bench_without_gpu_measures_nothing(capsys):
     from inception_kernels.cli import main
 

@@ -180,7 +180,7 @@ def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None
 
 def run_blocks(device, timers, *, labels=tuple(zoo.BLOCKS), batch: int = 32, size: int | None = None,
                compile_max: bool = False, compiler=None, budget: Budget | None = None, rounds: int = 2,
-               ceilings=None, ours_dtype=torch.bfloat16, log=print) -> list[dict]:  # fmt: skip
+               ceilings=None, ours_dtype=torch.bfloat16, compile: bool = True, log=print) -> list[dict]:  # fmt: skip
     budget = budget or Budget(None)
     recs = []
     for label in labels:
@@ -192,7 +192,7 @@ def run_blocks(device, timers, *, labels=tuple(zoo.BLOCKS), batch: int = 32, siz
         impls = ["ours", "eager"]
         skipped = {}
         for name, cost in (("compile", 40), ("compile_max", 150)):  # eval + train compiles of one block
-            if name == "compile_max" and not compile_max:
+            if not compile or (name == "compile_max" and not compile_max):
                 continue
             if budget.allows(cost):
                 impls.append(name)

@@ -44,6 +44,17 @@ def test_layer_profile_agrees_with_count_macs():
     assert conv1.act_elems == 3 * 112 * 112 + 64 * 56 * 56 and conv1.weight_elems == 64 * 3 * 49
 
 
+def test_rel_err_is_relative_and_never_broadcasts():
+    from inception_kernels.utils import rel_err
+
+    b = torch.tensor([3.0, 4.0])
+    assert rel_err(b + torch.tensor([0.3, 0.4]), b) == pytest.approx(0.1)
+    assert rel_err(torch.zeros(2), torch.zeros(2)) == 0.0  # ||b|| = 0: the absolute error
+    assert rel_err(torch.ones(2, 1), torch.ones(2)) == float("inf")  # would broadcast to 2x2
+    assert rel_err(torch.ones(1), torch.ones(3)) == float("inf")
+    assert rel_err(torch.tensor([float("nan")]), torch.ones(1)) != rel_err(torch.ones(1), torch.ones(1))
+
+
 def test_saved_activation_bytes_toy():
     x = torch.randn(2, 3, 8, 8)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())

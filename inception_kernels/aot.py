@@ -292,11 +292,6 @@ def disassemble(cubin: bytes) -> str:
     return proc.stdout
 
 
-def cubin_stats(cubin: bytes) -> tuple[int, int, int]:
-    """``(registers, stack_bytes, mma_instructions)`` of a single-kernel cubin."""
-    return _stats_of(disassemble(cubin))
-
-
 def _stats_of(out: str) -> tuple[int, int, int]:
     regs = _REG_RE.search(out)
     stack = _STACK_RE.search(out)

@@ -1,7 +1,7 @@
 """``inception-kernels`` command line.
 
     inception-kernels check [--no-aot] [--arch 80 90] [--dtype fp32 bf16 fp16] [--json PATH]
-    inception-kernels bench [--quick] [--out DIR] [--static] [--dry-run]
+    inception-kernels bench [--quick] [--out DIR] [--static] [--dry-run] [--memory] [--list] [targeted run options]
 
 ``check`` is the self-check: it runs convolution cases (forward and every gradient) through our kernels -- the
 compiled kernels on a CUDA GPU, the Triton interpreter on a machine without one -- against the fp64 reference,
@@ -29,15 +29,11 @@ CHECK_CASES = [
 ]
 
 
-def _rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
 def run_conv_checks(device) -> tuple[list[dict], bool]:
     import torch
 
     from .ops import _args, conv, conv2d, reference
+    from .utils import rel_err
 
     rows, ok_all = [], True
     tol = 2e-5 if device.type == "cpu" else 1e-4
@@ -65,8 +61,8 @@ def run_conv_checks(device) -> tuple[list[dict], bool]:
         g = torch.randn(y.shape, device=device).to(memory_format=torch.channels_last)
         gs = torch.autograd.grad(y, ours_in, g)
         gs_ref = torch.autograd.grad(y_ref, ref_in, g.double())
-        fwd = _rel(y, y_ref)
-        bwd = max(_rel(a, b) for a, b in zip(gs, gs_ref))
+        fwd = rel_err(y, y_ref)
+        bwd = max(rel_err(a, b) for a, b in zip(gs, gs_ref))
         ok = fwd < tol and bwd < tol and not y.isnan().any()
         ok_all &= bool(ok)
         rows.append(dict(case=name, shape=f"{N}x{C}x{H}x{W} -> K={K} {R}x{S}/{st[0]}", fwd_err=fwd, grad_err=bwd,
@@ -151,6 +147,11 @@ def main(argv=None) -> int:
     if args.command == "eval":
         return train_cli.run_friendly("eval", train_cli.run_eval, args)
     if args.command == "bench":
+        if args.memory:  # ours really runs: without a GPU in the Triton interpreter (chosen before kernels exist)
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ.setdefault("TRITON_INTERPRET", "1")
         return train_cli.run_friendly("bench", bench_cli.run_bench, args)
     # Without a GPU the kernels run in the Triton interpreter, which must be chosen before they are defined.
     if args.command == "check":

@@ -1,4 +1,4 @@
-"""Small utilities: counting the GPU kernel launches our launchers make."""
+"""Small utilities: counting the GPU kernel launches our launchers make, multiply-accumulates, relative error."""
 
 from __future__ import annotations
 
@@ -49,42 +49,24 @@ def count_launches():
 def count_macs(model, input_size=(299, 299), in_channels: int = 3) -> int:
     """Multiply-accumulates of one forward pass of one image (convolutions and fully connected layers).
 
-    Runs the model once on the plain-PyTorch reference backend with hooks on every ``nn.Conv2d`` / ``nn.Linear``
-    (eval mode, batch 1, CPU, no grad), so it counts exactly the layers that execute, aux heads excluded in eval.
+    The sum of :func:`inception_kernels.bench.counting.layer_profile` (the one MAC counter of the package): the
+    model runs once on the plain-PyTorch reference backend (eval mode, batch 1, no grad, on the device and in the
+    dtype of its parameters; ``meta`` works), so it counts exactly the ops that execute, aux heads excluded in
+    eval. ``input_size``: ``(H, W)`` or one int for a square input.
     """
-    import os
+    from .bench.counting import layer_profile
 
+    return int(sum(layer.macs for layer in layer_profile(model, input_size, in_channels=in_channels)))
+
+
+def rel_err(a, b) -> float:
+    """Relative error ``||a - b|| / ||b||`` (Frobenius norms, computed in float64 on the CPU); ``||a - b||`` when
+    ``b`` is all zeros. ``inf`` when the shapes differ (never a broadcast); NaN propagates."""
+    if tuple(a.shape) != tuple(b.shape):
+        return float("inf")
     import torch
 
-    counts = []
-
-    def conv_hook(mod, inp, out):
-        k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
-        counts.append(out.numel() * k)
-
-    def linear_hook(mod, inp, out):
-        counts.append(out.numel() * mod.in_features)
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, torch.nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    old = os.environ.get("INCEPTION_KERNELS_BACKEND")
-    os.environ["INCEPTION_KERNELS_BACKEND"] = "reference"
-    try:
-        model.eval()
-        param = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, *input_size, dtype=param.dtype, device=param.device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-        if old is None:
-            os.environ.pop("INCEPTION_KERNELS_BACKEND", None)
-        else:
-            os.environ["INCEPTION_KERNELS_BACKEND"] = old
-    return int(sum(counts))
+    a64, b64 = a.detach().double().cpu(), b.detach().double().cpu()
+    num = torch.linalg.vector_norm(a64 - b64).item()
+    den = torch.linalg.vector_norm(b64).item()
+    return num / den if den > 0 else num

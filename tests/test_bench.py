@@ -44,6 +44,17 @@ def test_layer_profile_agrees_with_count_macs():
     assert conv1.act_elems == 3 * 112 * 112 + 64 * 56 * 56 and conv1.weight_elems == 64 * 3 * 49
 
 
+def test_rel_err_is_relative_and_never_broadcasts():
+    from inception_kernels.utils import rel_err
+
+    b = torch.tensor([3.0, 4.0])
+    assert rel_err(b + torch.tensor([0.3, 0.4]), b) == pytest.approx(0.1)
+    assert rel_err(torch.zeros(2), torch.zeros(2)) == 0.0  # ||b|| = 0: the absolute error
+    assert rel_err(torch.ones(2, 1), torch.ones(2)) == float("inf")  # would broadcast to 2x2
+    assert rel_err(torch.ones(1), torch.ones(3)) == float("inf")
+    assert rel_err(torch.tensor([float("nan")]), torch.ones(1)) != rel_err(torch.ones(1), torch.ones(1))
+
+
 def test_saved_activation_bytes_toy():
     x = torch.randn(2, 3, 8, 8)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
@@ -251,6 +262,55 @@ def test_gpu_suite_structure_with_fake_timer(tmp_path, monkeypatch):
     for png in ("speedup_kernels.png", "speedup_blocks.png", "speedup_networks.png", "roofline.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
     assert res["kernels"][1]["excluded"]
+
+
+def test_targeted_run_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """``bench --list`` and a targeted plan (--shapes, --networks, --batches, ...; what benchmarks/bench_conv.py and
+    bench_models.py used to do) run on the CPU at toy sizes with a fake timer: only what was asked for runs."""
+    import argparse
+
+    from inception_kernels.bench import cli as bench_cli
+    from inception_kernels.bench import kernels, suite
+    from inception_kernels.bench.common import identity_compiler
+    from inception_kernels.cli import main
+
+    assert main(["bench", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(s.name in listing for s in kernels.SHAPES) and all(n in listing for n in zoo.NETWORKS)
+
+    parser = argparse.ArgumentParser()
+    bench_cli.add_bench_arguments(parser)
+    args = parser.parse_args(["--shapes", "320_res", "BN_RELU_288", "--networks", "googlenet", "--batches", "2",
+                              "--train-batches", "2", "--dtypes", "fp32", "--no-compile", "--no-graph",
+                              "--rounds", "1"])  # fmt: skip
+    assert bench_cli.targeted(args) and not bench_cli.targeted(parser.parse_args(["--quick"]))
+    plan, sections = bench_cli.plan_from_args(args)
+    assert sections == ("ceilings", "kernels", "networks")
+    assert plan["kernels"]["shapes"] == ["35x35_1x1_128-320_res"] and plan["memops"]["cases"] == ["35x35_bn_relu_288"]
+    assert plan["deadline_s"] is None and plan["graph_ms"] is None and plan["kernels"]["fp32_shapes"] is None
+    assert suite.PLANS["full"]["kernels"]["budget_s"] == 120  # the base plan is copied, not changed
+    with pytest.raises(ValueError, match="no kernel shape matches"):
+        suite.targeted_plan(shapes=["no-such-shape"])
+
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    plan.update(tiny_shapes=True, ceilings={"copy_mib": 1, "matmul_n": 32})
+    plan["networks"].update(size=32, ours_dtype=torch.float32)
+    timer = FakeTimer()
+    res = suite.run_suite(str(tmp_path), plan=plan, sections=sections, device="cpu", timers=[timer],
+                          compiler=identity_compiler, plots=False, log=lambda *a: None)  # fmt: skip
+    assert "blocks" not in res and json.loads((tmp_path / "results.json").read_text())["meta"]["plan"]["name"]
+    conv, mem = res["kernels"]
+    assert (conv["name"], conv["params"]["batch"], conv["params"]["dtype"]) == ("35x35_1x1_128-320_res", 2, "fp32")
+    assert conv["check"]["status"] == "PASS", conv["check"]
+    # bench_conv.py's informational fields: ReLU sign flips, gradients through the reference's own mask
+    assert 0 <= conv["check"]["relu_mask_mismatch"] <= 1
+    assert set(conv["check"]["rel_err_ref_mask"]) == {"dx", "dw", "dbias", "dresidual"}
+    assert "compile" not in conv["times"] and "cudnn" in conv["times"] and not any("@" in k for k in conv["times"])
+    assert len(conv["times"]["ours"]["fwd"]["rounds_ms"]) == 1
+    assert mem["name"] == "35x35_bn_relu_288" and "compile" not in mem["times"]
+    ev, tr = res["networks"]
+    assert (ev["name"], ev["params"]["batch"], tr["params"]["mode"], tr["params"]["batch"]) == ("googlenet", 2, "train", 2)
+    assert set(ev["times"]) == {"ours", "eager_nchw", "eager_cl"} and set(tr["times"]) == {"ours", "eager_cl"}
 
 
 def test_cli_bench_without_gpu_measures_nothing(capsys):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inception_kernels.ops import _args, _tile, conv, conv2d, conv_kernels, conv_triton, reference
+from inception_kernels.utils import rel_err
 
 # (N, C, H, W, K, (R, S), stride, padding)
 CASES = {
@@ -30,11 +31,6 @@ CASES = {
 }
 
 TOL = {torch.float32: 2e-5 if conv._backend.interpreter_active() else 1e-4}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(case, device, dtype=torch.float32, *, scale=True, bias=True, residual=False):

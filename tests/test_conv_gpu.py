@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inception_kernels.ops import _args, conv, conv2d, reference
+from inception_kernels.utils import rel_err
 
 pytestmark = pytest.mark.gpu
 
@@ -24,11 +25,6 @@ SHAPES = {
     "v3_7b_3x3_448": (8, 448, 8, 8, 384, (3, 3), 1, 1),
     "odd_channels": (3, 37, 13, 11, 53, (3, 3), 2, 1),
 }
-
-
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _inputs(shape, dtype, residual=True):

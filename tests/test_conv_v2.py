@@ -14,9 +14,10 @@ import math
 import pytest
 import torch
 import triton.language as tl
-from test_conv import TOL, make_inputs, reference_fp64, rel_err
+from test_conv import TOL, make_inputs, reference_fp64
 
 from inception_kernels.ops import _args, _tile, batchnorm, conv, conv_triton, conv_v2
+from inception_kernels.utils import rel_err
 
 # (N, C, H, W, K, (R, S), stride, padding): K a multiple of 4 where the descriptor path should engage (fp32 rows
 # of 16 bytes), odd K where it must fall back.

@@ -22,10 +22,11 @@ import time
 import torch
 import torch.nn as nn
 
+from ..utils import count_macs, rel_err
 from . import zoo
 from .common import COMPILE_MODES, Budget, autocast, finalize, identity_compiler, new_record, reset_dynamo
 from .kernels import progress
-from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync, tolerances
+from .timing import Rotator, check_error, check_result, measure, num_sets, sync, tolerances
 
 PASSES = ("eval", "train")
 BASELINES = ("eager", "compile", "compile_max")
@@ -60,22 +61,6 @@ def block_pair(label: str, device) -> tuple[nn.Module, nn.Module]:
     return ours, ref
 
 
-def block_macs(module: nn.Module, x: torch.Tensor) -> int:
-    macs = []
-
-    def hook(mod, inp, out):
-        macs.append(out.numel() // out.shape[0] * mod.weight[0].numel())
-
-    hooks = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            module.eval()(x[:1].float())
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(sum(macs))
-
-
 def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None = None,
                 impls=("ours", "eager", "compile"), compiler=None, rounds: int = 2, ceilings=None,
                 ours_dtype=torch.bfloat16) -> dict:  # fmt: skip
@@ -90,7 +75,7 @@ def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None
     ours = ours.to(ours_dtype)  # weights keep their (K, C, R, S) layout; our launchers repack them
     ref_cl = copy.deepcopy(ref).to(memory_format=cl)
     x0 = torch.randn(batch, cin, hw, hw, device=dev).contiguous(memory_format=cl)
-    macs = block_macs(ref, x0)
+    macs = count_macs(ref, x0.shape[-2:], in_channels=cin)
     rec = new_record("blocks", label, {"batch": batch, "hw": hw, "source": f"{zoo.NETWORKS[net][0]} {net}.{path}"},
                      flops={"eval": 2 * macs * batch, "train": 6 * macs * batch}, items=batch)  # fmt: skip
     set_bytes = 2 * x0.numel() * 2
@@ -195,7 +180,7 @@ def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None
 
 def run_blocks(device, timers, *, labels=tuple(zoo.BLOCKS), batch: int = 32, size: int | None = None,
                compile_max: bool = False, compiler=None, budget: Budget | None = None, rounds: int = 2,
-               ceilings=None, ours_dtype=torch.bfloat16, log=print) -> list[dict]:  # fmt: skip
+               ceilings=None, ours_dtype=torch.bfloat16, compile: bool = True, log=print) -> list[dict]:  # fmt: skip
     budget = budget or Budget(None)
     recs = []
     for label in labels:
@@ -207,7 +192,7 @@ def run_blocks(device, timers, *, labels=tuple(zoo.BLOCKS), batch: int = 32, siz
         impls = ["ours", "eager"]
         skipped = {}
         for name, cost in (("compile", 40), ("compile_max", 150)):  # eval + train compiles of one block
-            if name == "compile_max" and not compile_max:
+            if not compile or (name == "compile_max" and not compile_max):
                 continue
             if budget.allows(cost):
                 impls.append(name)

@@ -10,7 +10,8 @@ them, and per-layer multiply-adds / minimal bytes.
   outputs are left uninitialized (the numbers are garbage, the structure -- which kernels, which tensors saved
   for backward -- is the real one). ``tests/test_bench.py`` checks the count equals the interpreter's.
 * :func:`layer_profile` -- per conv / linear / pool / residual-add layer: multiply-adds, activation and weight
-  bytes, from the reference-backend forward (runs on the ``meta`` device: shapes only).
+  bytes, from the reference-backend forward (runs on the ``meta`` device: shapes only). The package's one MAC
+  counter: ``utils.count_macs`` is its sum.
 """
 
 from __future__ import annotations
@@ -216,10 +217,17 @@ class _ProfileMode(TorchDispatchMode):
         return out
 
 
-def layer_profile(model: nn.Module, input_size: int, device="meta") -> list[Layer]:
+def layer_profile(model: nn.Module, input_size, device=None, *, in_channels: int = 3) -> list[Layer]:
     """Per-layer multiply-adds and minimal bytes of one eval forward of ``model`` on the reference backend at
-    ``input_size``² (batch 1 on ``device``; ``meta``: shapes only, instant). BN, ReLU and concat are free in the
-    minimal-bytes model (fused into the producing conv's epilogue; concat is concat-free)."""
+    ``input_size`` (``(H, W)`` or one int for a square input; batch 1, ``in_channels`` channels). ``device``:
+    where the input is made (default: the device of the model's parameters; ``meta`` for a model built on
+    ``meta``: shapes only, instant); the input has the dtype of the parameters. BN, ReLU and concat are free in
+    the minimal-bytes model (fused into the producing conv's epilogue; concat is concat-free)."""
+    hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if device is None:
+        device = param.device if param is not None else "cpu"
     names = {id(m): n for n, m in model.named_modules()}
     names[id(model)] = type(model).__name__  # ops run by the network itself (stem pools, head)
     mode = _ProfileMode(names)
@@ -238,7 +246,7 @@ def layer_profile(model: nn.Module, input_size: int, device="meta") -> list[Laye
     model.eval()
     try:
         with _env(INCEPTION_KERNELS_BACKEND="reference"), torch.no_grad(), mode:
-            model(torch.zeros(1, 3, input_size, input_size, device=device))
+            model(torch.zeros(1, in_channels, *hw, device=device, dtype=dtype))
     finally:
         for h in hooks:
             h.remove()

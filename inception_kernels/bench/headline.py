@@ -34,22 +34,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..utils import rel_err
 from . import zoo
 from .blocks import randomize_
 from .common import Budget, graphed, identity_compiler, reset_dynamo, tf32
 from .memory import peak_memory
 from .networks import THRESHOLDS, _logits, _no_dropout
-from .timing import (
-    FakeClock,
-    Rotator,
-    check_error,
-    check_result,
-    measure,
-    num_sets,
-    rel_err,
-    sync,
-    tolerances,
-)
+from .timing import FakeClock, Rotator, check_error, check_result, measure, num_sets, sync, tolerances
 
 ROUTES = ("auto", "cudnn", "triton")  # values of INCEPTION_KERNELS_BACKEND for ours, in order of value
 KINDS = ("eval", "latency", "train")

@@ -10,7 +10,9 @@ Implementations (one function ``fn(inp)`` each):
 
 Correctness on the benchmark's own inputs (first input set): forward output and every gradient against the
 fp32, TF32-off reference; the gradients flow through ours' own ReLU mask (a pre-activation within rounding of 0
-may land on either side; that choice is the forward's and is checked there). A FAIL or ERROR of ours is
+may land on either side; that choice is the forward's and is checked there). Recorded for information: the
+fraction of outputs whose sign differs from the reference (``relu_mask_mismatch``) and the gradient errors through
+the reference's own mask (``rel_err_ref_mask``). A FAIL or ERROR of ours is
 reported and that configuration gets no speed figure.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..utils import rel_err
 from .common import COMPILE_MODES, DTYPES, Budget, finalize, identity_compiler, new_record, reset_dynamo, tf32
 from .timing import Rotator, check_error, check_result, grad_errors, measure, num_sets, run_with_grads, upcast
 
@@ -103,7 +106,8 @@ REPRESENTATIVE = ("17x17_1x7_192-192", "17x17_1x1_768-192", "35x35_3x3_96-96", "
 
 
 def select(names=None) -> list[ConvShape]:
-    return list(SHAPES) if not names else [s for s in SHAPES if s.name in names]
+    """The shapes named (in :data:`SHAPES` order); ``None``: all of them."""
+    return list(SHAPES) if names is None else [s for s in SHAPES if s.name in names]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,9 +187,17 @@ def check(fn, shape: ConvShape, inp: dict, threshold: float) -> dict:
     up = upcast(inp, keys)
     with tf32(False):
         z = _on_dict(reference_fn(shape, pre_activation=True))(up)
-        mask = y.detach().float() > 0
-        g_ref = torch.autograd.grad(z, [up[k] for k in keys], up["grad_out"] * mask)
-    return check_result(grad_errors(y, grads, torch.relu(z.detach()), g_ref, keys, "y"), threshold)
+        want = torch.relu(z.detach())
+        mask, ref_mask = y.detach().float() > 0, want > 0
+        g_ref = torch.autograd.grad(z, [up[k] for k in keys], up["grad_out"] * mask, retain_graph=True)
+        g_ref_mask = torch.autograd.grad(z, [up[k] for k in keys], up["grad_out"] * ref_mask)
+    rec = check_result(grad_errors(y, grads, want, g_ref, keys, "y"), threshold)
+    # informational: how many outputs land on the other side of the ReLU, and the gradient errors through the
+    # reference's own mask (what a check that ignored the forward's rounding would see)
+    if mask.shape == ref_mask.shape:
+        rec["relu_mask_mismatch"] = float((mask != ref_mask).float().mean())
+    rec["rel_err_ref_mask"] = {f"d{k}": rel_err(g, r) for k, g, r in zip(keys, grads, g_ref_mask)}
+    return rec
 
 
 def closures(fn, sets, keys) -> dict:
@@ -281,9 +293,10 @@ def timer_suffixes(timers) -> list[str]:
 
 def run_kernels(device, timers, *, shapes, batches=(32,), dtypes=("bf16",), compile_max_shapes=(),
                 fp32_shapes=None, compiler=None, budget: Budget | None = None, rounds: int = 2, ceilings=None,
-                tiny: bool = False, log=print) -> list[dict]:  # fmt: skip
+                tiny: bool = False, compile: bool = True, seed: int = 0, log=print) -> list[dict]:  # fmt: skip
     """Every (shape, batch, dtype); fp32 only for ``fp32_shapes`` (None: all), compile_max only for
-    ``compile_max_shapes``. Past the budget the remaining configurations are recorded as skipped."""
+    ``compile_max_shapes``; ``compile=False``: no ``torch.compile`` baseline at all. ``seed``: of the first input
+    set (set ``i`` uses ``seed + i``). Past the budget the remaining configurations are recorded as skipped."""
     budget = budget or Budget(None)
     recs = []
     for dt in dtypes:
@@ -291,8 +304,8 @@ def run_kernels(device, timers, *, shapes, batches=(32,), dtypes=("bf16",), comp
             for shape in shapes:
                 if dt == "fp32" and fp32_shapes is not None and shape.name not in fp32_shapes:
                     continue
-                impls = ["ours", *(f"ours_{r}" for r in ROUTES), "cudnn", "compile"]
-                if shape.name in compile_max_shapes and budget.allows(60):
+                impls = ["ours", *(f"ours_{r}" for r in ROUTES), "cudnn"] + (["compile"] if compile else [])
+                if compile and shape.name in compile_max_shapes and budget.allows(60):
                     impls.append("compile_max")
                 s = shape.tiny() if tiny else shape
                 if not budget.allows(5):
@@ -302,12 +315,12 @@ def run_kernels(device, timers, *, shapes, batches=(32,), dtypes=("bf16",), comp
                     continue
                 try:
                     rec = bench_shape(s, n, dt, device, timers, impls=impls, compiler=compiler, rounds=rounds,
-                                      ceilings=ceilings)  # fmt: skip
+                                      ceilings=ceilings, seed=seed)  # fmt: skip
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory building inputs
                     rec = new_record("kernels", shape.name, {"batch": n, "dtype": dt})
                     rec["check"] = check_error(e)
                     finalize(rec, [], ceilings)
-                if "compile_max" not in impls and shape.name in compile_max_shapes:
+                if compile and "compile_max" not in impls and shape.name in compile_max_shapes:
                     rec["skipped"]["compile_max"] = "time budget"
                 recs.append(rec)
                 log(progress(rec))

@@ -168,7 +168,8 @@ def bench_case(case: MemCase, n: int, dtype_name: str, device, timers, *, impls=
 
 def run_memops(device, timers, *, cases, batches=(32,), dtypes=("bf16",), compile_max_cases=(), compiler=None,
                budget: Budget | None = None, rounds: int = 2, ceilings=None, tiny: bool = False,
-               log=print) -> list[dict]:  # fmt: skip
+               compile: bool = True, seed: int = 0, log=print) -> list[dict]:  # fmt: skip
+    """Every (case, batch, dtype), as :func:`.kernels.run_kernels` does for the conv shapes."""
     budget = budget or Budget(None)
     recs = []
     for dt in dtypes:
@@ -179,12 +180,12 @@ def run_memops(device, timers, *, cases, batches=(32,), dtypes=("bf16",), compil
                     rec["skipped"]["all"] = "time budget of the kernels section spent"
                     recs.append(rec)
                     continue
-                impls = ["ours", "eager", "compile"]
-                if case.name in compile_max_cases and budget.allows(40):
+                impls = ["ours", "eager"] + (["compile"] if compile else [])
+                if compile and case.name in compile_max_cases and budget.allows(40):
                     impls.append("compile_max")
                 try:
                     rec = bench_case(case.tiny() if tiny else case, n, dt, device, timers, impls=impls,
-                                     compiler=compiler, rounds=rounds, ceilings=ceilings)  # fmt: skip
+                                     compiler=compiler, rounds=rounds, ceilings=ceilings, seed=seed)  # fmt: skip
                 except Exception as e:  # noqa: BLE001
                     rec = new_record("kernels", case.name, {"batch": n, "dtype": dt, "op": case.op})
                     rec["check"] = check_error(e)

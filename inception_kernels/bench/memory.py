@@ -118,3 +118,79 @@ def peak_memory(device):
     finally:
         torch.cuda.synchronize(dev)
         result["peak_mb"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ``inception-kernels bench --memory``: the saved-activation table
+# ----------------------------------------------------------------------------------------------------------
+MEMORY_GOAL = 0.5  # issue 4: ours keeps at most half the bytes the torchvision / timm model keeps
+
+
+def compare_saved_activations(name: str, size: int = 75, batch: int = 2, device=None, backend: str = "triton") -> dict:
+    """Saved-activation bytes per image of one training step (:func:`saved_activation_bytes` / ``batch``): our
+    fused training path vs the torchvision / timm model, the same input size and batch, fp32, train mode, no aux
+    heads (inception_v3's aux head needs 299² in training).
+
+    Ours really runs, with ``INCEPTION_KERNELS_BACKEND=backend`` for the call: on a machine without a GPU through
+    the Triton interpreter (``TRITON_INTERPRET=1`` must be set before the kernels are defined; the CLI does it),
+    so the table is measured in CI. The reference is walked on the ``meta`` device (the same saved tensors,
+    shapes only)."""
+    import time
+
+    from . import zoo
+    from .counting import _env
+
+    dev = _device(device)
+    torch.manual_seed(0)
+    ours = zoo.our_model(name, dev).train()
+    ref = zoo.reference_model(name, "meta").train()
+    x = torch.randn(batch, 3, size, size, device=dev)
+    t0 = time.perf_counter()
+    with _env(INCEPTION_KERNELS_BACKEND=backend):
+        ours_bytes = saved_activation_bytes(ours, x.contiguous(memory_format=torch.channels_last))
+    t_ours = time.perf_counter() - t0
+    ref_bytes = saved_activation_bytes(ref, torch.empty(batch, 3, size, size, device="meta"))
+    return {
+        "model": name,
+        "input_size": size,
+        "batch": batch,
+        "dtype": "float32",
+        "device": str(dev),
+        "ours_saved_bytes_per_image": ours_bytes / batch,
+        "reference_saved_bytes_per_image": ref_bytes / batch,
+        "ratio": ours_bytes / ref_bytes,
+        "ours_seconds": t_ours,
+    }
+
+
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def format_saved_table(rows: list[dict]) -> str:
+    """The rows of :func:`compare_saved_activations` as a text table (MB = 10^6 bytes per image)."""
+    lines = [f"{'model':20s} {'size':>5s} {'batch':>5s} {'ours MB':>9s} {'reference MB':>13s} {'ours/ref':>8s}"]
+    for r in rows:
+        lines.append(f"{r['model']:20s} {r['input_size']:5d} {r['batch']:5d} {r['ours_saved_bytes_per_image'] / 1e6:9.2f} "
+                     f"{r['reference_saved_bytes_per_image'] / 1e6:13.2f} {r['ratio']:8.3f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_memory(out_dir: str | None = None, networks=("inception_v3",), size: int = 75, batches=(2,),
+               device=None, log=print) -> dict:  # fmt: skip
+    """The saved-activation table of ``networks`` at ``size``² for each batch; with ``out_dir`` also written to
+    ``memory.json`` there (the environment in ``meta``). Returns ``{"meta": ..., "rows": [...]}``."""
+    import os
+
+    from .env import environment
+    from .report import write_json
+
+    dev = _device(device)
+    rows = [compare_saved_activations(n, size, b, dev) for n in networks for b in batches]
+    log("saved activations per image, one training step, fp32, ours (fused path) vs torchvision / timm")
+    log(format_saved_table(rows))
+    res = {"meta": {**environment(dev), "mode": "memory"}, "rows": rows}
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        write_json(os.path.join(out_dir, "memory.json"), res)
+    return res

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from ..utils import count_macs, rel_err
 from . import zoo
 from .blocks import randomize_
 from .common import (
@@ -34,7 +35,7 @@ from .common import (
 )
 from .kernels import progress
 from .memory import peak_memory
-from .timing import Rotator, check_error, check_result, measure, num_sets, rel_err, sync, tolerances
+from .timing import Rotator, check_error, check_result, measure, num_sets, sync, tolerances
 
 BASELINES = ("eager_nchw", "eager_cl", "compile", "compile_max")
 THRESHOLDS = {"eval": 3e-2, "train": 5e-2}
@@ -53,16 +54,16 @@ def _logits(out):
 
 
 def network_macs(name: str, size: int) -> int:
-    from .counting import layer_profile
-
-    return sum(layer.macs for layer in layer_profile(zoo.our_model(name, "meta"), size))
+    return count_macs(zoo.our_model(name, "meta"), size)
 
 
 def bench_network(name: str, device, timers, *, eval_batches=(1, 32, 256), train_batches=(64,), size=None,
                   compile_batches=(32,), compile_train: bool = True, compile_max_batches=(), compiler=None, ours_dtype=torch.bfloat16,
-                  rounds: int = 2, ceilings=None, budget: Budget | None = None, log=print) -> list[dict]:  # fmt: skip
+                  rounds: int = 2, ceilings=None, budget: Budget | None = None, graph: bool = True,
+                  log=print) -> list[dict]:  # fmt: skip
     """One record per (mode, batch). ``compile_batches``: eval batches that also get ``torch.compile`` (each is
-    a separate compile, ``dynamic=False``); ``compile_max_batches``: those that also get max-autotune."""
+    a separate compile, ``dynamic=False``); ``compile_max_batches``: those that also get max-autotune;
+    ``graph=False``: no ``ours@graph`` (our eval forward replayed from a CUDA graph)."""
     compiler = compiler or identity_compiler
     reset_dynamo()
     budget = budget or Budget(None)
@@ -129,8 +130,9 @@ def bench_network(name: str, device, timers, *, eval_batches=(1, 32, 256), train
             impls["ours"] = lambda xo=xo: ours(xo())
             try:
                 x_static = xo()
-                with torch.no_grad():  # captured without autograd, like the eval calls
-                    impls["ours@graph"] = graphed(lambda x_static=x_static: ours(x_static), dev)
+                if graph:
+                    with torch.no_grad():  # captured without autograd, like the eval calls
+                        impls["ours@graph"] = graphed(lambda x_static=x_static: ours(x_static), dev)
             except Exception as e:  # noqa: BLE001
                 rec["baseline_checks"]["ours@graph"] = check_error(e)
         xn, xc = Rotator(xs), Rotator([x.contiguous(memory_format=cl) for x in xs])

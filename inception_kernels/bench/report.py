@@ -147,13 +147,6 @@ def render_static(results: dict, plot_files=()) -> str:
     return "\n".join(L)
 
 
-def static_summary(results: dict) -> list[dict]:
-    """The per-network fields the issue requires (results.json carries more)."""
-    keys = ("name", "input_size", "macs", "params", "launches_per_forward", "eager_ops_per_forward",
-            "saved_activation_bytes_per_image", "reference_saved_activation_bytes_per_image")  # fmt: skip
-    return [{k: r[k] for k in keys} for r in results["networks"]]
-
-
 def write_static(out_dir: str, results: dict, plots: bool = True) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     files = []

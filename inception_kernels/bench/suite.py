@@ -83,6 +83,100 @@ PLANS = {
 }  # fmt: skip
 
 
+def match_names(patterns) -> tuple[list[str], list[str]]:
+    """``(conv shape names, memory-bound op case names)`` that contain one of ``patterns`` (case-insensitive
+    substrings; see ``inception-kernels bench --list``)."""
+    from .memops import CASES
+
+    pats = [p.lower() for p in patterns]
+
+    def hit(name):
+        return any(p in name.lower() for p in pats)
+
+    return [s.name for s in SHAPES if hit(s.name)], [c.name for c in CASES if hit(c.name)]
+
+
+def targeted_plan(base: str = "full", *, shapes=None, networks=None, batches=None, train_batches=None,
+                  dtypes=None, compile: bool = True, max_autotune: bool = False, graph: bool = True,
+                  rounds: int | None = None, warmup_ms: float | None = None, rep_ms: float | None = None,
+                  seed: int = 0) -> dict:  # fmt: skip
+    """A plan for a targeted run (``inception-kernels bench --shapes ... --networks ... --batches ...``): the
+    ``base`` plan (``full`` or ``quick``) with what was asked for replacing its choices, and no time budget (a
+    targeted run measures everything it was asked for).
+
+    ``shapes``: substrings of conv shape / memory-bound op names (:func:`match_names`; ValueError if none
+    matches); ``networks``: names of :data:`.zoo.NETWORKS`; ``batches``: kernel batches, network eval batches and
+    (the first) the block batch; ``train_batches``: network train batches; ``dtypes``: kernel dtypes (every
+    selected shape in each, fp32 included); ``compile=False``: no ``torch.compile`` baseline anywhere;
+    ``max_autotune``: max-autotune for every selected shape, block and compiled network batch; ``graph=False``: no
+    CUDA-graph replay (neither the kernels' graph timer nor the networks' ``ours@graph``); ``rounds`` / ``warmup_ms`` / ``rep_ms``: the measurement protocol; ``seed``: of the kernel
+    input sets."""
+    P = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PLANS[base].items()}
+    P["name"] = f"targeted ({base})"
+    P["deadline_s"] = None
+    kern, mem, blk, net = P["kernels"], P["memops"], P["blocks"], P["networks"]
+    for sec in (kern, mem, blk, net):
+        sec["budget_s"] = None
+    if shapes:
+        conv_names, mem_names = match_names(shapes)
+        if not conv_names and not mem_names:
+            raise ValueError(f"no kernel shape matches {list(shapes)} (see `inception-kernels bench --list`)")
+        kern["shapes"], mem["cases"] = conv_names, mem_names
+    if shapes or dtypes:
+        kern["fp32_shapes"] = None  # every selected shape in every dtype asked for
+    if dtypes:
+        kern["dtypes"] = mem["dtypes"] = tuple(dtypes)
+    if batches:
+        kern["batches"] = mem["batches"] = net["eval_batches"] = tuple(batches)
+        blk["batch"] = batches[0]
+        net["compile_batches"] = tuple(b for b in net["compile_batches"] if b in batches) or tuple(batches[:1])
+    if train_batches:
+        net["train_batches"] = tuple(train_batches)
+    if networks:
+        unknown = [n for n in networks if n not in zoo.NETWORKS]
+        if unknown:
+            raise ValueError(f"unknown network(s) {unknown}; choose from {list(zoo.NETWORKS)}")
+        net["names"] = tuple(networks)
+    if max_autotune:
+        kern["compile_max_shapes"] = tuple(kern["shapes"])
+        mem["compile_max_cases"] = tuple(mem["cases"] or ())
+        blk["compile_max"] = True
+        net["compile_max_batches"] = tuple(net["compile_batches"])
+    if not compile:
+        for sec in (kern, mem, blk):
+            sec["compile"] = False
+        net.update(compile_batches=(), compile_train=False, compile_max_batches=())
+    for sec in (kern, mem):
+        sec["seed"] = seed
+    if rounds is not None:
+        for sec in (kern, mem, blk, net):
+            sec["rounds"] = rounds
+    warm, rep = P["event_ms"]
+    P["event_ms"] = (warm if warmup_ms is None else warmup_ms, rep if rep_ms is None else rep_ms)
+    if not graph:
+        P["graph_ms"] = None
+        net["graph"] = False
+    return P
+
+
+def list_targets() -> str:
+    """What a targeted run can select: conv shapes, memory-bound op cases, blocks, networks."""
+    from .memops import CASES
+
+    lines = ["conv2d shapes (--shapes SUBSTRING):"]
+    for s in SHAPES:
+        P, Q = s.out_hw
+        lines.append(f"  {s.name:28s} C={s.C:<4d} K={s.K:<4d} {s.H}x{s.W} -> {P}x{Q} kernel {s.R}x{s.S} "
+                     f"stride {s.stride} pad {s.padding} {'residual' if s.residual else 'bn_relu'}")  # fmt: skip
+    lines.append("memory-bound ops (--shapes SUBSTRING):")
+    lines += [f"  {c.name:28s} {c.op}" for c in CASES]
+    lines.append("blocks:")
+    lines += [f"  {label:28s} {net}.{path}" for label, (net, path, _, _) in zoo.BLOCKS.items()]
+    lines.append("networks (--networks NAME):")
+    lines += [f"  {n:28s} {lib}.{fn}, {size}x{size}" for n, (lib, fn, size) in zoo.NETWORKS.items()]
+    return "\n".join(lines)
+
+
 def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | None = None, device=None,
               timers=None, compiler=None, sections=SECTIONS, plots: bool = True, log=print) -> dict:  # fmt: skip
     """Run the suite and write its results to ``out_dir`` (default ``benchmarks/results/<gpu>-<date>/``).
@@ -100,8 +194,8 @@ def run_suite(out_dir: str | None = None, *, quick: bool = False, plan: str | No
     dev = torch.device(device) if device is not None else torch.device("cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("the benchmark suite needs a CUDA GPU (try `inception-kernels bench --static`)")
-    if timers is None:
-        timers = [EventTimer(*P["event_ms"]), GraphTimer(P["graph_ms"])]
+    if timers is None:  # a plan with graph_ms None (targeted --no-graph): CUDA events only
+        timers = [EventTimer(*P["event_ms"])] + ([GraphTimer(P["graph_ms"])] if P.get("graph_ms") else [])
     compiler = compiler or torch_compiler
     configure_dynamo()
     if dev.type == "cuda":

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..utils import rel_err
+
 ROTATE_BELOW_BYTES = 100 * 2**20  # rotate input sets until one round of calls touches >= 100 MB (> L2)
 MAX_SETS = 8
 
@@ -149,16 +151,6 @@ def measure(
             elif vals:
                 out[impl][p] = summarize(vals)
     return out
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` in float64 (inf on a shape mismatch, NaN propagates)."""
-    if tuple(a.shape) != tuple(b.shape):
-        return float("inf")
-    a64, b64 = a.detach().double().cpu(), b.detach().double().cpu()
-    num = torch.linalg.vector_norm(a64 - b64).item()
-    den = torch.linalg.vector_norm(b64).item()
-    return num / den if den > 0 else num
 
 
 def run_with_grads(fn, inp: dict, keys) -> tuple[torch.Tensor, tuple]:

@@ -16,7 +16,6 @@ fusion); train uses our conv with ``nn.BatchNorm2d`` on batch statistics and wri
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -488,8 +487,3 @@ def _needs_grad(module: nn.Module, x: torch.Tensor) -> bool:
     if not torch.is_grad_enabled():
         return False
     return x.requires_grad or any(p.requires_grad for p in module.parameters())
-
-
-def count_macs_conv(layer: Conv, cin: int, hw_out: tuple[int, int]) -> int:
-    (kh, kw) = _pair(layer.kernel)
-    return cin * layer.out * kh * kw * math.prod(hw_out)

@@ -32,13 +32,13 @@ CHECK_CASES = [
 def run_conv_checks(device) -> tuple[list[dict], bool]:
     import torch
 
-    from .ops import _args, conv, conv2d, reference
+    from .ops import _args, conv2d, reference
     from .utils import rel_err
 
     rows, ok_all = [], True
     tol = 2e-5 if device.type == "cpu" else 1e-4
     for name, N, C, H, W, K, (R, S), stride, padding, has_res in CHECK_CASES:
-        st, pad = conv._pair(stride, "stride"), conv._padding4(padding)
+        st, pad = _args.pair(stride, "stride"), _args.conv_padding(padding)
         x = torch.randn(N, C, H, W, device=device).to(memory_format=torch.channels_last)
         w = torch.randn(K, C, R, S, device=device) / math.sqrt(C * R * S)
         sc = torch.rand(K, device=device) + 0.5

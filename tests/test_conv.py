@@ -39,8 +39,8 @@ def make_inputs(case, device, dtype=torch.float32, *, scale=True, bias=True, res
     w = torch.randn(K, C, R, S, device=device, dtype=dtype) / math.sqrt(C * R * S)
     sc = (torch.rand(K, device=device) + 0.5) if scale else None
     b = torch.randn(K, device=device) if bias else None
-    st = conv._pair(stride, "stride")
-    pad = conv._padding4(padding)
+    st = _args.pair(stride, "stride")
+    pad = _args.conv_padding(padding)
     shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
     res = (
         torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last)
@@ -58,7 +58,7 @@ def reference_fp64(inp, activation, residual_scale):
 
     d = {k: lift(v) for k, v in inp.items()}
     y = reference.conv2d(
-        d["x"], d["weight"], stride=conv._pair(d["stride"], "stride"), padding=conv._padding4(d["padding"]),
+        d["x"], d["weight"], stride=_args.pair(d["stride"], "stride"), padding=_args.conv_padding(d["padding"]),
         scale=d["scale"], bias=d["bias"], activation=activation, residual=d["residual"],
         residual_scale=residual_scale,
     )  # fmt: skip
@@ -114,7 +114,7 @@ def test_out_slice_concat_free_and_strided_grad(name, device, poison):
             if d[k] is not None:
                 d[k].requires_grad_()
     _, _, P, Q = _args.conv_out_shape(
-        x.shape, inp1["weight"].shape, conv._pair(stride, "s"), conv._padding4(padding)
+        x.shape, inp1["weight"].shape, _args.pair(stride, "s"), _args.conv_padding(padding)
     )
     off1, off2, total = 3, 3 + K + 2, 3 + K + 2 + K2 + 4
     buf = torch.full((N, total, P, Q), float("nan"), device=device).to(memory_format=torch.channels_last)

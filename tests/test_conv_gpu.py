@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from inception_kernels.ops import _args, conv, conv2d, reference
+from inception_kernels.ops import _args, conv2d, reference
 from inception_kernels.utils import rel_err
 
 pytestmark = pytest.mark.gpu
@@ -34,7 +34,7 @@ def _inputs(shape, dtype, residual=True):
     w = (torch.randn(K, C, R, S, device=dev) / math.sqrt(C * R * S)).to(dtype)
     sc = torch.rand(K, device=dev) + 0.5
     b = torch.randn(K, device=dev) * 0.1
-    st, pad = conv._pair(stride, "s"), conv._padding4(padding)
+    st, pad = _args.pair(stride, "s"), _args.conv_padding(padding)
     shp = _args.conv_out_shape(x.shape, w.shape, st, pad)
     res = (
         torch.randn(shp, device=dev, dtype=dtype).to(memory_format=torch.channels_last) if residual else None

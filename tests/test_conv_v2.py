@@ -54,12 +54,12 @@ def _plan(x, w, stride, padding, path):
     if path == "ptr":
         return (False, False)
     wp = conv_triton.packed_weight(w, (2, 3, 1, 0))
-    return conv_v2.desc_plan(x, wp, conv._pair(stride, "s"), conv._padding4(padding), None)
+    return conv_v2.desc_plan(x, wp, _args.pair(stride, "s"), _args.conv_padding(padding), None)
 
 
 def _run(inp, act, rs, config=None, out=None, dtype=torch.float32):
     x = inp["x"]
-    st, pad = conv._pair(inp["stride"], "s"), conv._padding4(inp["padding"])
+    st, pad = _args.pair(inp["stride"], "s"), _args.conv_padding(inp["padding"])
     shape = _args.conv_out_shape(x.shape, inp["weight"].shape, st, pad)
     if out is None:
         out = torch.full(shape, float("nan"), dtype=dtype).to(memory_format=torch.channels_last)
@@ -115,7 +115,7 @@ def test_slices_x_out_residual(name, x_off, path, device):
     offset of 8 floats (32 bytes) keeps the 1x1 activation descriptor usable, 3 (12 bytes) forces pointers."""
     N, C, H, W, K, RS, stride, padding = CASES[name]
     inp = make_inputs(CASES[name], device, residual=True)
-    st, pad = conv._pair(stride, "s"), conv._padding4(padding)
+    st, pad = _args.pair(stride, "s"), _args.conv_padding(padding)
     _, _, P, Q = _args.conv_out_shape(inp["x"].shape, inp["weight"].shape, st, pad)
     xbig = torch.randn(N, C + 16, H, W, device=device).to(memory_format=torch.channels_last)
     xbig[:, x_off : x_off + C] = inp["x"]
@@ -168,7 +168,7 @@ def test_bn_statistics_partials(name, cfg_index, path, device, poison):
     case = CASES[name]
     inp = make_inputs(case, device, scale=False, bias=False)
     x, w = inp["x"], inp["weight"]
-    st, pad = conv._pair(case[6], "s"), conv._padding4(case[7])
+    st, pad = _args.pair(case[6], "s"), _args.conv_padding(case[7])
     shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
     N, K, P, Q = shape
     y = _tile.new_cl(shape, x)
@@ -208,7 +208,7 @@ def test_same_bits_as_v1_epilogue_semantics_on_nan_free_inputs(device):
     inp = make_inputs(CASES["3x3_s2_odd"], device, residual=True)
     y2 = _run(inp, "relu", 0.3)
     y1 = torch.empty_like(y2)
-    st, pad = conv._pair(inp["stride"], "s"), conv._padding4(inp["padding"])
+    st, pad = _args.pair(inp["stride"], "s"), _args.conv_padding(inp["padding"])
     conv_triton.conv_fwd_into(
         inp["x"], inp["weight"], inp["scale"], inp["bias"], inp["residual"], st, pad, 0.3, True, y1
     )

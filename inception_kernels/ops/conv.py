@@ -103,7 +103,7 @@ def plan_forward(x, weight, *, stride=1, padding=0, scale=None, bias=None, activ
 def plannable(x: torch.Tensor) -> bool:
     """Whether :func:`plan_forward` may serve calls on tensors like ``x``: an eager, non-empty channels_last
     tensor our kernels run on, and no dispatch recording in progress (it must see every choice)."""
-    return (x.numel() > 0 and _eager_direct(x) and _is_nhwc_strided(x) and not dispatch.recording_active()
+    return (x.numel() > 0 and _eager_direct(x) and _args.is_nhwc_strided(x) and not dispatch.recording_active()
             and not dispatch.is_reference(x))  # fmt: skip
 
 
@@ -333,17 +333,6 @@ def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale,
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point and argument checking
 # ----------------------------------------------------------------------------------------------------------
-_FLOAT_DTYPES = _args.FLOAT_DTYPES
-_pair = _args.pair
-_is_nhwc_strided = _args.is_nhwc_strided
-_check_tensor = _args.tensor
-
-
-def _padding4(v, kernel_size=None, stride=(1, 1)) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) from any padding form conv2d accepts ("same" needs the kernel size)."""
-    return _args.conv_padding(v, kernel_size, stride)
-
-
 def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out):
     """Checks every argument of :func:`conv2d`; returns (stride, padding 4-tuple, scale, bias), the per-channel
     tensors contiguous (the kernels read them with unit stride)."""
@@ -418,7 +407,7 @@ def conv2d(
     stride_t, pad, scale, bias = _validate(
         x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out
     )
-    x = x.contiguous(memory_format=torch.channels_last) if not _is_nhwc_strided(x) else x
+    x = x.contiguous(memory_format=torch.channels_last) if not _args.is_nhwc_strided(x) else x
     relu = activation == "relu"
     rs = float(residual_scale)
     if dispatch.is_reference(x) or x.numel() == 0 or weight.shape[0] == 0:

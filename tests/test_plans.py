@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from helpers import randomize_bn, rel_err
 
-from inception_kernels.nn.layers import ConvBNAct
+from inception_kernels.nn.layers import ConvBNAct, plans_of
 from inception_kernels.ops import conv as conv_ops
 from inception_kernels.ops import dispatch
 from inception_kernels.utils import count_launches
@@ -147,9 +147,9 @@ def test_planned_module_copies_and_pickles_without_its_plans(device):
     x = _cl(2, 4, 5, 5, device=device)
     with torch.no_grad():
         y = m(x)
-        assert len(m._plans) == 1
+        assert len(plans_of(m)) == 1
         for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
-            assert len(other._plans) == 0
+            assert len(plans_of(other)) == 0
             with torch.no_grad():
                 other.conv.weight.mul_(0.5)  # the copy has its own parameters; the original's plan is untouched
             assert rel_err(other(x), _expected(other, x)) < 1e-5
@@ -161,5 +161,45 @@ def test_eval_with_autograd_is_not_planned(device):
     x = _cl(2, 4, 5, 5, device=device).requires_grad_()
     y = m(x)
     y.sum().backward()
-    assert len(m._plans) == 0
+    assert len(plans_of(m)) == 0
     assert x.grad is not None and m.conv.weight.grad is not None
+
+
+def _block(device):
+    """Inception-v3's A block, narrow: three branches start with a 1x1 conv on the block input (one of them a
+    leaf), so eval runs them as one horizontally fused GEMM."""
+    from inception_kernels.models import inception_v3 as v3
+    from inception_kernels.nn.engine import InceptionBlock
+
+    block = InceptionBlock(12, v3.block_a(8)).to(device)
+    assert len(block.plan.hfuse) >= 2
+    return randomize_bn(block).eval()
+
+
+def test_block_fused_1x1_gemm_is_planned_once(device, poison, monkeypatch):
+    block = _block(device)
+    x = _cl(2, 12, 7, 9, device=device)
+    with torch.no_grad():
+        expected = block.forward_reference(x)
+        first = block(x)
+        choices = _Calls(monkeypatch, dispatch, "choose_conv")
+        validations = _Calls(monkeypatch, conv_ops, "_validate")
+        x2 = _cl(2, 12, 7, 9, device=device)
+        second = block(x2)
+        assert choices.n == 0 and validations.n == 0, "a planned block re-dispatched or re-validated"
+        assert rel_err(first, expected) < 1e-5
+        assert rel_err(second, block.forward_reference(x2)) < 1e-5
+        # a running statistic of one fused conv changes: the fused GEMM is planned anew with it
+        first_conv = block._layer(block.spec.branches[block.plan.hfuse[-1]].layers[0])
+        first_conv.bn.running_mean.add_(1.0)
+        assert rel_err(block(x2), block.forward_reference(x2)) < 1e-5
+
+
+def test_block_plans_survive_pickling_as_empty(device):
+    block = _block(device)
+    x = _cl(1, 12, 5, 5, device=device)
+    with torch.no_grad():
+        y = block(x)
+        copied = pickle.loads(pickle.dumps(block))
+        assert len(plans_of(copied)) == 0
+        assert torch.equal(copied(x), y)

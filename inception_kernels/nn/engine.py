@@ -27,7 +27,7 @@ from ..ops import conv as conv_ops
 from ..ops import pool as pool_ops
 from ..ops._args import device_guard
 from ..ops._args import pair as _pair
-from .layers import ConvBNAct, _VersionCache
+from .layers import ConvBNAct, _VersionCache, plans_of, versions
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -410,20 +410,19 @@ class InceptionBlock(nn.Module):
 
     def _run_hfused(self, x, out):
         """One GEMM for the sibling 1x1 convs on x; returns {branch index: its output (a slice)}."""
-        weight, scale, bias, ks = self._fused_1x1()
         order = self.plan.hfuse
         first_is_leaf = (
             len(self.spec.branches[order[0]].layers) == 1 and not self.spec.branches[order[0]].fork
         )
         started = {}
         if first_is_leaf and conv_ops._eager_direct(x):
+            mods = [self._layer(self.spec.branches[i].layers[0]) for i in order]
+            ks = [m.out_channels for m in mods]
             leaf = self.plan.leaves[order[0]]
             dest = out[:, leaf.lo : leaf.hi]
             tmp = _new_like(x, sum(ks[1:]), x.shape[-2:])
             with device_guard(x):  # the launchers run on the current CUDA device: make it x's
-                conv_ops.conv_forward(
-                    x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
-                )
+                self._hfused_plan(x, dest, tmp, mods)(x, dest, tmp)
             started[order[0]] = dest
             lo = 0
             for i, k in zip(order[1:], ks[1:]):
@@ -431,6 +430,7 @@ class InceptionBlock(nn.Module):
                 lo += k
         else:
             # no leaf among the fused convs, or a traced call (torch.compile): one GEMM into a temporary
+            weight, scale, bias, ks = self._fused_1x1()
             tmp = conv_ops.conv2d(x, weight, scale=scale, bias=bias, activation="relu")
             lo = 0
             for i, k in zip(order, ks):
@@ -440,6 +440,27 @@ class InceptionBlock(nn.Module):
                 leaf = self.plan.leaves[order[0]]
                 started[order[0]] = out[:, leaf.lo : leaf.hi].copy_(started[order[0]])
         return started
+
+
+    def _hfused_plan(self, x, dest, tmp, mods):
+        """The fused 1x1 GEMM writing the leaf's slice ``dest`` and the temporary ``tmp``, decided once per input
+        signature (``ops.conv.plan_forward``) until the backend or a tensor of the fused convs changes; while a
+        dispatch recording runs, or for an empty batch, the unplanned call."""
+        if dispatch.recording_active() or not conv_ops.plannable(x):
+            weight, scale, bias, _ = self._fused_1x1()
+            return lambda x, dest, tmp: conv_ops.conv_forward(
+                x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
+            )
+        key = (x.shape, x.stride(), x.dtype, x.device, dest.stride(), dispatch.requested(),
+               versions(*(t for m in mods for t in (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean,
+                                                    m.bn.running_var))))  # fmt: skip
+        plans = plans_of(self)
+        plan = plans.get(key)
+        if plan is None:
+            weight, scale, bias, _ = self._fused_1x1()
+            plan = plans.put(key, conv_ops.plan_forward(x, weight, scale=scale, bias=bias, activation="relu",
+                                                        out=dest, out2=tmp))  # fmt: skip
+        return plan
 
 
 class _SliceJoin(torch.autograd.Function):

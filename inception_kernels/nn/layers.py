@@ -62,7 +62,15 @@ class _Plans(dict):
         return plan
 
 
-def _versions(*tensors):
+def plans_of(module: nn.Module) -> _Plans:
+    """``module``'s plans (created on first use, so a module pickled before plans existed loads and plans too)."""
+    plans = module.__dict__.get("_plans")
+    if plans is None:
+        plans = module.__dict__["_plans"] = _Plans()
+    return plans
+
+
+def versions(*tensors):
     """What changes when a tensor is replaced, rebound (``.data = ...``) or written in place."""
     return tuple((id(t), t._version, t.data_ptr()) if t is not None else None for t in tensors)
 
@@ -79,7 +87,6 @@ class ConvBNAct(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels, eps=eps)
         self.act = act
         self._fold = _VersionCache()
-        self._plans = _Plans()
 
     @property
     def out_channels(self) -> int:
@@ -156,14 +163,15 @@ class ConvBNAct(nn.Module):
         conv, bn = self.conv, self.bn
         key = (x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
                dispatch.requested(),
-               _versions(conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias))  # fmt: skip
-        plan = self._plans.get(key)
+               versions(conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias))  # fmt: skip
+        plans = plans_of(self)
+        plan = plans.get(key)
         if plan is None:
             if not plannable(x):
                 return None
             scale, bias = self.folded()
-            plan = self._plans.put(key, plan_forward(x, conv.weight, stride=stride, padding=padding, scale=scale,
-                                                     bias=bias, activation=activation, out=out))  # fmt: skip
+            plan = plans.put(key, plan_forward(x, conv.weight, stride=stride, padding=padding, scale=scale,
+                                               bias=bias, activation=activation, out=out))  # fmt: skip
         return plan
 
     def writes_slice_under_autograd(self, x: torch.Tensor) -> bool:

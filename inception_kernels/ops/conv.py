@@ -81,23 +81,36 @@ def conv_forward(
 
 
 def plan_forward(x, weight, *, stride=1, padding=0, scale=None, bias=None, activation=None, residual_scale=1.0,
-                 out=None):  # fmt: skip
+                 out=None, out2=None):  # fmt: skip
     """:func:`conv2d` without a residual or autograd, decided once for one call signature.
 
     Validates the arguments, asks the dispatch layer which implementation serves them, and lets it do its
-    per-signature work (the triton route packs the weight and fixes the launch); returns ``run(x, out=None)``,
-    which computes ``conv2d(x, weight, ...)`` for any later ``x`` (and ``out``) of the same shape, strides, dtype
-    and device as the ones given here. ``weight``, ``scale`` and ``bias`` are bound: whoever keeps the plan keys
+    per-signature work (the triton route packs the weight and fixes the launch); returns ``run(x, out=None,
+    out2=None)``, which computes ``conv2d(x, weight, ...)`` for any later ``x`` (and ``out``, ``out2``) of the same
+    shape, strides, dtype and device as the ones given here. ``out2`` (a split destination, as
+    :func:`conv_forward`'s: ``out`` takes the first ``out.shape[1]`` channels, ``out2`` the rest) needs ``out``. ``weight``, ``scale`` and ``bias`` are bound: whoever keeps the plan keys
     it on their versions (``nn.layers.ConvBNAct`` does). Only for eager calls our kernels serve
     (:func:`plannable`)."""
-    st, pad, scale, bias = _validate(x, weight, stride, padding, scale, bias, activation, None, residual_scale, out)
+    if out2 is None:
+        st, pad, scale, bias = _validate(x, weight, stride, padding, scale, bias, activation, None, residual_scale,
+                                         out)  # fmt: skip
+    else:
+        if out is None:
+            raise ValueError("out2 (a split destination) needs out")
+        st, pad, scale, bias = _validate(x, weight, stride, padding, scale, bias, activation, None, residual_scale,
+                                         None)  # fmt: skip
+        N, K, P, Q = _args.conv_out_shape(x.shape, weight.shape, st, pad)
+        for name, t, k in (("out", out, out.shape[1]), ("out2", out2, K - out.shape[1])):
+            _args.out_tensor(t, (N, k, P, Q), x, name=name)
+            _check_no_alias(t, x, None)
+        _args.no_overlap(out2, {"out": out}, name="out2")
     if not plannable(x):
         raise ValueError("plan_forward needs a channels_last x that our kernels serve, outside tracing")
     relu, rs = activation == "relu", float(residual_scale)
-    impl = dispatch.choose_conv("conv_fwd", x, weight, st, pad, None, relu, scale, bias)
+    impl = dispatch.choose_conv("conv_fwd", x, weight, st, pad, None, relu, scale, bias, False, out2 is not None)
     if impl.plan is not None:
-        return impl.plan(x, weight, scale, bias, st, pad, rs, relu, out)
-    return lambda x, out=None: impl.fn(x, weight, scale, bias, None, st, pad, rs, relu, out, None, None)
+        return impl.plan(x, weight, scale, bias, st, pad, rs, relu, out, out2)
+    return lambda x, out=None, out2=None: impl.fn(x, weight, scale, bias, None, st, pad, rs, relu, out, out2, None)
 
 
 def plannable(x: torch.Tensor) -> bool:

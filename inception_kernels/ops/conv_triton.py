@@ -140,21 +140,21 @@ def conv_fwd_into(
     return out
 
 
-def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, relu, out):
-    """The eval forward's plan (``dispatch.Impl.plan``): weight packed, launch decided once; ``(x, out=None)``
-    then runs one kernel."""
+def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, relu, out, out2=None):
+    """The eval forward's plan (``dispatch.Impl.plan``): weight packed, launch decided once; ``(x, out=None,
+    out2=None)`` then runs one kernel."""
     _backend.check_interpretable(x)
     shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
     example = out if out is not None else _tile.new_cl(shape, x)
-    run = fwd_launcher(x, weight, scale, bias, None, stride, padding, residual_scale, relu, example)
+    run = fwd_launcher(x, weight, scale, bias, None, stride, padding, residual_scale, relu, example, out2=out2)
     wp = packed_weight(weight, (2, 3, 1, 0))
     s = scale if scale is not None else wp
     b = bias if bias is not None else wp
 
-    def plan(x, out=None):
+    def plan(x, out=None, out2=None):
         if out is None:
             out = _tile.new_cl(shape, x)
-        run(x, wp, out, s, b, out, out, wp, wp, wp)
+        run(x, wp, out, s, b, out, out2 if out2 is not None else out, wp, wp, wp)
         return out
 
     return plan

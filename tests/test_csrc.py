@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inception_kernels.ops import _cuda
+from inception_kernels.ops import _args, _cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE = os.environ.get("INCEPTION_KERNELS_REQUIRE_CUDA_BUILD", "").strip() in ("1", "true", "yes")
@@ -98,8 +98,8 @@ def bn_act_bwd_oracle(g, x, mean, invstd, weight, bias, relu):
 
 def _pool_geom(x, kernel, stride, padding, ceil_mode):
     H, W = x.shape[2:]
-    P = _cuda.pool_out_size(H, kernel[0], padding[0], stride[0], ceil_mode)
-    Q = _cuda.pool_out_size(W, kernel[1], padding[1], stride[1], ceil_mode)
+    P = _args.window_out_size(H, kernel[0], stride[0], padding[0], ceil_mode)
+    Q = _args.window_out_size(W, kernel[1], stride[1], padding[1], ceil_mode)
     return P, Q
 
 
@@ -191,7 +191,7 @@ def test_pool_out_size_matches_pytorch():
                             continue
                         x = torch.zeros(1, 1, size, 1)
                         ref = F.max_pool2d(x, (k, 1), (s, 1), (p, 0), ceil_mode=ceil).shape[2]
-                        assert _cuda.pool_out_size(size, k, p, s, ceil) == ref, (size, k, s, p, ceil)
+                        assert _args.window_out_size(size, k, s, p, ceil) == ref, (size, k, s, p, ceil)
 
 
 def test_bn_bwd_oracle_matches_autograd():

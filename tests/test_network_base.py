@@ -19,8 +19,9 @@ import torch
 from helpers import randomize_bn, rel_err
 
 from inception_kernels.models import _MODELS, _resolve, create_model
-from inception_kernels.nn.engine import _min_in_size, _out_size
+from inception_kernels.nn.engine import _min_in_size
 from inception_kernels.nn.network import run_stages
+from inception_kernels.ops._args import window_out_size as _out_size
 
 
 @pytest.fixture(autouse=True)

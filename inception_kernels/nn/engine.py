@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..ops import _recompute, dispatch, reference
 from ..ops import conv as conv_ops
 from ..ops import pool as pool_ops
-from ..ops._args import device_guard
+from ..ops._args import device_guard, window_out_size
 from ..ops._args import pair as _pair
 from .layers import ConvBNAct, _VersionCache, plans_of, versions
 
@@ -79,18 +79,9 @@ def branch(*layers, fork=()) -> Branch:
 # ----------------------------------------------------------------------------------------------------------
 # Shape arithmetic
 # ----------------------------------------------------------------------------------------------------------
-def _out_size(size: int, k: int, s: int, p: int, ceil: bool = False) -> int:
-    """Output length of a convolution or pooling window (PyTorch's arithmetic, ``ceil``: pooling's ceil_mode)."""
-    span = size + 2 * p - k
-    n = (-(-span // s) if ceil else span // s) + 1
-    if ceil and (n - 1) * s >= size + p:
-        n -= 1
-    return n
-
-
 def _min_in_size(out: int, k: int, s: int, p: int, ceil: bool = False) -> int:
-    """The smallest input length (at least 1) whose :func:`_out_size` is at least ``out``: the inverse of the
-    floor formula, and for ceil mode the ceil formula together with PyTorch's rule that the last window starts
+    """The smallest input length (at least 1) whose ``ops._args.window_out_size`` is at least ``out``: the inverse of
+    the floor formula, and for ceil mode the ceil formula together with PyTorch's rule that the last window starts
     inside the input or its left padding (assumes ``p <= k // 2``, as PyTorch requires)."""
     n = (out - 1) * s + k - 2 * p
     if ceil:
@@ -112,7 +103,7 @@ def out_hw(item, hw: tuple[int, int]) -> tuple[int, int]:
         br = item.branches[0]
         return chain_hw(br.layers + (br.fork[0].layers if br.fork else ()), hw)
     dims, ceil = _geometry(item)
-    return tuple(_out_size(n, k, s, p, ceil) for n, (k, s, p) in zip(hw, dims))
+    return tuple(window_out_size(n, k, s, p, ceil) for n, (k, s, p) in zip(hw, dims))
 
 
 def min_in_hw(item, hw: tuple[int, int] = (1, 1)) -> tuple[int, int]:

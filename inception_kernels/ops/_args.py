@@ -70,6 +70,17 @@ def conv_out_hw(H: int, W: int, R: int, S: int, stride, padding) -> tuple[int, i
     return (H + top + bottom - R) // stride[0] + 1, (W + left + right - S) // stride[1] + 1
 
 
+def window_out_size(size: int, k: int, s: int, p: int, ceil: bool = False) -> int:
+    """Output length of a conv or pooling window of ``k`` with stride ``s`` and padding ``p`` on both sides
+    (dilation 1) -- PyTorch's arithmetic, ``ceil``: pooling's ceil_mode (a last window must start inside the
+    input or its left padding). The one copy (pooling ops, the CUDA extension's shapes, the block engine)."""
+    span = size + 2 * p - k
+    n = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (n - 1) * s >= size + p:
+        n -= 1
+    return n
+
+
 def conv_out_shape(x_shape, w_shape, stride, padding) -> tuple[int, int, int, int]:
     """(N, K, P, Q) of a conv of an (N, C, H, W) input with a (K, C, R, S) weight."""
     N, _, H, W = x_shape

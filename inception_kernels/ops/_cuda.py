@@ -27,6 +27,8 @@ import subprocess
 
 import torch
 
+from . import _args
+
 NAMESPACE = "inception_kernels_cuda"
 
 #: The ops of the extension and their schemas (kept equal to csrc/bindings.cpp by tests/test_csrc.py).
@@ -118,15 +120,6 @@ def load_library(path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Shapes (also the fake implementations)
 # ---------------------------------------------------------------------------------------------------------------
-def pool_out_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool) -> int:
-    """One pooled dimension exactly as PyTorch's max_pool2d / avg_pool2d (dilation 1)."""
-    num = size + 2 * pad - kernel + (stride - 1 if ceil_mode else 0)
-    out = num // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
 def _cl(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device).to(memory_format=torch.channels_last)
 
@@ -164,8 +157,8 @@ def _register_fakes() -> None:
         if kind != POOL_MAX:
             return x.new_empty((0,), dtype=torch.int8)
         n, c, h, w = x.shape
-        p = pool_out_size(h, kernel[0], padding[0], stride[0], ceil_mode)
-        q = pool_out_size(w, kernel[1], padding[1], stride[1], ceil_mode)
+        p = _args.window_out_size(h, kernel[0], stride[0], padding[0], ceil_mode)
+        q = _args.window_out_size(w, kernel[1], stride[1], padding[1], ceil_mode)
         return _cl((n, c, p, q), torch.int8, x.device)
 
     @torch.library.register_fake(f"{lib}::pool2d_bwd")

@@ -31,14 +31,6 @@ MAX_KERNEL = 127  # per dimension (the kernels unroll the window)
 MAX_WINDOW = 127  # max pooling: the int8 argmax of a window (the CUDA C++ kernels' limit too)
 
 
-def out_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling output length (dilation 1)."""
-    n = (size + 2 * p - k + ((s - 1) if ceil_mode else 0)) // s + 1
-    if ceil_mode and (n - 1) * s >= size + p:
-        n -= 1
-    return n
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
@@ -168,8 +160,8 @@ _pool_bwd_kernel = triton.jit(_pool_bwd)
 # ----------------------------------------------------------------------------------------------------------
 def pool_out_shape(x_shape, kernel, stride, padding, ceil_mode):
     N, C, H, W = x_shape
-    P = out_size(H, kernel[0], stride[0], padding[0], ceil_mode)
-    Q = out_size(W, kernel[1], stride[1], padding[1], ceil_mode)
+    P = _args.window_out_size(H, kernel[0], stride[0], padding[0], ceil_mode)
+    Q = _args.window_out_size(W, kernel[1], stride[1], padding[1], ceil_mode)
     return N, C, P, Q
 
 

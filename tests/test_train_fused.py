@@ -168,6 +168,7 @@ def test_in_place_change_invalidates_the_recipe(device):
     assert rel_err(b.conv.weight.grad, ref_b.conv.weight.grad) < 1e-5
 
 
+@pytest.mark.slow
 def test_saved_activation_memory_goal(capsys, tmp_path):
     """Issue-4 goal: saved activations of one training step ≤ 0.5× torchvision inception_v3 (same input, fp32),
     through ``inception-kernels bench --memory`` (exit 1 above the goal). Printed into the test log."""

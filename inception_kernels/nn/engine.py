@@ -278,7 +278,12 @@ class InceptionBlock(nn.Module):
         return self.spec.proj.out if self.spec.merge == "residual" else self.plan.out_channels
 
     def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
-        return out_hw(self.spec, hw)
+        """Output (H, W) for an input of ``hw``, computed once per input size (the table never changes)."""
+        known = self.__dict__.setdefault("_out_hw_of", {})
+        res = known.get(hw)
+        if res is None:
+            res = known[hw] = out_hw(self.spec, tuple(hw))
+        return res
 
     # -------------------------------------------------------------------------------------------- reference
     def _run_ref(self, layers, x):

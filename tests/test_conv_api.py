@@ -193,7 +193,6 @@ def _block(x, w1, b1, w2, sc2, b2):
     )
 
 
-@pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager(device):
     torch._dynamo.reset()
     x = cl(2, 5, 6, 6, device=device).requires_grad_()

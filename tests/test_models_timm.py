@@ -19,7 +19,6 @@ from helpers import (
     assert_same_grads_and_buffers,
     check_eval_on_our_kernels,
     check_train_block,
-    marked_slow,
     n_params,
     randomize_bn,
     rel_err,
@@ -68,7 +67,7 @@ def test_eval_equals_timm_reference_backend(name, size, monkeypatch):
         assert rel_err(ours(x), ref(x)) < 1e-5
 
 
-@pytest.mark.parametrize("name", marked_slow(list(REFERENCES), {"inception_v4"}))
+@pytest.mark.parametrize("name", list(REFERENCES))
 def test_train_forward_backward_and_running_stats(name, monkeypatch):
     monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
     ours, ref = _pair(name)

@@ -19,7 +19,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
-from helpers import check_train_block, marked_slow, randomize_bn, rel_err
+from helpers import check_train_block, randomize_bn, rel_err
 
 import inception_kernels
 from inception_kernels.convert import DropInConvBNAct, DropInInceptionBlock, SequentialConvBNAct
@@ -139,11 +139,7 @@ def _check_equivalent(model, hw, monkeypatch, train, expected_replaced=None):
     return fast, ref, report
 
 
-SLOW_CASES = {"timm_inception_v4-eval", "timm_inception_v4-train", "timm_inception_resnet_v2-eval",
-              "tv_inception3-eval", "tv_inception3-train"}  # fmt: skip
-
-
-@pytest.mark.parametrize("case_mode", marked_slow([f"{c}-{m}" for c in CASES for m in ("eval", "train")], SLOW_CASES))
+@pytest.mark.parametrize("case_mode", [f"{c}-{m}" for c in CASES for m in ("eval", "train")])
 def test_same_function_tensors_and_optimizer_step(case_mode, monkeypatch):
     case, mode = case_mode.rsplit("-", 1)
     factory, hw, n_replaced = CASES[case]

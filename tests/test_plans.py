@@ -203,3 +203,18 @@ def test_block_plans_survive_pickling_as_empty(device):
         copied = pickle.loads(pickle.dumps(block))
         assert len(plans_of(copied)) == 0
         assert torch.equal(copied(x), y)
+
+
+def test_plan_is_made_again_after_the_dispatch_tables_change(device, monkeypatch):
+    """``dispatch.reload()`` (or a tuning table written) forgets every memoized choice: plans holding one too."""
+    m = _module(3, 4, (3, 3), 1, 1, device)
+    x = _cl(1, 3, 5, 5, device=device)
+    with torch.no_grad():
+        m(x)
+        choices = _Calls(monkeypatch, dispatch, "choose_conv")
+        m(x)
+        assert choices.n == 0
+        dispatch.reload()
+        y = m(x)
+    assert choices.n == 1
+    assert rel_err(y, _expected(m, x)) < 1e-5

@@ -447,7 +447,8 @@ class InceptionBlock(nn.Module):
             return lambda x, dest, tmp: conv_ops.conv_forward(
                 x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
             )
-        key = (x.shape, x.stride(), x.dtype, x.device, dest.stride(), dispatch.requested(),
+        key = (x.shape, x.stride(), x.dtype, x.device, dest.stride(), dispatch.requested(), dispatch.generation(),
+               torch.backends.cudnn.allow_tf32,
                versions(*(t for m in mods for t in (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean,
                                                     m.bn.running_var))))  # fmt: skip
         plans = plans_of(self)

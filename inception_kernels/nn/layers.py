@@ -156,13 +156,13 @@ class ConvBNAct(nn.Module):
 
     def _eval_plan(self, x, out, stride, padding, activation):
         """The eval forward for this call signature decided once (``ops.conv.plan_forward``: BN folded, weight
-        packed, implementation chosen, launch fixed) and kept until the signature, the backend, a parameter or a
-        running statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
+        packed, implementation chosen, launch fixed) and kept until the signature, the backend, the dispatch tables
+        (``dispatch.generation``), TF32, a parameter or a running statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
         if traced(x) or dispatch.recording_active():
             return None
         conv, bn = self.conv, self.bn
         key = (x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
-               dispatch.requested(),
+               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32,
                versions(conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias))  # fmt: skip
         plans = plans_of(self)
         plan = plans.get(key)

@@ -186,8 +186,7 @@ def register(impl: Impl) -> Impl:
     if impl.family not in _IMPLS:
         raise ValueError(f"unknown op family {impl.family!r}; families: {FAMILIES}")
     _IMPLS[impl.family][impl.name] = impl
-    _MEMO.clear()
-    _FAST.clear()
+    _forget()
     return impl
 
 
@@ -425,8 +424,7 @@ def write_table(tag: str, entries: dict[str, dict], meta: dict | None = None) ->
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
     _TABLES[tag] = merged
-    _MEMO.clear()
-    _FAST.clear()
+    _forget()
     return path
 
 
@@ -459,8 +457,24 @@ def _shipped(tag: str, key: str) -> dict | None:
 def reload() -> None:
     """Forget the tables read and every memoized choice (after editing a table or changing the environment)."""
     _TABLES.clear()
+    _forget()
+
+
+_GENERATION = [0]
+
+
+def _forget() -> None:
     _MEMO.clear()
     _FAST.clear()
+    _GENERATION[0] += 1
+
+
+def generation() -> int:
+    """Bumped whenever memoized choices are forgotten (:func:`reload`, a table written, a new implementation): plans that hold a
+    choice key on it (``nn.layers.ConvBNAct``), so they are made again."""
+    if not _LOADED:  # loading registers the implementations (each registration bumps the count)
+        _load_impls()
+    return _GENERATION[0]
 
 
 # ----------------------------------------------------------------------------------------------------------

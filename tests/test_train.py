@@ -571,3 +571,23 @@ def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch, caps
         cli.main(["eval", str(tmp_path / "x.pt")])
     plots = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
     assert 'pip install "inception-kernels[bench]"' in train_cli.missing_extra_message(plots, "bench")
+
+
+def test_predict_gathers_rows_without_concatenating():
+    """``predict`` writes each batch's probabilities into one buffer: the same rows as the model run on the whole
+    set, whether the loader states its length (preallocated) or not (a plain list of batches: grown by doubling),
+    and empty results keep their shapes."""
+    from inception_kernels.train.evaluate import predict
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    xs, ys = torch.randn(11, 3, 2, 2), torch.arange(11) % 5
+    batches = [(xs[i : i + 3], ys[i : i + 3].tolist(), 0) for i in range(0, 11, 3)]
+    want = torch.softmax(model(xs), dim=1)
+    for loader in (batches, torch.utils.data.DataLoader(list(zip(xs, ys)), batch_size=3,
+                                                         collate_fn=lambda b: (torch.stack([x for x, _ in b]),
+                                                                               [int(y) for _, y in b], 0))):  # fmt: skip
+        (probs,), labels, skipped = predict([model], loader, torch.device("cpu"))
+        assert skipped == 0 and torch.equal(labels, ys)
+        torch.testing.assert_close(probs, want, rtol=1e-6, atol=1e-7)
+    (probs,), labels, skipped = predict([model], [(None, None, 4)], torch.device("cpu"))
+    assert probs.shape == (0, 0) and labels.shape == (0,) and labels.dtype == torch.int64 and skipped == 4

@@ -162,8 +162,9 @@ def predict(models: list[nn.Module], loader, device: torch.device, amp_dtype=Non
     labels (N,); the number of unreadable images skipped."""
     for m in models:
         m.eval()
-    probs = [[] for _ in models]
-    labels, skipped = [], 0
+    capacity = _num_samples(loader)
+    probs = [_Rows(capacity, torch.float32) for _ in models]
+    labels, skipped = _Rows(capacity, torch.int64), 0
     for x, y, n_skip in loader:
         skipped += n_skip
         if x is None:
@@ -172,17 +173,50 @@ def predict(models: list[nn.Module], loader, device: torch.device, amp_dtype=Non
         if channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         for i, m in enumerate(models):
-            probs[i].append(_forward_views(m, x, amp_dtype).cpu())
-        labels.append(torch.as_tensor(y))
-    k = None
-    out = []
-    for p in probs:
-        if p:
-            out.append(torch.cat(p))
-            k = out[-1].shape[1]
-        else:
-            out.append(torch.empty(0, k or 0))
-    return out, (torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)), skipped
+            probs[i].add(_forward_views(m, x, amp_dtype).cpu())
+        labels.add(torch.as_tensor(y))
+    k = next((p.cols for p in probs if p.cols is not None), 0)
+    return [p.rows(k) for p in probs], labels.rows(), skipped
+
+
+def _num_samples(loader) -> int:
+    """How many samples this process's loader yields (its sampler's length: a shard in a distributed run), or 0
+    when it cannot say."""
+    for source in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        try:
+            return len(source)
+        except TypeError:
+            continue
+    return 0
+
+
+class _Rows:
+    """Batches of rows written into one preallocated buffer (sized by the dataset, doubled if a loader yields
+    more), so the gathered predictions are never concatenated."""
+
+    def __init__(self, capacity: int, dtype: torch.dtype):
+        self.capacity, self.dtype, self.n = max(1, capacity), dtype, 0
+        self.buf: torch.Tensor | None = None
+        self.cols: int | None = None
+
+    def add(self, t: torch.Tensor) -> None:
+        t = t.reshape(len(t), -1) if t.ndim > 1 else t.reshape(-1)
+        if self.buf is None:
+            self.cols = t.shape[1] if t.ndim == 2 else None
+            self.buf = torch.empty((self.capacity, *t.shape[1:]), dtype=self.dtype)
+        need = self.n + len(t)
+        if need > len(self.buf):
+            grown = torch.empty((max(need, 2 * len(self.buf)), *self.buf.shape[1:]), dtype=self.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n : need] = t
+        self.n = need
+
+    def rows(self, cols: int | None = None) -> torch.Tensor:
+        """The rows written so far; with none, an empty (0,) tensor, or (0, cols) given ``cols``."""
+        if self.buf is None:
+            return torch.empty((0,) if cols is None else (0, cols), dtype=self.dtype)
+        return self.buf[: self.n]
 
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:

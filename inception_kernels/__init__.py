@@ -7,7 +7,8 @@ Top level:
 * :func:`create_model` / :func:`list_models`: our own networks (as in timm);
 * :func:`conv2d`: the fused convolution op;
 * subpackages :mod:`~inception_kernels.ops`, :mod:`~inception_kernels.nn`, :mod:`~inception_kernels.models`,
-  :mod:`~inception_kernels.train`, :mod:`~inception_kernels.bench` as attributes.
+  :mod:`~inception_kernels.train`, :mod:`~inception_kernels.bench`, :mod:`~inception_kernels.graphs` (CUDA graphs)
+  as attributes.
 
 Everything loads lazily, on first attribute access, so that a process can still choose ``TRITON_INTERPRET=1``
 (the CPU interpreter) after ``import inception_kernels`` and before the first kernel is defined.
@@ -34,6 +35,7 @@ _LAZY = {
     "models": ("models", None),
     "train": ("train", None),
     "bench": ("bench", None),
+    "graphs": ("graphs", None),
 }
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "conv2d",
     "convert",
     "create_model",
+    "graphs",
     "list_models",
     "models",
     "nn",
@@ -53,7 +56,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these on first use
-    from . import bench, convert, models, nn, ops, train
+    from . import bench, convert, graphs, models, nn, ops, train
     from .convert import OptimizeReport, optimize
     from .convert import report as optimize_report
     from .models import create_model, list_models

@@ -649,7 +649,12 @@ def _walk(m: nn.Module, name: str, report: OptimizeReport, inplace: bool, memo: 
 
 
 def optimize(
-    model: nn.Module, *, inplace: bool = False, verbose: bool = False, backend: str | None = None
+    model: nn.Module,
+    *,
+    inplace: bool = False,
+    verbose: bool = False,
+    backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> nn.Module:
     """Run ``model``'s Inception blocks through the block engine and its conv → BN → ReLU layers through the
     fused conv op; returns the optimized model (:mod:`inception_kernels.convert` says what is replaced and
@@ -666,6 +671,10 @@ def optimize(
         backend: run the optimized model on one backend (``"triton"``, ``"cudnn"``, ``"cuda"``, ``"reference"``,
             ``"auto"``) whatever ``INCEPTION_KERNELS_BACKEND`` says (``ops.dispatch.bind_backend``; eager only);
             None: the environment and the dispatch layer's choice per layer.
+        cuda_graph: replay eval forwards under ``torch.no_grad()`` / ``torch.inference_mode()`` on CUDA inputs
+            from CUDA graphs, one per input shape (:func:`inception_kernels.graphs.graph_eval`: the model keeps its
+            class; other calls, training among them, run as without). For static-shape inference at small batches,
+            where launch overhead dominates.
 
     Returns: the optimized model: same class as ``model`` (unless ``model`` itself is a conv-BN-ReLU or a block),
     same ``state_dict()`` keys and tensors, same function within fp32 rounding.
@@ -676,10 +685,16 @@ def optimize(
         from .ops import dispatch
 
         dispatch._check_backend(backend, "backend")  # refuse a bad name before touching the model
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"optimize(cuda_graph=...) must be True or False, got {cuda_graph!r}")
     rep = OptimizeReport()
     out = _walk(model, "", rep, inplace, {})
     if backend is not None:
         dispatch.bind_backend(out, backend)
+    if cuda_graph:
+        from .graphs import graph_eval
+
+        graph_eval(out)
     _REPORTS[out] = rep
     if verbose:
         print(rep)

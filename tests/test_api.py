@@ -18,7 +18,7 @@ def test_optimize_is_a_plain_function_with_its_signature():
     opt = inception_kernels.optimize
     assert inspect.isfunction(opt) and opt.__module__ == "inception_kernels.convert"
     sig = inspect.signature(opt)
-    assert list(sig.parameters) == ["model", "inplace", "verbose", "backend"]
+    assert list(sig.parameters) == ["model", "inplace", "verbose", "backend", "cuda_graph"]
     assert sig.parameters["inplace"].kind is inspect.Parameter.KEYWORD_ONLY
     assert sig.parameters["inplace"].default is False and sig.parameters["verbose"].default is False
     assert "Run ``model``'s Inception blocks" in inspect.getdoc(opt)

@@ -1,8 +1,10 @@
-"""CUDA graphs for static-shape inference (``inception_kernels.graphs``, ``optimize(model, cuda_graph=True)``).
+"""CUDA graphs: static-shape inference (``inception_kernels.graphs``, ``optimize(model, cuda_graph=True)``) and the
+trainer's ``--cuda-graph`` (``inception_kernels.train.graphed``).
 
 On a CPU: the wrapper keeps the model's contract (class, state_dict, copies, pickles, FX) and every call it cannot
-replay runs the ordinary forward with the same result. On a GPU (``gpu`` marker): capture, replay, re-capture
-after a weight changes in place, one graph per input shape, and the calls that must not replay (training, grad).
+replay runs the ordinary forward with the same result; the trainer refuses ``--cuda-graph`` where it cannot work,
+saying why. On a GPU (``gpu`` marker): capture, replay, re-capture after a weight changes in place, one graph per
+input shape, the calls that must not replay (training, grad), and graphed training steps equal to ordinary ones.
 """
 
 import copy
@@ -10,11 +12,13 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import randomize_bn, rel_err
 
 import inception_kernels
 from inception_kernels.graphs import GraphedForward, graph_eval, graphs_of, ungraph
 from inception_kernels.models import create_model
+from inception_kernels.train.graphed import GraphedStep
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -131,3 +135,88 @@ def test_gpu_graph_is_not_used_where_it_cannot_serve():
         model(x)
         model(torch.randn(1, 3, 64, 64, device="cuda"))  # max_graphs=1: the first graph is dropped
     assert g.captures == 2 and len(g.graphs) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer's --cuda-graph
+# ----------------------------------------------------------------------------------------------------------
+def test_trainer_refuses_cuda_graph_where_it_cannot_work(tmp_path):
+    import argparse
+
+    from inception_kernels.train.cli import add_train_arguments, config_from_args
+    from inception_kernels.train.errors import ConfigError
+    from inception_kernels.train.loop import TrainConfig, train
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--cuda-graph", "--device", "cpu"])
+    assert config_from_args(args).cuda_graph is True
+    base = dict(width_mult=0.125, limit_train=16, limit_val=8, batch_size=8, epochs=1, quiet=True, plots=False,
+                backend="reference", output=str(tmp_path / "run"), cuda_graph=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="--cuda-graph needs a CUDA device"):
+        train(TrainConfig(**base, device="cpu"))
+    if torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--accum-steps"):
+            train(TrainConfig(**base, device="cuda", accum_steps=2))
+        with pytest.raises(ConfigError, match="--compile"):
+            train(TrainConfig(**base, device="cuda", compile=True))
+    with pytest.raises(ValueError, match="warmup"):
+        GraphedStep([], warmup=0)
+
+
+@pytest.mark.gpu
+def test_gpu_graphed_step_equals_ordinary_steps():
+    """Warm-up, capture, replays, a batch of another shape in between (ordinary, from zeroed gradients), weights
+    changed in place between steps: every step's loss and gradients equal an ordinary twin's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).cuda()
+    twin = copy.deepcopy(model)
+    graphed = GraphedStep(list(model.parameters()), warmup=1)
+
+    def step_of(m):
+        def step(x, y):
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            return loss.detach()
+
+        return step
+
+    for i, n in enumerate([4, 4, 4, 3, 4, 4]):
+        x, y = torch.randn(n, 6, device="cuda"), torch.randint(0, 3, (n,), device="cuda")
+        loss, want = graphed(x, y, step_of(model)), step_of(twin)(x, y)
+        assert rel_err(loss, want) < 1e-6, i
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            assert rel_err(p.grad, q.grad) < 1e-6, i
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+                p.sub_(0.1 * p.grad)
+                q.sub_(0.1 * q.grad)
+        for p in model.parameters():
+            if graphed.set_to_none:
+                p.grad = None
+            else:
+                p.grad.zero_()
+        twin.zero_grad(set_to_none=True)
+    assert graphed.captured and graphed.replays == 4 and graphed.failed is None
+
+
+@pytest.mark.gpu
+def test_gpu_trainer_cuda_graph_run_equals_the_ordinary_run(tmp_path):
+    """A short run of our Inception-v3 (no dropout, fp32) with --cuda-graph logs the same losses and ends with the
+    same weights as without; an epoch's short last batch runs the ordinary way."""
+    from inception_kernels.train.loop import TrainConfig, train
+
+    def run(name, graph):
+        cfg = TrainConfig(width_mult=0.125, limit_train=72, limit_val=16, batch_size=16, epochs=1, quiet=True,
+                          plots=False, log_every=1, output=str(tmp_path / name), device="cuda", amp="none",
+                          cuda_graph=graph, model_kwargs={"dropout": 0.0}, backend="triton")  # fmt: skip
+        res = train(cfg)
+        return res, torch.load(res.out_dir / "last.pt", weights_only=False)["model"]
+
+    (res_g, w_g), (res_e, w_e) = run("graph", True), run("eager", False)
+    assert res_g.history[0]["train_loss"] == pytest.approx(res_e.history[0]["train_loss"], rel=1e-4)
+    for k in w_e:
+        if w_e[k].is_floating_point():
+            assert rel_err(w_g[k].float(), w_e[k].float()) < 1e-3, k
+        else:
+            assert torch.equal(w_g[k], w_e[k]), k

@@ -130,6 +130,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", choices=["auto", "on", "off"], default=d.channels_last,
                    help="channels_last memory (auto: on CUDA)")  # fmt: skip
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--cuda-graph", action="store_true", help="replay forward + loss + backward from a CUDA graph "
+                   "(one process, one batch shape; other batches run as usual)")  # fmt: skip
     g.add_argument("--backend", choices=["auto", "triton", "cuda", "reference"],
                    help="sets INCEPTION_KERNELS_BACKEND (auto: fused kernels on CUDA, reference on CPU)")  # fmt: skip
     g.add_argument("--threads", type=int, help="CPU threads per process (default: all cores / processes)")

@@ -52,6 +52,7 @@ from .data import DataBundle, build_data, collate_skip
 from .ema import ModelEMA
 from .errors import ConfigError
 from .evaluate import accuracy_table, predict
+from .graphed import GraphedStep
 from .losses import inception_loss
 from .optim import build_optimizer, param_groups
 from .schedule import StaircaseLR
@@ -155,6 +156,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | none
     channels_last: str = "auto"  # auto (CUDA only) | on | off
     compile: bool = False
+    cuda_graph: bool = False  # replay forward + loss + backward from a CUDA graph (train/graphed.py)
     backend: str | None = None
     threads: int | None = (
         None  # CPU intra-op threads per process (None: torch's default, or cores / processes)
@@ -182,6 +184,7 @@ RESUME_OVERRIDES = (
     "device",
     "threads",
     "checkpoint_every",
+    "cuda_graph",
 )
 
 
@@ -495,10 +498,26 @@ def train(cfg: TrainConfig) -> TrainResult:  # noqa: C901 - one readable loop
                 os.environ["INCEPTION_KERNELS_BACKEND"] = old_backend
 
 
+def _check_cuda_graph(cfg: TrainConfig, info) -> None:
+    if not cfg.cuda_graph:
+        return
+    if info.device.type != "cuda":
+        raise ConfigError(f"--cuda-graph needs a CUDA device; this run is on {info.device}")
+    if info.enabled:
+        raise ConfigError("--cuda-graph runs in a single process: not under torchrun (DDP)")
+    if cfg.accum_steps > 1:
+        raise ConfigError("--cuda-graph replays whole batches: not with --accum-steps > 1")
+    if cfg.compile:
+        raise ConfigError(
+            "--cuda-graph and --compile exclude each other (torch.compile(mode='reduce-overhead') makes graphs)"
+        )
+
+
 def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -> TrainResult:  # noqa: C901
     from tqdm.auto import tqdm
 
     device = info.device
+    _check_cuda_graph(cfg, info)
     torch.manual_seed(cfg.seed)
     bundle = build_data(cfg.data, cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed,
                         color_jitter=cfg.color_jitter, crop_pct=cfg.crop_pct, digits_shift=cfg.digits_shift,
@@ -599,6 +618,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
         history = list(resume_ckpt.get("history", []))
     k = cfg.accum_steps
     params = [p for p in model.parameters() if p.requires_grad]
+    graphed = GraphedStep(params) if cfg.cuda_graph else None
     sig_at, sig_num, kill_at = _test_hooks(info)
     last_pt, prev_pt = out_dir / ckpt_mod.LAST, out_dir / ckpt_mod.PREVIOUS
 
@@ -686,6 +706,16 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             step_loss = torch.zeros((), device=device)
+
+            def forward_backward(xj, yj, weight=weight):
+                # (a CUDA graph capture needs autocast's weight-cast cache off)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None,
+                                    cache_enabled=graphed is None):  # fmt: skip
+                    out = run_model(xj)
+                loss = inception_loss(out, yj, cfg.label_smoothing, cfg.aux_weight)
+                scaler.scale(loss * (weight / k)).backward()
+                return loss.detach()
+
             for j in range(k):
                 # strided micro-batches: micro-batch j of one process = the batch of rank j of k processes
                 xj, yj = (x, y) if k == 1 else (x[j::k], y[j::k])
@@ -693,11 +723,8 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
                 if info.enabled and j < k - 1:
                     sync = run_model.no_sync()
                 with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        out = run_model(xj)
-                    loss = inception_loss(out, yj, cfg.label_smoothing, cfg.aux_weight)
-                    scaler.scale(loss * (weight / k)).backward()
-                step_loss += loss.detach() / k
+                    loss = forward_backward(xj, yj) if graphed is None else graphed(xj, yj, forward_backward)
+                step_loss += loss / k
             # the loss every process logs and checks: the mean over processes (the global batch's loss); the same
             # reduction tells every process whether any of them was signalled, so that they all stop at this step
             red = torch.stack([step_loss.double() * weight, torch.tensor(weight, dtype=torch.float64, device=device),
@@ -705,7 +732,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
             red = dist_mod.all_reduce_sum(red, info)
             gloss = float(red[0] / red[1].clamp_min(1e-12))
             if not math.isfinite(gloss):
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=graphed is None or graphed.set_to_none)
                 msg = (f"loss is {gloss} at epoch {epoch + 1}, step {step + 1}: stopping. The last good checkpoint "
                        f"is {last_pt}" + ("" if last_pt.exists() else " (none written yet)")
                        + "; lower --lr or check the data.")  # fmt: skip
@@ -716,7 +743,7 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
                 nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             scaler.step(opt)
             scaler.update()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=graphed is None or graphed.set_to_none)
             cur_lr = opt.param_groups[0]["lr"]
             sched.step()
             if ema is not None:

@@ -202,18 +202,19 @@ def test_gpu_graphed_step_equals_ordinary_steps():
 
 @pytest.mark.gpu
 def test_gpu_trainer_cuda_graph_run_equals_the_ordinary_run(tmp_path):
-    """A short run of our Inception-v3 (no dropout, fp32) with --cuda-graph logs the same losses and ends with the
-    same weights as without; an epoch's short last batch runs the ordinary way."""
+    """A short run of our Inception-v3 (no dropout, fp32; 7 steps: 3 ordinary warm-up steps, then the captured one
+    and 3 more replays) with --cuda-graph logs the same loss and ends with the same weights as without."""
     from inception_kernels.train.loop import TrainConfig, train
 
     def run(name, graph):
-        cfg = TrainConfig(width_mult=0.125, limit_train=72, limit_val=16, batch_size=16, epochs=1, quiet=True,
+        cfg = TrainConfig(width_mult=0.125, limit_train=112, limit_val=16, batch_size=16, epochs=1, quiet=True,
                           plots=False, log_every=1, output=str(tmp_path / name), device="cuda", amp="none",
                           cuda_graph=graph, model_kwargs={"dropout": 0.0}, backend="triton")  # fmt: skip
         res = train(cfg)
         return res, torch.load(res.out_dir / "last.pt", weights_only=False)["model"]
 
     (res_g, w_g), (res_e, w_e) = run("graph", True), run("eager", False)
+    assert res_g.cuda_graph_replays == 4 and res_e.cuda_graph_replays == 0
     assert res_g.history[0]["train_loss"] == pytest.approx(res_e.history[0]["train_loss"], rel=1e-4)
     for k in w_e:
         if w_e[k].is_floating_point():

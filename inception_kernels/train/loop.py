@@ -195,6 +195,7 @@ class TrainResult:
     best_top1: float = float("nan")
     best_source: str = ""
     elapsed_s: float = 0.0
+    cuda_graph_replays: int = 0  # --cuda-graph: the training steps replayed from the graph (this invocation)
 
 
 def auto_threads(threads: int) -> int:
@@ -810,4 +811,5 @@ def _train(cfg: TrainConfig, info, resume_ckpt, resume_path, t_start, stopper) -
 
         plot_run(out_dir)
     _print(info, f"best val top1 {best:.2f} % ({best_source} weights); {elapsed:.0f} s; outputs in {out_dir}")
-    return TrainResult(out_dir, history, best, best_source, elapsed)
+    return TrainResult(out_dir, history, best, best_source, elapsed,
+                       cuda_graph_replays=graphed.replays if graphed is not None else 0)  # fmt: skip

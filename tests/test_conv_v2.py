@@ -237,3 +237,34 @@ def test_supports_v2_and_heuristic(device):
         fits = conv_v2.configs_for(eb, arch)
         assert fits and all(conv_v2.smem_bytes(c, eb) <= conv_v2.SMEM_BUDGET[arch] for c in fits)
     assert min(c.kwargs["BLOCK_M"] for c in conv_v2.V2_CONFIGS) >= conv_triton.STATS_ROWS
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model equivalence on v2 (issue 14: "all conv tests and the model equivalence tests pass on v2")
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~1 min in the interpreter
+def test_v2_whole_network_eval_and_train_block(device, monkeypatch):
+    """Forced onto v2 (``INCEPTION_KERNELS_BACKEND=triton_v2``: every conv forward on v2, the backward on v1): a
+    whole Inception-v3 in eval at its smallest input against torchvision's in fp64 (folded BN, slice writes,
+    horizontally fused 1x1 GEMMs, the aux head), and a v3 block in train mode (BN statistics in v2's epilogue)
+    against the reference backend in fp64, forward and every gradient."""
+    torchvision = pytest.importorskip("torchvision")
+    from helpers import check_eval_on_our_kernels, check_train_block, randomize_bn
+
+    from inception_kernels.models import create_model
+    from inception_kernels.models import inception_v3 as v3
+    from inception_kernels.nn.engine import InceptionBlock
+    from inception_kernels.ops import dispatch
+
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "triton_v2")
+    ref = randomize_bn(torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True))
+    ours = create_model("inception_v3", aux_logits=True)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    with dispatch.recording() as log:
+        check_eval_on_our_kernels(ours, ref, torch.randn(1, 3, 75, 75), device)
+    convs = {choice.impl for family, _, choice, _ in log if family == "conv_fwd"}
+    assert convs == {"triton_v2"}, convs
+    with dispatch.recording() as log:
+        check_train_block(InceptionBlock(40, v3.block_c(24)), 5, device, monkeypatch, batch=2)
+    convs = {(family, choice.impl) for family, _, choice, _ in log if family.startswith("conv")}
+    assert convs == {("conv_fwd", "triton_v2"), ("conv_dgrad", "triton"), ("conv_wgrad", "triton")}, convs

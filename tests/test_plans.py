@@ -218,3 +218,79 @@ def test_plan_is_made_again_after_the_dispatch_tables_change(device, monkeypatch
         y = m(x)
     assert choices.n == 1
     assert rel_err(y, _expected(m, x)) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training mode: the fused step (conv + BN statistics → finalize → BN-apply + act) planned per signature
+# ----------------------------------------------------------------------------------------------------------
+def _train_step_ref(m64, x, g):
+    """fp64 reference of one training step: output, input / parameter gradients, updated running statistics."""
+    x = x.double().requires_grad_()
+    y = F.relu(m64.bn(m64.conv(x)))
+    (y * g).sum().backward()
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,hw", SHAPES[:4])
+def test_planned_training_step_matches_fp64_and_is_planned_once(cin, cout, k, stride, padding, hw, device,
+                                                                poison, monkeypatch):  # fmt: skip
+    """Two training steps (the parameters and running statistics move in between): the second runs from the
+    plan the first made (no argument checks, no dispatch), and both equal the fp64 reference in output, input
+    and parameter gradients and running statistics."""
+    from inception_kernels.ops import batchnorm
+
+    m = randomize_bn(ConvBNAct(cin, cout, k, stride=stride, padding=padding)).to(device).train()
+    m64 = copy.deepcopy(m).cpu().double()
+    validations = _Calls(monkeypatch, conv_ops, "_validate")
+    fwd_choices = []
+    choose = dispatch.choose_conv
+    monkeypatch.setattr(dispatch, "choose_conv", lambda family, *a: fwd_choices.append(family) or choose(family, *a))
+    plans = _Calls(monkeypatch, batchnorm, "plan_conv_bn_act")
+    for step in range(2):
+        x = _cl(2, cin, *hw, device=device).requires_grad_()
+        y = m(x)
+        g = torch.randn(y.shape, dtype=torch.float64)
+        (y * g.to(device, y.dtype)).sum().backward()
+        y_ref, dx_ref = _train_step_ref(m64, x.detach().cpu(), g)
+        assert rel_err(y.detach().cpu(), y_ref) < 1e-5 and rel_err(x.grad.cpu(), dx_ref) < 1e-5, step
+        for (name, p), p64 in zip(m.named_parameters(), m64.parameters(), strict=True):
+            assert rel_err(p.grad.cpu(), p64.grad) < 1e-5, (step, name)
+        for (name, b), b64 in zip(m.named_buffers(), m64.buffers(), strict=True):
+            assert torch.allclose(b.cpu().double(), b64.double(), rtol=1e-5, atol=1e-7), (step, name)
+        with torch.no_grad():  # an optimizer step: the plan reads the new values, it folds nothing
+            for p, p64 in zip(m.parameters(), m64.parameters(), strict=True):
+                p.sub_(0.1 * p.grad)
+                p64.sub_(0.1 * p64.grad)
+                p.grad = p64.grad = None
+        if step == 0:
+            first = (validations.n, fwd_choices.count("conv_fwd"))
+    # (the backward still chooses its dgrad / wgrad per call)
+    assert plans.n == 1 and (validations.n, fwd_choices.count("conv_fwd")) == first == (1, 1), "re-planned"
+
+
+def test_training_plan_follows_the_signature_the_backend_and_the_parameters(device, monkeypatch):
+    from inception_kernels.ops import batchnorm
+
+    m = randomize_bn(ConvBNAct(6, 8, (3, 3), padding=1)).to(device).train()
+    plans = _Calls(monkeypatch, batchnorm, "plan_conv_bn_act")
+    x = _cl(2, 6, 5, 5, device=device)
+    m(x)
+    m(_cl(2, 6, 5, 5, device=device))
+    assert plans.n == 1
+    m(_cl(3, 6, 5, 5, device=device))  # another batch size
+    assert plans.n == 2
+    m(x.contiguous())  # NCHW: no plan (converted per call, as conv_bn_act does), and that answer is kept
+    m(x.contiguous())
+    assert plans.n == 3
+    m.conv.weight = torch.nn.Parameter(m.conv.weight.detach().clone())  # a new parameter object
+    y = m(x)
+    assert plans.n == 4
+    with dispatch.use_backend("reference"):
+        y_ref = m(x)
+    assert plans.n == 4  # the reference route never plans
+    assert rel_err(y, y_ref) < 1e-5
+    # eval mode uses the eval plans: the training plans are not consulted
+    m.eval()
+    with torch.no_grad():
+        m(x)
+    assert plans.n == 4

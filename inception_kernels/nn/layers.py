@@ -200,9 +200,36 @@ class ConvBNAct(nn.Module):
                 momentum, bn.eps)  # fmt: skip
 
     def _forward_train_fused(self, x, out, stride, padding):
-        """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act."""
+        """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act, run from
+        the plan of this call signature (``ops.batchnorm.plan_conv_bn_act``) where one serves."""
+        plan = self._train_plan(x, out, stride, padding)
         gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
+        if plan is not None:
+            return plan(x, self.conv.weight, gamma, beta, rm, rv, momentum, out)
         return bn_ops.conv_bn_act(
             x, self.conv.weight, gamma, beta, rm, rv, momentum=momentum, eps=eps, stride=stride,
             padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act, out=out,
         )  # fmt: skip
+
+    def _train_plan(self, x, out, stride, padding):
+        """The training step's plan for this call signature (:class:`~inception_kernels.ops.batchnorm.ConvBNActPlan`:
+        checks, implementation and launch decided once; parameter values are read at every call), kept until the
+        signature, the backend, the dispatch tables, TF32 or the identity / dtype of a parameter or running
+        statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
+        if traced(x) or dispatch.recording_active():
+            return None
+        conv, bn = self.conv, self.bn
+        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        key = ("train", x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
+               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, bn.eps,
+               bn.track_running_stats, tuple(None if t is None else (id(t), t.dtype, t.stride()) for t in tensors))  # fmt: skip
+        plans = plans_of(self)
+        if key in plans:
+            return plans[key]
+        track = bn.track_running_stats
+        plan = bn_ops.plan_conv_bn_act(
+            x, conv.weight, bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
+            momentum=0.0, eps=bn.eps, stride=stride, padding=(padding[0], padding[0], padding[1], padding[1]),
+            relu=self.act, out=out,
+        )  # fmt: skip
+        return plans.put(key, plan)

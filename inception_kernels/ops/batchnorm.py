@@ -652,17 +652,26 @@ class _ConvBNActFn(torch.autograd.Function):
         relu,
         out,
         record,
+        plan=None,
     ):
         shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
         N, K, P, Q = shape
         M = N * P * Q
         _momentum_and_check(M, momentum)
         partials = conv_triton.stats_partials(M, K, x.device)
-        y = conv_ops.conv_forward(x, weight, None, None, None, stride, padding, 1.0, False, stats=partials)
+        if plan is None:
+            y = conv_ops.conv_forward(x, weight, None, None, None, stride, padding, 1.0, False, stats=partials)
+        else:
+            y = plan.conv(x, weight, partials)
         mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum)
         # ``out`` is an input of this node: write and return an autograd-plain alias of it (a tensor returned
         # as-is would come back wrapped in a new view object, without the recipe attached below)
-        out = bn_act(y, mean, invstd, gamma, beta, relu, out=None if out is None else out.detach())
+        out = None if out is None else out.detach()
+        if plan is None:
+            out = bn_act(y, mean, invstd, gamma, beta, relu, out=out)
+        else:
+            out = _bn_act_into(y, mean, invstd, _f32(gamma), _f32(beta), relu, _tile.new_cl(shape, y) if out is None
+                               else out)  # fmt: skip
         # x is saved as its recipe when it has one (the producer's pre-BN output and statistics); the output
         # gets a recipe of its own for the layers that consume it (see ops._recompute)
         _recompute.save_with_input(ctx, x, weight, y, mean, invstd, gamma, beta)
@@ -684,7 +693,7 @@ class _ConvBNActFn(torch.autograd.Function):
             dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need)
         dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
         dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
-        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None
+        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None, None
 
 
 def _rebuild_bn_act(relu, y, mean, invstd, gamma, beta, out=None):
@@ -708,6 +717,27 @@ def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: 
     node has recorded, e.g. a block output the block engine joins with ``_SliceJoin``) and returns it. Where
     our conv cannot run directly (reference backend, torch.compile) it is the plain PyTorch composition.
     """
+    x, gamma, beta, momentum, eps, relu, stride, padding, shape = _conv_bn_act_args(
+        x, weight, gamma, beta, momentum, eps, stride, padding, relu, out
+    )
+    if shape[0] * shape[2] * shape[3] == 0 or not conv_bn_act_supported(x):
+        return _conv_bn_act_composed(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride,
+                                     padding, relu, out)  # fmt: skip
+    rm, rv, write_back = _running_stats(running_mean, running_var, weight.shape[0], x, what="K")
+    y = _ConvBNActFn.apply(x, weight, gamma, beta, rm, rv, momentum, eps, stride, padding, relu, out,
+                           _records(x, weight, gamma, beta))  # fmt: skip
+    if write_back is not None:
+        write_back()
+    return y
+
+
+def _records(x, weight, gamma, beta) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, gamma, beta))
+
+
+def _conv_bn_act_args(x, weight, gamma, beta, momentum, eps, stride, padding, relu, out):
+    """conv_bn_act's argument checks: (x as channels_last, γ, β, momentum, eps, relu, stride, padding, output
+    shape)."""
     stride, padding, _, _ = conv_ops._validate(x, weight, stride, padding, None, None, None, None, 1.0, None)
     K = weight.shape[0]
     gamma = None if gamma is None else _args.channel_vector(gamma, "gamma", K, x, what="K")
@@ -723,17 +753,57 @@ def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: 
         if not torch.compiler.is_compiling():
             _args.no_overlap(out, {"x": x, "weight": weight})
     x = x if _args.is_nhwc_strided(x) else x.contiguous(memory_format=torch.channels_last)
-    if shape[0] * shape[2] * shape[3] == 0 or not conv_bn_act_supported(x):
-        return _conv_bn_act_composed(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride,
-                                     padding, relu, out)  # fmt: skip
-    rm, rv, write_back = _running_stats(running_mean, running_var, K, x, what="K")
-    record = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, gamma, beta)
+    return x, gamma, beta, momentum, eps, relu, stride, padding, shape
+
+
+class ConvBNActPlan:
+    """:func:`conv_bn_act`'s training step decided once for one call signature (issue 12: plans per signature and
+    mode): the arguments checked, the conv implementation chosen and, on the triton route, its launch (config,
+    grid, constexprs) fixed. ``plan(x, weight, gamma, beta, running_mean, running_var, momentum, out=None)`` then
+    runs the step on tensors of the signature it was made for (the same shapes, strides, dtypes, device, the same
+    presence of γ / β / running statistics and the same ``out`` view geometry); the tensors' values are read at
+    each call (nothing is folded: the parameters change every step). Made by :func:`plan_conv_bn_act`."""
+
+    def __init__(self, x, weight, eps, stride, padding, relu, shape):
+        self.eps, self.stride, self.padding, self.relu, self.shape = eps, stride, padding, relu, shape
+        impl = dispatch.choose_conv("conv_fwd", x, weight, stride, padding, None, False, None, None, True, False)
+        if impl.name == "triton":
+            launch = conv_triton.fwd_launcher(x, weight, None, None, None, stride, padding, 1.0, False,
+                                              _tile.new_cl(shape, x), stats=True)  # fmt: skip
+
+            def conv(x, weight, partials):
+                y = _tile.new_cl(shape, x)
+                wp = conv_triton.packed_weight(weight, (2, 3, 1, 0))
+                launch(x, wp, y, wp, wp, y, y, *partials)
+                return y
+
+        else:
+
+            def conv(x, weight, partials):
+                return impl.fn(x, weight, None, None, None, stride, padding, 1.0, False, None, None, partials)
+
+        self.conv = conv
+
+    def __call__(self, x, weight, gamma, beta, running_mean, running_var, momentum, out=None):
+        return _ConvBNActFn.apply(x, weight, gamma, beta, running_mean, running_var, float(momentum), self.eps,
+                                  self.stride, self.padding, self.relu, out, _records(x, weight, gamma, beta),
+                                  self)  # fmt: skip
+
+
+def plan_conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: float, eps: float,
+                     stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True, out=None) -> ConvBNActPlan | None:  # fmt: skip
+    """A :class:`ConvBNActPlan` for calls like ``conv_bn_act(x, weight, ...)`` with these arguments (checked here,
+    as :func:`conv_bn_act` checks them), or None where a plan cannot serve them and :func:`conv_bn_act` must run:
+    an input our fused step does not take (see :func:`conv_bn_act_supported`), an empty output, running
+    statistics that are not float32 contiguous, NCHW ``x``, a dispatch recording in progress."""
+    x2, gamma, beta, momentum, eps, relu, stride, padding, shape = _conv_bn_act_args(
+        x, weight, gamma, beta, momentum, eps, stride, padding, relu, out
     )
-    y = _ConvBNActFn.apply(x, weight, gamma, beta, rm, rv, momentum, eps, stride, padding, relu, out, record)
-    if write_back is not None:
-        write_back()
-    return y
+    if x2 is not x or shape[0] * shape[2] * shape[3] == 0 or not conv_bn_act_supported(x):
+        return None
+    if dispatch.recording_active() or _running_stats(running_mean, running_var, weight.shape[0], x, "K")[2]:
+        return None
+    return ConvBNActPlan(x, weight, eps, stride, padding, relu, shape)
 
 
 def _conv_bn_act_composed(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding,

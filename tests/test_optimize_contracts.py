@@ -142,6 +142,8 @@ def test_mixed_model_computes_the_original_function(backend, device, monkeypatch
     if on_ref:
         monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
         device = torch.device("cpu")
+    # fp32 on our kernels: a ~20k-activation model, where a ReLU / max-pool flip is rare; measured over 40 seeds
+    # (100-139): the largest output / input-gradient error was 0.099 of the tolerance
     dtype, tol = (torch.float64, 1e-10) if on_ref else (torch.float32, 1e-4)
     model = randomize_bn(_Mixed()).to(device, dtype)
     ref = copy.deepcopy(model).cpu().double()

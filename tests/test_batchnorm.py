@@ -298,6 +298,50 @@ def test_bn_library_ops_opcheck(case, relu, device):
     torch.library.opcheck(ops.bn_act_bwd.default, (g, x, mean, invstd, wd, bd, relu))
 
 
+@pytest.mark.parametrize("shape, layout, k, stride, padding", [
+    ((2, 3, 5, 7), "channels_last", (3, 3), (1, 1), (1, 1, 1, 1)),  # C=3
+    ((1, 37, 1, 1), "slice", (1, 1), (1, 1), (0, 0, 0, 0)),  # odd C, H=W=1 (one value: refused), offset 5
+    ((1, 20, 9, 7), "channels_last", (1, 7), (2, 2), (0, 0, 3, 3)),  # 1x7, stride 2 on odd sizes
+])  # fmt: skip
+def test_conv_stats_and_finalize_library_ops(shape, layout, k, stride, padding, device):
+    """The two ops a traced training ConvBNAct runs before BN-apply: ``conv2d_stats`` (the conv with the BN
+    statistics in its epilogue, autograd through the conv) and ``bn_finalize`` (batch statistics from the partials,
+    running statistics updated in place). opcheck of both, and the statistics against fp64.
+
+    ``conv2d_stats``'s partials have rows that no tile writes (a config with larger tiles fills fewer rows than
+    the buffer, sized for the smallest tile, holds; their count is 0 and their mean / M2 unspecified), so its
+    opcheck skips the two AOT-dispatch comparisons, which compare every element of every output; the compiled
+    training block test (test_models) runs it through AOT dispatch and compares the results."""
+    ops = torch.ops.inception_kernels
+    C, K = shape[1], 24
+    x = _layout(torch.randn(shape, device=device), layout).requires_grad_()
+    w = (torch.randn(K, C, *k, device=device) * 0.3).requires_grad_()
+    args = (x, w, list(stride), list(padding))
+    torch.library.opcheck(ops.conv2d_stats.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))  # fmt: skip
+    y, cnt, pmean, pm2 = ops.conv2d_stats(*args)
+    y64 = reference.conv2d(x.detach().double(), w.detach().double(), stride=stride, padding=padding)
+    assert rel_err(y, y64) < 1e-5
+    rows = y.numel() // K
+    rm, rv = torch.zeros(K, device=device), torch.ones(K, device=device)
+    if rows > 1:
+        torch.library.opcheck(ops.bn_finalize.default, (cnt, pmean, pm2, rows, rm.clone(), rv.clone(), 0.3, 1e-3))
+        mean, invstd = ops.bn_finalize(cnt, pmean, pm2, rows, rm, rv, 0.3, 1e-3)
+        m64, v64 = y64.mean((0, 2, 3)), y64.var((0, 2, 3), unbiased=False)
+        assert rel_err(mean, m64) < 1e-5 and rel_err(invstd, torch.rsqrt(v64 + 1e-3)) < 1e-5
+        assert rel_err(rm, 0.3 * m64) < 1e-5
+        assert rel_err(rv, 0.7 + 0.3 * y64.var((0, 2, 3), unbiased=True)) < 1e-5
+    else:
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            ops.bn_finalize(cnt, pmean, pm2, rows, rm, rv, 0.3, 1e-3)
+    # the gradient flows through the conv only (the partials carry none)
+    g = torch.randn_like(y)
+    dx, dw = torch.autograd.grad((y * g).sum(), [x, w])
+    dx64, dw64 = torch.autograd.grad((reference.conv2d(x.double(), w.double(), stride=stride, padding=padding)
+                                      * g.double()).sum(), [x, w])  # fmt: skip
+    assert rel_err(dx, dx64) < 1e-5 and rel_err(dw, dw64) < 1e-5
+
+
 @pytest.mark.parametrize("affine", [True, False])
 def test_batch_norm_act_compiled_matches_eager(affine, device):
     """batch_norm_act under torch.compile(fullgraph=True): our ops in the graphs (no ATen batch norm), output,

@@ -222,7 +222,8 @@ def test_torch_compile_runs_our_ops_and_matches_eager(monkeypatch):
 def test_torch_compile_train_block_runs_our_bn_and_residual_ops(monkeypatch):
     """torch.compile(fullgraph=True) of an Inception-v3 block (Figure 5, narrow) in TRAIN mode, inside a
     ScaledResidual whose branch ends in a ConvBNAct (so the sum runs as the scaled_residual op): the graphs call our
-    BN ops once per BN layer (batch statistics with the running-stat update, BN-apply + ReLU, its backward), our
+    ops once per conv + BN layer (the conv with the batch statistics in its epilogue and the running-stat update,
+    BN-apply + ReLU, their backward), our
     residual op and its backward, and no ATen batch norm; output, input and parameter gradients and running
     statistics equal the eager call on our kernels, and the reference backend's."""
     import copy
@@ -250,10 +251,13 @@ def test_torch_compile_train_block_runs_our_bn_and_residual_ops(monkeypatch):
         y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
         runs[name] = [y, xi.grad, *(p.grad for p in m.parameters()), *m.buffers()]
     fw_ops = sorted(set(rec.targets["fw"]))
-    assert rec.count("bn_batch_stats") == n_bn and rec.count("bn_act_train") == n_bn, fw_ops
-    assert rec.count("bn_act_bwd", "bw") == n_bn, sorted(set(rec.targets["bw"]))
+    # every conv + BN layer: the conv with the statistics epilogue (+ finalize) and BN-apply, as in eager
+    assert rec.count("conv2d_stats") == n_bn and rec.count("bn_finalize") == n_bn, fw_ops
+    assert rec.count("bn_act_train") == n_bn, fw_ops
+    assert rec.count("bn_batch_stats") == 0 and rec.count("conv2d_fwd") == 0, fw_ops
+    assert rec.count("bn_act_bwd", "bw") == n_bn and rec.count("conv2d_bwd", "bw") == n_bn, sorted(set(rec.targets["bw"]))
     assert rec.count("scaled_residual") == 1 and rec.count("scaled_residual_bwd", "bw") == 1
-    assert rec.count("conv2d_fwd") == n_bn and rec.count("pool2d_fwd") == 1
+    assert rec.count("pool2d_fwd") == 1
     assert not rec.aten_batch_norm(), rec.aten_batch_norm()
     for other in ("eager", "reference"):
         for i, (a, b) in enumerate(zip(runs["compiled"], runs[other], strict=True)):

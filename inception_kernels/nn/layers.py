@@ -139,11 +139,12 @@ class ConvBNAct(nn.Module):
         # (momentum=None averages with 1/num_batches_tracked: a float() of a tensor, which Dynamo cannot trace)
         counts = self.bn.momentum is not None or not self.bn.track_running_stats
         if plain and counts and bn_ops.traced_bn_supported(x):
-            # traced (torch.compile): our conv, then our registered BN ops (batch statistics with the running-stat
-            # update, BN-apply + act, their backward)
-            y = conv2d(x, conv.weight, stride=stride, padding=padding)
-            y = bn_ops.batch_norm_act(y, *self._bn_step_args(), relu=self.act)
-            return y if out is None else out.copy_(y)
+            # traced (torch.compile): our registered ops (conv with the batch statistics in its epilogue and the
+            # running-stat update, BN-apply + act, their backward): the eager step's three launches
+            gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
+            return bn_ops.conv_bn_act(x, conv.weight, gamma, beta, rm, rv, momentum=momentum, eps=eps, stride=stride,
+                                      padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act,
+                                      out=out)  # fmt: skip
         # no Triton device, SyncBatchNorm, a conv bias or momentum=None traced: our conv, then the BN module
         y = self.bn(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding) if conv.bias is not None
                     else conv2d(x, conv.weight, stride=stride, padding=padding))  # fmt: skip

@@ -22,6 +22,7 @@ per-channel statistics; the post-activation output is not saved (its mask is rec
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -558,6 +559,80 @@ _library.define("bn_act_train", _bn_act_train_impl, fake=_bn_act_train_fake, bac
                 setup_context=_bn_act_train_setup)  # fmt: skip
 
 
+def _conv2d_stats_impl(
+    x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The conv of a training ConvBNAct with the BN statistics in its epilogue: ``(y, count, mean, M2)`` (the
+    per-tile partials of :func:`~inception_kernels.ops.conv_triton.stats_partials`), one launch as in eager."""
+    N, K, P, Q = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
+    partials = conv_triton.stats_partials(N * P * Q, K, x.device)
+    y = conv_ops.conv_forward(x, weight, None, None, None, tuple(stride), tuple(padding), 1.0, False, stats=partials)
+    return (_library.fresh_cl(y, x), *partials)
+
+
+def _conv2d_stats_fake(x, weight, stride, padding):
+    N, K, P, Q = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
+    tiles = triton.cdiv(N * P * Q, conv_triton.STATS_ROWS)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    return (_tile.new_cl((N, K, P, Q), x), x.new_empty(tiles, **f32), x.new_empty((tiles, K), **f32),
+            x.new_empty((tiles, K), **f32))  # fmt: skip
+
+
+def _conv2d_stats_setup(ctx, inputs, output):
+    x, weight, stride, padding = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.stride, ctx.padding = list(stride), list(padding)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _conv2d_stats_backward(ctx, grad_y, *_partials):
+    """The conv's gradients from ``grad_y``, which ``bn_act_bwd`` computed through the batch statistics (as the
+    eager step's backward does): the partials feed only the finalize, so they carry no gradient."""
+    x, weight = ctx.saved_tensors
+    need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False, False, False]
+    dx, dw, *_ = torch.ops.inception_kernels.conv2d_bwd(grad_y, x, weight, None, grad_y, ctx.stride, ctx.padding,
+                                                         1.0, False, need)  # fmt: skip
+    return dx if need[0] else None, dw if need[1] else None, None, None
+
+
+def _bn_finalize_impl(
+    count: torch.Tensor,
+    mean: torch.Tensor,
+    m2: torch.Tensor,
+    rows: int,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, invstd) of ``rows`` values per channel from the partials of :func:`_conv2d_stats_impl`; running
+    statistics updated in place (one launch)."""
+    _momentum_and_check(rows, momentum)
+    bmean, _, invstd = bn_finalize((count, mean, m2), rows, eps, running_mean, running_var, momentum)
+    return bmean, invstd
+
+
+def _bn_finalize_fake(count, mean, m2, rows, running_mean, running_var, momentum, eps):
+    return mean.new_empty(mean.shape[1]), mean.new_empty(mean.shape[1])
+
+
+_library.define("conv2d_stats", _conv2d_stats_impl, fake=_conv2d_stats_fake, backward=_conv2d_stats_backward,
+                setup_context=_conv2d_stats_setup)  # fmt: skip
+_library.define("bn_finalize", _bn_finalize_impl, fake=_bn_finalize_fake,
+                mutates_args=("running_mean", "running_var"))  # fmt: skip
+
+
+def _traced_conv_bn_act(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding, relu):
+    """conv_bn_act under torch.compile: the registered ops, three launches as in eager (conv with the statistics
+    epilogue, finalize with the running-stat update, BN-apply + act)."""
+    ops = torch.ops.inception_kernels
+    y, *partials = ops.conv2d_stats(x, weight, list(stride), list(padding))
+    N, K, P, Q = y.shape
+    mean, invstd = ops.bn_finalize(*(t.detach() for t in partials), N * P * Q, running_mean, running_var,
+                                   momentum, eps)  # fmt: skip
+    return ops.bn_act_train(y, mean, invstd, gamma, beta, relu)
+
+
 def _traced_batch_norm_act(x, weight, bias, running_mean, running_var, momentum, eps, relu):
     ops = torch.ops.inception_kernels
     mean, invstd = ops.bn_batch_stats(x.detach(), running_mean, running_var, momentum, eps)
@@ -720,12 +795,18 @@ def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: 
     x, gamma, beta, momentum, eps, relu, stride, padding, shape = _conv_bn_act_args(
         x, weight, gamma, beta, momentum, eps, stride, padding, relu, out
     )
-    if shape[0] * shape[2] * shape[3] == 0 or not conv_bn_act_supported(x):
+    traced = traced_bn_supported(x) and conv_ops._ours(x)
+    if shape[0] * shape[2] * shape[3] == 0 or not (traced or conv_bn_act_supported(x)):
         return _conv_bn_act_composed(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride,
                                      padding, relu, out)  # fmt: skip
     rm, rv, write_back = _running_stats(running_mean, running_var, weight.shape[0], x, what="K")
-    y = _ConvBNActFn.apply(x, weight, gamma, beta, rm, rv, momentum, eps, stride, padding, relu, out,
-                           _records(x, weight, gamma, beta))  # fmt: skip
+    if traced:
+        y = _traced_conv_bn_act(x, weight, gamma, beta, rm, rv, momentum, eps, stride, padding, relu)
+        if out is not None:
+            y = out.copy_(y)
+    else:
+        y = _ConvBNActFn.apply(x, weight, gamma, beta, rm, rv, momentum, eps, stride, padding, relu, out,
+                               _records(x, weight, gamma, beta))  # fmt: skip
     if write_back is not None:
         write_back()
     return y

@@ -294,3 +294,68 @@ def test_training_plan_follows_the_signature_the_backend_and_the_parameters(devi
     with torch.no_grad():
         m(x)
     assert plans.n == 4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pooling layers of the block engine and of the network stems
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_pool_layers_are_planned_once_per_signature(mode, device, poison, monkeypatch):
+    """A block whose max-pool leaf writes its slice of the block output (Inception-v3's grid reduction, odd sizes,
+    stride 2; the network stems' pools take the same path with the network as owner): the second call pools from
+    the plan the first made (no argument checks, no dispatch), in eval a single launch; output (and in train the
+    input gradient) equal the fp64 reference; a new input size plans again."""
+    from inception_kernels.models import inception_v3 as v3
+    from inception_kernels.nn.engine import InceptionBlock
+    from inception_kernels.ops import pool as pool_ops
+
+    block = randomize_bn(InceptionBlock(6, v3._scaled(v3.block_d(), 0.0625))).to(device).train(mode == "train")
+    ref = copy.deepcopy(block).cpu().double()
+    made = _Calls(monkeypatch, pool_ops, "plan_pool2d")
+    checks = _Calls(monkeypatch, pool_ops, "_pool_args")
+    for i, hw in enumerate([(9, 7), (9, 7), (11, 11)]):
+        x = _cl(2, 6, *hw, device=device).requires_grad_(mode == "train")
+        with torch.set_grad_enabled(mode == "train"):
+            y = block(x)
+        with dispatch.use_backend("reference"), torch.set_grad_enabled(mode == "train"):
+            xr = x.detach().cpu().double().requires_grad_(mode == "train")
+            y_ref = ref(xr)
+        assert torch.isfinite(y).all() and rel_err(y.detach().cpu(), y_ref.detach()) < 1e-5, i
+        if mode == "train":
+            g = torch.randn(y_ref.shape, dtype=torch.float64)
+            (y * g.to(device, y.dtype)).sum().backward()
+            (y_ref * g).sum().backward()
+            assert rel_err(x.grad.cpu(), xr.grad) < 1e-5, i
+        assert made.n == checks.n == (1 if i < 2 else 2), i  # the second call of a size made no plan
+    # the plan of the first size: it writes a slice of the block output (the launch's strides are fixed)
+    plan = next(p for p in plans_of(block).values() if isinstance(p, pool_ops.PoolPlan))
+    (x_shape, x_stride), (out_shape, out_stride) = plan.geometry
+    x = torch.randn(x_shape, device=device).as_strided(x_shape, x_stride)
+    out = torch.empty_strided(out_shape, out_stride, device=device)
+    with torch.no_grad(), count_launches() as n:
+        plan(x, out)
+    assert n.count == 1 and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="made for tensors of shapes and strides"):
+        plan(x)  # a dense new output would not be written where the fixed strides point
+
+
+def test_plans_refuse_tensors_of_another_geometry(device):
+    """A plan's launch has its sizes and strides fixed: a call with tensors of another shape or strides (a dense
+    output where the plan writes a slice, another batch) is refused instead of writing out of bounds."""
+    from inception_kernels.ops import batchnorm
+
+    x = _cl(2, 6, 5, 5, device=device)
+    w = torch.randn(8, 6, 3, 3, device=device)
+    buf = torch.empty(2, 20, 5, 5, device=device).contiguous(memory_format=torch.channels_last)
+    run = conv_ops.plan_forward(x, w, padding=1, out=buf[:, 4:12])
+    run(x, buf[:, 4:12])
+    for bad in ((x, None), (_cl(3, 6, 5, 5, device=device), buf[:, 4:12]), (x.contiguous(), buf[:, 4:12])):
+        with pytest.raises(ValueError, match="made for tensors of shapes and strides"):
+            run(*bad)
+    m = randomize_bn(ConvBNAct(6, 8, (3, 3), padding=1)).to(device).train()
+    plan = batchnorm.plan_conv_bn_act(x, m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean,
+                                      m.bn.running_var, momentum=0.1, eps=1e-3, stride=1, padding=1)  # fmt: skip
+    args = (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean, m.bn.running_var, 0.1)
+    assert plan(x, *args).shape == (2, 8, 5, 5)
+    with pytest.raises(ValueError, match="made for tensors of shapes and strides"):
+        plan(x, *args, buf[:, 4:12])

@@ -27,6 +27,7 @@ from ..ops import conv as conv_ops
 from ..ops import pool as pool_ops
 from ..ops._args import device_guard, window_out_size
 from ..ops._args import pair as _pair
+from ..ops._library import traced
 from .layers import ConvBNAct, _VersionCache, plans_of, versions
 
 
@@ -139,12 +140,21 @@ def _max_hw(hws) -> tuple[int, int]:
     return max(h for h, _ in hws), max(w for _, w in hws)
 
 
-def _pool(layer: Pool, x: torch.Tensor, fused: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+def _pool(layer: Pool, x: torch.Tensor, fused: bool = False, out: torch.Tensor | None = None,
+          owner: nn.Module | None = None) -> torch.Tensor:  # fmt: skip
     """The pooling layer; ``fused``: our kernel, writing straight into ``out`` (a channel slice) when given
-    (under torch.compile through the registered ``inception_kernels::pool2d_fwd`` op)."""
+    (under torch.compile through the registered ``inception_kernels::pool2d_fwd`` op). With ``owner`` (the module
+    whose table holds the layer) eager calls run from a plan per call signature kept in the owner's plans."""
     if fused:
-        return pool_ops.pool2d(x, layer.kind, layer.kernel, layer.stride, layer.padding, layer.ceil_mode,
-                               layer.count_include_pad, out=out)  # fmt: skip
+        args = (layer.kind, layer.kernel, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad)
+        if owner is not None and not traced(x) and not dispatch.recording_active():
+            key = ("pool", id(layer), x.shape, x.stride(), x.dtype, x.device,
+                   None if out is None else (out.shape, out.stride()), dispatch.requested(), dispatch.generation())  # fmt: skip
+            plans = plans_of(owner)
+            plan = plans[key] if key in plans else plans.put(key, pool_ops.plan_pool2d(x, *args, out=out))
+            if plan is not None:
+                return plan(x, out)
+        return pool_ops.pool2d(x, *args, out=out)
     if layer.kind == "max":
         y = F.max_pool2d(x, layer.kernel, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
     else:
@@ -322,7 +332,7 @@ class InceptionBlock(nn.Module):
             if isinstance(layer, Conv):
                 x = self._layer(layer)(x, out=target)
             else:
-                x = _pool(layer, x, fused=True, out=target)
+                x = _pool(layer, x, fused=True, out=target, owner=self)
         return x
 
     def _fused_1x1(self):

@@ -50,7 +50,7 @@ class _Plans(dict):
     """Execution plans of one module keyed by call signature (a few entries: one per input shape seen). Never
     pickled or deep-copied: a copy starts empty and plans itself on its first call."""
 
-    MAX = 8
+    MAX = 16
 
     def __reduce__(self):
         return (_Plans, ())

@@ -64,7 +64,7 @@ def run_stages(model: nn.Module, stages, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
     for name, item in stages:
         if isinstance(item, Pool):
-            x = _pool(item, x, fused=not reference)
+            x = _pool(item, x, fused=not reference, owner=model)
         elif isinstance(item, Conv):
             mod = get_submodule(model, name)
             x = mod(x, reference=reference) if item.bn else mod(x)

@@ -323,3 +323,16 @@ def on_input_device(fn):
         return fn(*args, **kwargs)
 
     return run
+
+
+def geometry(*tensors: torch.Tensor | None) -> tuple:
+    """Shapes and strides of ``tensors`` (None for an absent one): what a plan's fixed launch arguments assume."""
+    return tuple(None if t is None else (tuple(t.shape), t.stride()) for t in tensors)
+
+
+def check_plan_geometry(planned: tuple, *tensors: torch.Tensor | None, what: str = "plan") -> None:
+    """A plan's launch arguments (strides, sizes) are fixed: tensors of another geometry would be written out of
+    bounds, so they are refused."""
+    got = geometry(*tensors)
+    if got != planned:
+        raise ValueError(f"this {what} was made for tensors of shapes and strides {planned}, got {got}")

@@ -845,8 +845,9 @@ class ConvBNActPlan:
     presence of γ / β / running statistics and the same ``out`` view geometry); the tensors' values are read at
     each call (nothing is folded: the parameters change every step). Made by :func:`plan_conv_bn_act`."""
 
-    def __init__(self, x, weight, eps, stride, padding, relu, shape):
+    def __init__(self, x, weight, eps, stride, padding, relu, shape, out):
         self.eps, self.stride, self.padding, self.relu, self.shape = eps, stride, padding, relu, shape
+        self.geometry = _args.geometry(x, weight, out)
         impl = dispatch.choose_conv("conv_fwd", x, weight, stride, padding, None, False, None, None, True, False)
         if impl.name == "triton":
             launch = conv_triton.fwd_launcher(x, weight, None, None, None, stride, padding, 1.0, False,
@@ -866,6 +867,8 @@ class ConvBNActPlan:
         self.conv = conv
 
     def __call__(self, x, weight, gamma, beta, running_mean, running_var, momentum, out=None):
+        if _args.geometry(x, weight, out) != self.geometry:
+            _args.check_plan_geometry(self.geometry, x, weight, out, what="conv_bn_act plan")
         return _ConvBNActFn.apply(x, weight, gamma, beta, running_mean, running_var, float(momentum), self.eps,
                                   self.stride, self.padding, self.relu, out, _records(x, weight, gamma, beta),
                                   self)  # fmt: skip
@@ -884,7 +887,7 @@ def plan_conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momen
         return None
     if dispatch.recording_active() or _running_stats(running_mean, running_var, weight.shape[0], x, "K")[2]:
         return None
-    return ConvBNActPlan(x, weight, eps, stride, padding, relu, shape)
+    return ConvBNActPlan(x, weight, eps, stride, padding, relu, shape, out)
 
 
 def _conv_bn_act_composed(x, weight, gamma, beta, running_mean, running_var, momentum, eps, stride, padding,

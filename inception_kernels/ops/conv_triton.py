@@ -151,7 +151,11 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
     s = scale if scale is not None else wp
     b = bias if bias is not None else wp
 
+    planned = _args.geometry(x, out, out2)
+
     def plan(x, out=None, out2=None):
+        if _args.geometry(x, out, out2) != planned:
+            _args.check_plan_geometry(planned, x, out, out2, what="conv plan")
         if out is None:
             out = _tile.new_cl(shape, x)
         run(x, wp, out, s, b, out, out2 if out2 is not None else out, wp, wp, wp)

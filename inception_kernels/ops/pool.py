@@ -165,22 +165,33 @@ def pool_out_shape(x_shape, kernel, stride, padding, ceil_mode):
     return N, C, P, Q
 
 
-@_args.on_input_device
-def pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
+def pool_fwd_launcher(x, kind, kernel, stride, padding, count_include_pad, out):
+    """Everything about one pooling forward launch that stays while the tensors keep their shapes and strides,
+    decided once: returns ``run(x, out)`` (the argmax indices for max pooling, else None). ``x`` and ``out`` lend
+    their shapes and strides here."""
     N, C, H, W = x.shape
     _, _, P, Q = out.shape
     M = N * P * Q
     is_max = kind == "max"
-    idx = _tile.new_buf((N, P, Q, C), x.device, torch.int8) if is_max else out
-    record_launch()
-    _pool_fwd_kernel[_tile.grid_2d(M, C)](
-        x, out, idx, M, C, H, W, P, Q, *x.stride(), *out.stride(),
-        stride[0], stride[1], padding[0], padding[1],
-        KH=kernel[0], KW=kernel[1], IS_MAX=is_max, COUNT_PAD=bool(count_include_pad),
-        IDX_T=_tile.tl_index_type(x, out, idx if is_max else None),
-        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS,
-    )  # fmt: skip
-    return idx.permute(0, 3, 1, 2) if is_max else None
+    big_idx = is_max and M * C >= 2**31  # the int8 argmax tensor (N, P, Q, C), dense
+    launch = _pool_fwd_kernel[_tile.grid_2d(M, C)]
+    ints = (M, C, H, W, P, Q, *x.stride(), *out.stride(), stride[0], stride[1], padding[0], padding[1])
+    consts = dict(KH=kernel[0], KW=kernel[1], IS_MAX=is_max, COUNT_PAD=bool(count_include_pad),
+                  IDX_T=tl.int64 if big_idx else _tile.tl_index_type(x, out), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C,
+                  num_warps=NUM_WARPS)  # fmt: skip
+
+    def run(x, out):
+        idx = _tile.new_buf((N, P, Q, C), x.device, torch.int8) if is_max else out
+        record_launch()
+        launch(x, out, idx, *ints, **consts)
+        return idx.permute(0, 3, 1, 2) if is_max else None
+
+    return run
+
+
+@_args.on_input_device
+def pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
+    return pool_fwd_launcher(x, kind, kernel, stride, padding, count_include_pad, out)(x, out)
 
 
 @_args.on_input_device
@@ -211,9 +222,9 @@ def _ref_bwd(grad_out, x_ref, kind, kernel, stride, padding, ceil_mode, count_in
 
 class _PoolFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
+    def forward(ctx, x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out, plan=None):
         out = out.detach()  # an autograd-plain alias of the destination (see batchnorm._ConvBNActFn)
-        impl = dispatch.choose("pool2d", x).impl
+        impl = dispatch.choose("pool2d", x).impl if plan is None else plan.impl
         ctx.conf = (kind, kernel, stride, padding, ceil_mode, count_include_pad)
         ctx.x_shape, ctx.impl, ctx.dtype = tuple(x.shape), impl, x.dtype
         idx = None
@@ -227,7 +238,11 @@ class _PoolFn(torch.autograd.Function):
             ctx.save_for_backward(idx if kind == "max" else None)
         else:
             _tile_check_interpretable(x)
-            idx = pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out)
+            if plan is None:
+                idx = pool_fwd_triton(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out)
+            else:
+                with _args.device_guard(x):
+                    idx = plan.launch(x, out)
             ctx.save_for_backward(idx)
         return out
 
@@ -248,7 +263,7 @@ class _PoolFn(torch.autograd.Function):
         else:
             dx = pool_bwd_triton(grad, saved, kind, kernel, stride, padding, count_include_pad, ctx.x_shape,
                                  ctx.dtype)  # fmt: skip
-        return dx, None, None, None, None, None, None, None
+        return dx, None, None, None, None, None, None, None, None
 
 
 def _repool(conf, x, out=None):
@@ -352,6 +367,15 @@ def pool2d(
     x: (N, C, H, W), channels innermost (a channel slice is fine); out: (N, C, P, Q) channels_last view, e.g. a
     channel slice of an Inception block's output. Differentiable; returns ``out`` (or a new tensor).
     """
+    conf, shape = _pool_args(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out)
+    if _library.traced(x):
+        return _traced_pool(x, conf, out)
+    return _run_pool(x, conf, _pool_out(x, shape, out), None)
+
+
+def _pool_args(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out):
+    """pool2d's argument checks: ``(conf, output shape)``, conf = (kind, kernel, stride, padding, ceil_mode,
+    count_include_pad) in canonical form."""
     if kind not in KINDS:
         raise ValueError(f"kind must be 'max' or 'avg', got {kind!r}")
     _args.activation(x, "x")
@@ -373,20 +397,62 @@ def pool2d(
                          f"padding {padding}")  # fmt: skip
     if out is not None:
         _args.out_tensor(out, shape, x)
-    conf = (kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
-    if _library.traced(x):
-        return _traced_pool(x, conf, out)
+    return (kind, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad)), shape
+
+
+def _pool_out(x, shape, out):
+    """The destination of an eager call: a new channels_last tensor, or the checked ``out``."""
     if out is None:
-        out = _tile.new_cl(shape, x)
-    else:
-        _args.no_overlap(out, {"x": x})
-        if out.requires_grad:
-            raise ValueError("pool2d(out=...): out must not require grad (autograd records this op's output)")
-    y = _PoolFn.apply(x, *conf, out)
+        return _tile.new_cl(shape, x)
+    _args.no_overlap(out, {"x": x})
+    if out.requires_grad:
+        raise ValueError("pool2d(out=...): out must not require grad (autograd records this op's output)")
+    return out
+
+
+def _run_pool(x, conf, out, plan):
+    y = _PoolFn.apply(x, *conf, out, plan)
     if torch.is_grad_enabled() and x.requires_grad and _recompute.has_recipe(x):
         # consumers of y save x's recipe (already-saved tensors) and re-pool, instead of saving y
         _recompute.attach(y, *_recompute.then(_recompute.recipe_of(x), functools.partial(_repool, conf)))
     return y
+
+
+class PoolPlan:
+    """:func:`pool2d` decided once for one call signature (issue 12: plans per signature): the arguments checked,
+    the implementation chosen and, on the triton route, the launch fixed. ``plan(x, out=None)`` then pools any
+    ``x`` (and ``out``) of the shapes, strides, dtype and device it was made for, with autograd as pool2d."""
+
+    def __init__(self, x, conf, shape, out):
+        self.conf, self.shape = conf, shape
+        self.geometry = _args.geometry(x, out)
+        self.impl = dispatch.choose("pool2d", x).impl
+        kind, kernel, stride, padding, _, count_include_pad = conf
+        self.launch = None
+        if self.impl == "triton":
+            _tile_check_interpretable(x)  # (depends on the dtype and the device only: part of the signature)
+            example = out if out is not None else _tile.new_cl(shape, x)
+            self.launch = pool_fwd_launcher(x, kind, kernel, stride, padding, count_include_pad, example)
+
+    def __call__(self, x, out=None):
+        if _args.geometry(x, out) != self.geometry:
+            _args.check_plan_geometry(self.geometry, x, out, what="pool plan")
+        out = _pool_out(x, self.shape, out)
+        if self.launch is not None and not (torch.is_grad_enabled() and x.requires_grad):
+            with _args.device_guard(x):  # nothing to record for autograd: the launch alone
+                self.launch(x, out)
+            return out
+        return _run_pool(x, self.conf, out, self)
+
+
+def plan_pool2d(x, kind, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True, out=None):
+    """A :class:`PoolPlan` for calls like ``pool2d(x, ...)`` with these arguments (checked here as pool2d checks
+    them), or None where a plan cannot serve: traced calls (torch.compile, fake tensors), an empty batch, a
+    dispatch recording in progress."""
+    conf, shape = _pool_args(x, kind, kernel, stride, padding, ceil_mode, count_include_pad, out)
+    if _library.traced(x) or x.shape[0] == 0 or dispatch.recording_active():
+        return None
+    return PoolPlan(x, conf, shape, out)
 
 
 # ----------------------------------------------------------------------------------------------------------

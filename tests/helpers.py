@@ -50,13 +50,15 @@ def _max_pool_gap(max_pool2d, x, kernel, stride, padding, ceil_mode):
 
 
 def _kink_sites(model, x):
-    """The tensors at every kink of ``model`` (train mode, reference backend, run on a copy so running statistics are
-    left untouched) on input ``x``: the input of every ReLU (ConvBNAct, and the residual merge of InceptionBlocks,
-    ``model`` itself included) as ``(tensor, None)`` and the input of every max pool as ``(tensor, pool args)``."""
+    """The tensors at every kink of ``model`` (in its own train/eval modes, reference backend, run on a copy so
+    running statistics are left untouched) on input ``x``: the input of every ReLU (ConvBNAct, the residual merge of
+    InceptionBlocks and of ScaledResidual, plain ``nn.ReLU`` modules; ``model`` itself included) as
+    ``(tensor, None)`` and the input of every max pool as ``(tensor, pool args)``."""
     from unittest import mock
 
     import torch.nn.functional as F
 
+    from inception_kernels.nn import ScaledResidual
     from inception_kernels.nn.engine import InceptionBlock
 
     model = copy.deepcopy(model)
@@ -64,6 +66,13 @@ def _kink_sites(model, x):
     for m in model.modules():
         if isinstance(m, ConvBNAct) and m.act:
             hooks.append(m.bn.register_forward_hook(lambda mod, i, o: sites.append((o, None))))
+        if isinstance(m, torch.nn.ReLU):
+            hooks.append(m.register_forward_pre_hook(lambda mod, i: sites.append((i[0], None))))
+        if isinstance(m, ScaledResidual) and m.act:
+            inp = {}
+            hooks.append(m.register_forward_pre_hook(lambda mod, i, inp=inp: inp.update(x=i[0])))
+            hooks.append(m.fn.register_forward_hook(
+                lambda mod, i, o, inp=inp, s=m.scale: sites.append((inp["x"] + s * o, None))))  # fmt: skip
         if isinstance(m, InceptionBlock) and m.spec.merge == "residual" and m.spec.act:
             inp = {}
             hooks.append(m.register_forward_pre_hook(lambda mod, i, inp=inp: inp.update(x=i[0])))

@@ -359,3 +359,18 @@ def test_plans_refuse_tensors_of_another_geometry(device):
     assert plan(x, *args).shape == (2, 8, 5, 5)
     with pytest.raises(ValueError, match="made for tensors of shapes and strides"):
         plan(x, *args, buf[:, 4:12])
+
+
+def test_conv_bn_act_takes_float64_on_the_reference_backend():
+    """A ConvBNAct called as a plain module (by an nn.Sequential, say) computes float64 on the reference backend,
+    as nn.Conv2d + nn.BatchNorm2d do (our kernels take float32 / bfloat16 / float16 only)."""
+    m = randomize_bn(ConvBNAct(3, 5, (3, 3), padding=1)).double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    for mode in ("eval", "train"):
+        m.train(mode == "train")
+        ref = copy.deepcopy(m)
+        with dispatch.use_backend("reference"):
+            y = m(x)
+        assert y.dtype == torch.float64 and rel_err(y, F.relu(ref.bn(ref.conv(x)))) < 1e-12, mode
+    with pytest.raises(TypeError, match="float32"):
+        m(x)  # on our kernels: the dtype is refused, naming it

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..ops import batchnorm as bn_ops
 from ..ops import dispatch
+from ..ops._args import FLOAT_DTYPES
 from ..ops._args import pair as _pair
 from ..ops._library import traced
 from ..ops.conv import _check_no_alias, conv2d, plan_forward, plannable
@@ -114,7 +115,8 @@ class ConvBNAct(nn.Module):
         self, x: torch.Tensor, out: torch.Tensor | None = None, reference: bool = False
     ) -> torch.Tensor:
         """x: (N, C, H, W); ``out``: optional channels_last destination (a channel slice of a block output)."""
-        if reference:
+        # asked, or a dtype only the reference backend takes (float64) while it is in force
+        if reference or (x.dtype not in FLOAT_DTYPES and dispatch.is_reference(x)):
             y = self.forward_reference(x)
             return y if out is None else out.copy_(y)
         conv = self.conv

@@ -64,18 +64,20 @@ STEPS = (
 )
 STEP_NAMES = tuple(s.name for s in STEPS)
 
-# A few op tests per family (tests/test_conv.py, test_conv_gpu.py, test_batchnorm.py, test_pool_residual.py).
+# A few op tests per family (tests/test_conv.py, test_conv_gpu.py, test_batchnorm.py, test_pool_residual.py) and the
+# training step's CUDA-graph replay on a small model (test_graphs.py; the network-level graph tests run later).
 SMOKE_FILES = (
     "tests/test_conv.py",
     "tests/test_conv_gpu.py",
     "tests/test_batchnorm.py",
-    "tests/test_pool_residual.py",
+    "tests/test_graphs.py",
+    "tests/test_pool_residual.py",  # (last: a dry run's test step collects it)
 )
 SMOKE_K = ("(test_forward_backward_vs_fp64 and 3x3_multiblock) or test_split_destination_horizontal_fusion"
            " or test_gpu_cuda_graph_capture or (test_gpu_vs_fp64_flash_rule and v3_6b_1x7)"
            " or test_bn_act_backward_matches_explicit_formula or test_conv_bn_act_into_slice_under_autograd"
            " or test_bn_stats_large_mean_small_spread or test_pool_into_slice_from_slice"
-           " or test_scaled_residual_into_slice")  # fmt: skip
+           " or test_scaled_residual_into_slice or test_gpu_graphed_step_equals_ordinary_steps")  # fmt: skip
 HEADLINE_NETWORKS = ("inception_v3",)
 DRY_ROUTES = ("reference", "no-such-route")
 # fake ms per call in a dry run, by label (first match wins): ours twice as fast as eager, and so on

@@ -197,7 +197,7 @@ def test_every_autotune_config(which, device, poison):
     st, pad = (2, 2), (1, 1, 1, 1)
     y_ref, d = reference_fp64(inp, "relu", 0.3)
     g = torch.randn(y_ref.shape, device=device).to(memory_format=torch.channels_last)
-    gx, gw = torch.autograd.grad(y_ref, [d["x"], d["weight"]], g.double())
+    gx, gw, gb = torch.autograd.grad(y_ref, [d["x"], d["weight"], d["bias"]], g.double())
     configs = {"fwd": conv_kernels.FWD_CONFIGS, "dgrad": conv_kernels.DGRAD_CONFIGS, "wgrad": conv_kernels.WGRAD_CONFIGS}[which]
     for cfg in configs:
         if which == "fwd":
@@ -207,12 +207,16 @@ def test_every_autotune_config(which, device, poison):
             continue
         y = _tile.new_cl(y_ref.shape, x)
         conv_triton.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, y)
+        # wgrad: several split-K slabs reduced inside the launch, and the bias gradient with them
         grads = conv.conv_bwd(
-            g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, False, False), configs={which: cfg}
-        )
+            g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, which == "wgrad", False), configs={which: cfg},
+            splits=3 if which == "wgrad" else None,
+        )  # fmt: skip
         ref = gx if which == "dgrad" else gw
         got = grads[0] if which == "dgrad" else grads[1]
         assert rel_err(got, ref) < TOL[torch.float32], cfg
+        if which == "wgrad":
+            assert rel_err(grads[3], gb) < TOL[torch.float32], cfg
 
 
 @pytest.mark.parametrize("splits", [1, 3, 7])
@@ -335,3 +339,117 @@ def test_interpreter_fp16(device):
     y = conv2d(**inp, activation="relu")
     y_ref, _ = reference_fp64(inp, "relu", 1.0)
     assert rel_err(y, y_ref) < 2e-3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Backward without the side passes: the epilogue's gradient folded into dgrad's and wgrad's operand loads, the
+# bias gradient and the split-K reduction inside wgrad
+# ----------------------------------------------------------------------------------------------------------
+FOLD_CASES = ["7x7_s2_stem_C3", "3x3_multiblock", "1x7", "7x1", "3x3_s2_HneW_odd", "3x3_HW1", "1x1_s2_odd"]
+# (activation, scale, bias, residual_scale): every epilogue whose gradient needs no residual tensor
+FOLD_EPILOGUES = {
+    "relu_bias": ("relu", False, True, 1.0),
+    "relu_only": ("relu", False, False, 1.0),
+    "relu_scale_bias_rs": ("relu", True, True, 0.37),
+    "bias_rs_no_relu": (None, False, True, 0.5),
+    "scale_bias_no_relu": (None, True, True, 1.0),
+}
+
+
+def _fold_run(case, epilogue, device, splits, *, y_buf_offset=0, g_offset=0):
+    """conv_bwd of one fused-epilogue conv on our kernels against the fp64 reference: returns
+    (ours, reference) gradients of (x, weight, scale, bias) (None where the epilogue has no such operand)."""
+    act, has_scale, has_bias, rs = FOLD_EPILOGUES[epilogue]
+    inp = make_inputs(CASES[case], device, scale=has_scale, bias=has_bias)
+    x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
+    st = _args.pair(inp["stride"], "stride")
+    pad = _args.conv_padding(inp["padding"])
+    y_ref, d = reference_fp64(inp, act, rs)
+    N, K, P, Q = y_ref.shape
+    # the saved output and grad_out as channel slices of larger channels_last buffers (a block's output)
+    ybig = _tile.new_cl((N, K + y_buf_offset + 3, P, Q), x)
+    y = ybig[:, y_buf_offset : y_buf_offset + K]
+    conv_triton.conv_fwd_into(x, w, sc, b, None, st, pad, rs, act == "relu", y)
+    gbig = torch.randn(N, K + g_offset + 2, P, Q, device=device).to(memory_format=torch.channels_last)
+    g = gbig[:, g_offset : g_offset + K]
+    need = (True, True, sc is not None, b is not None, False)
+    ours = conv.conv_bwd(g, x, w, sc, y, rs, act == "relu", st, pad, need, splits=splits)[:4]
+    leaves = [d["x"], d["weight"]] + [d[k] for k in ("scale", "bias") if d[k] is not None]
+    refs = iter(torch.autograd.grad(y_ref, leaves, g.double()))
+    theirs = [next(refs), next(refs)] + [next(refs) if t is not None else None for t in (sc, b)]
+    return ours, theirs
+
+
+@pytest.mark.parametrize(
+    "name, epilogue, splits",
+    # every case and every epilogue both with one split and with several (alternating, to keep the interpreter
+    # time down)
+    [(c, e, (1, 3)[(i + j) % 2]) for i, c in enumerate(FOLD_CASES) for j, e in enumerate(FOLD_EPILOGUES)],
+)
+def test_backward_epilogue_folded_into_gemms_vs_fp64(name, epilogue, splits, device, poison, monkeypatch):
+    """dgrad + wgrad applying the ReLU mask (from the saved output), residual_scale and scale in their operand
+    loads, wgrad reducing the bias gradient and its split-K slabs itself: every gradient matches fp64, no
+    epilogue pass ran, and poisoned (NaN) buffers show no unwritten element."""
+    monkeypatch.setattr(conv_triton, "epilogue_grad", lambda *a, **k: pytest.fail("epilogue pass ran"))
+    monkeypatch.setattr(conv, "epilogue_grad", lambda *a, **k: pytest.fail("epilogue pass ran"))
+    ours, theirs = _fold_run(name, epilogue, device, splits)
+    for k, a, b in zip(("x", "weight", "scale", "bias"), ours, theirs):
+        assert (a is None) == (b is None), k
+        if a is not None:
+            assert a.shape == b.shape and not a.isnan().any(), k
+            assert rel_err(a, b) < TOL[torch.float32], f"grad {k}: {rel_err(a, b):.2e}"
+
+
+@pytest.mark.parametrize("name", ["3x3_s2_valid_odd", "1x3"])
+def test_backward_folded_reads_saved_output_and_grad_slices(name, device, poison):
+    """The saved output and grad_out are channel slices at nonzero offsets of larger buffers (each with its own
+    strides): the mask is read from the right channels."""
+    ours, theirs = _fold_run(name, "relu_scale_bias_rs", device, 2, y_buf_offset=5, g_offset=3)
+    for a, b in zip(ours, theirs):
+        assert not a.isnan().any() and rel_err(a, b) < TOL[torch.float32]
+
+
+def test_one_conv_backward_is_two_launches(device):
+    """ReLU epilogue with a bias: dgrad + wgrad (mask, bias gradient and split-K reduction inside), nothing
+    else while the weight is unchanged; the weight's (R, S, K, C) repack once after it changed (an optimizer
+    step); a 1×1 weight needs no repack at all. (Before: epilogue pass, its bias sum, dgrad, wgrad, the slab sum:
+    5.) A residual gradient keeps the epilogue pass (it writes dres): 4."""
+    from inception_kernels.utils import count_launches
+
+    def backward_launches(case, residual=False, bump=False):
+        inp = make_inputs(CASES[case], device, scale=False, bias=True, residual=residual)
+        for t in grads_of(inp).values():
+            t.requires_grad_()
+        counts = []
+        for _ in range(2):
+            if bump:
+                with torch.no_grad():
+                    inp["weight"].mul_(1.0)
+            y = conv2d(**inp, activation="relu", residual_scale=0.5 if residual else 1.0)
+            with count_launches() as c:
+                y.backward(torch.randn_like(y))
+            counts.append(c.count)
+        return counts
+
+    assert backward_launches("3x3_multiblock")[1] == 2
+    assert backward_launches("3x3_multiblock", bump=True) == [3, 3]
+    assert backward_launches("1x1", bump=True) == [2, 2]
+    assert backward_launches("3x3_multiblock", residual=True)[1] == 4
+
+
+@pytest.mark.parametrize("epilogue", ["relu_bias", "relu_scale_bias_rs"])
+def test_folded_backward_bitwise_deterministic(epilogue, device):
+    """The same inputs give the same bits of dw, dscale and dbias on two runs, with split-K slabs reduced inside
+    the wgrad launch."""
+    act, has_scale, has_bias, rs = FOLD_EPILOGUES[epilogue]
+    inp = make_inputs((3, 6, 9, 9, 10, (3, 3), 1, 1), device, scale=has_scale, bias=has_bias)
+    x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
+    y = _tile.new_cl((3, 10, 9, 9), x)
+    conv_triton.conv_fwd_into(x, w, sc, b, None, (1, 1), (1, 1, 1, 1), rs, True, y)
+    g = torch.randn(y.shape, device=device).to(memory_format=torch.channels_last)
+    args = (g, x, w, sc, y, rs, True, (1, 1), (1, 1, 1, 1), (False, True, has_scale, True, False))
+    for splits in (5, 7):
+        first = conv.conv_bwd(*args, splits=splits)
+        again = conv.conv_bwd(*args, splits=splits)
+        for a, b2 in zip(first[1:4], again[1:4]):
+            assert (a is None and b2 is None) or torch.equal(a, b2)

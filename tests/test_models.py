@@ -190,6 +190,44 @@ def test_training_merge_writes_leaves_in_place(device, monkeypatch):
     assert calls == ["_SliceMerge"]
 
 
+def test_frozen_bn_training_step_conv_backward_launches(monkeypatch):
+    """Training an Inception-v3 (narrow) with frozen BNs (folded into each conv's epilogue: scale, bias, ReLU):
+    every conv backward is dgrad + wgrad, with the ReLU mask, the bias gradient and the split-K reduction inside
+    them, plus dgrad's scaled weight repack after an optimizer step -- 3 launches, no epilogue pass (it was 6:
+    the pass over grad_out, its bias sum, the scaled repack, dgrad, wgrad, the slab sum; the stem's first conv
+    4 -> 1). Structure only: the kernels are stubbed."""
+    from inception_kernels.bench.counting import stubbed_launches
+    from inception_kernels.ops import conv, conv_triton
+
+    model = create_model("inception_v3", width_mult=0.125, aux_logits=False).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    x = torch.randn(2, 3, 75, 75).contiguous(memory_format=torch.channels_last)
+    per_conv = []
+    orig = conv.conv_bwd
+
+    def counted(*a, **k):
+        with count_launches() as c:
+            out = orig(*a, **k)
+        per_conv.append(c.count)
+        return out
+
+    monkeypatch.setattr(conv, "conv_bwd", counted)
+    for module in (conv, conv_triton):
+        monkeypatch.setattr(module, "epilogue_grad", lambda *a, **k: pytest.fail("epilogue pass ran"))
+    with stubbed_launches():
+        for _ in range(2):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.0)  # an optimizer step: every parameter's version moves
+            per_conv.clear()
+            model(x).sum().backward()
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    # the stem's first conv has no input gradient to compute: wgrad alone
+    assert len(per_conv) == n_conv and sorted(per_conv) == [1] + [3] * (n_conv - 1), per_conv
+
+
 @pytest.mark.slow
 def test_torch_compile_runs_our_ops_and_matches_eager(monkeypatch):
     """torch.compile of a whole (narrow) Inception-v3 traces our registered ops, not ATen's convolution: the

@@ -6,7 +6,9 @@ registration for torch.compile, and the forward / backward compositions every ro
 Which implementation runs is the dispatch layer's choice (``dispatch``): ``conv_triton`` (our v1 kernels,
 ``conv_kernels``), ``conv_v2``, ``conv_cudnn`` (PyTorch's GEMM + our epilogue), ``conv_reference``. Backward first
 runs one memory-bound pass over grad_out (ReLU mask from the saved output, residual grad, bias-grad partial sums),
-then dgrad and wgrad, each by its own chosen implementation.
+then dgrad and wgrad, each by its own chosen implementation -- except when both run on our triton kernels and no
+residual gradient is needed: then they apply that gradient in their operand loads and wgrad reduces the bias
+gradient, no pass over grad_out (see :func:`conv_bwd`).
 """
 
 from __future__ import annotations
@@ -28,18 +30,16 @@ def conv_bwd(
 ):  # fmt: skip
     """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None.
 
-    Our epilogue-gradient pass (skipped when the epilogue is the identity), then dgrad and wgrad by the
-    implementations the dispatch layer chooses (or ``impls`` = {"dgrad": name, "wgrad": name});
-    ``configs``/``splits`` pin the Triton kernels' tiles (tests)."""
+    dgrad and wgrad by the implementations the dispatch layer chooses (or ``impls`` = {"dgrad": name,
+    "wgrad": name}); ``configs``/``splits`` pin the Triton kernels' tiles (tests). When both run on our
+    ``triton`` kernels and no residual gradient is asked for, they apply the epilogue's gradient themselves (the
+    ReLU mask from the saved output in their grad_out loads, residual_scale on their accumulators) and wgrad
+    reduces the bias gradient: dgrad + wgrad, two launches (plus dgrad's weight repack, cached, when the weight
+    or the scale changed). Otherwise our epilogue-gradient pass over grad_out runs first (skipped when the
+    epilogue is the identity): a residual gradient (it writes dres), a grad_out of another dtype, another route."""
     _backend.check_interpretable(x)
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
-    if relu or need_bias or need_res or residual_scale != 1.0 or grad_out.dtype != x.dtype:
-        gp, dbias, dres = epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias, need_res)
-    else:
-        # an identity epilogue (a conv feeding a BN in training, say): dgrad and wgrad read grad_out as it is
-        # (every route takes any strides), no pass over it
-        gp, dbias, dres = grad_out, None, None
     need_g = need_w or need_scale
     if impls is None:
         impls = {
@@ -47,19 +47,51 @@ def conv_bwd(
             "wgrad": dispatch.choose_conv("conv_wgrad", x, weight, stride, padding).name if need_g else None,
         }
     dg, wg = impls.get("dgrad") if need_x else None, impls.get("wgrad") if need_g else None
-    dx = g_unscaled = None
-    if dg == "cudnn" and wg == "cudnn":
-        from .conv_cudnn import conv_bwd_cudnn
+    epilogue = relu or need_bias or need_res or residual_scale != 1.0 or grad_out.dtype != x.dtype
+    folded = (
+        epilogue
+        and dg in (None, "triton")
+        and wg in (None, "triton")
+        and (dg or wg) is not None
+        and not need_res
+        and grad_out.dtype == x.dtype
+        and (wg is not None or not need_bias)  # the bias gradient is reduced by wgrad
+    )
+    dx = g_unscaled = dbias = dres = None
+    if folded:
+        from .conv_triton import dgrad_triton, wgrad_triton
 
-        dx, g_unscaled = conv_bwd_cudnn(gp, x, weight, scale, stride, padding, True, True)  # one ATen call
-    else:
+        fold = {"y": y, "relu": relu, "residual_scale": residual_scale}
         if dg is not None:
             kw = {"config": configs["dgrad"]} if "dgrad" in configs else {}
-            dx = dispatch.implementations("conv_dgrad")[dg].fn(gp, x, weight, scale, stride, padding, **kw)
+            dx = dgrad_triton(grad_out, x, weight, scale, stride, padding, **kw, **fold)
         if wg is not None:
             kw = {"config": configs["wgrad"]} if "wgrad" in configs else {}
             kw.update({"splits": splits} if splits else {})
-            g_unscaled = dispatch.implementations("conv_wgrad")[wg].fn(gp, x, weight, stride, padding, **kw)
+            got = wgrad_triton(grad_out, x, weight, stride, padding, **kw, **fold, need_bias=need_bias)
+            g_unscaled, dbias = got if need_bias else (got, None)
+    else:
+        if epilogue:
+            gp, dbias, dres = epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias, need_res)
+        else:
+            # an identity epilogue (a conv feeding a BN in training, say): dgrad and wgrad read grad_out as it is
+            # (every route takes any strides), no pass over it
+            gp = grad_out
+        if dg == "cudnn" and wg == "cudnn":
+            from .conv_cudnn import conv_bwd_cudnn
+
+            # one ATen call
+            dx, g_unscaled = conv_bwd_cudnn(gp, x, weight, scale, stride, padding, True, True)
+        else:
+            if dg is not None:
+                kw = {"config": configs["dgrad"]} if "dgrad" in configs else {}
+                dgrad = dispatch.implementations("conv_dgrad")[dg].fn
+                dx = dgrad(gp, x, weight, scale, stride, padding, **kw)
+            if wg is not None:
+                kw = {"config": configs["wgrad"]} if "wgrad" in configs else {}
+                kw.update({"splits": splits} if splits else {})
+                wgrad = dispatch.implementations("conv_wgrad")[wg].fn
+                g_unscaled = wgrad(gp, x, weight, stride, padding, **kw)
     dw = dscale = None
     if need_w:
         dw = g_unscaled if scale is None else g_unscaled * scale.float().view(-1, 1, 1, 1)

@@ -188,12 +188,15 @@ def _epilogue_bwd(
 
 
 def _conv_dgrad(
-    g_ptr, w_ptr, dx_ptr,
+    g_ptr, w_ptr, dx_ptr, y_ptr,
     N, C, H, W, K, P, Q,
     sgn, sgk, sgp, sgq,
     sdn, sdc, sdh, sdw,
+    syn, syk, syp, syq,
     stride_h, stride_w, pad_t, pad_l,
+    res_scale,
     R: tl.constexpr, S: tl.constexpr,
+    RELU: tl.constexpr, SCALE_G: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
@@ -202,6 +205,11 @@ def _conv_dgrad(
     Program axis 1 is the stride phase (a, b): it owns the input pixels with (h + pad_t) % stride_h == a and
     (w + pad_l) % stride_w == b, which receive exactly the taps r ≡ a, s ≡ b; so every loaded row is a real
     contribution. Pixels that no tap reaches get an explicit zero.
+
+    The forward epilogue's gradient folded in (the backward then needs no pass over grad_out): ``RELU`` masks
+    g with [y > 0] in the A-operand load (y: the saved output, with its own strides; the one addition to the
+    mainloop), ``SCALE_G`` multiplies the fp32 accumulator by ``res_scale`` (linear, so exact to do last). The
+    per-channel scale is always in the repacked weight. Both off: the mainloop is the plain GEMM, as before.
     """
     pid = tl.program_id(0)
     phase = tl.program_id(1)
@@ -233,6 +241,8 @@ def _conv_dgrad(
     hb = (h + pad_t) // stride_h
     wb = (w + pad_l) // stride_w
     g_row = g_ptr + n.to(IDX_T) * sgn
+    if RELU:
+        y_row = y_ptr + n.to(IDX_T) * syn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     taps_r = (R - a + stride_h - 1) // stride_h
@@ -252,9 +262,15 @@ def _conv_dgrad(
         mask_k = kk < K
         a_ptrs = (g_row + p.to(IDX_T) * sgp + q.to(IDX_T) * sgq)[:, None] + kk.to(IDX_T)[None, :] * sgk
         g = tl.load(a_ptrs, mask=valid[:, None] & mask_k[None, :], other=0.0)
+        if RELU:
+            y_ptrs = (y_row + p.to(IDX_T) * syp + q.to(IDX_T) * syq)[:, None] + kk.to(IDX_T)[None, :] * syk
+            yv = tl.load(y_ptrs, mask=valid[:, None] & mask_k[None, :], other=0.0)
+            g = tl.where(yv > 0, g, 0.0)
         b_ptrs = w_ptr + ((r * S + s) * K + kk)[:, None] * C + offs_n[None, :]
         wt = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(g, wt, acc, input_precision=DOT_PRECISION)
+    if SCALE_G:
+        acc = acc * res_scale
 
     d_ptrs = (
         dx_ptr
@@ -265,20 +281,33 @@ def _conv_dgrad(
 
 
 def _conv_wgrad(
-    x_ptr, g_ptr, ws_ptr,
+    x_ptr, g_ptr, ws_ptr, dw_ptr, y_ptr, db_ptr, cnt_ptr,
     N, C, H, W, K, P, Q,
     sxn, sxc, sxh, sxw,
     sgn, sgk, sgp, sgq,
+    syn, syk, syp, syq,
     stride_h, stride_w, pad_t, pad_l,
-    rows_per_split,
+    rows_per_split, num_splits, res_scale,
     R: tl.constexpr, S: tl.constexpr,
+    RELU: tl.constexpr, SCALE_G: tl.constexpr, BIAS_GRAD: tl.constexpr, SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Partial weight gradient of one split: ws[split, k, c, r, s] = Σ_{m in split} g[m, k] · x[m ⊕ (r, s), c].
+    """Weight gradient dw[k, c, r, s] = Σ_m g[m, k] · x[m ⊕ (r, s), c] (fp32, unscaled), split-K, in one launch.
 
-    Here BLOCK_M tiles K (output rows), BLOCK_N tiles C, BLOCK_K tiles the N·P·Q reduction. Each split writes
-    its own fp32 slab; the launcher sums the slabs in a fixed order.
+    Here BLOCK_M tiles K (output rows), BLOCK_N tiles C, BLOCK_K tiles the N·P·Q reduction; program axis 2 is
+    the split. Without ``SPLIT`` (one split) a program writes its tile of ``dw`` directly. With ``SPLIT`` each
+    program writes its fp32 partial into its slab of ``ws`` (num_splits, K, C, R, S); the last program of an
+    output tile to finish (counted in ``cnt_ptr``, one int32 per tile, zero on entry and reset to zero by that
+    program) sums the slabs in split order 0, 1, ..., num_splits − 1 and writes ``dw``: a fixed order whoever
+    arrives last, so the same inputs give the same bits on every run.
+
+    The forward epilogue's gradient folded in, as in ``_conv_dgrad``: ``RELU`` masks the g load with [y > 0],
+    ``SCALE_G`` multiplies the fp32 accumulators by ``res_scale`` after the mainloop. ``BIAS_GRAD``: the programs
+    of the first (tap, C-block) column also sum their masked g rows per channel in fp32, so ``db`` (K,) =
+    res_scale · Σ_m mask·g[m, k], through the same per-split partials (stored after the weight slabs in ``ws``)
+    and the same fixed-order reduction. The last program reduces in 16-row chunks of its tile (few registers
+    live next to the mainloop's).
     """
     pid_m = tl.program_id(0)
     pid_1 = tl.program_id(1)
@@ -296,6 +325,8 @@ def _conv_wgrad(
     start = split * rows_per_split
     stop = tl.minimum(start + rows_per_split, NPQ)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if BIAS_GRAD:
+        bacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for m0 in range(start, stop, BLOCK_K):
         offs_r = m0 + tl.arange(0, BLOCK_K)
         mask_r = offs_r < stop
@@ -312,6 +343,17 @@ def _conv_wgrad(
             + offs_k.to(IDX_T)[None, :] * sgk
         )
         g = tl.load(g_ptrs, mask=mask_r[:, None] & mask_k[None, :], other=0.0)
+        if RELU:
+            y_ptrs = (
+                y_ptr
+                + (n * syn + p.to(IDX_T) * syp + q.to(IDX_T) * syq)[:, None]
+                + offs_k.to(IDX_T)[None, :] * syk
+            )
+            yv = tl.load(y_ptrs, mask=mask_r[:, None] & mask_k[None, :], other=0.0)
+            g = tl.where(yv > 0, g, 0.0)
+        if BIAS_GRAD:
+            if pid_1 == 0:
+                bacc += tl.sum(g.to(tl.float32), axis=0)
         x_ptrs = (
             x_ptr
             + (n * sxn + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None]
@@ -319,13 +361,49 @@ def _conv_wgrad(
         )
         xv = tl.load(x_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
         acc = tl.dot(tl.trans(g), xv, acc, input_precision=DOT_PRECISION)
-    ws_ptrs = (
-        ws_ptr
-        + split.to(IDX_T) * K * C * (R * S)
-        + (offs_k[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S)
-        + rs
-    )
-    tl.store(ws_ptrs, acc, mask=mask_k[:, None] & mask_c[None, :])
+    if SCALE_G:
+        acc = acc * res_scale
+        if BIAS_GRAD:
+            bacc = bacc * res_scale
+    tile_off = (offs_k[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S) + rs
+    tile_mask = mask_k[:, None] & mask_c[None, :]
+    if SPLIT:
+        slab = K * C * (R * S)
+        tl.store(ws_ptr + split.to(IDX_T) * slab + tile_off, acc, mask=tile_mask)
+        if BIAS_GRAD:
+            bias_parts = ws_ptr + num_splits.to(IDX_T) * slab
+            if pid_1 == 0:
+                tl.store(bias_parts + split * K + offs_k, bacc, mask=mask_k)
+        # every thread's slab stores precede the arrival (CTA barrier, then the counter's release); the last to
+        # arrive acquires them all
+        tl.debug_barrier()
+        tile = pid_m * tl.num_programs(1) + pid_1
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            for k0 in range(0, BLOCK_M, 16):
+                rk = pid_m * BLOCK_M + k0 + tl.arange(0, 16)
+                off = (rk[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S) + rs
+                msk = (rk < K)[:, None] & mask_c[None, :]
+                tot = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+                src = ws_ptr + off
+                for _ in range(num_splits):  # split order 0, 1, ...: the pointers step one slab (64-bit)
+                    tot += tl.load(src, mask=msk, other=0.0, cache_modifier=".cg")
+                    src += slab
+                tl.store(dw_ptr + off, tot, mask=msk)
+            if BIAS_GRAD:
+                if pid_1 == 0:
+                    btot = tl.zeros((BLOCK_M,), dtype=tl.float32)
+                    for i in range(num_splits):
+                        btot += tl.load(
+                            bias_parts + i * K + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg"
+                        )
+                    tl.store(db_ptr + offs_k, btot, mask=mask_k)
+            tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+    else:
+        tl.store(dw_ptr + tile_off, acc, mask=tile_mask)
+        if BIAS_GRAD:
+            if pid_1 == 0:
+                tl.store(db_ptr + offs_k, bacc, mask=mask_k)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -572,26 +650,48 @@ def _fwd_arg_types(dt: str) -> dict[str, object]:
 @functools.cache
 def _dgrad_arg_types(dt: str) -> dict[str, object]:
     return _for(_conv_dgrad, {
-        **_types("g_ptr, w_ptr, dx_ptr", f"*{dt}"),
+        **_types("g_ptr, w_ptr, dx_ptr, y_ptr", f"*{dt}"),
         **_types("N, H, W, P, Q", "i32"),
         **_types("C, K", "i32:16"),
-        **_types("sgn, sgp, sgq, sdn, sdh, sdw", "i32:16"),
+        **_types("sgn, sgp, sgq, sdn, sdh, sdw, syn, syp, syq", "i32:16"),
         **_types("stride_h, stride_w, pad_t, pad_l", "i32"),
-        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+        "res_scale": "fp32",
+        "R": 3, "S": 3, "RELU": False, "SCALE_G": False,
+        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
+
+
+@functools.cache
+def _dgrad_relu_arg_types(dt: str) -> dict[str, object]:
+    """The backward of a conv + ReLU (a frozen BN's, say): mask in the A-operand load, residual_scale last."""
+    return {**_dgrad_arg_types(dt), "RELU": True, "SCALE_G": True}
 
 
 @functools.cache
 def _wgrad_arg_types(dt: str) -> dict[str, object]:
     return _for(_conv_wgrad, {
-        **_types("x_ptr, g_ptr", f"*{dt}"),
-        "ws_ptr": "*fp32",
+        **_types("x_ptr, g_ptr, y_ptr", f"*{dt}"),
+        **_types("ws_ptr, dw_ptr, db_ptr", "*fp32"),
+        "cnt_ptr": "*i32",
         **_types("N, H, W, P, Q", "i32"),
         **_types("C, K", "i32:16"),
-        **_types("sxn, sxh, sxw, sgn, sgp, sgq", "i32:16"),
-        **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split", "i32"),
-        "R": 3, "S": 3, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+        **_types("sxn, sxh, sxw, sgn, sgp, sgq, syn, syp, syq", "i32:16"),
+        **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split, num_splits", "i32"),
+        "res_scale": "fp32",
+        "R": 3, "S": 3, "RELU": False, "SCALE_G": False, "BIAS_GRAD": False, "SPLIT": True,
+        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
+
+
+@functools.cache
+def _wgrad_relu_bias_arg_types(dt: str) -> dict[str, object]:
+    """ReLU mask, residual_scale and the bias gradient folded in, split-K reduced in the launch."""
+    return {**_wgrad_arg_types(dt), "RELU": True, "SCALE_G": True, "BIAS_GRAD": True}
+
+
+@functools.cache
+def _wgrad_one_split_arg_types(dt: str) -> dict[str, object]:
+    return {**_wgrad_relu_bias_arg_types(dt), "SPLIT": False}
 
 
 @functools.cache
@@ -619,5 +719,8 @@ def _fwd_stats_arg_types(dt: str) -> dict[str, object]:
 
 register_kernel(KernelSpec("conv2d_fwd_stats", _conv_fwd, FWD_CONFIGS, _fwd_stats_arg_types))
 register_kernel(KernelSpec("conv2d_dgrad", _conv_dgrad, DGRAD_CONFIGS, _dgrad_arg_types))
+register_kernel(KernelSpec("conv2d_dgrad_relu", _conv_dgrad, DGRAD_CONFIGS, _dgrad_relu_arg_types))
 register_kernel(KernelSpec("conv2d_wgrad", _conv_wgrad, WGRAD_CONFIGS, _wgrad_arg_types))
+register_kernel(KernelSpec("conv2d_wgrad_relu_bias", _conv_wgrad, WGRAD_CONFIGS, _wgrad_relu_bias_arg_types))
+register_kernel(KernelSpec("conv2d_wgrad_1split", _conv_wgrad, WGRAD_CONFIGS, _wgrad_one_split_arg_types))
 register_kernel(KernelSpec("conv2d_epilogue_bwd", _epilogue_bwd, (EPILOGUE_BWD_CONFIG,), _epi_arg_types))

@@ -50,21 +50,28 @@ def packed_weight(
 ) -> torch.Tensor:
     """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given), in one kernel.
 
-    Unscaled packs are cached per weight tensor and reused while ``weight._version`` and its storage are unchanged
-    (an optimizer step, any in-place write or a ``.data`` rebinding invalidates them), so inference repacks each
-    weight once.
+    Packs are cached per weight tensor (for a scaled pack: and its scale tensor) and reused while their
+    ``_version`` and storage are unchanged (an optimizer step, any in-place write or a ``.data`` rebinding
+    invalidates them), so inference repacks each weight once and a training step once per weight and layout.
+    A permutation that is already contiguous (a 1×1 weight in the (R, S, K, C) layout) is the weight itself: no
+    copy.
     """
-    cacheable = (
-        scale is None
-        and not torch.compiler.is_compiling()
-        and not (weight.is_cuda and torch.cuda.is_current_stream_capturing())
+    src = weight.permute(*perm)
+    if scale is None and src.is_contiguous():
+        return src
+    cacheable = not torch.compiler.is_compiling() and not (
+        weight.is_cuda and torch.cuda.is_current_stream_capturing()
     )
-    key = (id(weight), perm)
+    # one entry per weight, layout and scaled-ness: a new scale tensor (a BN folded again) replaces the entry
+    key = (id(weight), perm, scale is not None)
+    stamp = (weight._version, weight.data_ptr())
+    if scale is not None:
+        stamp += (scale._version, scale.data_ptr())
     if cacheable:
         hit = _PACK_CACHE.get(key)
-        if hit is not None and hit[0]() is weight and hit[1] == (weight._version, weight.data_ptr()):
-            return hit[2]
-    src = weight.permute(*perm)
+        if (hit is not None and hit[0]() is weight and (scale is None or hit[1]() is scale)
+                and hit[2] == stamp):  # fmt: skip
+            return hit[3]
     out = torch.empty(src.shape, dtype=weight.dtype, device=weight.device)
     record_launch(aten=True)
     if scale is None:
@@ -77,7 +84,8 @@ def packed_weight(
     if cacheable:
         if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
             _PACK_CACHE.clear()
-        _PACK_CACHE[key] = (weakref.ref(weight), (weight._version, weight.data_ptr()), out)
+        scale_ref = None if scale is None else weakref.ref(scale)
+        _PACK_CACHE[key] = (weakref.ref(weight), scale_ref, stamp, out)
     return out
 
 
@@ -196,9 +204,16 @@ def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_re
     return gp, (gbias_part.sum(0) if need_bias else None), (gres if need_res else None)
 
 
-def dgrad_triton(gp, x, weight, scale, stride, padding, config=None):
-    """dx of the conv from ``gp`` (dense channels_last): stride-phase implicit GEMM, scale folded into the
-    repacked (R, S, K, C) weight."""
+def dgrad_triton(
+    gp, x, weight, scale, stride, padding, config=None, *, y=None, relu=False, residual_scale=1.0
+):
+    """dx of the conv from ``gp`` (any NHWC strides): stride-phase implicit GEMM, the scale folded into the
+    repacked (R, S, K, C) weight (cached while weight and scale keep their versions: one repack per training
+    step, none while they stay).
+
+    As a dispatch implementation ``gp`` is the epilogue's gradient. With ``relu`` or ``residual_scale`` != 1,
+    ``gp`` is the raw grad_out and the kernel applies the epilogue's gradient itself: the mask [y > 0] from the
+    saved output ``y`` in its A-operand load, ``residual_scale`` on its accumulator."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
@@ -210,19 +225,52 @@ def dgrad_triton(gp, x, weight, scale, stride, padding, config=None):
         triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),
         phases,
     )
+    ysrc = y if relu else gp
     kernels._launch(
         kernels._conv_dgrad_kernel, "dgrad", grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
         x.element_size(), config, phases, x.device,
-        gp, wd, dx,
-        N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(),
-        stride[0], stride[1], padding[0], padding[2],
-        R=R, S=S, DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(gp, x, dx),
+        gp, wd, dx, ysrc,
+        N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(), *ysrc.stride(),
+        stride[0], stride[1], padding[0], padding[2], float(residual_scale),
+        R=R, S=S, RELU=bool(relu), SCALE_G=residual_scale != 1.0,
+        DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(gp, x, dx, ysrc),
     )  # fmt: skip
     return dx
 
 
-def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None):
-    """The weight gradient without scale, float32 (K, C, R, S): deterministic split-K implicit GEMM."""
+_WGRAD_MIN_TILE = (
+    min(c.kwargs["BLOCK_M"] for c in kernels.WGRAD_CONFIGS),
+    min(c.kwargs["BLOCK_N"] for c in kernels.WGRAD_CONFIGS),
+)
+_COUNTERS: dict = {}
+
+
+def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
+    """The wgrad split-K arrival counters: int32, zero between launches (the kernel's last program of each tile
+    resets its counter), one set per device and stream (launches on one stream run in order), grown on demand
+    (a zero-fill the first time only; during CUDA graph capture, one per launch inside the graph)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # a zero-fill captured into the graph (it runs on every replay); a cached buffer first filled here would
+        # hold garbage for eager launches, since a captured fill does not run at capture time
+        record_launch(aten=True)
+        return torch.zeros(n, dtype=torch.int32, device=device)
+    key = (device, torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        record_launch(aten=True)
+        buf = _COUNTERS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return buf
+
+
+def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=None, relu=False,
+                 residual_scale=1.0, need_bias=False):  # fmt: skip
+    """The weight gradient without scale, float32 (K, C, R, S): a deterministic split-K implicit GEMM in one
+    launch (the slabs are summed in split order inside the kernel, see ``_conv_wgrad``).
+
+    As a dispatch implementation ``gp`` is the epilogue's gradient. With ``relu`` (mask [y > 0] from the saved
+    output ``y``) or ``residual_scale`` != 1, ``gp`` is the raw grad_out and the kernel applies that gradient
+    (the mask in its g load, ``residual_scale`` on its accumulators); with ``need_bias`` it also reduces the
+    bias gradient Σ_m gp[m, k] (float32 (K,)), and returns (dw, dbias)."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
@@ -234,21 +282,31 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None):
     tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
     nsplit = splits or _wgrad_splits(tiles, M, dev)
     rows = triton.cdiv(M, nsplit)
-    ws = _tile.new_buf((nsplit, K, C, R, S), dev)
+    dw = _tile.new_buf((K, C, R, S), dev)
+    dbias = _tile.new_buf((K,), dev) if need_bias else dw
+    if nsplit > 1:
+        # the slabs, then the bias partials (num_splits, K)
+        ws = _tile.new_buf((nsplit * (K * C * R * S + K),), dev)
+        # sized for the smallest tiles any config may use (the timing autotuner tries them all)
+        most = triton.cdiv(K, _WGRAD_MIN_TILE[0]) * triton.cdiv(C, _WGRAD_MIN_TILE[1]) * R * S
+        cnt = _tile_counters(dev, most)
+    else:
+        ws = cnt = dw
+    ysrc = y if relu else gp
     grid = lambda meta: (
         triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
     )  # fmt: skip
     kernels._launch(
         kernels._conv_wgrad_kernel, "wgrad", grid, wdims,
         x.element_size(), config, nsplit, dev,
-        x, gp, ws,
-        N, C, H, W, K, P, Q, *x.stride(), *gp.stride(),
+        x, gp, ws, dw, ysrc, dbias, cnt,
+        N, C, H, W, K, P, Q, *x.stride(), *gp.stride(), *ysrc.stride(),
         stride[0], stride[1], padding[0], padding[2],
-        rows,
-        R=R, S=S, DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x),
+        rows, nsplit, float(residual_scale),
+        R=R, S=S, RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), SPLIT=nsplit > 1,
+        DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x, ysrc, ws),
     )  # fmt: skip
-    record_launch(aten=True)
-    return ws.sum(0)  # fixed-order reduction over splits: deterministic
+    return (dw, dbias) if need_bias else dw
 
 
 def _fwd_triton(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):

@@ -9,8 +9,11 @@ GEMM views (M rows, N columns, reduction):
 * forward: M = N·P·Q output pixels, N = K output channels, reduction over (r, s, c) with c innermost.
 * dgrad:   M = N·H·W input pixels, split into stride_h·stride_w phases so that every (pixel, tap) pair the
   kernel visits is a real one (no zero-insertion, no wasted MMAs for stride 2), N = C, reduction (r, s, k).
-* wgrad:   M = K, N = C per tap (r, s), reduction over N·P·Q, split-K into a fixed number of slabs summed in
-  a fixed order (deterministic: the same bits on every run).
+* wgrad:   M = K, N = C per tap (r, s), reduction over N·P·Q, split-K into a fixed number of slabs that the last
+  program of each output tile sums in a fixed order inside the same launch (deterministic: the same bits on
+  every run).
+dgrad and wgrad can also apply the forward epilogue's gradient themselves (ReLU mask from the saved output,
+residual_scale, and in wgrad the bias gradient), so a conv backward needs no separate pass over grad_out.
 The launchers are in ``conv_triton``; the op (autograd, registered ops, argument checks) in ``conv``.
 """
 

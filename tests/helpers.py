@@ -65,6 +65,10 @@ def _kink_sites(model, x):
     sites, hooks = [], []
     for m in model.modules():
         if isinstance(m, ConvBNAct) and m.act:
+            # its reference ops (conv → BN module → ReLU) in both precisions: the fp32 path of a frozen BN folds
+            # the BN into the conv and never calls the BN module
+            hooks.append(m.register_forward_pre_hook(lambda mod, a, kw: (a, {**kw, "reference": True}),
+                                                     with_kwargs=True))  # fmt: skip
             hooks.append(m.bn.register_forward_hook(lambda mod, i, o: sites.append((o, None))))
         if isinstance(m, torch.nn.ReLU):
             hooks.append(m.register_forward_pre_hook(lambda mod, i: sites.append((i[0], None))))
@@ -91,6 +95,17 @@ def _kink_sites(model, x):
     return [(t, None if pool is None else functools.partial(_max_pool_gap, max_pool2d, t, *pool)) for t, pool in sites]
 
 
+def _rounding(t64, t32):
+    """How far fp32 rounding reaches at a kink site: the largest |fp32 - fp64| there (floored at 1e-9)."""
+    return max((t32.double() - t64).abs().max().item(), 1e-9)
+
+
+def relu_safety(pre64, pre32):
+    """How many times farther the ReLU input ``pre64`` (computed in fp64) is from 0 than fp32 rounding reaches
+    there: min |pre64| / max |pre32 - pre64|, ``pre32`` the same ReLU input computed in plain PyTorch fp32."""
+    return pre64.abs().min().item() / _rounding(pre64, pre32)
+
+
 def kink_safety(ref, x):
     """How many times farther ``x`` is from the nearest kink of the fp64 model ``ref`` than fp32 rounding reaches
     there: min over kink sites of (distance to the kink in fp64) / (largest |fp32 - fp64| at that site, plain
@@ -100,10 +115,21 @@ def kink_safety(ref, x):
     s32 = _kink_sites(copy.deepcopy(ref).float(), x.float())
     worst = float("inf")
     for (t64, gap), (t32, _) in zip(s64, s32, strict=True):
-        dist = t64.abs().min().item() if gap is None else gap()
-        err = max((t32.double() - t64).abs().max().item(), 1e-9)
-        worst = min(worst, dist / err)
+        worst = min(worst, relu_safety(t64, t32) if gap is None else gap() / _rounding(t64, t32))
     return worst
+
+
+def _redraw(draw, safety_of, safety, draws):
+    """``draw()`` until ``safety_of`` its result exceeds ``safety``; the safest of ``draws`` draws otherwise."""
+    best, best_safety = None, -1.0
+    for _ in range(draws):
+        drawn = draw()
+        got = safety_of(drawn)
+        if got > safety:
+            return drawn
+        if got > best_safety:
+            best, best_safety = drawn, got
+    return best
 
 
 def draw_input_off_kinks(ref, shape, monkeypatch, safety=10.0, draws=100):
@@ -117,17 +143,25 @@ def draw_input_off_kinks(ref, shape, monkeypatch, safety=10.0, draws=100):
     these sizes; a whole Inception-v3 at 75x75 once did in CI). Such inputs test rounding luck, not the kernels, so
     they are redrawn. Whole networks have a kink within a few times fp32 rounding on nearly every input (their
     deepest BN layers normalize 2 values per channel): there the safest draw is taken."""
-    best, best_safety = None, -1.0
     with monkeypatch.context() as m:
         m.setenv("INCEPTION_KERNELS_BACKEND", "reference")
-        for _ in range(draws):
-            x = torch.randn(shape)
-            got = kink_safety(ref, x)
-            if got > safety:
-                return x
-            if got > best_safety:
-                best, best_safety = x, got
-    return best
+        return _redraw(lambda: torch.randn(shape), lambda x: kink_safety(ref, x), safety, draws)
+
+
+def draw_off_relu_kink(draw, pre_act, safety=10.0, draws=100):
+    """The op-level :func:`draw_input_off_kinks`: ``draw()`` (a tuple of tensors, from the test's seeded generator)
+    until the ReLU input ``pre_act(*drawn)`` computed in fp64 is at least ``safety`` times farther from 0 than fp32
+    rounding reaches (:func:`relu_safety`; ``pre_act`` run in plain PyTorch on the drawn tensors cast to fp64 and
+    to fp32, ``None`` passed through), or the safest of ``draws`` draws. On the op tests' inputs a redraw is rare
+    (2 of 180 first draws over 12 seeds)."""
+
+    def safety_of(drawn):
+        def cast(dtype):
+            return [None if t is None else t.to(dtype) for t in drawn]
+
+        return relu_safety(pre_act(*cast(torch.float64)), pre_act(*cast(torch.float32)))
+
+    return _redraw(draw, safety_of, safety, draws)
 
 
 def check_train_block(block, size, device, monkeypatch, batch=2):

@@ -226,14 +226,22 @@ def test_conv_bn_act_train_variants(variant, device, monkeypatch):
     xo = x.to(device).contiguous(memory_format=torch.channels_last).requires_grad_()
     xr = x.double().requires_grad_()
     y = layer(xo)
-    y_ref = ref(xr, reference=True)
+    c = ref.conv(xr)  # ref(xr, reference=True), keeping the gradient at the conv output
+    c.retain_grad()
+    y_ref = torch.relu(ref.bn(c))
     g = torch.randn(y_ref.shape, dtype=torch.float64)
     (y * g.to(device, torch.float32)).sum().backward()
     (y_ref * g).sum().backward()
     assert rel_err(y.cpu(), y_ref) < 1e-5
     assert rel_err(xo.grad.cpu(), xr.grad) < 1e-5
     for (k, p), (_, pr) in zip(layer.named_parameters(), ref.named_parameters()):
-        # (a conv bias before a train-mode BN has a zero gradient: compare absolutely)
+        if k == "conv.bias" and layer.bn.training:
+            # a conv bias before a train-mode BN has a zero gradient: float32 returns the rounding of a sum of
+            # terms that cancel, so its size is bounded by theirs (per channel, Σ|∂L/∂conv output|). Measured
+            # over 300 seeds: |grad| ≤ 6.3e-7 of that sum (up to 5.9e-5 in absolute terms); bound: 1e-5 of it.
+            bound = 1e-5 * c.grad.abs().sum((0, 2, 3))
+            assert (p.grad.cpu().double().abs() <= bound).all(), (k, p.grad, bound)
+            continue
         assert torch.allclose(p.grad.cpu().double(), pr.grad, rtol=1e-4, atol=1e-5), k
     for (k, b), (_, br) in zip(layer.named_buffers(), ref.named_buffers()):
         same = rel_err(b.cpu().double(), br) < 1e-6 if b.is_floating_point() else torch.equal(b.cpu(), br)

@@ -11,6 +11,13 @@ any saved tensor) and rebuilds its input at the start of its backward. Tensors w
 
 Recipes compose: a block output (``_SliceMerge``) is the concatenation of its leaves' recipes, a pooled tensor the
 pooling of its input's recipe.
+
+One rebuild serves every consumer: a block output feeds the next block's branches (three convs and a pooling
+branch in Inception-v3), and each saves the same recipe. Each recipe counts the consumers that saved it
+(:class:`_Rebuilt`); the first consumer's backward rebuilds the activation, the rebuilt tensor is kept until the
+last one has taken it, then dropped (a recipe on top of another -- a pooling of a block output -- shares the
+inner rebuild). Only consumers whose backward never runs (no gradient flows through them) leave it held, until
+the graph itself is freed.
 """
 
 from __future__ import annotations
@@ -24,19 +31,47 @@ from torch.utils.weak import WeakTensorKeyDictionary
 _RECIPES = WeakTensorKeyDictionary()
 
 
-class Recipe:
-    """``build(*tensors, out=None)`` returns the activation (written into ``out`` when given)."""
+class _Rebuilt:
+    """The activation rebuilt by the first backward that needs it, kept for the ``pending`` consumers that saved
+    the same recipe and have not run yet. Holds no input tensor (the backward nodes' contexts keep it)."""
 
-    __slots__ = ("build", "tensors", "shape", "versions")
+    __slots__ = ("value", "pending")
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+        self.pending = 0
+
+    def take(self, build: Callable, tensors: Sequence) -> torch.Tensor:
+        """The activation for one consumer: rebuilt by the first, handed on to the rest, dropped after the last
+        (a consumer running its backward twice -- ``retain_graph`` -- just rebuilds)."""
+        self.pending -= 1
+        x = self.value
+        if x is None:
+            x = build(*tensors)
+        self.value = x if self.pending > 0 else None
+        return x
+
+
+class Recipe:
+    """``build(*tensors, out=None)`` returns the activation (written into ``out`` when given).
+
+    ``shared``: the rebuild its consumers share (:class:`_Rebuilt`; a fresh one by default, ``None`` for a recipe
+    that is not shared itself -- the identity, or a recipe over another one's rebuild); ``counts``: the rebuilds a
+    consumer saving this recipe will take (its own, or the inner recipe's)."""
+
+    __slots__ = ("build", "tensors", "shape", "versions", "shared", "counts")
 
     def __init__(
-        self, build: Callable, tensors: Sequence[torch.Tensor | None], like: torch.Tensor, track: bool = True
-    ):
+        self, build: Callable, tensors: Sequence[torch.Tensor | None], like: torch.Tensor, track: bool = True,
+        counts: tuple | None = None,
+    ):  # fmt: skip
         self.build = build
         self.tensors = tuple(tensors)
         self.shape = tuple(like.shape)
         # an in-place change of the activation, or of any tensor it is rebuilt from, invalidates the recipe
         self.versions = _versions(like, self.tensors) if track else None
+        self.shared = _Rebuilt() if counts is None else None
+        self.counts = (self.shared,) if counts is None else counts
 
     def valid_for(self, t: torch.Tensor) -> bool:
         return self.shape == tuple(t.shape) and self.versions == _versions(t, self.tensors)
@@ -47,14 +82,16 @@ def _versions(t: torch.Tensor, tensors) -> tuple:
 
 
 def attach(
-    t: torch.Tensor, build: Callable, tensors: Sequence[torch.Tensor | None], recording: bool | None = None
+    t: torch.Tensor, build: Callable, tensors: Sequence[torch.Tensor | None], counts: tuple | None = None,
+    recording: bool | None = None,
 ) -> torch.Tensor:
     """Give ``t`` a recipe -- only when autograd records a graph (``recording``; default: grad mode is on, which
-    inside an ``autograd.Function.forward`` it never is: pass ``any(ctx.needs_input_grad)`` there)."""
+    inside an ``autograd.Function.forward`` it never is: pass ``any(ctx.needs_input_grad)`` there). ``counts``:
+    see :class:`Recipe` (from :func:`then`; default: the recipe's own shared rebuild)."""
     if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or t.is_inference():
         return t  # traced graphs save what they save; inference tensors have no version counter
     if torch.is_grad_enabled() if recording is None else recording:
-        _RECIPES[t] = Recipe(build, tensors, t)
+        _RECIPES[t] = Recipe(build, tensors, t, counts=counts)
     return t
 
 
@@ -68,7 +105,7 @@ def recipe_of(t: torch.Tensor) -> Recipe:
     r = None if traced or t.is_inference() else _RECIPES.get(t)
     if r is not None and r.valid_for(t):
         return r
-    return Recipe(_identity, (t,), t, track=False)
+    return Recipe(_identity, (t,), t, track=False, counts=())
 
 
 def _identity(t, out=None):
@@ -78,21 +115,25 @@ def _identity(t, out=None):
 def save_with_input(ctx, x: torch.Tensor, *others) -> None:
     """``ctx.save_for_backward(x, *others)``, with ``x`` replaced by its recipe's tensors when it has one."""
     r = recipe_of(x)
-    ctx._recipe = (r.build, len(r.tensors))
+    for rebuilt in r.counts:
+        rebuilt.pending += 1
+    ctx._recipe = (r.build, len(r.tensors), r.shared)
     ctx.save_for_backward(*r.tensors, *others)
 
 
 def load_with_input(ctx) -> tuple[torch.Tensor, tuple]:
-    """The saved ``(x, others)`` of :func:`save_with_input`, rebuilding ``x`` from its recipe."""
-    build, n = ctx._recipe
+    """The saved ``(x, others)`` of :func:`save_with_input`, rebuilding ``x`` from its recipe (or taking the
+    rebuild another consumer of the same recipe made)."""
+    build, n, shared = ctx._recipe
     saved = ctx.saved_tensors
     with torch.no_grad():
-        x = build(*saved[:n])
+        x = build(*saved[:n]) if shared is None else shared.take(build, saved[:n])
     return x, saved[n:]
 
 
 def concat(parts: Sequence[tuple[int, int, torch.Tensor]], like: torch.Tensor) -> tuple[Callable, tuple]:
-    """Recipe of a channel concatenation: ``parts`` = (lo, hi, tensor) in the output's channel order."""
+    """Recipe of a channel concatenation: ``parts`` = (lo, hi, tensor) in the output's channel order; the
+    arguments of :func:`attach` after ``t``."""
     recipes = [recipe_of(t) for _, _, t in parts]
     layout = [(lo, hi, r.build, len(r.tensors)) for (lo, hi, _), r in zip(parts, recipes)]
     shape, dtype, device = tuple(like.shape), like.dtype, like.device
@@ -109,11 +150,13 @@ def concat(parts: Sequence[tuple[int, int, torch.Tensor]], like: torch.Tensor) -
     return build, tuple(t for r in recipes for t in r.tensors)
 
 
-def then(inner: Recipe, outer: Callable) -> tuple[Callable, tuple]:
-    """Recipe of ``outer(x, out=...)`` applied to a tensor rebuilt by ``inner``."""
-    inner_build = inner.build
+def then(inner: Recipe, outer: Callable) -> tuple[Callable, tuple, tuple]:
+    """Recipe of ``outer(x, out=...)`` applied to a tensor rebuilt by ``inner`` (the arguments of :func:`attach`
+    after ``t``): its consumers take ``inner``'s shared rebuild, then apply ``outer`` themselves."""
+    inner_build, shared = inner.build, inner.shared  # (not ``inner``: it holds the tensors)
 
     def build(*ts, out=None):
-        return outer(inner_build(*ts), out=out)
+        x = inner_build(*ts) if shared is None else shared.take(inner_build, ts)
+        return outer(x, out=out)
 
-    return build, inner.tensors
+    return build, inner.tensors, inner.counts

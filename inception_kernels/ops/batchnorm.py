@@ -9,8 +9,9 @@ pairwise update, shifted by the first tile's mean -- no E[v²] − E[v]² cancel
 spread, and the same bits on every run (no atomics).
 
 Backward (``bn_act_backward``) recomputes the ReLU mask and x̂ from the saved pre-BN tensor: with M = N·H·W,
-g' = g·[z > 0], z = x̂·γ + β, dβ = Σ g', dγ = Σ g'·x̂, dx = γ·invstd·(g' − dβ/M − x̂·dγ/M). Two passes: per-tile
-partial sums (summed in a fixed order), then the elementwise dx. ``grad_out`` may be a strided channel slice of
+g' = g·[z > 0], z = x̂·γ + β, dβ = Σ g', dγ = Σ g'·x̂, dx = γ·invstd·(g' − dβ/M − x̂·dγ/M). Two launches: the
+reduction (each program sums a fixed set of pixel tiles; the last program of each channel block to finish adds
+the programs' partials in a fixed order), then the elementwise dx. ``grad_out`` may be a strided channel slice of
 a block's gradient.
 
 :func:`conv_bn_act` is the training step of ``ConvBNAct``: our conv with the statistics epilogue, the finalize
@@ -34,9 +35,11 @@ from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 from ._triton import tl, triton
+from .conv_kernels import STATS_ROWS
 
 FINALIZE_BLOCK_T = 32
 FINALIZE_BLOCK_C = 64
+REDUCE_BLOCK_T = 64  # partial rows the BN backward's last program adds per step
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -48,7 +51,9 @@ def _bn_partials(
     sxn, sxc, sxh, sxw,
     IDX_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """(count, mean, M2) of each [BLOCK_M pixels, BLOCK_C channels] tile of x."""
+    """(count, mean, M2) of each [BLOCK_M pixels, BLOCK_C channels] tile of x, in the layout of the conv
+    epilogue's partials (``conv_triton.stats_partials``: a row per STATS_ROWS pixels; the tile's partial in its
+    first row, count 0 in the others)."""
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -61,10 +66,15 @@ def _bn_partials(
     cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
     t_mean = tl.sum(v, axis=0) / cnt
     dev = tl.where(mask_m[:, None], v - t_mean[None, :], 0.0)
-    tl.store(mean_ptr + pid_m * C + offs_c, t_mean, mask=mask_c)
-    tl.store(m2_ptr + pid_m * C + offs_c, tl.sum(dev * dev, axis=0), mask=mask_c)
+    row = pid_m * (BLOCK_M // STATS_ROWS)
+    tl.store(mean_ptr + row * C + offs_c, t_mean, mask=mask_c)
+    tl.store(m2_ptr + row * C + offs_c, tl.sum(dev * dev, axis=0), mask=mask_c)
     if pid_c == 0:
-        tl.store(cnt_ptr + pid_m, cnt.to(tl.float32))
+        tl.store(cnt_ptr + row, cnt.to(tl.float32))
+        if BLOCK_M > STATS_ROWS:
+            j = tl.arange(0, BLOCK_M // STATS_ROWS)
+            tl.store(cnt_ptr + row + j, tl.zeros(j.shape, tl.float32),
+                     mask=(j > 0) & (row + j < tl.cdiv(M, STATS_ROWS)))  # fmt: skip
 
 
 def _bn_finalize(
@@ -168,20 +178,51 @@ def _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
 
 
 def _bn_act_bwd_reduce(
-    g_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, pb_ptr, pw_ptr,
+    g_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, pb_ptr, pw_ptr, gb_ptr, gw_ptr, cnt_ptr,
     M, C, H, W,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, IDX_T: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
-    """Per-tile Σ g' and Σ g'·x̂ (the dβ and dγ partials)."""
-    pid_m, offs_m, offs_c, mask_c, mask = tile_2d(M, C, BLOCK_M, BLOCK_C)
+    """dβ = Σ g' and dγ = Σ g'·x̂ per channel, in one launch and the same bits on every run.
+
+    Program (i, j) sums the row tiles i, i + G, i + 2G, ... (G programs along axis 0) of channel block j into row i
+    of the partials; the last program of channel block j to finish (its arrival counter, reset to 0 for the next
+    launch) adds the G rows in the order 0, 1, ... and writes the sums."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    G = tl.num_programs(0)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
     mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
-    g, xhat = _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
-                           sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU, IDX_T)  # fmt: skip
-    tl.store(pb_ptr + pid_m * C + offs_c, tl.sum(g, axis=0), mask=mask_c)
-    tl.store(pw_ptr + pid_m * C + offs_c, tl.sum(tl.where(mask, g * xhat, 0.0), axis=0), mask=mask_c)
+    acc_b = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    acc_w = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t in range(pid_m, tl.cdiv(M, BLOCK_M), G):
+        offs_m = t * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (offs_m < M)[:, None] & mask_c[None, :]
+        g, xhat = _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
+                               sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU, IDX_T)  # fmt: skip
+        acc_b += tl.sum(g, axis=0)
+        acc_w += tl.sum(tl.where(mask, g * xhat, 0.0), axis=0)
+    tl.store(pb_ptr + pid_m * C + offs_c, acc_b, mask=mask_c)
+    tl.store(pw_ptr + pid_m * C + offs_c, acc_w, mask=mask_c)
+    # every thread's partial stores precede the arrival (CTA barrier, then the counter's release); the last to
+    # arrive acquires them all
+    tl.debug_barrier()
+    arrived = tl.atomic_add(cnt_ptr + pid_c, 1, sem="acq_rel", scope="gpu")
+    if arrived == G - 1:
+        tot_b = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        tot_w = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for t0 in range(0, G, BLOCK_T):
+            rows = t0 + tl.arange(0, BLOCK_T)
+            live = (rows < G)[:, None] & mask_c[None, :]
+            off = rows[:, None] * C + offs_c[None, :]
+            tot_b += tl.sum(tl.load(pb_ptr + off, mask=live, other=0.0, cache_modifier=".cg"), axis=0)
+            tot_w += tl.sum(tl.load(pw_ptr + off, mask=live, other=0.0, cache_modifier=".cg"), axis=0)
+        tl.store(gb_ptr + offs_c, tot_b, mask=mask_c)
+        tl.store(gw_ptr + offs_c, tot_w, mask=mask_c)
+        tl.atomic_xchg(cnt_ptr + pid_c, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
 def _bn_act_bwd_dx(
@@ -222,20 +263,18 @@ def _tile_args():
 def stats_partials_of(x: torch.Tensor):
     """Per-tile (count, mean, M2) partials of x (for a tensor our conv did not produce)."""
     N, C, H, W = x.shape
-    T = triton.cdiv(N * H * W, BLOCK_M)
-    partials = (_tile.new_buf((T,), x.device), _tile.new_buf((T, C), x.device), _tile.new_buf((T, C), x.device))
-    return stats_partials_into(x, partials)
+    return stats_partials_into(x, conv_triton.stats_partials(N * H * W, C, x.device))
 
 
 @_args.on_input_device
 def stats_partials_into(x: torch.Tensor, partials):
-    """Write x's per-tile partials into the first rows of ``partials`` = (count (T,), mean (T, C), M2 (T, C));
-    rows past cdiv(N·H·W, BLOCK_M) are left alone (zeroed counts mark them empty for :func:`bn_finalize`)."""
+    """Write x's per-tile partials into ``partials`` = (count (T,), mean (T, C), M2 (T, C)) of
+    :func:`conv_triton.stats_partials` for x's N·H·W rows (T = cdiv(N·H·W, STATS_ROWS))."""
     N, C, H, W = x.shape
     M = N * H * W
     cnt, pmean, pm2 = partials
-    if pmean.shape[0] < triton.cdiv(M, BLOCK_M) or pmean.shape[1] != C:
-        raise ValueError(f"partials of shape {tuple(pmean.shape)} cannot hold the tiles of a {tuple(x.shape)} tensor")
+    if pmean.shape != (triton.cdiv(M, conv_triton.STATS_ROWS), C) or cnt.shape != pmean.shape[:1]:
+        raise ValueError(f"partials of shape {tuple(pmean.shape)} do not match the tiles of a {tuple(x.shape)} tensor")
     record_launch()
     _bn_partials_kernel[_tile.grid_2d(M, C)](
         x, cnt, pmean, pm2, M, C, H, W, *x.stride(), IDX_T=_tile.tl_index_type(x), **_tile_args()
@@ -277,32 +316,44 @@ def bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out):
     return out
 
 
+def reduce_programs(M: int, C: int, device: torch.device) -> int:
+    """Programs along the rows of the BN backward's reduction (G of ``_bn_act_bwd_reduce``): on a GPU about four
+    per SM over all channel blocks (at most 256, so the last program adds few partial rows); in the interpreter 4,
+    so that programs loop over several row tiles there too."""
+    tiles = triton.cdiv(M, BLOCK_M)
+    if device.type != "cuda":
+        return min(tiles, 4)
+    per_block = 4 * conv_triton.kernels._num_sms(device) // triton.cdiv(C, BLOCK_C)
+    return max(1, min(tiles, 256, per_block))
+
+
 @_args.on_input_device
-def bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu, dx=None):
-    """(dx, dγ, dβ); dx written into ``dx`` (any channels_last view) when given."""
+def bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu, dx=None, programs=None):
+    """(dx, dγ, dβ); dx written into ``dx`` (any channels_last view) when given. Two launches: the reduction (its
+    ``programs`` rows of partials summed in-kernel, :func:`reduce_programs` unless given), then dx."""
     N, C, H, W = x.shape
     M = N * H * W
-    T = triton.cdiv(M, BLOCK_M)
     dev = x.device
     dummy = mean
     wt = weight if weight is not None else dummy
     bs = bias if bias is not None else dummy
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
     idx = _tile.tl_index_type(grad_out, x, dx)
-    parts = _tile.new_buf((2, T, C), dev)  # per-tile partials of dβ (row 0) and dγ (row 1)
+    G = programs or reduce_programs(M, C, dev)
+    cb = triton.cdiv(C, BLOCK_C)
+    parts = _tile.new_buf((2, G + 1, C), dev)  # per-program partials (rows 0..G-1), then the sums (row G)
     pb, pw = parts[0], parts[1]
-    grid = _tile.grid_2d(M, C)
+    gb, gw = parts[0, G], parts[1, G]
     record_launch()
-    _bn_act_bwd_reduce_kernel[grid](
-        grad_out, x, mean, invstd, wt, bs, pb, pw, M, C, H, W, *grad_out.stride(), *x.stride(),
-        IDX_T=idx, **flags, **_tile_args(),
+    _bn_act_bwd_reduce_kernel[(G, cb)](
+        grad_out, x, mean, invstd, wt, bs, pb, pw, gb, gw, conv_triton._tile_counters(dev, cb),
+        M, C, H, W, *grad_out.stride(), *x.stride(),
+        IDX_T=idx, **flags, BLOCK_T=REDUCE_BLOCK_T, **_tile_args(),
     )  # fmt: skip
-    record_launch(aten=True)
-    gb, gw = parts.sum(1)  # both reductions over tiles in one launch, in a fixed order: deterministic
     if dx is None:
         dx = _tile.new_cl(x.shape, x)
     record_launch()
-    _bn_act_bwd_dx_kernel[grid](
+    _bn_act_bwd_dx_kernel[_tile.grid_2d(M, C)](
         grad_out, x, mean, invstd, wt, bs, gb, gw, dx, M, C, H, W, 1.0 / M,
         *grad_out.stride(), *x.stride(), *dx.stride(), IDX_T=idx, **flags, **_tile_args(),
     )  # fmt: skip
@@ -940,8 +991,9 @@ def _fwd_types(dt: str) -> dict:
 
 @functools.cache
 def _reduce_types(dt: str) -> dict:
-    return {"g_ptr": f"*{dt}", "x_ptr": f"*{dt}", "pb_ptr": "*fp32", "pw_ptr": "*fp32", **_AFFINE,
-            **_strides("sgn, sgh, sgw, sxn, sxh, sxw"), "sgc": 1, "sxc": 1}  # fmt: skip
+    return {"g_ptr": f"*{dt}", "x_ptr": f"*{dt}", "pb_ptr": "*fp32", "pw_ptr": "*fp32", "gb_ptr": "*fp32",
+            "gw_ptr": "*fp32", "cnt_ptr": "*i32", **_AFFINE, **_strides("sgn, sgh, sgw, sxn, sxh, sxw"), "sgc": 1,
+            "sxc": 1}  # fmt: skip
 
 
 @functools.cache
@@ -961,5 +1013,10 @@ register_kernel(KernelSpec(
     _finalize_types,
 ))  # fmt: skip
 register_kernel(KernelSpec("bn_act_fwd", _bn_act_fwd, _TILE_CONFIG, _fwd_types))
-register_kernel(KernelSpec("bn_act_bwd_reduce", _bn_act_bwd_reduce, _TILE_CONFIG, _reduce_types))
+register_kernel(KernelSpec(
+    "bn_act_bwd_reduce", _bn_act_bwd_reduce,
+    (triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_C": BLOCK_C, "BLOCK_T": REDUCE_BLOCK_T}, num_warps=NUM_WARPS,
+                   num_stages=1),),
+    _reduce_types,
+))  # fmt: skip
 register_kernel(KernelSpec("bn_act_bwd_dx", _bn_act_bwd_dx, _TILE_CONFIG, _dx_types))

@@ -125,7 +125,7 @@ def conv_fwd_cudnn(
 
 def _stats_into(y0: torch.Tensor, stats) -> None:
     """Per-tile BN partials of y0 into the conv kernel's statistics buffers (``conv_triton.stats_partials``): our
-    statistics kernel's BLOCK_M-pixel tiles fill the first rows; the zeroed counts mark the rest empty."""
+    statistics kernel writes them in the conv epilogue's layout."""
     from .batchnorm import stats_partials_into
 
     stats_partials_into(y0, stats)

@@ -66,14 +66,21 @@ def _fwd_epilogue(
         # Batch-norm statistics of this tile (BLOCK_M rows x BLOCK_N channels) from the fp32 accumulator: row
         # count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean
         # dwarfs the spread). bn_finalize combines the per-tile partials in a fixed order (Chan et al.).
+        # The partials have a row per STATS_ROWS output rows (the smallest BLOCK_M): this tile's partial goes to
+        # the first of its rows, and its other rows get count 0 (empty), so no zero-fill runs before the launch.
         cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
         t_mean = tl.sum(tl.where(mask_m[:, None], acc, 0.0), axis=0) / cnt
         dev = tl.where(mask_m[:, None], acc - t_mean[None, :], 0.0)
         t_m2 = tl.sum(dev * dev, axis=0)
-        tl.store(st_mean_ptr + pid_m * K + offs_n, t_mean, mask=mask_n)
-        tl.store(st_m2_ptr + pid_m * K + offs_n, t_m2, mask=mask_n)
+        row = pid_m * (BLOCK_M // STATS_ROWS)
+        tl.store(st_mean_ptr + row * K + offs_n, t_mean, mask=mask_n)
+        tl.store(st_m2_ptr + row * K + offs_n, t_m2, mask=mask_n)
         if pid_n == 0:
-            tl.store(st_cnt_ptr + pid_m, cnt.to(tl.float32))
+            tl.store(st_cnt_ptr + row, cnt.to(tl.float32))
+            if BLOCK_M > STATS_ROWS:
+                j = tl.arange(0, BLOCK_M // STATS_ROWS)
+                tl.store(st_cnt_ptr + row + j, tl.zeros(j.shape, tl.float32),
+                         mask=(j > 0) & (row + j < tl.cdiv(M, STATS_ROWS)))  # fmt: skip
     if HAS_OUT2:
         # Horizontal fusion: output channels [0, k_split) go to out, [k_split, K) to out2 (channel 0 onwards).
         first = offs_n < k_split
@@ -438,6 +445,10 @@ FWD_CONFIGS = tuple(
         (16, 64, 64, 4, 3),
     ]
 )
+# Output rows per BN-statistics partial row: the smallest BLOCK_M of any forward config (v1 here, v2's are no
+# smaller; every BLOCK_M is a power-of-two multiple of it). A constexpr: the forward epilogue reads it.
+_STATS_ROWS = min(c.kwargs["BLOCK_M"] for c in FWD_CONFIGS)
+STATS_ROWS = tl.constexpr(_STATS_ROWS)
 # dgrad: BLOCK_N tiles C, BLOCK_K tiles the K reduction.
 DGRAD_CONFIGS = tuple(
     _cfg(bm, bn, "BLOCK_K", bk, w, st, GROUP_M=8)

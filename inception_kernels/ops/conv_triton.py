@@ -22,20 +22,20 @@ def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
-STATS_ROWS = min(c.kwargs["BLOCK_M"] for c in kernels.FWD_CONFIGS)
+STATS_ROWS = kernels._STATS_ROWS
 
 
 def stats_partials(M: int, K: int, device: torch.device):
     """Buffers for the forward kernel's BN-statistics epilogue: (count, mean, M2) per row tile of the output.
 
-    Sized for the smallest BLOCK_M any config may use (``STATS_ROWS`` rows per partial); a config with larger
-    tiles fills fewer rows, and the zeroed counts mark the rest empty. The count buffer is (T,), mean and M2
-    are (T, K) float32.
+    Sized for the smallest BLOCK_M any config may use (a row per ``STATS_ROWS`` output rows); a tile of a config
+    with larger tiles writes its partial into the first of its rows and count 0 into the others, so nothing is
+    zero-filled here. The count buffer is (T,), mean and M2 are (T, K) float32; the mean and M2 of a row whose
+    count is 0 are unspecified.
     """
     tiles = triton.cdiv(M, STATS_ROWS)
-    record_launch(aten=True)  # the zero-filled counts
     return (
-        torch.zeros(tiles, device=device, dtype=torch.float32),
+        _tile.new_buf((tiles,), device),
         _tile.new_buf((tiles, K), device),
         _tile.new_buf((tiles, K), device),
     )

@@ -93,6 +93,14 @@ def _plan(x, w, stride, padding, path):
     return conv_v2.desc_plan(x, wp, _args.pair(stride, "s"), _args.conv_padding(padding), None)
 
 
+def _stats_case(name, device, bias):
+    """Inputs of CASES[name] without BN scale (the statistics are of the conv output), stride, padding, y's shape."""
+    case = CASES[name]
+    inp = make_inputs(case, device, scale=False, bias=bias)
+    st, pad = _args.pair(case[6], "s"), _args.conv_padding(case[7])
+    return inp, st, pad, _args.conv_out_shape(inp["x"].shape, inp["weight"].shape, st, pad)
+
+
 def _run(inp, act, rs, config=None, out=None, dtype=torch.float32):
     x = inp["x"]
     st, pad = _args.pair(inp["stride"], "s"), _args.conv_padding(inp["padding"])
@@ -200,11 +208,8 @@ def test_every_persistent_config_ragged_rounds(name, path, device, poison, grids
 def test_persistent_stats_partials_match_one_tile_kernel(name, path, device, grids, monkeypatch):
     """BN-statistics partials (and y) of the persistent kernel are bit for bit those of its one-tile twin: the
     same reduction of the same tile into the same row of the partials, whichever program computes it."""
-    case = CASES[name]
-    inp = make_inputs(case, device, scale=False, bias=True)
+    inp, st, pad, shape = _stats_case(name, device, bias=True)
     x, w = inp["x"], inp["weight"]
-    st, pad = _args.pair(case[6], "s"), _args.conv_padding(case[7])
-    shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
     N, K, P, Q = shape
     tiles = _tiles(SMALL_PERSISTENT, N * P * Q, K)
     monkeypatch.setattr(conv_v2, "_FORCE_PROGRAMS", ragged_programs(tiles))
@@ -327,11 +332,8 @@ def test_out2_split_destination(persistent, path, device, poison, grids, monkeyp
 @pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_gemm"])
 def test_bn_statistics_partials(name, cfg_index, path, device, poison):
     """The BN-statistics epilogue (training mode): partials finalize to the batch mean and variance of y."""
-    case = CASES[name]
-    inp = make_inputs(case, device, scale=False, bias=False)
+    inp, st, pad, shape = _stats_case(name, device, bias=False)
     x, w = inp["x"], inp["weight"]
-    st, pad = _args.pair(case[6], "s"), _args.conv_padding(case[7])
-    shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
     N, K, P, Q = shape
     y = _tile.new_cl(shape, x)
     parts = conv_triton.stats_partials(N * P * Q, K, x.device)

@@ -806,7 +806,9 @@ def _shape_arg_values(shape, batch: int, dt: str) -> dict:
 def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: int = H100_SMS, jobs=None):
     """For each of the 14 Inception layer shapes (``inception_kernels.bench.kernels.SHAPES``): v1 and v2 forward
     kernels with the config each launcher's heuristic picks for ``batch`` on a GPU with ``sms`` SMs, compiled for
-    ``arch`` with the JIT's integer specializations and v2's descriptor plan; one row per (shape, version)."""
+    ``arch`` with the JIT's integer specializations and v2's descriptor plan; one row per (shape, version), and a
+    ``v2p`` row for v2's persistent twin of that config where the space has one (``conv_v2.persistent_twin``).
+    ``grid`` is the launch's program count (``tiles`` output tiles)."""
     import triton.language as tl
 
     from inception_kernels.bench.kernels import SHAPES
@@ -822,7 +824,8 @@ def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: i
         c1 = conv_kernels.heuristic_config("fwd", dims, eb, 1, sms)
         t1 = {k: v for k, v in base.items() if k in inspect.signature(conv_kernels._conv_fwd).parameters}
         specs.append(KernelSpec(f"v1:{shape.name}", conv_kernels._conv_fwd, (c1,), lambda dt, *, t=t1: t))
-        meta.append((shape.name, "v1", c1, "-"))
+        (tiles1,) = conv_v2.launch_grid(c1, dims[0][1], shape.K, eb, sms)  # a program per tile, as v1's grid
+        meta.append((shape.name, "v1", c1, "-", tiles1, tiles1))
         c2 = conv_v2.heuristic_config_v2(dims, eb, sms, arch)
         kw = c2.kwargs
         tma = arch >= 90
@@ -832,12 +835,18 @@ def compare_v2_rows(batch: int = 32, dtype: str = "bf16", arch: int = 90, sms: i
         t2 = {**base, "A_DESC": a_desc, "B_DESC": b_desc, "EVEN_C": shape.C % kw["BLOCK_C"] == 0,
               "x_desc": conv_v2._desc_type(dtype, (kw["BLOCK_M"], kw["BLOCK_C"])) if a_desc else f"*{dtype}",
               "w_desc": conv_v2._desc_type(dtype, (1, kw["BLOCK_C"], kw["BLOCK_N"])) if b_desc else f"*{dtype}"}  # fmt: skip
-        specs.append(KernelSpec(f"v2:{shape.name}", conv_v2._conv_fwd_v2, (c2,), lambda dt, *, t=t2: t))
-        meta.append((shape.name, "v2", c2, ("A+B" if a_desc else "B") if b_desc else "-"))
+        desc = ("A+B" if a_desc else "B") if b_desc else "-"
+        (tiles2,) = conv_v2.launch_grid(c2, dims[0][1], shape.K, eb, sms, arch)
+        for version, cfg in (("v2", c2), ("v2p", conv_v2.persistent_twin(c2, eb, arch))):
+            if cfg is not None:
+                (grid,) = conv_v2.launch_grid(cfg, dims[0][1], shape.K, eb, sms, arch)
+                specs.append(KernelSpec(f"{version}:{shape.name}", conv_v2._conv_fwd_v2, (cfg,), lambda dt, *, t=t2: t))
+                meta.append((shape.name, version, cfg, desc, grid, tiles2))
     rows = compile_all(arches=(arch,), dtypes=(dtype,), specs=specs, jobs=jobs)
-    for row, (name, version, cfg, desc) in zip(rows, meta, strict=True):
-        row.update(shape=name, version=version, tma=desc, config=config_name(cfg), batch=batch,
-                   warps=cfg.num_warps, tile=[cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_C")])  # fmt: skip
+    for row, (name, version, cfg, desc, grid, tiles) in zip(rows, meta, strict=True):
+        row.update(shape=name, version=version, tma=desc, config=config_name(cfg), batch=batch, grid=grid,
+                   tiles=tiles, warps=cfg.num_warps,
+                   tile=[cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_C")])  # fmt: skip
     return rows
 
 
@@ -858,8 +867,9 @@ def _issue_ratio(row: dict) -> str:
 
 
 def format_compare(rows: Sequence[dict]) -> str:
-    """The v1-vs-v2 rows as a markdown table (mainloop instruction mix per warp and per reduction step)."""
-    head = ("| shape | ver | config | TMA | regs | spill | smem KB | TC op | loop TC | loop int | int/TC | "
+    """The v1-vs-v2 rows as a markdown table (mainloop instruction mix per warp and per reduction step); ``grid``:
+    programs, or programs/tiles for a persistent launch."""
+    head = ("| shape | ver | config | TMA | grid | regs | spill | smem KB | TC op | loop TC | loop int | int/TC | "
             "int/kMAC | loop instr | issue/MMA |")  # fmt: skip
     out = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
@@ -869,8 +879,10 @@ def format_compare(rows: Sequence[dict]) -> str:
             continue
         kmac = p["loop_tc"] * p["macs_per_tc"] / 1024 if p.get("loop_tc") else 0
         per_kmac = f"{p['loop_int'] / kmac:.2f}" if kmac else "-"
+        grid = str(r["grid"]) if r["grid"] == r["tiles"] else f"{r['grid']}/{r['tiles']}"
         out.append(
-            f"| {r['shape']} | {r['version']} | {r['config']} | {r['tma']} | {r['registers']} | {r['spill_bytes']} | "
+            f"| {r['shape']} | {r['version']} | {r['config']} | {r['tma']} | {grid} | {r['registers']} | "
+            f"{r['spill_bytes']} | "
             f"{r['shared_bytes'] / 1024:.0f} | {p.get('tc_op')} | {p.get('loop_tc')} | "
             f"{p.get('loop_int')} | {p.get('int_per_tc')} | {per_kmac} | {p.get('loop_instr')} | "
             f"{_issue_ratio(r)} |"

@@ -246,6 +246,33 @@ def test_conv_v2_sm90_bf16_hgmma_utmaldg_no_spills():
     assert aot.compile_all(arches=(80,), dtypes=("bf16",), specs=specs[1:]) == []
 
 
+def test_conv_v2_persistent_configs_compile_without_spills():
+    """The persistent configs (grid-stride tile loop) of the three v2 variants: sm_90 bf16 and sm_80 fp16 (the
+    pointer twin), and fp32 on both, where only the configs :func:`conv_v2.configs_for` keeps for fp32 compile:
+    no spills, tensor-core loops (HGMMA on sm_90, HMMA on sm_80), TMA loads in the descriptor variants, and
+    registers and shared memory for the programs per SM the launcher puts on each SM."""
+    from inception_kernels.ops import conv_v2
+
+    specs = list(conv_v2.AOT_PERSISTENT_SPECS)
+    rows = aot.compile_all(arches=(90,), dtypes=("bf16", "fp32"), specs=specs)
+    rows += aot.compile_all(arches=(80,), dtypes=("fp16", "fp32"), specs=specs)
+    def n_cfg(eb, arch):
+        return sum(conv_v2.is_persistent(c) for c in conv_v2.configs_for(eb, arch))
+
+    assert n_cfg(2, 90) == 4 and n_cfg(4, 90) >= 1
+    assert len(rows) == 3 * n_cfg(2, 90) + 3 * n_cfg(4, 90) + n_cfg(2, 80) + n_cfg(4, 80)
+    by_name = {aot.config_name(c): c for c in conv_v2.V2_CONFIGS if conv_v2.is_persistent(c)}
+    for r in rows:
+        p, cfg = r["proxy"], by_name[r["config"]]
+        assert r["ok"] and r["spill_bytes"] == 0, r
+        assert p["loop_tc"] > 0 and p["tc_op"] == ("HGMMA" if r["arch"] == 90 else "HMMA"), r
+        assert (p["utmaldg"] > 0) == r["kernel"].endswith("_tma"), r
+        # the programs per SM the launcher assumes fit the 64K-register file and the shared memory
+        programs = conv_v2.resident_programs(cfg, 4 if r["dtype"] == "fp32" else 2, r["arch"])
+        assert programs * cfg.num_warps * 32 * r["registers"] <= 65536, r
+        assert programs * r["shared_bytes"] <= aot.MAX_SHARED_BYTES[r["arch"]], r
+
+
 def test_sass_proxy_counts_the_innermost_mma_loop():
     sass = "\n".join(
         f"        /*{a:04x}*/                   {ins} ;"

@@ -44,10 +44,46 @@ EXPECT_PLAN = {"1x3_oddK": (False, False), "1x1_gemm": (True, True), "1x1_gemm_o
                "1x1_HW1": (True, True)}  # fmt: skip
 
 
+ONE_TILE = [c for c in conv_v2.V2_CONFIGS if not conv_v2.is_persistent(c)]
+PERSISTENT = [c for c in conv_v2.V2_CONFIGS if conv_v2.is_persistent(c)]
+# Test-only persistent config with small tiles, so that the tiny shapes of CASES have several tiles to walk (16 rows:
+# mma.sync on a GPU; the same loop and epilogue as the space's persistent configs), and its one-tile twin.
+SMALL_PERSISTENT = conv_v2._cfg(16, 16, 16, 4, 2, persistent=2)
+SMALL_ONE_TILE = conv_v2._cfg(16, 16, 16, 4, 2)
+
+
 @pytest.fixture(params=["ptr", "desc"])
 def path(request, monkeypatch):
     monkeypatch.setattr(conv_v2, "_FORCE_DESC", request.param == "desc")
     return request.param
+
+
+class _GridSpy:
+    """Stands in for the kernel object: records each launch grid, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(tuple(grid))
+        return self.kernel[grid]
+
+
+@pytest.fixture
+def grids(monkeypatch):
+    spy = _GridSpy(conv_v2._conv_fwd_v2_kernel)
+    monkeypatch.setattr(conv_v2, "_conv_fwd_v2_kernel", spy)
+    return spy.grids
+
+
+def _tiles(cfg, M, K):
+    return math.ceil(M / cfg.kwargs["BLOCK_M"]) * math.ceil(K / cfg.kwargs["BLOCK_N"])
+
+
+def ragged_programs(tiles):
+    """The fewest programs (>= 2) that do not divide ``tiles``: some program walks more tiles than another, so
+    the grid-stride loop runs several rounds and the last one is ragged (None below 3 tiles)."""
+    return next((g for g in range(2, tiles) if tiles % g), None)
 
 
 def _plan(x, w, stride, padding, path):
@@ -55,6 +91,14 @@ def _plan(x, w, stride, padding, path):
         return (False, False)
     wp = conv_triton.packed_weight(w, (2, 3, 1, 0))
     return conv_v2.desc_plan(x, wp, _args.pair(stride, "s"), _args.conv_padding(padding), None)
+
+
+def _stats_case(name, device, bias):
+    """Inputs of CASES[name] without BN scale (the statistics are of the conv output), stride, padding, y's shape."""
+    case = CASES[name]
+    inp = make_inputs(case, device, scale=False, bias=bias)
+    st, pad = _args.pair(case[6], "s"), _args.conv_padding(case[7])
+    return inp, st, pad, _args.conv_out_shape(inp["x"].shape, inp["weight"].shape, st, pad)
 
 
 def _run(inp, act, rs, config=None, out=None, dtype=torch.float32):
@@ -108,11 +152,122 @@ def test_every_v2_config(name, path, device, poison):
         )
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Persistent configs (PERSISTENT: a grid-stride loop over the output tiles, each with the full epilogue)
+# ----------------------------------------------------------------------------------------------------------
+PERSISTENT_CASES = ["stem_C3_s2", "7x7_s2_C3", "3x3_oddC5", "3x3_C20_multiblock", "3x3_s2_odd", "3x3_HW1",
+                    "1x1_HW1", "1x1_gemm", "1x1_gemm_oddC", "1x3_oddK"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PERSISTENT_CASES)
+@pytest.mark.parametrize("epilogue", ["bn_relu", "residual"])
+def test_persistent_vs_fp64(name, epilogue, path, device, poison, grids, monkeypatch):
+    """The small persistent config on the awkward shapes, with 2 programs (a cdiv(tiles, 2)-round loop, ragged
+    when the tile count is odd) into a NaN-poisoned output: every tile written once, right."""
+    case = CASES[name]
+    monkeypatch.setattr(conv_v2, "_FORCE_PROGRAMS", 2)
+    rs = 0.17 if epilogue == "residual" else 1.0
+    inp = make_inputs(case, device, residual=epilogue == "residual")
+    y = _run(inp, "relu", rs, config=SMALL_PERSISTENT)
+    y_ref, _ = reference_fp64(inp, "relu", rs)
+    assert not y.isnan().any(), "unwritten output elements"
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+    N, K, P, Q = y.shape
+    tiles = _tiles(SMALL_PERSISTENT, N * P * Q, K)
+    assert grids == [(min(tiles, 2),)]
+    if name in ("3x3_oddC5", "3x3_C20_multiblock", "1x1_gemm"):
+        assert tiles >= 5, tiles  # 3 rounds, the last ragged for 5 and 9 tiles
+
+
+# Big enough for the space's persistent tiles (64 and 128 rows) to be several: M = 288 output pixels, K = 72
+PERSISTENT_BIG = {"3x3": (2, 8, 12, 12, 72, (3, 3), 1, 1), "1x1_gemm": (2, 16, 12, 12, 72, (1, 1), 1, 0)}
+
+
+@pytest.mark.parametrize("name", list(PERSISTENT_BIG))
+def test_every_persistent_config_ragged_rounds(name, path, device, poison, grids, monkeypatch):
+    """Each persistent config of the space with a program count that leaves the last round ragged."""
+    case = PERSISTENT_BIG[name]
+    inp = make_inputs(case, device, residual=True)
+    y_ref, _ = reference_fp64(inp, "relu", 0.3)
+    M, K = case[0] * case[2] * case[3], case[4]
+    assert PERSISTENT
+    for cfg in PERSISTENT:
+        tiles = _tiles(cfg, M, K)
+        programs = ragged_programs(tiles)
+        assert programs is not None, (cfg, tiles)
+        monkeypatch.setattr(conv_v2, "_FORCE_PROGRAMS", programs)
+        y = _run(inp, "relu", 0.3, config=cfg)
+        assert not y.isnan().any(), cfg
+        assert rel_err(y, y_ref) < TOL[torch.float32], cfg
+        assert grids[-1] == (programs,), cfg
+    if path == "desc":
+        assert _plan(inp["x"], inp["weight"], case[6], case[7], path) == (name == "1x1_gemm", True)
+
+
+@pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_gemm", "3x3_C20_multiblock"])
+def test_persistent_stats_partials_match_one_tile_kernel(name, path, device, grids, monkeypatch):
+    """BN-statistics partials (and y) of the persistent kernel are bit for bit those of its one-tile twin: the
+    same reduction of the same tile into the same row of the partials, whichever program computes it."""
+    inp, st, pad, shape = _stats_case(name, device, bias=True)
+    x, w = inp["x"], inp["weight"]
+    N, K, P, Q = shape
+    tiles = _tiles(SMALL_PERSISTENT, N * P * Q, K)
+    monkeypatch.setattr(conv_v2, "_FORCE_PROGRAMS", ragged_programs(tiles))
+    results = []
+    for cfg in (SMALL_ONE_TILE, SMALL_PERSISTENT):
+        y = torch.full(shape, float("nan"), device=device).to(memory_format=torch.channels_last)
+        parts = conv_triton.stats_partials(N * P * Q, K, x.device)
+        for buf in parts[1:]:
+            buf.fill_(float("nan"))  # rows no tile writes stay NaN in both
+        conv_v2.conv_fwd_v2_into(x, w, None, inp["bias"], None, st, pad, 1.0, True, y, config=cfg, stats=parts)
+        results.append((y, *parts))
+    assert grids == [(tiles,), (ragged_programs(tiles),)] and tiles > grids[1][0]
+    for one, pers in zip(*results, strict=True):
+        assert torch.equal(one.isnan(), pers.isnan())
+        assert torch.equal(torch.nan_to_num(one), torch.nan_to_num(pers))
+    y, cnt, mean, m2 = results[1]
+    assert (cnt > 0).all() and not mean.isnan().any() and not m2.isnan().any()  # 16-row tiles: every row
+    m, v, _ = batchnorm.bn_finalize((cnt, mean, m2), N * P * Q, 1e-5)
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    assert rel_err(m, y_ref.mean((0, 2, 3))) < 1e-5
+    assert rel_err(v, y_ref.var((0, 2, 3), unbiased=False)) < 1e-5
+
+
+def test_persistent_grid_and_heuristic(monkeypatch):
+    """Persistent launch: min(tiles, SMs x programs per SM); one-tile launch: a program per tile; the heuristic
+    never picks a persistent config (unmeasured)."""
+    big, w4, small, stem = PERSISTENT
+    assert [conv_v2.resident_programs(c, 2) for c in PERSISTENT] == [1, 2, 2, 4]
+    assert conv_v2.resident_programs(small, 4) == 1  # fp32: 5 stages of 64x64x64 take 160 KB
+    M, K = 32 * 17 * 17, 768  # 9248 x 768: 73 x 6 = 438 tiles of 128x128
+    assert conv_v2.launch_grid(big, M, K, 2, 132) == (132,)
+    assert conv_v2.launch_grid(w4, M, K, 2, 132) == (264,)
+    assert conv_v2.launch_grid(stem, 32 * 149 * 149, 32, 2, 132) == (528,)
+    assert conv_v2.launch_grid(w4, 256, 64, 2, 132) == (2,)  # fewer tiles than slots: one program each
+    assert conv_v2.launch_grid(ONE_TILE[0], M, K, 2, 132) == (438,)
+    monkeypatch.setattr(conv_v2, "_FORCE_PROGRAMS", 5)
+    assert conv_v2.launch_grid(big, M, K, 2, 132) == (5,)
+    assert conv_v2.launch_grid(ONE_TILE[0], M, K, 2, 132) == (438,)
+    for cfg in ONE_TILE:
+        twin = conv_v2.persistent_twin(cfg, 2)
+        assert twin is None or (twin.kwargs["BLOCK_M"], twin.num_stages) == (cfg.kwargs["BLOCK_M"], cfg.num_stages)
+    assert sum(conv_v2.persistent_twin(c, 2) is not None for c in ONE_TILE) == len(PERSISTENT)
+    for m in (64, 2048, 9248, 100352):
+        for k, c in ((32, 3), (192, 768), (384, 1280)):
+            dims = (("BLOCK_M", m), ("BLOCK_N", k), ("BLOCK_C", c))
+            for eb, arch in ((2, 90), (4, 90), (2, 80)):
+                assert not conv_v2.is_persistent(conv_v2.heuristic_config_v2(dims, eb, 132, arch)), dims
+    for eb, arch in ((2, 90), (4, 90), (2, 80), (4, 80)):
+        assert any(conv_v2.is_persistent(c) for c in conv_v2.configs_for(eb, arch)), (eb, arch)
+
+
 @pytest.mark.parametrize("name", ["3x3_C20_multiblock", "1x1_gemm", "7x1"])
 @pytest.mark.parametrize("x_off", [8, 3])
-def test_slices_x_out_residual(name, x_off, path, device):
+@pytest.mark.parametrize("persistent", [False, True])
+def test_slices_x_out_residual(name, x_off, persistent, path, device, grids, monkeypatch):
     """x, residual and out are channel slices of larger NaN-poisoned buffers; only out's slice is written. An x
-    offset of 8 floats (32 bytes) keeps the 1x1 activation descriptor usable, 3 (12 bytes) forces pointers."""
+    offset of 8 floats (32 bytes) keeps the 1x1 activation descriptor usable, 3 (12 bytes) forces pointers.
+    ``persistent``: the small persistent config, 2 programs for its 4-9 tiles."""
     N, C, H, W, K, RS, stride, padding = CASES[name]
     inp = make_inputs(CASES[name], device, residual=True)
     st, pad = _args.pair(stride, "s"), _args.conv_padding(padding)
@@ -124,7 +279,10 @@ def test_slices_x_out_residual(name, x_off, path, device):
     obig = torch.full((N, K + 11, P, Q), float("nan"), device=device).to(memory_format=torch.channels_last)
     off = 4
     sliced = {**inp, "x": xbig[:, x_off : x_off + C], "residual": rbig[:, 5 : 5 + K]}
-    _run(sliced, "relu", 0.5, out=obig[:, off : off + K])
+    monkeypatch.setattr(conv_v2, "_FORCE_PROGRAMS", 2)
+    _run(sliced, "relu", 0.5, out=obig[:, off : off + K], config=SMALL_PERSISTENT if persistent else None)
+    if persistent:
+        assert grids == [(2,)] and _tiles(SMALL_PERSISTENT, N * P * Q, K) >= 4  # 2+ rounds each
     y_ref, _ = reference_fp64(inp, "relu", 0.5)
     assert rel_err(obig[:, off : off + K], y_ref) < TOL[torch.float32]
     assert obig[:, :off].isnan().all() and obig[:, off + K :].isnan().all()
@@ -144,14 +302,23 @@ def test_1x1_gemm_descriptor_row_stride_of_size_1_dims(path, device):
         assert _plan(odd, inp["weight"], 1, 0, path) == (True, True)
 
 
-def test_out2_split_destination(path, device, poison):
-    """Horizontal fusion: channels [0, K1) into a slice of a block buffer, [K1, K) into a poisoned temporary."""
+@pytest.mark.parametrize("persistent", [False, True])
+def test_out2_split_destination(persistent, path, device, poison, grids, monkeypatch):
+    """Horizontal fusion: channels [0, K1) into a slice of a block buffer, [K1, K) into a poisoned temporary.
+    ``persistent``: the small persistent config, 3 programs for its 8 tiles (the first N tile, channels 0-15,
+    straddles the split K1 = 11)."""
     inp = make_inputs((2, 16, 5, 6, 32, (1, 1), 1, 0), device)
     x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
     y_ref, _ = reference_fp64(inp, "relu", 1.0)
     buf = torch.full((2, 40, 5, 6), float("nan"), device=device).to(memory_format=torch.channels_last)
     tmp = _tile.new_cl((2, 21, 5, 6), x)
-    conv_v2.conv_fwd_v2_into(x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp)
+    cfg = SMALL_PERSISTENT if persistent else None
+    monkeypatch.setattr(conv_v2, "_FORCE_PROGRAMS", 3)
+    conv_v2.conv_fwd_v2_into(
+        x, w, sc, b, None, (1, 1), (0, 0, 0, 0), 1.0, True, buf[:, 7:18], out2=tmp, config=cfg
+    )
+    if persistent:
+        assert grids == [(3,)] and _tiles(SMALL_PERSISTENT, 60, 32) == 8
     assert rel_err(buf[:, 7:18], y_ref[:, :11]) < TOL[torch.float32]
     assert rel_err(tmp, y_ref[:, 11:]) < TOL[torch.float32]
     assert buf[:, :7].isnan().all() and buf[:, 18:].isnan().all()
@@ -161,19 +328,16 @@ def test_out2_split_destination(path, device, poison):
         )
 
 
-@pytest.mark.parametrize("cfg_index", [0, len(conv_v2.V2_CONFIGS) - 1])
+@pytest.mark.parametrize("cfg_index", [0, len(ONE_TILE) - 1])
 @pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_gemm"])
 def test_bn_statistics_partials(name, cfg_index, path, device, poison):
     """The BN-statistics epilogue (training mode): partials finalize to the batch mean and variance of y."""
-    case = CASES[name]
-    inp = make_inputs(case, device, scale=False, bias=False)
+    inp, st, pad, shape = _stats_case(name, device, bias=False)
     x, w = inp["x"], inp["weight"]
-    st, pad = _args.pair(case[6], "s"), _args.conv_padding(case[7])
-    shape = _args.conv_out_shape(x.shape, w.shape, st, pad)
     N, K, P, Q = shape
     y = _tile.new_cl(shape, x)
     parts = conv_triton.stats_partials(N * P * Q, K, x.device)
-    cfg = conv_v2.V2_CONFIGS[cfg_index]
+    cfg = ONE_TILE[cfg_index]
     conv_v2.conv_fwd_v2_into(x, w, None, None, None, st, pad, 1.0, False, y, config=cfg, stats=parts)
     mean, var, _ = batchnorm.bn_finalize(parts, N * P * Q, 1e-5)
     y_ref, _ = reference_fp64(inp, None, 1.0)

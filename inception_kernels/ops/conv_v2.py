@@ -25,11 +25,21 @@ with ``out`` / ``residual`` / ``x`` any NHWC-strided views (channel slices inclu
   :func:`~inception_kernels.ops.conv_kernels.prune_configs` rule plus a shared-memory estimate of the stages, and one
   config per shape chosen without timing by the same rule as v1's heuristic.
 
+* **persistent configs** (``PERSISTENT`` = programs per SM, four of them, see :data:`V2_CONFIGS`): the grid is
+  min(tiles, SMs × programs per SM) (:func:`launch_grid`) and each program walks the tiles pid, pid + grid, ...
+  in a plain grid-stride loop, every tile in GROUP_M order with its full mainloop and the same fused epilogue
+  (its BN-statistics partials land in the row of its own row tile, so the statistics consumer sees the layout of
+  a one-tile launch). The one-tile kernel is compiled from the same per-tile helper without the loop, so its code
+  is what it was. The loop is not flattened with the mainloop and not warp-specialized: the epilogue of one tile
+  and the first loads of the next do not overlap within a program (only across programs, as before).
+  Unmeasured on a GPU, so the heuristic never picks one; they are asked for with ``config=``.
+
 Descriptors are used on CUDA devices of compute capability >= 9 when the strides allow (16-byte aligned rows and
 base), and in the Triton interpreter when asked (the tests run both the descriptor and the pointer twin there);
 elsewhere the pointer twin runs (same kernel, ``A_DESC = B_DESC = False``).
 
-Not done here (see benchmarks/NOTES.md): a persistent tile loop, warp specialization, a TMA store epilogue.
+Not done here (see benchmarks/NOTES.md): warp specialization (and a tile loop flattened into the mainloop), a TMA
+store epilogue.
 """
 
 from __future__ import annotations
@@ -56,7 +66,8 @@ except ImportError:  # pragma: no cover - older triton: the pointer twin only
 # ----------------------------------------------------------------------------------------------------------
 # Kernel
 # ----------------------------------------------------------------------------------------------------------
-def _conv_fwd_v2(
+def _conv_v2_tile(
+    tile,
     x_ptr, x_desc, w_ptr, w_desc, out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr,
     st_cnt_ptr, st_mean_ptr, st_m2_ptr,
     N, C, H, W, K, P, Q,
@@ -73,22 +84,16 @@ def _conv_fwd_v2(
     A_DESC: tl.constexpr, B_DESC: tl.constexpr, EVEN_C: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """One (BLOCK_M output pixels) x (BLOCK_N output channels) tile; reduction over (r, s, c), c innermost.
-
-    ``x_desc``: 2-D descriptor of x as (N·H·W, C) when ``A_DESC`` (1×1, stride 1, no padding, dense rows), else
-    unused. ``w_desc``: 3-D descriptor of the packed (R·S, C, K) weight, box [1, BLOCK_C, BLOCK_N], when
-    ``B_DESC``, else unused (``w_ptr`` is read instead).
-    """
-    pid = tl.program_id(0)
+    """Output tile number ``tile`` (in GROUP_M-swizzled order): its mainloop and the fused epilogue."""
     M = N * P * Q
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(K, BLOCK_N)
     num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
+    group_id = tile // num_pid_in_group
     first_pid_m = group_id * GROUP_M
     group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m = first_pid_m + (tile % num_pid_in_group) % group_size_m
+    pid_n = (tile % num_pid_in_group) // group_size_m
 
     m0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
@@ -125,7 +130,7 @@ def _conv_fwd_v2(
         # tile would hold BLOCK_M·BLOCK_C/threads registers); a step adds one scalar to the row offsets
         a_row = n.to(IDX_T) * sxn + h_base.to(IDX_T) * sxh + w_base.to(IDX_T) * sxw
         a_col = offs_c.to(IDX_T) * sxc
-        zero = pid * 0
+        zero = tile * 0
         r = zero
         s = zero
         cb = zero
@@ -167,16 +172,77 @@ def _conv_fwd_v2(
     )  # fmt: skip
 
 
+_conv_v2_tile_jit = triton.jit(_conv_v2_tile)
+
+
+def _conv_fwd_v2(
+    x_ptr, x_desc, w_ptr, w_desc, out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr,
+    st_cnt_ptr, st_mean_ptr, st_m2_ptr,
+    N, C, H, W, K, P, Q,
+    sxn, sxc, sxh, sxw,
+    son, sok, sop, soq,
+    srn, srk, srp, srq,
+    s2n, s2k, s2p, s2q,
+    stride_h, stride_w, pad_t, pad_l,
+    res_scale, k_split,
+    R: tl.constexpr, S: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    HAS_OUT2: tl.constexpr, STATS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
+    A_DESC: tl.constexpr, B_DESC: tl.constexpr, EVEN_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr = 0,
+):  # fmt: skip
+    """(BLOCK_M output pixels) x (BLOCK_N output channels) tiles; reduction over (r, s, c), c innermost.
+
+    One tile per program (the grid has one program per tile), or with ``PERSISTENT`` > 0 (the launcher's programs
+    per SM; the kernel only tests it for zero) a grid-stride loop: program
+    ``pid`` of ``G`` computes tiles pid, pid + G, pid + 2G, ... (each in full, epilogue included, before the next;
+    the last round is ragged when G does not divide the tile count).
+
+    ``x_desc``: 2-D descriptor of x as (N·H·W, C) when ``A_DESC`` (1×1, stride 1, no padding, dense rows), else
+    unused. ``w_desc``: 3-D descriptor of the packed (R·S, C, K) weight, box [1, BLOCK_C, BLOCK_N], when
+    ``B_DESC``, else unused (``w_ptr`` is read instead).
+    """
+    pid = tl.program_id(0)
+    if PERSISTENT:
+        num_tiles = tl.cdiv(N * P * Q, BLOCK_M) * tl.cdiv(K, BLOCK_N)
+        for tile in range(pid, num_tiles, tl.num_programs(0)):
+            _conv_v2_tile_jit(
+                tile, x_ptr, x_desc, w_ptr, w_desc, out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr,
+                st_cnt_ptr, st_mean_ptr, st_m2_ptr, N, C, H, W, K, P, Q,
+                sxn, sxc, sxh, sxw, son, sok, sop, soq, srn, srk, srp, srq, s2n, s2k, s2p, s2q,
+                stride_h, stride_w, pad_t, pad_l, res_scale, k_split,
+                R, S, HAS_SCALE, HAS_BIAS, HAS_RES, RELU, HAS_OUT2, STATS, DOT_PRECISION, IDX_T,
+                A_DESC, B_DESC, EVEN_C, BLOCK_M, BLOCK_N, BLOCK_C, GROUP_M,
+            )  # fmt: skip
+    else:
+        _conv_v2_tile_jit(
+            pid, x_ptr, x_desc, w_ptr, w_desc, out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr,
+            st_cnt_ptr, st_mean_ptr, st_m2_ptr, N, C, H, W, K, P, Q,
+            sxn, sxc, sxh, sxw, son, sok, sop, soq, srn, srk, srp, srq, s2n, s2k, s2p, s2q,
+            stride_h, stride_w, pad_t, pad_l, res_scale, k_split,
+            R, S, HAS_SCALE, HAS_BIAS, HAS_RES, RELU, HAS_OUT2, STATS, DOT_PRECISION, IDX_T,
+            A_DESC, B_DESC, EVEN_C, BLOCK_M, BLOCK_N, BLOCK_C, GROUP_M,
+        )  # fmt: skip
+
+
 _conv_fwd_v2_kernel = triton.jit(_conv_fwd_v2)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Configs and the per-shape choice
 # ----------------------------------------------------------------------------------------------------------
-def _cfg(bm, bn, bc, warps, stages) -> triton.Config:
-    return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_C": bc, "GROUP_M": 8}, num_warps=warps, num_stages=stages
-    )
+def _cfg(bm, bn, bc, warps, stages, persistent=0) -> triton.Config:
+    """``persistent``: 0 for one tile per program, else the programs per SM of a persistent launch."""
+    kw = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_C": bc, "GROUP_M": 8}
+    if persistent:  # only then in kwargs: the one-tile configs keep their names (and AOT rows)
+        kw["PERSISTENT"] = persistent
+    return triton.Config(kw, num_warps=warps, num_stages=stages)
+
+
+def is_persistent(cfg: triton.Config) -> bool:
+    return cfg.kwargs.get("PERSISTENT", 0) > 0
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_C, warps, stages). BLOCK_C = 64 gives 128-byte 16-bit rows (the widest swizzle);
@@ -184,6 +250,10 @@ def _cfg(bm, bn, bc, warps, stages) -> triton.Config:
 # epilogue spill on sm_90), BLOCK_N = 256 as 64x256 on 8 warps (128x256 spills); 16-channel blocks for the C = 3
 # stem; 3-5 stages; short M tiles for tiny grids (8x8 at small batch; below 64 rows the dot is mma.sync).
 # BLOCK_N must be a power of two (tl.arange), so no 192.
+# Persistent twins of four of them (last field: programs per SM, what the compiled kernel's registers allow on
+# the 64K-register file, checked by tests/test_aot.py): the 8-warp 128x128 tile (1), the 4-warp 128x64 and
+# 64x64 (2), and the stem's 64x32x16 (4: ~100 registers; thousands of tiny tiles are where a tile loop can save
+# the most program starts). Never the heuristic's choice, only asked for (config=) until a GPU times them.
 V2_CONFIGS = tuple(
     _cfg(*c)
     for c in [
@@ -201,6 +271,14 @@ V2_CONFIGS = tuple(
         (32, 64, 64, 4, 3),
         (16, 64, 64, 4, 3),
     ]
+) + tuple(
+    _cfg(*c[:5], persistent=c[5])
+    for c in [
+        (128, 128, 64, 8, 3, 1),
+        (128, 64, 64, 4, 4, 2),
+        (64, 64, 64, 4, 5, 2),
+        (64, 32, 16, 4, 3, 4),
+    ]
 )
 
 # Shared memory for the pipelined operand tiles: num_stages buffers of A and B (what the descriptor pipeline
@@ -217,21 +295,32 @@ def smem_bytes(cfg: triton.Config, elem_bytes: int) -> int:
 # it the pointer twin runs out of registers (fp32 128x64x64 on 4 warps: 384 bytes, 255 registers and a spill on
 # sm_90); every 16-bit config is at most 192.
 MAX_STAGED_BYTES_PER_THREAD = 256
+# A persistent config keeps the tile loop's state live beside the tile (sm_90 bf16: 20-40 registers more than its
+# one-tile twin, 128x64x64 w4 166 -> 202), so it also bounds the fp32 accumulator plus the staged operands per
+# thread: 448 bytes (bf16 128x64x64 w4, 249 registers on sm_80, no spill) pass, 512 (fp32 128x128x64 w8: 255
+# registers, 24 B of spills through the weight descriptor on sm_90) do not.
+MAX_PERSISTENT_BYTES_PER_THREAD = 448
 
 
 def configs_for(elem_bytes: int, arch: int = 90) -> list[triton.Config]:
     """The configs whose pipelined tiles fit ``arch``'s shared memory at this element size and whose per-thread
-    operand staging stays within :data:`MAX_STAGED_BYTES_PER_THREAD` (this prunes three fp32 configs)."""
+    operand staging stays within :data:`MAX_STAGED_BYTES_PER_THREAD` (this prunes three fp32 configs); persistent
+    ones also within :data:`MAX_PERSISTENT_BYTES_PER_THREAD` (this prunes the fp32 128x128 one)."""
     budget = SMEM_BUDGET[80 if arch < 90 else 90]
 
     def staged(c):
         kw = c.kwargs
         return (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_C"] * elem_bytes // (32 * c.num_warps)
 
+    def held(c):  # fp32 accumulator + staged operands, bytes per thread
+        return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * 4 // (32 * c.num_warps) + staged(c)
+
     return [
         c
         for c in V2_CONFIGS
-        if smem_bytes(c, elem_bytes) <= budget and staged(c) <= MAX_STAGED_BYTES_PER_THREAD
+        if smem_bytes(c, elem_bytes) <= budget
+        and staged(c) <= MAX_STAGED_BYTES_PER_THREAD
+        and (not is_persistent(c) or held(c) <= MAX_PERSISTENT_BYTES_PER_THREAD)
     ]
 
 
@@ -275,10 +364,11 @@ _COST_TIE = 1.05
 def heuristic_config_v2(dims: tuple, elem_bytes: int, sms: int, arch: int = 90) -> triton.Config:
     """One config per shape without timing: among the configs that fit (:func:`configs_for`) and survive v1's
     :func:`~inception_kernels.ops.conv_kernels.prune_configs`, those within 5 % of the lowest :func:`estimated_cost`; of
-    these the largest tile, then the deeper channel block, more warps, fewer stages.
-    ``dims`` = (("BLOCK_M", N·P·Q), ("BLOCK_N", K), ("BLOCK_C", C))."""
+    these the largest tile, then the deeper channel block, more warps, fewer stages. Persistent configs are not
+    candidates (no GPU has timed them). ``dims`` = (("BLOCK_M", N·P·Q), ("BLOCK_N", K), ("BLOCK_C", C))."""
     d = dict(dims)
-    kept = conv_kernels.prune_configs(configs_for(elem_bytes, arch), d, elem_bytes)
+    one_tile = [c for c in configs_for(elem_bytes, arch) if not is_persistent(c)]
+    kept = conv_kernels.prune_configs(one_tile, d, elem_bytes)
     best = min(estimated_cost(c, d, sms) for c in kept)
     near = [c for c in kept if estimated_cost(c, d, sms) <= _COST_TIE * best]
     return max(
@@ -290,6 +380,36 @@ def heuristic_config_v2(dims: tuple, elem_bytes: int, sms: int, arch: int = 90) 
             -c.num_stages,
         ),
     )
+
+
+def persistent_twin(cfg: triton.Config, elem_bytes: int, arch: int = 90) -> triton.Config | None:
+    """The persistent config with ``cfg``'s tile, warps and stages among :func:`configs_for`, if there is one."""
+
+    def key(c):
+        return ({k: v for k, v in c.kwargs.items() if k != "PERSISTENT"}, c.num_warps, c.num_stages)
+
+    return next((c for c in configs_for(elem_bytes, arch) if is_persistent(c) and key(c) == key(cfg)), None)
+
+
+def resident_programs(cfg: triton.Config, elem_bytes: int, arch: int = 90) -> int:
+    """Programs per SM of a persistent launch: the config's ``PERSISTENT`` count, fewer where shared memory
+    (:func:`smem_bytes` against :data:`SMEM_BUDGET`) holds fewer at this element size (fp32 64x64x64: one)."""
+    by_smem = SMEM_BUDGET[80 if arch < 90 else 90] // max(1, smem_bytes(cfg, elem_bytes))
+    return max(1, min(cfg.kwargs.get("PERSISTENT", 1), by_smem))
+
+
+_FORCE_PROGRAMS: int | None = None  # tests: the program count of a persistent launch (None: per device)
+
+
+def launch_grid(cfg: triton.Config, M: int, K: int, elem_bytes: int, sms: int, arch: int = 90) -> tuple[int]:
+    """The grid of one launch on ``sms`` SMs of ``arch``: a program per (BLOCK_M x BLOCK_N) tile of the (M, K)
+    output; for a persistent config one per resident slot of every SM (:func:`resident_programs`), at most one per
+    tile, or ``_FORCE_PROGRAMS`` (tests). The interpreter counts as 1 SM: 1-2 programs walk all the tiles."""
+    tiles = triton.cdiv(M, cfg.kwargs["BLOCK_M"]) * triton.cdiv(K, cfg.kwargs["BLOCK_N"])
+    if not is_persistent(cfg):
+        return (tiles,)
+    programs = _FORCE_PROGRAMS if _FORCE_PROGRAMS is not None else sms * resident_programs(cfg, elem_bytes, arch)
+    return (max(1, min(tiles, programs)),)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -393,9 +513,10 @@ def conv_fwd_v2_into(
         raise ValueError("out and out2 must split the K output channels, without a residual")
     wp = conv_triton.packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K), shared with v1's cache
     eb = x.element_size()
+    sms, arch = conv_kernels._num_sms(x.device), _device_arch(x.device)
     if config is None:
         dims = (("BLOCK_M", N * P * Q), ("BLOCK_N", K), ("BLOCK_C", C))
-        config = heuristic_config_v2(dims, eb, conv_kernels._num_sms(x.device), _device_arch(x.device))
+        config = heuristic_config_v2(dims, eb, sms, arch)
     kw = config.kwargs
     bm, bn, bc = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_C"]
     a_desc = b_desc = False
@@ -406,7 +527,7 @@ def conv_fwd_v2_into(
     dummy = wp
     res = residual if residual is not None else out
     o2 = out2 if out2 is not None else out
-    grid = (triton.cdiv(N * P * Q, bm) * triton.cdiv(K, bn),)
+    grid = launch_grid(config, N * P * Q, K, eb, sms, arch)
     record_launch()
     _conv_fwd_v2_kernel[grid](
         x, x_arg, wp, w_arg, out,
@@ -450,34 +571,30 @@ def _applies(min_arch: int):
     return applies
 
 
-register_kernel(KernelSpec("conv2d_fwd_v2", _conv_fwd_v2, V2_CONFIGS, _v2_arg_types, applies=_applies(0)))
-register_kernel(
-    KernelSpec(
-        "conv2d_fwd_v2_tma", _conv_fwd_v2, V2_CONFIGS,
-        functools.partial(_v2_arg_types, b_desc=True), applies=_applies(90),
-    )
-)  # fmt: skip
-register_kernel(
-    KernelSpec(
-        "conv2d_fwd_v2_gemm_tma", _conv_fwd_v2, V2_CONFIGS,
-        functools.partial(_v2_arg_types, R=1, S=1, a_desc=True, b_desc=True), applies=_applies(90),
-    )
-)  # fmt: skip
+def _variant_specs(prefix: str, configs: tuple) -> tuple[KernelSpec, ...]:
+    """The three AOT variants (pointer twin, weight descriptor, 1x1 GEMM with both descriptors) of ``configs``."""
+    return (
+        KernelSpec(f"{prefix}conv2d_fwd_v2", _conv_fwd_v2, configs, _v2_arg_types, applies=_applies(0)),
+        KernelSpec(
+            f"{prefix}conv2d_fwd_v2_tma", _conv_fwd_v2, configs,
+            functools.partial(_v2_arg_types, b_desc=True), applies=_applies(90),
+        ),
+        KernelSpec(
+            f"{prefix}conv2d_fwd_v2_gemm_tma", _conv_fwd_v2, configs,
+            functools.partial(_v2_arg_types, R=1, S=1, a_desc=True, b_desc=True), applies=_applies(90),
+        ),
+    )  # fmt: skip
 
-# A quick subset for tests (not registered: the registry above holds every config): three configs of each variant,
-# 128x128 on 8 warps, 64x256 on 8 warps, 128x64 on 4 warps. Module-level, so fresh compile processes find it.
+
+for _spec in _variant_specs("", V2_CONFIGS):
+    register_kernel(_spec)
+
+# Subsets for tests (not registered: the registry above holds every config), module-level so that fresh compile
+# processes find them: three one-tile configs of each variant (128x128 on 8 warps, 64x256 on 8 warps, 128x64 on 4
+# warps), and the persistent configs.
 _QUICK = (V2_CONFIGS[0], V2_CONFIGS[3], V2_CONFIGS[4])
-AOT_QUICK_SPECS = (
-    KernelSpec("quick_conv2d_fwd_v2", _conv_fwd_v2, _QUICK, _v2_arg_types, applies=_applies(0)),
-    KernelSpec(
-        "quick_conv2d_fwd_v2_tma", _conv_fwd_v2, _QUICK,
-        functools.partial(_v2_arg_types, b_desc=True), applies=_applies(90),
-    ),
-    KernelSpec(
-        "quick_conv2d_fwd_v2_gemm_tma", _conv_fwd_v2, _QUICK,
-        functools.partial(_v2_arg_types, R=1, S=1, a_desc=True, b_desc=True), applies=_applies(90),
-    ),
-)  # fmt: skip
+AOT_QUICK_SPECS = _variant_specs("quick_", _QUICK)
+AOT_PERSISTENT_SPECS = _variant_specs("persistent_", tuple(c for c in V2_CONFIGS if is_persistent(c)))
 
 
 # ----------------------------------------------------------------------------------------------------------

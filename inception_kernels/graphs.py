@@ -15,7 +15,10 @@ all of these hold; otherwise it runs the ordinary forward, with the same result 
 Graphs are keyed on the input's shape, strides, dtype and device, the backend in force, the dispatch tables, the
 TF32 switch, and the identity, version and storage of every parameter and buffer: a weight changed in place, a
 new ``state_dict`` loaded or ``.to()`` re-captures (the graph reads our folded BN and packed weights, which were
-made from the values at capture time). At most ``max_graphs`` signatures are kept (the oldest is dropped).
+made from the values at capture time). At most ``max_graphs`` signatures are kept (the oldest is dropped). The
+list of parameters and buffers is collected once and again only after a parameter, buffer or submodule is
+registered anywhere (PyTorch's global registration hooks bump a counter): walking the module tree took ~1.8 ms of
+the key's ~2.1 ms per call for an Inception-v3 on a 2-core CPU; reading the ~580 tensors' versions takes ~0.35 ms.
 
 The first call of a signature warms up (``warmup`` ordinary forwards on a side stream: Triton compiles and
 autotunes, plans are made) and captures; later calls copy the input into the graph's static input, replay, and
@@ -35,6 +38,28 @@ from .ops import dispatch
 from .ops._library import traced
 
 __all__ = ["graph_eval", "ungraph", "graphs_of"]
+
+
+# Bumped whenever any module registers a parameter, buffer or submodule (assignment, load_state_dict(assign=True),
+# weight_norm, ...): a cached parameter list is rebuilt then. Hooks installed on the first graph_eval.
+_structure = [0]
+_hooks: list = []
+
+
+def _bump(*_args):
+    _structure[0] += 1
+
+
+def _watch_structure() -> bool:
+    """Install the global registration hooks once; False where this PyTorch has none (then no caching)."""
+    if not _hooks:
+        mod = torch.nn.modules.module
+        names = ("register_module_parameter_registration_hook", "register_module_buffer_registration_hook",
+                 "register_module_module_registration_hook")  # fmt: skip
+        if not all(hasattr(mod, n) for n in names):
+            return False
+        _hooks.extend(getattr(mod, n)(_bump) for n in names)
+    return True
 
 
 class _Graph:
@@ -57,6 +82,9 @@ class GraphedForward:
         self.pool = None
         self.captures = 0  # how many graphs were recorded (a test and a user can see re-captures)
         self.replays = 0
+        self._tensors: tuple | None = None  # parameters and buffers, as of structure generation _seen
+        self._seen = -1
+        self._cache = _watch_structure()
 
     # the graphs are device state: a copy or a pickle of the model starts without them
     def __reduce__(self):
@@ -77,11 +105,18 @@ class GraphedForward:
             return False
         return not torch.cuda.is_current_stream_capturing() and not dispatch.recording_active()
 
+    def tensors(self) -> tuple:
+        """The module's parameters and buffers (collected again after any registration, see the module doc)."""
+        if not self._cache or self._seen != _structure[0] or self._tensors is None:
+            m = self.module
+            self._seen = _structure[0]
+            self._tensors = (*m.parameters(), *m.buffers())
+        return self._tensors
+
     def key(self, x: torch.Tensor) -> tuple:
-        m = self.module
         return (x.shape, x.stride(), x.dtype, x.device, dispatch.requested(), dispatch.generation(),
                 torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                versions(*m.parameters(), *m.buffers()))  # fmt: skip
+                versions(*self.tensors()))  # fmt: skip
 
     def __call__(self, *args, **kwargs):
         if not self.replayable(args, kwargs):

@@ -78,6 +78,32 @@ def test_graph_eval_arguments():
     assert graph_eval(graph_eval(model, max_graphs=2)) is model and graphs_of(model).max_graphs == 4
 
 
+
+def test_graph_key_follows_every_parameter_change():
+    """The graph key (computed on any device, no GPU needed) changes with an in-place write, a replaced or
+    rebound parameter, a new buffer or submodule; the parameter list is collected once and reused otherwise."""
+    model = _googlenet()
+    g = GraphedForward(model)
+    x = torch.randn(1, 3, 64, 64)
+    k0 = g.key(x)
+    assert g.tensors() is g.tensors() and g.key(x) == k0  # nothing changed: the same list, the same key
+    assert len(g.tensors()) == len(list(model.parameters())) + len(list(model.buffers()))
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    k1 = g.key(x)
+    assert k1 != k0
+    model.fc.weight = torch.nn.Parameter(model.fc.weight.detach().clone())  # same values, another tensor
+    k2 = g.key(x)
+    assert k2 != k1 and any(t is model.fc.weight for t in g.tensors())
+    model.fc.weight.data = model.fc.weight.data.clone()  # rebound storage
+    k3 = g.key(x)
+    assert k3 != k2
+    model.fc.register_buffer("extra", torch.zeros(3))
+    assert any(t is model.fc.extra for t in g.tensors()) and g.key(x) != k3
+    model.fc.add_module("more", torch.nn.Linear(2, 2))
+    assert any(t is model.fc.more.weight for t in g.tensors())
+    assert g.key(torch.randn(2, 3, 64, 64)) != g.key(x)  # and the input's shape
+
 # ----------------------------------------------------------------------------------------------------------
 # On a GPU
 # ----------------------------------------------------------------------------------------------------------

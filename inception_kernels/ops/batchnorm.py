@@ -35,7 +35,7 @@ from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 from ._triton import tl, triton
-from .conv_kernels import STATS_ROWS
+from .conv_kernels import _store_stats
 
 FINALIZE_BLOCK_T = 32
 FINALIZE_BLOCK_C = 64
@@ -63,18 +63,7 @@ def _bn_partials(
     mask = mask_m[:, None] & mask_c[None, :]
     px = pixel_offsets(offs_m, H, W, sxn, sxh, sxw, IDX_T)
     v = tl.load(x_ptr + px[:, None] + offs_c.to(IDX_T)[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
-    cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
-    t_mean = tl.sum(v, axis=0) / cnt
-    dev = tl.where(mask_m[:, None], v - t_mean[None, :], 0.0)
-    row = pid_m * (BLOCK_M // STATS_ROWS)
-    tl.store(mean_ptr + row * C + offs_c, t_mean, mask=mask_c)
-    tl.store(m2_ptr + row * C + offs_c, tl.sum(dev * dev, axis=0), mask=mask_c)
-    if pid_c == 0:
-        tl.store(cnt_ptr + row, cnt.to(tl.float32))
-        if BLOCK_M > STATS_ROWS:
-            j = tl.arange(0, BLOCK_M // STATS_ROWS)
-            tl.store(cnt_ptr + row + j, tl.zeros(j.shape, tl.float32),
-                     mask=(j > 0) & (row + j < tl.cdiv(M, STATS_ROWS)))  # fmt: skip
+    _store_stats(v, mask_m, offs_c, mask_c, pid_m, pid_c == 0, M, C, cnt_ptr, mean_ptr, m2_ptr, BLOCK_M)
 
 
 def _bn_finalize(

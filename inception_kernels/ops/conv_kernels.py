@@ -38,6 +38,27 @@ MAX_KERNEL = 7
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
+def _store_stats(v, mask_m, offs_c, mask_c, pid_m, first, M, C, cnt_ptr, mean_ptr, m2_ptr, BLOCK_M: tl.constexpr):
+    """BN partial statistics of the fp32 tile ``v`` (rows ``mask_m`` of row tile ``pid_m``, channels ``offs_c``):
+    row count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean dwarfs
+    the spread), combined later in a fixed order by ``bn_finalize`` (Chan et al.). Layout of
+    ``conv_triton.stats_partials``: a row per STATS_ROWS output rows; the tile's partial goes to the first of its
+    rows and (by the ``first`` program of the row tile) count 0 to the others, so nothing is zero-filled first."""
+    cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
+    t_mean = tl.sum(tl.where(mask_m[:, None], v, 0.0), axis=0) / cnt
+    dev = tl.where(mask_m[:, None], v - t_mean[None, :], 0.0)
+    row = pid_m * (BLOCK_M // STATS_ROWS)
+    tl.store(mean_ptr + row * C + offs_c, t_mean, mask=mask_c)
+    tl.store(m2_ptr + row * C + offs_c, tl.sum(dev * dev, axis=0), mask=mask_c)
+    if first:
+        tl.store(cnt_ptr + row, cnt.to(tl.float32))
+        if BLOCK_M > STATS_ROWS:
+            j = tl.arange(0, BLOCK_M // STATS_ROWS)
+            tl.store(cnt_ptr + row + j, tl.zeros(j.shape, tl.float32),
+                     mask=(j > 0) & (row + j < tl.cdiv(M, STATS_ROWS)))  # fmt: skip
+
+
+@triton.jit
 def _fwd_epilogue(
     acc, n, p, q, offs_n, mask_m, mask_n, pid_m, pid_n, M, K,
     out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr, st_cnt_ptr, st_mean_ptr, st_m2_ptr,
@@ -63,24 +84,9 @@ def _fwd_epilogue(
     if RELU:
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as torch.relu
     if STATS:
-        # Batch-norm statistics of this tile (BLOCK_M rows x BLOCK_N channels) from the fp32 accumulator: row
-        # count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean
-        # dwarfs the spread). bn_finalize combines the per-tile partials in a fixed order (Chan et al.).
-        # The partials have a row per STATS_ROWS output rows (the smallest BLOCK_M): this tile's partial goes to
-        # the first of its rows, and its other rows get count 0 (empty), so no zero-fill runs before the launch.
-        cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
-        t_mean = tl.sum(tl.where(mask_m[:, None], acc, 0.0), axis=0) / cnt
-        dev = tl.where(mask_m[:, None], acc - t_mean[None, :], 0.0)
-        t_m2 = tl.sum(dev * dev, axis=0)
-        row = pid_m * (BLOCK_M // STATS_ROWS)
-        tl.store(st_mean_ptr + row * K + offs_n, t_mean, mask=mask_n)
-        tl.store(st_m2_ptr + row * K + offs_n, t_m2, mask=mask_n)
-        if pid_n == 0:
-            tl.store(st_cnt_ptr + row, cnt.to(tl.float32))
-            if BLOCK_M > STATS_ROWS:
-                j = tl.arange(0, BLOCK_M // STATS_ROWS)
-                tl.store(st_cnt_ptr + row + j, tl.zeros(j.shape, tl.float32),
-                         mask=(j > 0) & (row + j < tl.cdiv(M, STATS_ROWS)))  # fmt: skip
+        # Batch-norm statistics of this tile (BLOCK_M rows x BLOCK_N channels) from the fp32 accumulator
+        _store_stats(acc, mask_m, offs_n, mask_n, pid_m, pid_n == 0, M, K, st_cnt_ptr, st_mean_ptr, st_m2_ptr,
+                     BLOCK_M)  # fmt: skip
     if HAS_OUT2:
         # Horizontal fusion: output channels [0, k_split) go to out, [k_split, K) to out2 (channel 0 onwards).
         first = offs_n < k_split

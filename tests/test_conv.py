@@ -197,7 +197,7 @@ def test_every_autotune_config(which, device, poison):
     st, pad = (2, 2), (1, 1, 1, 1)
     y_ref, d = reference_fp64(inp, "relu", 0.3)
     g = torch.randn(y_ref.shape, device=device).to(memory_format=torch.channels_last)
-    gx, gw, gb = torch.autograd.grad(y_ref, [d["x"], d["weight"], d["bias"]], g.double())
+    gx, gw, gb, gres = torch.autograd.grad(y_ref, [d["x"], d["weight"], d["bias"], d["residual"]], g.double())
     configs = {"fwd": conv_kernels.FWD_CONFIGS, "dgrad": conv_kernels.DGRAD_CONFIGS, "wgrad": conv_kernels.WGRAD_CONFIGS}[which]
     for cfg in configs:
         if which == "fwd":
@@ -208,15 +208,19 @@ def test_every_autotune_config(which, device, poison):
         y = _tile.new_cl(y_ref.shape, x)
         conv_triton.conv_fwd_into(x, w, sc, b, res, st, pad, 0.3, True, y)
         # wgrad: several split-K slabs reduced inside the launch, and the bias gradient with them
+        # wgrad: several split-K slabs reduced inside the launch, the bias gradient with them, and the residual's
+        # gradient written by its first (tap, C-block) column
+        wg = which == "wgrad"
         grads = conv.conv_bwd(
-            g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, which == "wgrad", False), configs={which: cfg},
-            splits=3 if which == "wgrad" else None,
+            g, x, w, sc, y, 0.3, True, st, pad, (True, True, False, wg, wg), configs={which: cfg},
+            splits=3 if wg else None,
         )  # fmt: skip
         ref = gx if which == "dgrad" else gw
         got = grads[0] if which == "dgrad" else grads[1]
         assert rel_err(got, ref) < TOL[torch.float32], cfg
-        if which == "wgrad":
+        if wg:
             assert rel_err(grads[3], gb) < TOL[torch.float32], cfg
+            assert not grads[4].isnan().any() and rel_err(grads[4], gres) < TOL[torch.float32], cfg
 
 
 @pytest.mark.parametrize("splits", [1, 3, 7])
@@ -297,6 +301,30 @@ def test_heuristic_config_fills_the_gpu_and_fits_the_problem(kind):
     assert cfg.kwargs["BLOCK_N"] <= 16 or cfg is min(configs, key=conv_kernels._tile_volume)
 
 
+@pytest.mark.parametrize("kind", ["dgrad", "wgrad"])
+def test_backward_configs_that_spill_are_never_picked(kind):
+    """The heuristic and the autotuner's pruning keep fp32 backward launches off the configs ``fits_registers``
+    rejects (they spill), for every problem size; 16-bit launches and plain fp32 ones keep their big tiles."""
+    configs = {"dgrad": conv_kernels.DGRAD_CONFIGS, "wgrad": conv_kernels.WGRAD_CONFIGS}[kind]
+    kernel = {"dgrad": conv_kernels._conv_dgrad_kernel, "wgrad": conv_kernels._conv_wgrad_kernel}[kind]
+    prune = kernel.early_config_prune
+    rejected = [c for c in configs if not conv_kernels.fits_registers(c, 4, 1)]
+    assert rejected and all(conv_kernels.fits_registers(c, 2, 1) for c in configs)
+    for m, n, k in [(32 * 17 * 17, 192, 768), (8 * 35 * 35, 64, 288), (2048, 2048, 2048), (20, 3, 5)]:
+        dims = (("BLOCK_M", m), ("BLOCK_N", n), ("BLOCK_K", k))
+        for sms in (1, 132):
+            cfg = conv_kernels.heuristic_config(kind, dims, 4, 1, sms, 1)
+            assert cfg not in rejected, (dims, sms)
+        kept = conv_kernels.prune_configs(configs, dict(dims), 4, 1)
+        assert kept and not set(kept) & set(rejected)
+    # the autotuner's hook reads the flags of the launch: the same rule
+    g = torch.empty(1, dtype=torch.float32)
+    args = dict(N=8, C=2048, H=32, W=32, K=2048, P=32, Q=32, g_ptr=g, x_ptr=g)
+    assert not set(prune(list(configs), args, RELU=True)) & set(rejected)
+    assert not set(prune(list(configs), args, BIAS_GRAD=True, RELU=False)) & set(rejected)
+    assert set(prune(list(configs), {**args, "g_ptr": g.half(), "x_ptr": g.half()}, RELU=True)) & set(rejected)
+
+
 def test_index_type_switches_to_64_bit_past_2_31_elements():
     import triton.language as tl
 
@@ -356,12 +384,14 @@ FOLD_EPILOGUES = {
 }
 
 
-def _fold_run(case, epilogue, device, splits, *, y_buf_offset=0, g_offset=0):
+def _fold_run(case, epilogue, device, splits, *, y_buf_offset=0, g_offset=0, residual=False, configs=None,
+              need_w=True):  # fmt: skip
     """conv_bwd of one fused-epilogue conv on our kernels against the fp64 reference: returns
-    (ours, reference) gradients of (x, weight, scale, bias) (None where the epilogue has no such operand)."""
+    (ours, reference) gradients of (x, weight, scale, bias) (None where the epilogue has no such operand), and
+    with ``residual`` of the residual too."""
     act, has_scale, has_bias, rs = FOLD_EPILOGUES[epilogue]
-    inp = make_inputs(CASES[case], device, scale=has_scale, bias=has_bias)
-    x, w, sc, b = inp["x"], inp["weight"], inp["scale"], inp["bias"]
+    inp = make_inputs(CASES[case], device, scale=has_scale, bias=has_bias, residual=residual)
+    x, w, sc, b, res = inp["x"], inp["weight"], inp["scale"], inp["bias"], inp["residual"]
     st = _args.pair(inp["stride"], "stride")
     pad = _args.conv_padding(inp["padding"])
     y_ref, d = reference_fp64(inp, act, rs)
@@ -369,15 +399,17 @@ def _fold_run(case, epilogue, device, splits, *, y_buf_offset=0, g_offset=0):
     # the saved output and grad_out as channel slices of larger channels_last buffers (a block's output)
     ybig = _tile.new_cl((N, K + y_buf_offset + 3, P, Q), x)
     y = ybig[:, y_buf_offset : y_buf_offset + K]
-    conv_triton.conv_fwd_into(x, w, sc, b, None, st, pad, rs, act == "relu", y)
+    conv_triton.conv_fwd_into(x, w, sc, b, res, st, pad, rs, act == "relu", y)
     gbig = torch.randn(N, K + g_offset + 2, P, Q, device=device).to(memory_format=torch.channels_last)
     g = gbig[:, g_offset : g_offset + K]
-    need = (True, True, sc is not None, b is not None, False)
-    ours = conv.conv_bwd(g, x, w, sc, y, rs, act == "relu", st, pad, need, splits=splits)[:4]
-    leaves = [d["x"], d["weight"]] + [d[k] for k in ("scale", "bias") if d[k] is not None]
-    refs = iter(torch.autograd.grad(y_ref, leaves, g.double()))
-    theirs = [next(refs), next(refs)] + [next(refs) if t is not None else None for t in (sc, b)]
-    return ours, theirs
+    need_s = need_w and sc is not None  # need_w False: a frozen conv (neither weight nor scale), so no wgrad
+    need = (True, need_w, need_s, b is not None, residual)
+    got = conv.conv_bwd(g, x, w, sc, y, rs, act == "relu", st, pad, need, configs=configs, splits=splits)
+    ours = [got[0], got[1], got[2], got[3]] + ([got[4]] if residual else [])
+    names = ["x"] + ["weight"] * need_w + ["scale"] * need_s + ["bias"] * (b is not None) + ["residual"] * residual
+    refs = dict(zip(names, torch.autograd.grad(y_ref, [d[k] for k in names], g.double())))
+    theirs = [refs["x"], refs.get("weight"), refs.get("scale"), refs.get("bias")]
+    return ours, theirs + ([refs["residual"]] if residual else [])
 
 
 @pytest.mark.parametrize(
@@ -413,13 +445,16 @@ def test_one_conv_backward_is_two_launches(device):
     """ReLU epilogue with a bias: dgrad + wgrad (mask, bias gradient and split-K reduction inside), nothing
     else while the weight is unchanged; the weight's (R, S, K, C) repack once after it changed (an optimizer
     step); a 1×1 weight needs no repack at all. (Before: epilogue pass, its bias sum, dgrad, wgrad, the slab sum:
-    5.) A residual gradient keeps the epilogue pass (it writes dres): 4."""
+    5.) With a residual gradient too: wgrad writes dres, still 2 (it was 4: the epilogue pass writing dres and gp,
+    its bias sum, dgrad, wgrad); a frozen weight (no wgrad) keeps the epilogue pass: pass, bias sum, dgrad = 3."""
     from inception_kernels.utils import count_launches
 
-    def backward_launches(case, residual=False, bump=False):
+    conv_triton._tile_counters(device, 1)  # wgrad's split-K counters: zero-filled once per process, not counted here
+
+    def backward_launches(case, residual=False, bump=False, frozen=False):
         inp = make_inputs(CASES[case], device, scale=False, bias=True, residual=residual)
-        for t in grads_of(inp).values():
-            t.requires_grad_()
+        for k, t in grads_of(inp).items():
+            t.requires_grad_(not (frozen and k == "weight"))
         counts = []
         for _ in range(2):
             if bump:
@@ -434,7 +469,76 @@ def test_one_conv_backward_is_two_launches(device):
     assert backward_launches("3x3_multiblock")[1] == 2
     assert backward_launches("3x3_multiblock", bump=True) == [3, 3]
     assert backward_launches("1x1", bump=True) == [2, 2]
-    assert backward_launches("3x3_multiblock", residual=True)[1] == 4
+    assert backward_launches("3x3_multiblock", residual=True)[1] == 2
+    assert backward_launches("3x3_multiblock", residual=True, bump=True) == [3, 3]
+    assert backward_launches("3x3_multiblock", residual=True, frozen=True)[1] == 3
+
+
+# (case, epilogue, splits, wgrad config): C = 3, odd C and K, H = W = 1, stride 2 at odd sizes; several split-K
+# slabs; small wgrad tiles so that several K-blocks and (tap, C-block) columns write (only column 0 writes dres)
+RESIDUAL_RUNS = [
+    ("7x7_s2_stem_C3", "relu_scale_bias_rs", 3, None),
+    ("3x3_multiblock", "relu_bias", 2, (16, 16, 64)),
+    ("1x1", "relu_only", 1, None),
+    ("3x3_HW1", "relu_scale_bias_rs", 1, (16, 16, 64)),
+    ("3x3_s2_HneW_odd", "bias_rs_no_relu", 3, (32, 16, 64)),
+    ("1x7", "scale_bias_no_relu", 2, None),
+]
+
+
+def _wgrad_config(tiles):
+    if tiles is None:
+        return None  # the heuristic's
+    (cfg,) = [c for c in conv_kernels.WGRAD_CONFIGS if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) == tiles]
+    return {"wgrad": cfg}
+
+
+@pytest.mark.parametrize("name, epilogue, splits, wcfg", RESIDUAL_RUNS)
+def test_residual_backward_folded_vs_fp64(name, epilogue, splits, wcfg, device, poison, monkeypatch):
+    """A conv whose epilogue adds a residual: dgrad + wgrad apply the epilogue's gradient themselves and wgrad
+    writes the residual's gradient (the masked, unscaled grad_out) -- no epilogue pass. dx, dw, dscale, dbias and
+    dres match fp64; the NaN-poisoned dres has no unwritten element; saved output and grad_out are channel slices
+    at nonzero offsets."""
+    monkeypatch.setattr(conv, "epilogue_grad", lambda *a, **k: pytest.fail("epilogue pass ran"))
+    ours, theirs = _fold_run(name, epilogue, device, splits, y_buf_offset=2, g_offset=1, residual=True,
+                             configs=_wgrad_config(wcfg))  # fmt: skip
+    for k, a, b in zip(("x", "weight", "scale", "bias", "residual"), ours, theirs):
+        assert (a is None) == (b is None), k
+        if a is not None:
+            assert a.shape == b.shape and not a.isnan().any(), k
+            assert rel_err(a, b) < TOL[torch.float32], f"grad {k}: {rel_err(a, b):.2e}"
+    dres = ours[4]
+    assert dres.is_contiguous(memory_format=torch.channels_last) and dres.dtype == ours[0].dtype
+
+
+def test_residual_backward_without_wgrad_vs_fp64(device, poison):
+    """A frozen weight: no wgrad to write dres, so the epilogue pass does (with the bias partials), then dgrad."""
+    ours, theirs = _fold_run("3x3_s2_valid_odd", "relu_scale_bias_rs", device, None, residual=True, need_w=False)
+    assert ours[1] is None and ours[2] is None  # neither the weight's nor the scale's gradient asked for
+    for k, a, b in zip(("x", "bias", "residual"), ours[::3] + ours[4:], theirs[::3] + theirs[4:]):
+        assert not a.isnan().any() and rel_err(a, b) < TOL[torch.float32], k
+
+
+def test_residual_slice_gradient_through_autograd(device, poison):
+    """conv2d(..., residual=buf[:, off:off + K]) with ``buf`` a leaf: the residual's gradient (written by wgrad)
+    lands in that channel slice of buf.grad, zero elsewhere, and matches fp64."""
+    case = CASES["3x3_s2_HneW_odd"]
+    inp = make_inputs(case, device, residual=True)
+    N, K, P, Q = inp["residual"].shape
+    off = 3
+    buf = torch.randn(N, K + off + 4, P, Q, device=device).to(memory_format=torch.channels_last)
+    buf[:, off : off + K] = inp["residual"]
+    buf.requires_grad_()
+    for k in ("x", "weight", "scale", "bias"):
+        inp[k].requires_grad_()
+    y = conv2d(**{**inp, "residual": buf[:, off : off + K]}, activation="relu", residual_scale=0.3)
+    g = torch.randn_like(y)
+    gx, gbuf = torch.autograd.grad(y, [inp["x"], buf], g)
+    y_ref, d = reference_fp64(inp, "relu", 0.3)
+    rx, rres = torch.autograd.grad(y_ref, [d["x"], d["residual"]], g.double())
+    assert rel_err(gx, rx) < TOL[torch.float32]
+    assert rel_err(gbuf[:, off : off + K], rres) < TOL[torch.float32]
+    assert (gbuf[:, :off] == 0).all() and (gbuf[:, off + K :] == 0).all()
 
 
 @pytest.mark.parametrize("epilogue", ["relu_bias", "relu_scale_bias_rs"])

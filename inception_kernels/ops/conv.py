@@ -6,9 +6,10 @@ registration for torch.compile, and the forward / backward compositions every ro
 Which implementation runs is the dispatch layer's choice (``dispatch``): ``conv_triton`` (our v1 kernels,
 ``conv_kernels``), ``conv_v2``, ``conv_cudnn`` (PyTorch's GEMM + our epilogue), ``conv_reference``. Backward first
 runs one memory-bound pass over grad_out (ReLU mask from the saved output, residual grad, bias-grad partial sums),
-then dgrad and wgrad, each by its own chosen implementation -- except when both run on our triton kernels and no
-residual gradient is needed: then they apply that gradient in their operand loads and wgrad reduces the bias
-gradient, no pass over grad_out (see :func:`conv_bwd`).
+then dgrad and wgrad, each by its own chosen implementation -- except when both run on our triton kernels (and
+wgrad runs, or neither the bias nor the residual gradient is needed): then they apply that gradient in their
+operand loads, wgrad reduces the bias gradient and writes the residual's, no pass over grad_out (see
+:func:`conv_bwd`).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ def conv_bwd(
 
     dgrad and wgrad by the implementations the dispatch layer chooses (or ``impls`` = {"dgrad": name,
     "wgrad": name}); ``configs``/``splits`` pin the Triton kernels' tiles (tests). When both run on our
-    ``triton`` kernels and no residual gradient is asked for, they apply the epilogue's gradient themselves (the
-    ReLU mask from the saved output in their grad_out loads, residual_scale on their accumulators) and wgrad
-    reduces the bias gradient: dgrad + wgrad, two launches (plus dgrad's weight repack, cached, when the weight
-    or the scale changed). Otherwise our epilogue-gradient pass over grad_out runs first (skipped when the
-    epilogue is the identity): a residual gradient (it writes dres), a grad_out of another dtype, another route."""
+    ``triton`` kernels, they apply the epilogue's gradient themselves (the ReLU mask from the saved output in
+    their grad_out loads, residual_scale on their accumulators) and wgrad reduces the bias gradient and writes the
+    residual's (the masked grad_out, unscaled): dgrad + wgrad, two launches (plus dgrad's weight repack, cached,
+    when the weight or the scale changed), with a residual too. Otherwise our epilogue-gradient pass over
+    grad_out runs first (skipped when the epilogue is the identity): a bias or residual gradient without wgrad
+    (the pass writes dres and the bias partials: pass, bias sum, dgrad -- three launches at most), a grad_out of
+    another dtype, another route."""
     _backend.check_interpretable(x)
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
@@ -53,9 +56,8 @@ def conv_bwd(
         and dg in (None, "triton")
         and wg in (None, "triton")
         and (dg or wg) is not None
-        and not need_res
         and grad_out.dtype == x.dtype
-        and (wg is not None or not need_bias)  # the bias gradient is reduced by wgrad
+        and (wg is not None or not (need_bias or need_res))  # wgrad reduces dbias and writes dres
     )
     dx = g_unscaled = dbias = dres = None
     if folded:
@@ -68,8 +70,9 @@ def conv_bwd(
         if wg is not None:
             kw = {"config": configs["wgrad"]} if "wgrad" in configs else {}
             kw.update({"splits": splits} if splits else {})
-            got = wgrad_triton(grad_out, x, weight, stride, padding, **kw, **fold, need_bias=need_bias)
-            g_unscaled, dbias = got if need_bias else (got, None)
+            got = wgrad_triton(grad_out, x, weight, stride, padding, **kw, **fold, need_bias=need_bias,
+                               need_res=need_res)  # fmt: skip
+            g_unscaled, dbias, dres = got if (need_bias or need_res) else (got, None, None)
     else:
         if epilogue:
             gp, dbias, dres = epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias, need_res)

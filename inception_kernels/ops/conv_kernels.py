@@ -297,7 +297,7 @@ def _conv_dgrad(
 
 
 def _conv_wgrad(
-    x_ptr, g_ptr, ws_ptr, dw_ptr, y_ptr, db_ptr, cnt_ptr,
+    x_ptr, g_ptr, ws_ptr, dw_ptr, y_ptr, db_ptr, cnt_ptr, dres_ptr,
     N, C, H, W, K, P, Q,
     sxn, sxc, sxh, sxw,
     sgn, sgk, sgp, sgq,
@@ -306,6 +306,7 @@ def _conv_wgrad(
     rows_per_split, num_splits, res_scale,
     R: tl.constexpr, S: tl.constexpr,
     RELU: tl.constexpr, SCALE_G: tl.constexpr, BIAS_GRAD: tl.constexpr, SPLIT: tl.constexpr,
+    WRITE_RES: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -323,7 +324,9 @@ def _conv_wgrad(
     of the first (tap, C-block) column also sum their masked g rows per channel in fp32, so ``db`` (K,) =
     res_scale · Σ_m mask·g[m, k], through the same per-split partials (stored after the weight slabs in ``ws``)
     and the same fixed-order reduction. The last program reduces in 16-row chunks of its tile (few registers
-    live next to the mainloop's).
+    live next to the mainloop's). ``WRITE_RES``: those same programs (each g row of their K-block seen exactly
+    once over the splits) also store the masked, unscaled g tile into ``dres``, the residual's gradient (a dense
+    (N·P·Q, K) channels_last tensor of g's dtype): the residual case needs no pass over grad_out either.
     """
     pid_m = tl.program_id(0)
     pid_1 = tl.program_id(1)
@@ -370,6 +373,10 @@ def _conv_wgrad(
         if BIAS_GRAD:
             if pid_1 == 0:
                 bacc += tl.sum(g.to(tl.float32), axis=0)
+        if WRITE_RES:
+            if pid_1 == 0:
+                r_ptrs = dres_ptr + offs_r.to(IDX_T)[:, None] * K + offs_k.to(IDX_T)[None, :]
+                tl.store(r_ptrs, g.to(dres_ptr.dtype.element_ty), mask=mask_r[:, None] & mask_k[None, :])
         x_ptrs = (
             x_ptr
             + (n * sxn + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None]
@@ -425,10 +432,21 @@ def _conv_wgrad(
 # ----------------------------------------------------------------------------------------------------------
 # Autotune configs and the pruning rule (shared by GPU autotuning, the interpreter and the AOT check)
 # ----------------------------------------------------------------------------------------------------------
-def _cfg(bm: int, bn: int, bk_name: str, bk: int, warps: int, stages: int, **extra) -> triton.Config:
+def _cfg(
+    bm: int, bn: int, bk_name: str, bk: int, warps: int, stages: int, maxnreg: int | None = None, **extra
+) -> triton.Config:
+    opts = {} if maxnreg is None else {"maxnreg": maxnreg}
     return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, bk_name: bk, **extra}, num_warps=warps, num_stages=stages
+        {"BLOCK_M": bm, "BLOCK_N": bn, bk_name: bk, **extra}, num_warps=warps, num_stages=stages, **opts
     )
+
+
+# ``.maxnreg 255`` for the dgrad configs marked with it below. Without one, ptxas aims at an occupancy step (96 or
+# 128 registers for 128 threads) and spills a loop-crossing scalar to reach it: the plain fp32 dgrad's 8 B spills
+# on sm_80 (BM64_BN64_BK32 at 128 registers, BM64_BN16_BK32 at 96); with it they use 152 and 114, no spill, and
+# no other variant or dtype of those two configs spills (AOT-checked). Not for every config: with an explicit
+# limit ptxas uses registers up to it, and most folded variants then spill (measured: up to 96 B).
+PIN_REGS = 255
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_C, warps, stages): big tiles for wide layers, narrow-N tiles for K = 32..96,
@@ -457,17 +475,17 @@ _STATS_ROWS = min(c.kwargs["BLOCK_M"] for c in FWD_CONFIGS)
 STATS_ROWS = tl.constexpr(_STATS_ROWS)
 # dgrad: BLOCK_N tiles C, BLOCK_K tiles the K reduction.
 DGRAD_CONFIGS = tuple(
-    _cfg(bm, bn, "BLOCK_K", bk, w, st, GROUP_M=8)
-    for bm, bn, bk, w, st in [
-        (128, 128, 32, 8, 3),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 64, 32, 4, 4),
-        (128, 32, 32, 4, 4),
-        (64, 32, 64, 4, 3),
-        (64, 16, 32, 4, 4),
-        (32, 64, 64, 4, 3),
-        (16, 64, 64, 4, 3),
+    _cfg(bm, bn, "BLOCK_K", bk, w, st, regs, GROUP_M=8)
+    for bm, bn, bk, w, st, regs in [
+        (128, 128, 32, 8, 3, None),
+        (128, 64, 32, 4, 4, None),
+        (64, 128, 32, 4, 4, None),
+        (64, 64, 32, 4, 4, PIN_REGS),
+        (128, 32, 32, 4, 4, None),
+        (64, 32, 64, 4, 3, None),
+        (64, 16, 32, 4, 4, PIN_REGS),
+        (32, 64, 64, 4, 3, None),
+        (16, 64, 64, 4, 3, None),
     ]
 )
 # wgrad: BLOCK_M tiles K, BLOCK_N tiles C, BLOCK_K tiles N·P·Q.
@@ -488,26 +506,69 @@ EPILOGUE_BWD_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4,
 
 _SMEM_BUDGET = 160 * 1024  # fits sm_80 (164 KB) and sm_90 (227 KB)
 
+# Register budget of the backward kernels, in 32-bit words per thread of the tiles one mainloop step holds (see
+# register_tile_words), by element size. Measured with the AOT check (triton 3.8, sm_80 and sm_90): the fp32
+# (TF32) folded configs up to 128 words compile without spills, those at 144 and more spilled (104-504 B); the
+# 16-bit ones up to 144 words compile without spills; the residual variant spilled (8-40 B) at 128-192 fp32 and
+# 160 16-bit words as counted below. Conservative at the edge: the plain fp32 wgrad BM64_BN128_BK64 (160 words,
+# 244-254 registers, no spill) and the residual variant's BM128_BN64_BK64 in 16-bit (208) are kept off too.
+_REG_TILE_BUDGET = {4: 128, 2: 144}
+
+# Kernel flags that route the grad_out tile through registers (mask, sum, store) instead of straight into the MMA.
+_FOLDED_FLAGS = ("RELU", "BIAS_GRAD", "WRITE_RES")
+
+
+def folded(flags: dict) -> int:
+    """How a dgrad / wgrad launch (its constexpr ``flags``) applies the epilogue's gradient in its mainloop: 0 not
+    (grad_out straight into the MMA), 1 (mask and / or bias sum: one more grad_out-sized tile in registers), 3 (it
+    also writes the residual's gradient)."""
+    if flags.get("WRITE_RES"):
+        return 3
+    return int(any(bool(flags.get(name)) for name in _FOLDED_FLAGS))
+
+
+def register_tile_words(cfg: triton.Config, elem_bytes: int, is_folded: int) -> float:
+    """32-bit words per thread of the tiles a backward mainloop step holds in registers: the fp32 accumulator
+    (BLOCK_M x BLOCK_N), the A (BLOCK_M x BLOCK_K: grad_out) and B operands, and ``is_folded`` (:func:`folded`)
+    more A-sized tiles: the saved output the ReLU mask reads, and for the residual's gradient the masked tile in
+    the store's layout with its addresses."""
+    kw = cfg.kwargs
+    bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
+    words = bm * bn + ((1 + int(is_folded)) * bm * bk + bk * bn) * elem_bytes / 4
+    return words / (32 * cfg.num_warps)
+
+
+def fits_registers(cfg: triton.Config, elem_bytes: int, is_folded: int | None) -> bool:
+    """The one rule that keeps backward launches off configs that spill (``is_folded`` None: a forward config,
+    not limited). Used by :func:`prune_configs` (the heuristic, the autotuner's pruning) and by the AOT check's
+    ``applies`` of the dgrad / wgrad kernels, so neither picks nor compiles a config this rule rejects."""
+    if is_folded is None:
+        return True
+    return register_tile_words(cfg, elem_bytes, is_folded) <= _REG_TILE_BUDGET.get(elem_bytes, 128)
+
 
 def _dim_cap(n: int) -> int:
     return max(16, triton.next_power_of_2(int(n)))
 
 
 def prune_configs(
-    configs: Sequence[triton.Config], dims: dict[str, int], elem_bytes: int
+    configs: Sequence[triton.Config], dims: dict[str, int], elem_bytes: int, is_folded: int | None = None
 ) -> list[triton.Config]:
     """Keep the configs whose tiles do not exceed the problem (beyond the 16 that ``tl.dot`` needs).
 
     ``dims`` maps each block name to the extent it tiles, output blocks first and the reduction block last. A
-    config survives when, for every block, the tile is at most the next power of two of the extent, and the
-    pipelined tiles fit the shared-memory budget. If none survives, the reduction block's limit is dropped (a
-    short reduction only wastes part of one loop step; oversized output tiles multiply idle programs); if still
-    none, the config with the smallest tiles is kept.
+    config survives when, for every block, the tile is at most the next power of two of the extent, the
+    pipelined tiles fit the shared-memory budget, and (a backward kernel: ``is_folded`` not None) its register
+    tiles fit :func:`fits_registers`. If none survives, the reduction block's limit is dropped (a short reduction
+    only wastes part of one loop step; oversized output tiles multiply idle programs); if still none, the config
+    with the smallest tiles is kept.
     """
 
     def fits(cfg, limits) -> bool:
         kw = cfg.kwargs
         if any(kw[name] > _dim_cap(extent) for name, extent in limits.items()):
+            return False
+        if not fits_registers(cfg, elem_bytes, is_folded):
             return False
         bk = kw.get("BLOCK_C", kw.get("BLOCK_K"))
         smem = max(cfg.num_stages - 1, 1) * (kw["BLOCK_M"] * bk + bk * kw["BLOCK_N"]) * elem_bytes
@@ -522,13 +583,14 @@ def prune_configs(
     return kept
 
 
-def _early_prune(dim_args: dict[str, str]):
+def _early_prune(dim_args: dict[str, str], backward: bool):
     """An ``early_config_prune`` hook mapping block names to the kernel arguments they tile."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         dims = {blk: _dim_value(args, arg) for blk, arg in dim_args.items()}
-        return prune_configs(configs, dims, args["x_ptr" if "x_ptr" in args else "g_ptr"].element_size())
+        elem = args["x_ptr" if "x_ptr" in args else "g_ptr"].element_size()
+        return prune_configs(configs, dims, elem, folded(args) if backward else None)
 
     return prune
 
@@ -545,16 +607,17 @@ _WGRAD_DIMS = {"BLOCK_M": "K", "BLOCK_N": "C", "BLOCK_K": "N*P*Q"}
 _AUTOTUNE_KEYS = ["N", "C", "H", "W", "K", "P", "Q", "stride_h", "stride_w", "R", "S"]
 
 
-def _jit(fn, configs, dims):
+def _jit(fn, configs, dims, backward=False):
     kernel = triton.jit(fn)
-    return triton.autotune(
-        configs=list(configs), key=_AUTOTUNE_KEYS, prune_configs_by={"early_config_prune": _early_prune(dims)}
-    )(kernel)
+    prune = _early_prune(dims, backward)
+    # a backward kernel's folded and plain launches prune differently (fits_registers): tuned apart
+    keys = _AUTOTUNE_KEYS + list(_FOLDED_FLAGS) if backward else _AUTOTUNE_KEYS
+    return triton.autotune(configs=list(configs), key=keys, prune_configs_by={"early_config_prune": prune})(kernel)
 
 
 _conv_fwd_kernel = _jit(_conv_fwd, FWD_CONFIGS, _FWD_DIMS)
-_conv_dgrad_kernel = _jit(_conv_dgrad, DGRAD_CONFIGS, _DGRAD_DIMS)
-_conv_wgrad_kernel = _jit(_conv_wgrad, WGRAD_CONFIGS, _WGRAD_DIMS)
+_conv_dgrad_kernel = _jit(_conv_dgrad, DGRAD_CONFIGS, _DGRAD_DIMS, backward=True)
+_conv_wgrad_kernel = _jit(_conv_wgrad, WGRAD_CONFIGS, _WGRAD_DIMS, backward=True)
 _epilogue_bwd_kernel = triton.jit(_epilogue_bwd)
 
 
@@ -572,18 +635,19 @@ def _num_sms(device: torch.device) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def heuristic_config(
-    kind: str, dims: tuple, elem_bytes: int, programs_per_tile: int, sms: int
+    kind: str, dims: tuple, elem_bytes: int, programs_per_tile: int, sms: int, is_folded: int = 0
 ) -> triton.Config:
     """One config without timing anything: the largest output tile that still gives every SM a program.
 
-    ``dims`` = ((block name, extent), ...); the first two blocks tile the output. Among the configs that survive
+    ``dims`` = ((block name, extent), ...); the first two blocks tile the output; ``is_folded``: a dgrad /
+    wgrad launch with the epilogue's gradient in its mainloop (:func:`folded`). Among the configs that survive
     :func:`prune_configs`, pick the largest BLOCK_M·BLOCK_N whose grid (times ``programs_per_tile``, the stride
     phases or split-K slabs) is at least one wave of ``sms`` programs, then the deepest reduction block; if no
     config fills a wave, the one with the most programs.
     """
     configs = {"fwd": FWD_CONFIGS, "dgrad": DGRAD_CONFIGS, "wgrad": WGRAD_CONFIGS}[kind]
     d = dict(dims)
-    kept = prune_configs(configs, d, elem_bytes)
+    kept = prune_configs(configs, d, elem_bytes, None if kind == "fwd" else is_folded)
 
     def programs(c):
         return math.ceil(d["BLOCK_M"] / c.kwargs["BLOCK_M"]) * math.ceil(d["BLOCK_N"] / c.kwargs["BLOCK_N"])
@@ -616,10 +680,13 @@ def launcher(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, de
                 kernel[grid](*args, **kwargs)
 
             return tuned
-        config = heuristic_config(kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device))
+        is_folded = 0 if kind == "fwd" else folded(kwargs)
+        config = heuristic_config(kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device), is_folded)
     meta = {**kwargs, **config.kwargs}
     run = kernel.fn[grid(meta)]
     meta.update(num_warps=config.num_warps, num_stages=config.num_stages)
+    if getattr(config, "maxnreg", None) is not None:
+        meta["maxnreg"] = config.maxnreg
 
     def launch(*args):
         record_launch()
@@ -690,7 +757,7 @@ def _dgrad_relu_arg_types(dt: str) -> dict[str, object]:
 @functools.cache
 def _wgrad_arg_types(dt: str) -> dict[str, object]:
     return _for(_conv_wgrad, {
-        **_types("x_ptr, g_ptr, y_ptr", f"*{dt}"),
+        **_types("x_ptr, g_ptr, y_ptr, dres_ptr", f"*{dt}"),
         **_types("ws_ptr, dw_ptr, db_ptr", "*fp32"),
         "cnt_ptr": "*i32",
         **_types("N, H, W, P, Q", "i32"),
@@ -698,7 +765,7 @@ def _wgrad_arg_types(dt: str) -> dict[str, object]:
         **_types("sxn, sxh, sxw, sgn, sgp, sgq, syn, syp, syq", "i32:16"),
         **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split, num_splits", "i32"),
         "res_scale": "fp32",
-        "R": 3, "S": 3, "RELU": False, "SCALE_G": False, "BIAS_GRAD": False, "SPLIT": True,
+        "R": 3, "S": 3, "RELU": False, "SCALE_G": False, "BIAS_GRAD": False, "SPLIT": True, "WRITE_RES": False,
         "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
 
@@ -712,6 +779,24 @@ def _wgrad_relu_bias_arg_types(dt: str) -> dict[str, object]:
 @functools.cache
 def _wgrad_one_split_arg_types(dt: str) -> dict[str, object]:
     return {**_wgrad_relu_bias_arg_types(dt), "SPLIT": False}
+
+
+@functools.cache
+def _wgrad_residual_arg_types(dt: str) -> dict[str, object]:
+    """The residual conv's backward: the folded variant that also writes the residual's gradient."""
+    return {**_wgrad_relu_bias_arg_types(dt), "WRITE_RES": True}
+
+
+_ELEM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def _bwd_applies(arg_types):
+    """``KernelSpec.applies`` of a dgrad / wgrad variant: the configs :func:`fits_registers` lets it launch."""
+
+    def applies(cfg, dt: str, arch: int) -> bool:
+        return fits_registers(cfg, _ELEM_BYTES[dt], folded(arg_types(dt)))
+
+    return applies
 
 
 @functools.cache
@@ -738,9 +823,13 @@ def _fwd_stats_arg_types(dt: str) -> dict[str, object]:
 
 
 register_kernel(KernelSpec("conv2d_fwd_stats", _conv_fwd, FWD_CONFIGS, _fwd_stats_arg_types))
-register_kernel(KernelSpec("conv2d_dgrad", _conv_dgrad, DGRAD_CONFIGS, _dgrad_arg_types))
-register_kernel(KernelSpec("conv2d_dgrad_relu", _conv_dgrad, DGRAD_CONFIGS, _dgrad_relu_arg_types))
-register_kernel(KernelSpec("conv2d_wgrad", _conv_wgrad, WGRAD_CONFIGS, _wgrad_arg_types))
-register_kernel(KernelSpec("conv2d_wgrad_relu_bias", _conv_wgrad, WGRAD_CONFIGS, _wgrad_relu_bias_arg_types))
-register_kernel(KernelSpec("conv2d_wgrad_1split", _conv_wgrad, WGRAD_CONFIGS, _wgrad_one_split_arg_types))
+for _name, _fn, _configs, _types_of in [
+    ("conv2d_dgrad", _conv_dgrad, DGRAD_CONFIGS, _dgrad_arg_types),
+    ("conv2d_dgrad_relu", _conv_dgrad, DGRAD_CONFIGS, _dgrad_relu_arg_types),
+    ("conv2d_wgrad", _conv_wgrad, WGRAD_CONFIGS, _wgrad_arg_types),
+    ("conv2d_wgrad_relu_bias", _conv_wgrad, WGRAD_CONFIGS, _wgrad_relu_bias_arg_types),
+    ("conv2d_wgrad_1split", _conv_wgrad, WGRAD_CONFIGS, _wgrad_one_split_arg_types),
+    ("conv2d_wgrad_residual", _conv_wgrad, WGRAD_CONFIGS, _wgrad_residual_arg_types),
+]:
+    register_kernel(KernelSpec(_name, _fn, _configs, _types_of, _bwd_applies(_types_of)))
 register_kernel(KernelSpec("conv2d_epilogue_bwd", _epilogue_bwd, (EPILOGUE_BWD_CONFIG,), _epi_arg_types))

@@ -263,14 +263,16 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=None, relu=False,
-                 residual_scale=1.0, need_bias=False):  # fmt: skip
+                 residual_scale=1.0, need_bias=False, need_res=False):  # fmt: skip
     """The weight gradient without scale, float32 (K, C, R, S): a deterministic split-K implicit GEMM in one
     launch (the slabs are summed in split order inside the kernel, see ``_conv_wgrad``).
 
     As a dispatch implementation ``gp`` is the epilogue's gradient. With ``relu`` (mask [y > 0] from the saved
     output ``y``) or ``residual_scale`` != 1, ``gp`` is the raw grad_out and the kernel applies that gradient
     (the mask in its g load, ``residual_scale`` on its accumulators); with ``need_bias`` it also reduces the
-    bias gradient Σ_m gp[m, k] (float32 (K,)), and returns (dw, dbias)."""
+    bias gradient Σ_m gp[m, k] (float32 (K,)), with ``need_res`` it also writes the residual's gradient (the
+    masked, unscaled grad_out: a new channels_last tensor of its dtype), and returns (dw, dbias, dres), the
+    ones not asked for None; without either, dw alone."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
@@ -278,7 +280,9 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     dev = x.device
     wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
     max_split = _wgrad_splits(1, M, dev)
-    probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split, kernels._num_sms(dev))
+    flags = dict(RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), WRITE_RES=bool(need_res))
+    probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split,
+                                               kernels._num_sms(dev), kernels.folded(flags))  # fmt: skip
     tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
     nsplit = splits or _wgrad_splits(tiles, M, dev)
     rows = triton.cdiv(M, nsplit)
@@ -293,20 +297,23 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     else:
         ws = cnt = dw
     ysrc = y if relu else gp
+    dres = _tile.new_cl(gp.shape, x, dtype=gp.dtype) if need_res else dw
     grid = lambda meta: (
         triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
     )  # fmt: skip
     kernels._launch(
         kernels._conv_wgrad_kernel, "wgrad", grid, wdims,
         x.element_size(), config, nsplit, dev,
-        x, gp, ws, dw, ysrc, dbias, cnt,
+        x, gp, ws, dw, ysrc, dbias, cnt, dres,
         N, C, H, W, K, P, Q, *x.stride(), *gp.stride(), *ysrc.stride(),
         stride[0], stride[1], padding[0], padding[2],
         rows, nsplit, float(residual_scale),
-        R=R, S=S, RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), SPLIT=nsplit > 1,
-        DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x, ysrc, ws),
+        R=R, S=S, **flags, SPLIT=nsplit > 1,
+        DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x, ysrc, ws, dres),
     )  # fmt: skip
-    return (dw, dbias) if need_bias else dw
+    if need_bias or need_res:
+        return dw, (dbias if need_bias else None), (dres if need_res else None)
+    return dw
 
 
 def _fwd_triton(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):

@@ -296,6 +296,30 @@ def test_training_plan_follows_the_signature_the_backend_and_the_parameters(devi
     assert plans.n == 4
 
 
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_planned_training_step_counts_batches_in_its_finalize(momentum, device):
+    """num_batches_tracked moves as nn.BatchNorm2d moves it: with a fixed momentum the finalize launch adds the
+    batch (no separate ``add_`` op), with momentum=None (the cumulative average needs the count on the host) the
+    module adds it first; the running statistics follow the fp64 reference either way."""
+    from inception_kernels.bench.counting import OpCounter
+
+    m = randomize_bn(ConvBNAct(4, 6, 3, padding=1)).train()
+    m.bn.momentum = momentum
+    m.bn.num_batches_tracked.fill_(5)
+    m64 = copy.deepcopy(m).double()
+    m = m.to(device)
+    for step in range(3):
+        x = _cl(2, 4, 5, 5, device=device)
+        with OpCounter() as ops:
+            m(x)
+        assert ("add_" in ops.ops) == (momentum is None), (step, ops.ops)
+        with torch.no_grad():
+            m64.bn(m64.conv(x.cpu().double()))
+        assert int(m.bn.num_batches_tracked) == 6 + step == int(m64.bn.num_batches_tracked)
+        assert rel_err(m.bn.running_mean.cpu(), m64.bn.running_mean) < 1e-5
+        assert rel_err(m.bn.running_var.cpu(), m64.bn.running_var) < 1e-5
+
 # ----------------------------------------------------------------------------------------------------------
 # Pooling layers of the block engine and of the network stems
 # ----------------------------------------------------------------------------------------------------------

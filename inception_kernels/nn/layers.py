@@ -184,20 +184,31 @@ class ConvBNAct(nn.Module):
         return (self.conv.bias is None and type(bn) is nn.BatchNorm2d and (bn.training or bn.running_mean is None)
                 and bn_ops.conv_bn_act_supported(x))  # fmt: skip
 
-    def _bn_momentum(self) -> float:
-        """``nn.BatchNorm2d``'s exponential-average factor for this step (counts the batch, as it does)."""
+    def _bn_momentum(self, count: bool = True) -> float:
+        """``nn.BatchNorm2d``'s exponential-average factor for this step (counts the batch, as it does, unless
+        ``count`` is False: then the caller's kernel does)."""
         bn = self.bn
         if not bn.track_running_stats:
             return 0.0
-        bn.num_batches_tracked.add_(1)
+        if count:
+            bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             return 1.0 / float(bn.num_batches_tracked)
         return bn.momentum
 
-    def _bn_step_args(self) -> tuple:
-        """(γ, β, running mean, running var, momentum, eps) of one training-mode BN step (counts the batch)."""
+    def _kernel_counts_batches(self, x: torch.Tensor) -> bool:
+        """Whether the planned step's finalize launch adds the batch to ``num_batches_tracked`` (a fixed momentum,
+        the counter one int64 element on x's device) instead of a separate ``add_``."""
         bn = self.bn
-        momentum = self._bn_momentum()
+        nbt = bn.num_batches_tracked if bn.track_running_stats else None
+        return (bn.momentum is not None and isinstance(nbt, torch.Tensor) and nbt.dtype == torch.int64
+                and nbt.numel() == 1 and nbt.device == x.device)  # fmt: skip
+
+    def _bn_step_args(self, count: bool = True) -> tuple:
+        """(γ, β, running mean, running var, momentum, eps) of one training-mode BN step (counts the batch unless
+        ``count`` is False)."""
+        bn = self.bn
+        momentum = self._bn_momentum(count)
         track = bn.track_running_stats
         return (bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
                 momentum, bn.eps)  # fmt: skip
@@ -206,9 +217,12 @@ class ConvBNAct(nn.Module):
         """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act, run from
         the plan of this call signature (``ops.batchnorm.plan_conv_bn_act``) where one serves."""
         plan = self._train_plan(x, out, stride, padding)
-        gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
         if plan is not None:
-            return plan(x, self.conv.weight, gamma, beta, rm, rv, momentum, out)
+            counted = self._kernel_counts_batches(x)
+            gamma, beta, rm, rv, momentum, eps = self._bn_step_args(count=not counted)
+            return plan(x, self.conv.weight, gamma, beta, rm, rv, momentum, out,
+                        batches=self.bn.num_batches_tracked if counted else None)  # fmt: skip
+        gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
         return bn_ops.conv_bn_act(
             x, self.conv.weight, gamma, beta, rm, rv, momentum=momentum, eps=eps, stride=stride,
             padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act, out=out,

@@ -67,11 +67,12 @@ def _bn_partials(
 
 
 def _bn_finalize(
-    cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, var_ptr, invstd_ptr, rmean_ptr, rvar_ptr,
+    cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, var_ptr, invstd_ptr, rmean_ptr, rvar_ptr, nbt_ptr,
     T, C, eps, momentum, unbias,
-    UPDATE_RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    UPDATE_RUNNING: tl.constexpr, COUNT_BATCH: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Combine T tile partials per channel (fixed order) into mean, biased var, invstd; update running stats.
+    """Combine T tile partials per channel (fixed order) into mean, biased var, invstd; update running stats;
+    with ``COUNT_BATCH`` program 0 also adds 1 to ``num_batches_tracked`` (int64), as ``nn.BatchNorm2d`` does.
 
     Tiles with count 0 are empty (a conv config with tiles larger than the partial rows leaves some unused).
     Values are shifted by tile 0's mean (tile 0 is never empty) so the sums stay small.
@@ -113,6 +114,9 @@ def _bn_finalize(
         rv = (1.0 - momentum) * rv + momentum * (var * unbias)
         tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
         tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+    if COUNT_BATCH:
+        if pid == 0:
+            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
 
 
 @triton.jit
@@ -271,8 +275,11 @@ def stats_partials_into(x: torch.Tensor, partials):
     return partials
 
 
-def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=None, momentum: float = 0.1):
-    """(mean, biased var, invstd), float32 (C,), from tile partials; updates running stats in place if given."""
+def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=None, momentum: float = 0.1,
+                batches=None):  # fmt: skip
+    """(mean, biased var, invstd), float32 (C,), from tile partials; updates running stats in place if given, and
+    adds 1 to ``batches`` (a BN's ``num_batches_tracked``: one int64 element on this device) if given -- one
+    launch where the module would add in a second one."""
     cnt, pmean, pm2 = partials
     T, C = pmean.shape
     dev = pmean.device
@@ -283,9 +290,9 @@ def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=Non
     with _args.device_guard(pmean):
         _bn_finalize_kernel[(triton.cdiv(C, FINALIZE_BLOCK_C),)](
             cnt, pmean, pm2, mean, var, invstd,
-            running_mean if update else mean, running_var if update else var,
+            running_mean if update else mean, running_var if update else var, mean if batches is None else batches,
             T, C, float(eps), float(momentum), float(unbias),
-            UPDATE_RUNNING=update, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS,
+            UPDATE_RUNNING=update, COUNT_BATCH=batches is not None, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS,
         )  # fmt: skip
     return mean, var, invstd
 
@@ -768,6 +775,7 @@ class _ConvBNActFn(torch.autograd.Function):
         out,
         record,
         plan=None,
+        batches=None,
     ):
         shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
         N, K, P, Q = shape
@@ -778,7 +786,7 @@ class _ConvBNActFn(torch.autograd.Function):
             y = conv_ops.conv_forward(x, weight, None, None, None, stride, padding, 1.0, False, stats=partials)
         else:
             y = plan.conv(x, weight, partials)
-        mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum)
+        mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum, batches)
         # ``out`` is an input of this node: write and return an autograd-plain alias of it (a tensor returned
         # as-is would come back wrapped in a new view object, without the recipe attached below)
         out = None if out is None else out.detach()
@@ -808,7 +816,7 @@ class _ConvBNActFn(torch.autograd.Function):
             dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need)
         dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
         dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
-        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None, None
+        return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None, None, None
 
 
 def _rebuild_bn_act(relu, y, mean, invstd, gamma, beta, out=None):
@@ -906,12 +914,18 @@ class ConvBNActPlan:
 
         self.conv = conv
 
-    def __call__(self, x, weight, gamma, beta, running_mean, running_var, momentum, out=None):
+    def __call__(self, x, weight, gamma, beta, running_mean, running_var, momentum, out=None, batches=None):
+        """``batches``: the BN's ``num_batches_tracked`` (int64, one element, on x's device), counted by the
+        finalize launch instead of a separate ``add_`` (None: the caller counts)."""
         if _args.geometry(x, weight, out) != self.geometry:
             _args.check_plan_geometry(self.geometry, x, weight, out, what="conv_bn_act plan")
+        if batches is not None and (batches.dtype != torch.int64 or batches.numel() != 1
+                                    or batches.device != x.device):  # fmt: skip
+            raise ValueError(f"batches must be one int64 element on {x.device}, got {batches.dtype} "
+                             f"{tuple(batches.shape)} on {batches.device}")  # fmt: skip
         return _ConvBNActFn.apply(x, weight, gamma, beta, running_mean, running_var, float(momentum), self.eps,
                                   self.stride, self.padding, self.relu, out, _records(x, weight, gamma, beta),
-                                  self)  # fmt: skip
+                                  self, batches)  # fmt: skip
 
 
 def plan_conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: float, eps: float,
@@ -963,8 +977,8 @@ def _partials_types(dt: str) -> dict:
 def _finalize_types(dt: str) -> dict:
     return {**{p: "*fp32" for p in ("cnt_ptr", "pmean_ptr", "pm2_ptr", "mean_ptr", "var_ptr", "invstd_ptr",
                                      "rmean_ptr", "rvar_ptr")},
-            "T": "i32", "C": "i32", "eps": "fp32", "momentum": "fp32", "unbias": "fp32",
-            "UPDATE_RUNNING": True}  # fmt: skip
+            "nbt_ptr": "*i64", "T": "i32", "C": "i32", "eps": "fp32", "momentum": "fp32", "unbias": "fp32",
+            "UPDATE_RUNNING": True, "COUNT_BATCH": True}  # fmt: skip
 
 
 _AFFINE = {"mean_ptr": "*fp32", "invstd_ptr": "*fp32", "w_ptr": "*fp32", "b_ptr": "*fp32",

@@ -472,7 +472,7 @@ FWD_CONFIGS = tuple(
 # Output rows per BN-statistics partial row: the smallest BLOCK_M of any forward config (v1 here, v2's are no
 # smaller; every BLOCK_M is a power-of-two multiple of it). A constexpr: the forward epilogue reads it.
 _STATS_ROWS = min(c.kwargs["BLOCK_M"] for c in FWD_CONFIGS)
-STATS_ROWS = tl.constexpr(_STATS_ROWS)
+STATS_ROWS = tl.constexpr(_STATS_ROWS) if _backend.triton_available() else _STATS_ROWS  # (no kernel runs without)
 # dgrad: BLOCK_N tiles C, BLOCK_K tiles the K reduction.
 DGRAD_CONFIGS = tuple(
     _cfg(bm, bn, "BLOCK_K", bk, w, st, regs, GROUP_M=8)

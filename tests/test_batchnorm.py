@@ -184,6 +184,76 @@ def test_conv_bn_act_train(case, relu, device, poison):
         assert rel_err(a, r) < 1e-4
 
 
+# (case, relu): C = 3 at stride 2 with no padding, an odd K with padded taps (k3-like constant terms must stay off
+# the padding), 1x7 with asymmetric reach, H = W = 1
+FOLD_BN_RUNS = [(CONV_CASES[0], True), (CONV_CASES[3], True), (CONV_CASES[1], False), (CONV_CASES[2], True)]
+
+
+@pytest.mark.parametrize("case, relu", FOLD_BN_RUNS, ids=str)
+def test_conv_bn_backward_folded_every_config(case, relu, device, poison, monkeypatch):
+    """conv → training BN (+ ReLU) backward with the BN's dx applied by dgrad and wgrad on load
+    (``conv_bwd(bn=...)``): under every dgrad and wgrad config the fold may launch (:func:`fits_registers`), with one
+    split-K slab and with three, grad_out a channel slice at a nonzero offset, dx, dw, dγ, dβ match fp64; the
+    NaN-poisoned outputs have no unwritten element and no dx pass of the BN ran."""
+    from inception_kernels.ops import _args, _tile, conv, conv_kernels, conv_triton
+
+    monkeypatch.setattr(bn, "_bn_act_bwd_dx_kernel", None)  # any launch of the BN's own dx pass fails
+    N, C, H, W, K, (R, S), stride, pad = case
+    gen = torch.Generator().manual_seed(7)
+
+    def draw():
+        x = _cl(torch.randn(N, C, H, W, generator=gen)).to(device)
+        wt = (torch.randn(K, C, R, S, generator=gen) / (C * R * S) ** 0.5).to(device)
+        return x, wt, (torch.rand(K, generator=gen) + 0.5).to(device), torch.randn(K, generator=gen).to(device)
+
+    def pre_act(x, wt, gamma, beta):
+        return _batch_norm(reference.conv2d(x, wt, stride=stride, padding=pad), gamma, beta)
+
+    x, wt, gamma, beta = draw_off_relu_kink(draw, pre_act) if relu else draw()
+    refs = [t.double().requires_grad_() for t in (x, wt, gamma, beta)]
+    z = _batch_norm(reference.conv2d(refs[0], refs[1], stride=stride, padding=pad), refs[2], refs[3])
+    z = z.relu() if relu else z
+    Np, Kz, P, Q = z.shape
+    gbig = _cl(torch.randn(Np, Kz + 5, P, Q, generator=gen)).to(device)
+    g = gbig[:, 3 : 3 + Kz]
+    want = torch.autograd.grad(z, refs, g.double())
+    y = _tile.new_cl((Np, Kz, P, Q), x)
+    st, padding = _args.pair(stride, "stride"), _args.conv_padding(pad)
+    conv_triton.conv_fwd_into(x, wt, None, None, None, st, padding, 1.0, False, y)
+    mean, var = y.double().mean((0, 2, 3)).float(), y.double().var((0, 2, 3), unbiased=False).float()
+    invstd = 1.0 / torch.sqrt(var + 1e-3)
+    coef, dgamma, dbeta = bn.bn_act_bwd_coefs(g, y, mean, invstd, gamma, beta, relu)
+    assert rel_err(dgamma, want[2]) < 1e-5 and rel_err(dbeta, want[3]) < 1e-5
+    dg = [c for c in conv_kernels.DGRAD_CONFIGS if conv_kernels.fits_registers(c, 4, 2)]
+    wg = [c for c in conv_kernels.WGRAD_CONFIGS if conv_kernels.fits_registers(c, 4, 2)]
+    assert dg and wg
+    need = (True, True, False, False, False)
+    for i in range(max(len(dg), len(wg))):
+        configs = {"dgrad": dg[i % len(dg)], "wgrad": wg[i % len(wg)]}
+        dx, dw, *_ = conv.conv_bwd(g, x, wt, None, y, 1.0, relu, st, padding, need, configs=configs,
+                                   splits=(1, 3)[i % 2], impls={"dgrad": "triton", "wgrad": "triton"}, bn=coef)  # fmt: skip
+        # over seeds 0-11 the largest error was ~1e-6 (tolerance 1e-4, fp32 accumulation)
+        assert not dx.isnan().any() and rel_err(dx, want[0]) < 1e-4, (configs, rel_err(dx, want[0]))
+        assert not dw.isnan().any() and rel_err(dw, want[1]) < 1e-4, (configs, rel_err(dw, want[1]))
+
+
+def test_conv_bn_backward_is_three_launches(device):
+    """A training conv → BN → ReLU step's backward on our kernels: the BN reduction (which also writes the dx
+    coefficients), dgrad and wgrad -- the BN's dx pass is folded into the GEMMs' loads (it was four launches)."""
+    from inception_kernels.ops import conv_triton
+    from inception_kernels.utils import count_launches
+
+    conv_triton._tile_counters(device, 4096)  # the split-K / reduction counters: zero-filled once, not counted
+    x = _cl(torch.randn(2, 8, 6, 6, device=device)).requires_grad_()
+    wt = (torch.randn(16, 8, 1, 1, device=device) / 3).requires_grad_()  # 1x1: no dgrad weight repack
+    gamma, beta = torch.ones(16, device=device, requires_grad=True), torch.zeros(16, device=device, requires_grad=True)
+    y = bn.conv_bn_act(x, wt, gamma, beta, None, None, momentum=0.1, eps=1e-3)
+    with count_launches() as c:
+        y.backward(torch.randn_like(y))
+    assert c.count == 3
+    assert all(t.grad is not None for t in (x, wt, gamma, beta))
+
+
 def test_conv_bn_stats_every_config(device, poison):
     """The statistics epilogue under every forward config (tiles larger than the partial rows leave empty ones)."""
     from inception_kernels.ops import _tile, conv_kernels, conv_triton

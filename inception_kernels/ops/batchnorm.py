@@ -35,7 +35,7 @@ from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 from ._triton import tl, triton
-from .conv_kernels import _store_stats
+from .conv_kernels import _store_stats, bn_grad
 
 FINALIZE_BLOCK_T = 32
 FINALIZE_BLOCK_C = 64
@@ -171,18 +171,20 @@ def _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
 
 
 def _bn_act_bwd_reduce(
-    g_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, pb_ptr, pw_ptr, gb_ptr, gw_ptr, cnt_ptr,
-    M, C, H, W,
+    g_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, pb_ptr, pw_ptr, gb_ptr, gw_ptr, cnt_ptr, coef_ptr,
+    M, C, H, W, inv_m,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, IDX_T: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, COEFS: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     """dβ = Σ g' and dγ = Σ g'·x̂ per channel, in one launch and the same bits on every run.
 
     Program (i, j) sums the row tiles i, i + G, i + 2G, ... (G programs along axis 0) of channel block j into row i
     of the partials; the last program of channel block j to finish (its arrival counter, reset to 0 for the next
-    launch) adds the G rows in the order 0, 1, ... and writes the sums."""
+    launch) adds the G rows in the order 0, 1, ... and writes the sums. With ``COEFS`` it also writes the (6, C)
+    coefficients that let a conv's dgrad / wgrad take dx on load (``conv_kernels.bn_coefs``): mean, invstd, γ,
+    β, dβ/M, dγ/M."""
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     G = tl.num_programs(0)
@@ -215,6 +217,13 @@ def _bn_act_bwd_reduce(
             tot_w += tl.sum(tl.load(pw_ptr + off, mask=live, other=0.0, cache_modifier=".cg"), axis=0)
         tl.store(gb_ptr + offs_c, tot_b, mask=mask_c)
         tl.store(gw_ptr + offs_c, tot_w, mask=mask_c)
+        if COEFS:
+            tl.store(coef_ptr + offs_c, mean, mask=mask_c)
+            tl.store(coef_ptr + C + offs_c, invstd, mask=mask_c)
+            tl.store(coef_ptr + 2 * C + offs_c, w, mask=mask_c)
+            tl.store(coef_ptr + 3 * C + offs_c, b, mask=mask_c)
+            tl.store(coef_ptr + 4 * C + offs_c, tot_b * inv_m, mask=mask_c)
+            tl.store(coef_ptr + 5 * C + offs_c, tot_w * inv_m, mask=mask_c)
         tl.atomic_xchg(cnt_ptr + pid_c, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
@@ -227,14 +236,17 @@ def _bn_act_bwd_dx(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """dx = γ·invstd·(g' − dβ/M − x̂·dγ/M)."""
+    """dx = γ·invstd·(g' − dβ/M − x̂·dγ/M) (``conv_kernels.bn_grad``, which a conv's dgrad / wgrad also apply)."""
     pid_m, offs_m, offs_c, mask_c, mask = tile_2d(M, C, BLOCK_M, BLOCK_C)
     mean, invstd, w, b = _load_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, offs_c, mask_c, HAS_W, HAS_B)
-    g, xhat = _masked_grad(g_ptr, x_ptr, offs_m, offs_c, mask, mean, invstd, w, b, H, W,
-                           sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, RELU, IDX_T)  # fmt: skip
+    c64 = offs_c.to(IDX_T)[None, :]
+    gp = pixel_offsets(offs_m, H, W, sgn, sgh, sgw, IDX_T)[:, None] + c64 * sgc
+    xp = pixel_offsets(offs_m, H, W, sxn, sxh, sxw, IDX_T)[:, None] + c64 * sxc
+    g = tl.load(g_ptr + gp, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(x_ptr + xp, mask=mask, other=0.0).to(tl.float32)
     gb = tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0) * inv_m
     gw = tl.load(gw_ptr + offs_c, mask=mask_c, other=0.0) * inv_m
-    dx = (w * invstd)[None, :] * (g - gb[None, :] - xhat * gw[None, :])
+    dx = bn_grad(g, v, mean, invstd, w, b, gb, gw, RELU)
     dp = pixel_offsets(offs_m, H, W, sdn, sdh, sdw, IDX_T)[:, None] + offs_c.to(IDX_T)[None, :] * sdc
     tl.store(dx_ptr + dp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -323,29 +335,46 @@ def reduce_programs(M: int, C: int, device: torch.device) -> int:
     return max(1, min(tiles, 256, per_block))
 
 
+def _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, programs, coefs: bool):
+    """The BN backward's reduction launch: (dγ, dβ, the (6, C) coefficients or None, the kernel flags)."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    dev = x.device
+    dummy = mean
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
+    G = programs or reduce_programs(M, C, dev)
+    cb = triton.cdiv(C, BLOCK_C)
+    parts = _tile.new_buf((2, G + 1, C), dev)  # per-program partials (rows 0..G-1), then the sums (row G)
+    coef = _tile.new_buf((6, C), dev) if coefs else dummy
+    record_launch()
+    _bn_act_bwd_reduce_kernel[(G, cb)](
+        grad_out, x, mean, invstd, weight if weight is not None else dummy, bias if bias is not None else dummy,
+        parts[0], parts[1], parts[0, G], parts[1, G], conv_triton._tile_counters(dev, cb), coef,
+        M, C, H, W, 1.0 / M, *grad_out.stride(), *x.stride(),
+        IDX_T=_tile.tl_index_type(grad_out, x), **flags, COEFS=bool(coefs), BLOCK_T=REDUCE_BLOCK_T, **_tile_args(),
+    )  # fmt: skip
+    return parts[1, G], parts[0, G], (coef if coefs else None), flags
+
+
+@_args.on_input_device
+def bn_act_bwd_coefs(grad_out, x, mean, invstd, weight, bias, relu):
+    """(coefficients, dγ, dβ) of the BN backward in one launch, for a conv's dgrad / wgrad to apply dx on load
+    (``conv_ops.conv_bwd(bn=...)``): the reduction of :func:`bn_act_bwd_triton` without its dx launch."""
+    gw, gb, coef, _ = _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, None, True)
+    return coef, gw, gb
+
+
 @_args.on_input_device
 def bn_act_bwd_triton(grad_out, x, mean, invstd, weight, bias, relu, dx=None, programs=None):
     """(dx, dγ, dβ); dx written into ``dx`` (any channels_last view) when given. Two launches: the reduction (its
     ``programs`` rows of partials summed in-kernel, :func:`reduce_programs` unless given), then dx."""
     N, C, H, W = x.shape
     M = N * H * W
-    dev = x.device
+    gw, gb, _, flags = _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, programs, False)
     dummy = mean
     wt = weight if weight is not None else dummy
     bs = bias if bias is not None else dummy
-    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
     idx = _tile.tl_index_type(grad_out, x, dx)
-    G = programs or reduce_programs(M, C, dev)
-    cb = triton.cdiv(C, BLOCK_C)
-    parts = _tile.new_buf((2, G + 1, C), dev)  # per-program partials (rows 0..G-1), then the sums (row G)
-    pb, pw = parts[0], parts[1]
-    gb, gw = parts[0, G], parts[1, G]
-    record_launch()
-    _bn_act_bwd_reduce_kernel[(G, cb)](
-        grad_out, x, mean, invstd, wt, bs, pb, pw, gb, gw, conv_triton._tile_counters(dev, cb),
-        M, C, H, W, *grad_out.stride(), *x.stride(),
-        IDX_T=idx, **flags, BLOCK_T=REDUCE_BLOCK_T, **_tile_args(),
-    )  # fmt: skip
     if dx is None:
         dx = _tile.new_cl(x.shape, x)
     record_launch()
@@ -809,11 +838,20 @@ class _ConvBNActFn(torch.autograd.Function):
     def backward(ctx, grad):
         x, (weight, y, mean, invstd, gamma, beta) = _recompute.load_with_input(ctx)
         stride, padding, relu = ctx.conf
-        gy, dgamma, dbeta = bn_act_backward(grad, y, mean, invstd, gamma, beta, relu)
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False, False, False)
         dx = dw = None
-        if any(need):
-            dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need)
+        impls = conv_ops.bwd_impls(x, weight, stride, padding, need)
+        if conv_ops.folds_bn(impls, need) and grad.dtype == x.dtype and _impl(y, "bn_act") == "triton":
+            # the BN's dx applied by dgrad / wgrad on load: reduction, dgrad, wgrad (three launches, no dz tensor)
+            _backend.check_interpretable(y)
+            coef, dgamma, dbeta = bn_act_bwd_coefs(grad, y, mean, invstd, gamma, beta, relu)
+            dx, dw, *_ = conv_ops.conv_bwd(grad, x, weight, None, y, 1.0, relu, stride, padding, need, impls=impls,
+                                           bn=coef)  # fmt: skip
+        else:
+            gy, dgamma, dbeta = bn_act_backward(grad, y, mean, invstd, gamma, beta, relu)
+            if any(need):
+                dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need,
+                                               impls=impls)  # fmt: skip
         dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
         dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
         return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None, None, None
@@ -995,8 +1033,8 @@ def _fwd_types(dt: str) -> dict:
 @functools.cache
 def _reduce_types(dt: str) -> dict:
     return {"g_ptr": f"*{dt}", "x_ptr": f"*{dt}", "pb_ptr": "*fp32", "pw_ptr": "*fp32", "gb_ptr": "*fp32",
-            "gw_ptr": "*fp32", "cnt_ptr": "*i32", **_AFFINE, **_strides("sgn, sgh, sgw, sxn, sxh, sxw"), "sgc": 1,
-            "sxc": 1}  # fmt: skip
+            "gw_ptr": "*fp32", "cnt_ptr": "*i32", "coef_ptr": "*fp32", "inv_m": "fp32", "COEFS": True, **_AFFINE,
+            **_strides("sgn, sgh, sgw, sxn, sxh, sxw"), "sgc": 1, "sxc": 1}  # fmt: skip
 
 
 @functools.cache

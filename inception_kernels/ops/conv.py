@@ -25,9 +25,27 @@ from .conv_reference import _reference_bwd, _reference_fwd
 from .conv_triton import epilogue_grad
 
 
+def bwd_impls(x, weight, stride, padding, need) -> dict:
+    """The implementations the dispatch layer chooses for the GEMMs a conv backward needs ({"dgrad": name or None,
+    "wgrad": name or None}; ``need`` as in :func:`conv_bwd`)."""
+    need_x, need_w, need_scale = need[:3]
+    return {
+        "dgrad": dispatch.choose_conv("conv_dgrad", x, weight, stride, padding).name if need_x else None,
+        "wgrad": dispatch.choose_conv("conv_wgrad", x, weight, stride, padding).name if need_w or need_scale else None,
+    }
+
+
+def folds_bn(impls: dict, need) -> bool:
+    """Whether a conv backward on these implementations (:func:`bwd_impls`) can take the backward of a training BN
+    that follows the conv in its loads (``conv_bwd(bn=...)``): every GEMM it runs is ours (Triton), and there is
+    one to run."""
+    dg, wg = impls.get("dgrad"), impls.get("wgrad")
+    return (dg or wg) is not None and dg in (None, "triton") and wg in (None, "triton") and not any(need[3:])
+
+
 def conv_bwd(
     grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None,
-    impls=None,
+    impls=None, bn=None,
 ):  # fmt: skip
     """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None.
 
@@ -39,18 +57,24 @@ def conv_bwd(
     when the weight or the scale changed), with a residual too. Otherwise our epilogue-gradient pass over
     grad_out runs first (skipped when the epilogue is the identity): a bias or residual gradient without wgrad
     (the pass writes dres and the bias partials: pass, bias sum, dgrad -- three launches at most), a grad_out of
-    another dtype, another route."""
+    another dtype, another route.
+
+    ``bn``: the (6, K) coefficients of :func:`~inception_kernels.ops.batchnorm.bn_act_bwd_coefs`; then
+    ``grad_out`` is the gradient of a training-mode BN (+ ReLU with ``relu``) applied to the conv's output ``y``
+    (no scale, bias or residual), and dgrad and wgrad take the BN's backward in their loads (only where
+    :func:`folds_bn` holds and grad_out has x's dtype)."""
     _backend.check_interpretable(x)
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
     need_g = need_w or need_scale
     if impls is None:
-        impls = {
-            "dgrad": dispatch.choose_conv("conv_dgrad", x, weight, stride, padding).name if need_x else None,
-            "wgrad": dispatch.choose_conv("conv_wgrad", x, weight, stride, padding).name if need_g else None,
-        }
+        impls = bwd_impls(x, weight, stride, padding, need)
     dg, wg = impls.get("dgrad") if need_x else None, impls.get("wgrad") if need_g else None
-    epilogue = relu or need_bias or need_res or residual_scale != 1.0 or grad_out.dtype != x.dtype
+    if bn is not None and not (folds_bn({"dgrad": dg, "wgrad": wg}, need) and grad_out.dtype == x.dtype
+                               and scale is None and residual_scale == 1.0):  # fmt: skip
+        raise ValueError("conv_bwd(bn=...): the BN backward folds only into Triton dgrad / wgrad, with grad_out of "
+                         "x's dtype, no scale, bias or residual")  # fmt: skip
+    epilogue = bn is not None or relu or need_bias or need_res or residual_scale != 1.0 or grad_out.dtype != x.dtype
     folded = (
         epilogue
         and dg in (None, "triton")
@@ -63,7 +87,7 @@ def conv_bwd(
     if folded:
         from .conv_triton import dgrad_triton, wgrad_triton
 
-        fold = {"y": y, "relu": relu, "residual_scale": residual_scale}
+        fold = {"y": y, "relu": relu, "residual_scale": residual_scale, "bn": bn}
         if dg is not None:
             kw = {"config": configs["dgrad"]} if "dgrad" in configs else {}
             dx = dgrad_triton(grad_out, x, weight, scale, stride, padding, **kw, **fold)

@@ -59,6 +59,30 @@ def _store_stats(v, mask_m, offs_c, mask_c, pid_m, first, M, C, cnt_ptr, mean_pt
 
 
 @triton.jit
+def bn_coefs(coef_ptr, offs, mask, C):
+    """The per-channel rows of a BN backward's coefficient buffer ((6, C) fp32, written by the reduction of
+    ``batchnorm._bn_act_bwd_reduce``): mean, invstd, γ, β, dβ/M, dγ/M."""
+    mean = tl.load(coef_ptr + offs, mask=mask, other=0.0)
+    invstd = tl.load(coef_ptr + C + offs, mask=mask, other=0.0)
+    w = tl.load(coef_ptr + 2 * C + offs, mask=mask, other=0.0)
+    b = tl.load(coef_ptr + 3 * C + offs, mask=mask, other=0.0)
+    gb = tl.load(coef_ptr + 4 * C + offs, mask=mask, other=0.0)
+    gw = tl.load(coef_ptr + 5 * C + offs, mask=mask, other=0.0)
+    return mean, invstd, w, b, gb, gw
+
+
+@triton.jit
+def bn_grad(g, v, mean, invstd, w, b, gb, gw, RELU: tl.constexpr):
+    """The gradient entering a training-mode BN (+ ReLU) from the one leaving it, on an fp32 tile whose axis 1 is
+    the channel (vectors of :func:`bn_coefs`): g the output's gradient, v the BN input.
+    x̂ = (v − mean)·invstd, g' = g·[x̂·γ + β > 0] (the mask recomputed), dz = γ·invstd·(g' − dβ/M − x̂·dγ/M)."""
+    xhat = (v - mean[None, :]) * invstd[None, :]
+    if RELU:
+        g = tl.where(xhat * w[None, :] + b[None, :] > 0, g, 0.0)
+    return (w * invstd)[None, :] * (g - gb[None, :] - xhat * gw[None, :])
+
+
+@triton.jit
 def _fwd_epilogue(
     acc, n, p, q, offs_n, mask_m, mask_n, pid_m, pid_n, M, K,
     out_ptr, scale_ptr, bias_ptr, res_ptr, out2_ptr, st_cnt_ptr, st_mean_ptr, st_m2_ptr,
@@ -204,7 +228,7 @@ def _epilogue_bwd(
 
 
 def _conv_dgrad(
-    g_ptr, w_ptr, dx_ptr, y_ptr,
+    g_ptr, w_ptr, dx_ptr, y_ptr, bn_ptr,
     N, C, H, W, K, P, Q,
     sgn, sgk, sgp, sgq,
     sdn, sdc, sdh, sdw,
@@ -212,7 +236,7 @@ def _conv_dgrad(
     stride_h, stride_w, pad_t, pad_l,
     res_scale,
     R: tl.constexpr, S: tl.constexpr,
-    RELU: tl.constexpr, SCALE_G: tl.constexpr,
+    RELU: tl.constexpr, SCALE_G: tl.constexpr, BN_G: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
@@ -226,6 +250,10 @@ def _conv_dgrad(
     g with [y > 0] in the A-operand load (y: the saved output, with its own strides; the one addition to the
     mainloop), ``SCALE_G`` multiplies the fp32 accumulator by ``res_scale`` (linear, so exact to do last). The
     per-channel scale is always in the repacked weight. Both off: the mainloop is the plain GEMM, as before.
+
+    ``BN_G``: g is the gradient of a training-mode BN (+ ReLU with ``RELU``) that follows the conv, y the BN's
+    input (the conv's output), and the A operand is the gradient entering the BN (:func:`bn_grad` from the
+    coefficients at ``bn_ptr``), zero on taps outside the output: the BN backward's dx pass is not needed.
     """
     pid = tl.program_id(0)
     phase = tl.program_id(1)
@@ -257,7 +285,7 @@ def _conv_dgrad(
     hb = (h + pad_t) // stride_h
     wb = (w + pad_l) // stride_w
     g_row = g_ptr + n.to(IDX_T) * sgn
-    if RELU:
+    if RELU or BN_G:
         y_row = y_ptr + n.to(IDX_T) * syn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -276,11 +304,17 @@ def _conv_dgrad(
         valid = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
         kk = kb * BLOCK_K + offs_k
         mask_k = kk < K
+        live = valid[:, None] & mask_k[None, :]
         a_ptrs = (g_row + p.to(IDX_T) * sgp + q.to(IDX_T) * sgq)[:, None] + kk.to(IDX_T)[None, :] * sgk
-        g = tl.load(a_ptrs, mask=valid[:, None] & mask_k[None, :], other=0.0)
-        if RELU:
+        g = tl.load(a_ptrs, mask=live, other=0.0)
+        if RELU or BN_G:
             y_ptrs = (y_row + p.to(IDX_T) * syp + q.to(IDX_T) * syq)[:, None] + kk.to(IDX_T)[None, :] * syk
-            yv = tl.load(y_ptrs, mask=valid[:, None] & mask_k[None, :], other=0.0)
+            yv = tl.load(y_ptrs, mask=live, other=0.0)
+        if BN_G:
+            mean, invstd, bw, bb, gb, gw = bn_coefs(bn_ptr, kk, mask_k, K)
+            dz = bn_grad(g.to(tl.float32), yv.to(tl.float32), mean, invstd, bw, bb, gb, gw, RELU)
+            g = tl.where(live, dz, 0.0).to(g_ptr.dtype.element_ty)
+        elif RELU:
             g = tl.where(yv > 0, g, 0.0)
         b_ptrs = w_ptr + ((r * S + s) * K + kk)[:, None] * C + offs_n[None, :]
         wt = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -297,7 +331,7 @@ def _conv_dgrad(
 
 
 def _conv_wgrad(
-    x_ptr, g_ptr, ws_ptr, dw_ptr, y_ptr, db_ptr, cnt_ptr, dres_ptr,
+    x_ptr, g_ptr, ws_ptr, dw_ptr, y_ptr, db_ptr, cnt_ptr, dres_ptr, bn_ptr,
     N, C, H, W, K, P, Q,
     sxn, sxc, sxh, sxw,
     sgn, sgk, sgp, sgq,
@@ -306,7 +340,7 @@ def _conv_wgrad(
     rows_per_split, num_splits, res_scale,
     R: tl.constexpr, S: tl.constexpr,
     RELU: tl.constexpr, SCALE_G: tl.constexpr, BIAS_GRAD: tl.constexpr, SPLIT: tl.constexpr,
-    WRITE_RES: tl.constexpr,
+    WRITE_RES: tl.constexpr, BN_G: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -327,6 +361,8 @@ def _conv_wgrad(
     live next to the mainloop's). ``WRITE_RES``: those same programs (each g row of their K-block seen exactly
     once over the splits) also store the masked, unscaled g tile into ``dres``, the residual's gradient (a dense
     (N·P·Q, K) channels_last tensor of g's dtype): the residual case needs no pass over grad_out either.
+    ``BN_G``: g through a training-mode BN's backward on load, as in ``_conv_dgrad`` (the coefficients of the
+    program's K-block loaded once).
     """
     pid_m = tl.program_id(0)
     pid_1 = tl.program_id(1)
@@ -346,6 +382,8 @@ def _conv_wgrad(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if BIAS_GRAD:
         bacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if BN_G:
+        mean, invstd, bw, bb, gb, gw = bn_coefs(bn_ptr, offs_k, mask_k, K)
     for m0 in range(start, stop, BLOCK_K):
         offs_r = m0 + tl.arange(0, BLOCK_K)
         mask_r = offs_r < stop
@@ -361,14 +399,19 @@ def _conv_wgrad(
             + (n * sgn + p.to(IDX_T) * sgp + q.to(IDX_T) * sgq)[:, None]
             + offs_k.to(IDX_T)[None, :] * sgk
         )
-        g = tl.load(g_ptrs, mask=mask_r[:, None] & mask_k[None, :], other=0.0)
-        if RELU:
+        live = mask_r[:, None] & mask_k[None, :]
+        g = tl.load(g_ptrs, mask=live, other=0.0)
+        if RELU or BN_G:
             y_ptrs = (
                 y_ptr
                 + (n * syn + p.to(IDX_T) * syp + q.to(IDX_T) * syq)[:, None]
                 + offs_k.to(IDX_T)[None, :] * syk
             )
-            yv = tl.load(y_ptrs, mask=mask_r[:, None] & mask_k[None, :], other=0.0)
+            yv = tl.load(y_ptrs, mask=live, other=0.0)
+        if BN_G:
+            dz = bn_grad(g.to(tl.float32), yv.to(tl.float32), mean, invstd, bw, bb, gb, gw, RELU)
+            g = tl.where(live, dz, 0.0).to(g_ptr.dtype.element_ty)
+        elif RELU:
             g = tl.where(yv > 0, g, 0.0)
         if BIAS_GRAD:
             if pid_1 == 0:
@@ -513,17 +556,25 @@ _SMEM_BUDGET = 160 * 1024  # fits sm_80 (164 KB) and sm_90 (227 KB)
 # 160 16-bit words as counted below. Conservative at the edge: the plain fp32 wgrad BM64_BN128_BK64 (160 words,
 # 244-254 registers, no spill) and the residual variant's BM128_BN64_BK64 in 16-bit (208) are kept off too.
 _REG_TILE_BUDGET = {4: 128, 2: 144}
+# The BN-folded variants (``BN_G``: a training BN's backward on the g load) launch with ``.maxnreg`` PIN_REGS
+# (:func:`launch_options`): without it ptxas aims at the 168-register occupancy step and spilled 8 B in five
+# (config, dtype, arch) cases (among them BM128_BN32_BK32 16-bit and BM64_BN32_BK64 fp32 on sm_90); pinned, only
+# the 16-bit dgrad BM128_BN64_BK32 (120 words) and wgrad BM64_BN128_BK64 (144) spilled (8 B at 255 registers,
+# sm_80), so their 16-bit budget is lower (AOT check, triton 3.8, 2026-12-03).
+_BN_TILE_BUDGET = {4: 128, 2: 112}
 
 # Kernel flags that route the grad_out tile through registers (mask, sum, store) instead of straight into the MMA.
-_FOLDED_FLAGS = ("RELU", "BIAS_GRAD", "WRITE_RES")
+_FOLDED_FLAGS = ("RELU", "BIAS_GRAD", "WRITE_RES", "BN_G")
 
 
 def folded(flags: dict) -> int:
     """How a dgrad / wgrad launch (its constexpr ``flags``) applies the epilogue's gradient in its mainloop: 0 not
-    (grad_out straight into the MMA), 1 (mask and / or bias sum: one more grad_out-sized tile in registers), 3 (it
-    also writes the residual's gradient)."""
+    (grad_out straight into the MMA), 1 (mask and / or bias sum: one more grad_out-sized tile in registers), 2 (a
+    BN's backward on load: the saved tile and fp32 temporaries), 3 (it also writes the residual's gradient)."""
     if flags.get("WRITE_RES"):
         return 3
+    if flags.get("BN_G"):
+        return 2
     return int(any(bool(flags.get(name)) for name in _FOLDED_FLAGS))
 
 
@@ -544,7 +595,17 @@ def fits_registers(cfg: triton.Config, elem_bytes: int, is_folded: int | None) -
     ``applies`` of the dgrad / wgrad kernels, so neither picks nor compiles a config this rule rejects."""
     if is_folded is None:
         return True
-    return register_tile_words(cfg, elem_bytes, is_folded) <= _REG_TILE_BUDGET.get(elem_bytes, 128)
+    budget = _BN_TILE_BUDGET if is_folded == 2 else _REG_TILE_BUDGET
+    return register_tile_words(cfg, elem_bytes, is_folded) <= budget.get(elem_bytes, 128)
+
+
+def launch_options(cfg: triton.Config, flags: dict) -> triton.Config:
+    """The config a launch with these constexpr ``flags`` compiles with: the BN-folded variants pinned to
+    ``.maxnreg`` PIN_REGS (see ``_BN_TILE_BUDGET``), every other launch the config as it is. The AOT check
+    registers those variants with the pinned configs, so it compiles what the launchers run."""
+    if not flags.get("BN_G") or getattr(cfg, "maxnreg", None) == PIN_REGS:
+        return cfg
+    return triton.Config(dict(cfg.kwargs), num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=PIN_REGS)
 
 
 def _dim_cap(n: int) -> int:
@@ -682,6 +743,7 @@ def launcher(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, de
             return tuned
         is_folded = 0 if kind == "fwd" else folded(kwargs)
         config = heuristic_config(kind, tuple(dims.items()), elem_bytes, programs_per_tile, _num_sms(device), is_folded)
+    config = launch_options(config, kwargs)
     meta = {**kwargs, **config.kwargs}
     run = kernel.fn[grid(meta)]
     meta.update(num_warps=config.num_warps, num_stages=config.num_stages)
@@ -738,12 +800,13 @@ def _fwd_arg_types(dt: str) -> dict[str, object]:
 def _dgrad_arg_types(dt: str) -> dict[str, object]:
     return _for(_conv_dgrad, {
         **_types("g_ptr, w_ptr, dx_ptr, y_ptr", f"*{dt}"),
+        "bn_ptr": "*fp32",
         **_types("N, H, W, P, Q", "i32"),
         **_types("C, K", "i32:16"),
         **_types("sgn, sgp, sgq, sdn, sdh, sdw, syn, syp, syq", "i32:16"),
         **_types("stride_h, stride_w, pad_t, pad_l", "i32"),
         "res_scale": "fp32",
-        "R": 3, "S": 3, "RELU": False, "SCALE_G": False,
+        "R": 3, "S": 3, "RELU": False, "SCALE_G": False, "BN_G": False,
         "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
 
@@ -755,10 +818,16 @@ def _dgrad_relu_arg_types(dt: str) -> dict[str, object]:
 
 
 @functools.cache
+def _dgrad_bn_arg_types(dt: str) -> dict[str, object]:
+    """The backward of a conv → training BN → ReLU: the BN's backward in the A-operand load."""
+    return {**_dgrad_arg_types(dt), "RELU": True, "BN_G": True}
+
+
+@functools.cache
 def _wgrad_arg_types(dt: str) -> dict[str, object]:
     return _for(_conv_wgrad, {
         **_types("x_ptr, g_ptr, y_ptr, dres_ptr", f"*{dt}"),
-        **_types("ws_ptr, dw_ptr, db_ptr", "*fp32"),
+        **_types("ws_ptr, dw_ptr, db_ptr, bn_ptr", "*fp32"),
         "cnt_ptr": "*i32",
         **_types("N, H, W, P, Q", "i32"),
         **_types("C, K", "i32:16"),
@@ -766,7 +835,7 @@ def _wgrad_arg_types(dt: str) -> dict[str, object]:
         **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split, num_splits", "i32"),
         "res_scale": "fp32",
         "R": 3, "S": 3, "RELU": False, "SCALE_G": False, "BIAS_GRAD": False, "SPLIT": True, "WRITE_RES": False,
-        "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+        "BN_G": False, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
 
 
@@ -774,6 +843,12 @@ def _wgrad_arg_types(dt: str) -> dict[str, object]:
 def _wgrad_relu_bias_arg_types(dt: str) -> dict[str, object]:
     """ReLU mask, residual_scale and the bias gradient folded in, split-K reduced in the launch."""
     return {**_wgrad_arg_types(dt), "RELU": True, "SCALE_G": True, "BIAS_GRAD": True}
+
+
+@functools.cache
+def _wgrad_bn_arg_types(dt: str) -> dict[str, object]:
+    """The weight gradient of a conv → training BN → ReLU: the BN's backward on the g load, split-K."""
+    return {**_wgrad_arg_types(dt), "RELU": True, "BN_G": True}
 
 
 @functools.cache
@@ -826,8 +901,12 @@ register_kernel(KernelSpec("conv2d_fwd_stats", _conv_fwd, FWD_CONFIGS, _fwd_stat
 for _name, _fn, _configs, _types_of in [
     ("conv2d_dgrad", _conv_dgrad, DGRAD_CONFIGS, _dgrad_arg_types),
     ("conv2d_dgrad_relu", _conv_dgrad, DGRAD_CONFIGS, _dgrad_relu_arg_types),
+    ("conv2d_dgrad_bn", _conv_dgrad, tuple(launch_options(c, {"BN_G": True}) for c in DGRAD_CONFIGS),
+     _dgrad_bn_arg_types),
     ("conv2d_wgrad", _conv_wgrad, WGRAD_CONFIGS, _wgrad_arg_types),
     ("conv2d_wgrad_relu_bias", _conv_wgrad, WGRAD_CONFIGS, _wgrad_relu_bias_arg_types),
+    ("conv2d_wgrad_bn", _conv_wgrad, tuple(launch_options(c, {"BN_G": True}) for c in WGRAD_CONFIGS),
+     _wgrad_bn_arg_types),
     ("conv2d_wgrad_1split", _conv_wgrad, WGRAD_CONFIGS, _wgrad_one_split_arg_types),
     ("conv2d_wgrad_residual", _conv_wgrad, WGRAD_CONFIGS, _wgrad_residual_arg_types),
 ]:

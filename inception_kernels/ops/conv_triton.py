@@ -205,7 +205,7 @@ def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_re
 
 
 def dgrad_triton(
-    gp, x, weight, scale, stride, padding, config=None, *, y=None, relu=False, residual_scale=1.0
+    gp, x, weight, scale, stride, padding, config=None, *, y=None, relu=False, residual_scale=1.0, bn=None
 ):
     """dx of the conv from ``gp`` (any NHWC strides): stride-phase implicit GEMM, the scale folded into the
     repacked (R, S, K, C) weight (cached while weight and scale keep their versions: one repack per training
@@ -213,7 +213,10 @@ def dgrad_triton(
 
     As a dispatch implementation ``gp`` is the epilogue's gradient. With ``relu`` or ``residual_scale`` != 1,
     ``gp`` is the raw grad_out and the kernel applies the epilogue's gradient itself: the mask [y > 0] from the
-    saved output ``y`` in its A-operand load, ``residual_scale`` on its accumulator."""
+    saved output ``y`` in its A-operand load, ``residual_scale`` on its accumulator. With ``bn`` (the (6, K)
+    coefficients of :func:`~inception_kernels.ops.batchnorm.bn_act_bwd_coefs`) ``gp`` is the gradient of the
+    training-mode BN (+ ReLU with ``relu``) that follows the conv, ``y`` that BN's input, and the kernel takes the
+    BN's backward in its load."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
@@ -225,17 +228,26 @@ def dgrad_triton(
         triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),
         phases,
     )
-    ysrc = y if relu else gp
+    ysrc = y if relu or bn is not None else gp
     kernels._launch(
         kernels._conv_dgrad_kernel, "dgrad", grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
         x.element_size(), config, phases, x.device,
-        gp, wd, dx, ysrc,
+        gp, wd, dx, ysrc, _bn_coefs_arg(bn, wd),
         N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(), *ysrc.stride(),
         stride[0], stride[1], padding[0], padding[2], float(residual_scale),
-        R=R, S=S, RELU=bool(relu), SCALE_G=residual_scale != 1.0,
+        R=R, S=S, RELU=bool(relu), SCALE_G=residual_scale != 1.0, BN_G=bn is not None,
         DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(gp, x, dx, ysrc),
     )  # fmt: skip
     return dx
+
+
+def _bn_coefs_arg(bn, dummy):
+    """The kernels' ``bn_ptr``: the BN coefficients (fp32 (6, K), contiguous), or an unread ``dummy``."""
+    if bn is None:
+        return dummy
+    if bn.dtype != torch.float32 or bn.dim() != 2 or bn.shape[0] != 6 or not bn.is_contiguous():
+        raise ValueError(f"bn must be the contiguous float32 (6, K) BN coefficients, got {bn.dtype} {tuple(bn.shape)}")
+    return bn
 
 
 _WGRAD_MIN_TILE = (
@@ -263,7 +275,7 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=None, relu=False,
-                 residual_scale=1.0, need_bias=False, need_res=False):  # fmt: skip
+                 residual_scale=1.0, need_bias=False, need_res=False, bn=None):  # fmt: skip
     """The weight gradient without scale, float32 (K, C, R, S): a deterministic split-K implicit GEMM in one
     launch (the slabs are summed in split order inside the kernel, see ``_conv_wgrad``).
 
@@ -272,7 +284,8 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     (the mask in its g load, ``residual_scale`` on its accumulators); with ``need_bias`` it also reduces the
     bias gradient Σ_m gp[m, k] (float32 (K,)), with ``need_res`` it also writes the residual's gradient (the
     masked, unscaled grad_out: a new channels_last tensor of its dtype), and returns (dw, dbias, dres), the
-    ones not asked for None; without either, dw alone."""
+    ones not asked for None; without either, dw alone. ``bn``: a following training-mode BN's backward on the
+    g load, as in :func:`dgrad_triton` (not with ``need_bias`` / ``need_res``)."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
@@ -280,7 +293,10 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     dev = x.device
     wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
     max_split = _wgrad_splits(1, M, dev)
-    flags = dict(RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), WRITE_RES=bool(need_res))
+    if bn is not None and (need_bias or need_res):
+        raise ValueError("wgrad_triton: bn does not combine with need_bias / need_res")
+    flags = dict(RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), WRITE_RES=bool(need_res),
+                 BN_G=bn is not None)  # fmt: skip
     probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split,
                                                kernels._num_sms(dev), kernels.folded(flags))  # fmt: skip
     tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
@@ -296,7 +312,7 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
         cnt = _tile_counters(dev, most)
     else:
         ws = cnt = dw
-    ysrc = y if relu else gp
+    ysrc = y if relu or bn is not None else gp
     dres = _tile.new_cl(gp.shape, x, dtype=gp.dtype) if need_res else dw
     grid = lambda meta: (
         triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
@@ -304,7 +320,7 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     kernels._launch(
         kernels._conv_wgrad_kernel, "wgrad", grid, wdims,
         x.element_size(), config, nsplit, dev,
-        x, gp, ws, dw, ysrc, dbias, cnt, dres,
+        x, gp, ws, dw, ysrc, dbias, cnt, dres, _bn_coefs_arg(bn, dw),
         N, C, H, W, K, P, Q, *x.stride(), *gp.stride(), *ysrc.stride(),
         stride[0], stride[1], padding[0], padding[2],
         rows, nsplit, float(residual_scale),

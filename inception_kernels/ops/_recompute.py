@@ -18,6 +18,11 @@ branch in Inception-v3), and each saves the same recipe. Each recipe counts the 
 last one has taken it, then dropped (a recipe on top of another -- a pooling of a block output -- shares the
 inner rebuild). Only consumers whose backward never runs (no gradient flows through them) leave it held, until
 the graph itself is freed.
+
+A recipe may also carry a ``fold`` tag: a description of the rebuild that a consumer can apply itself while it
+loads its input (a conv's weight gradient rebuilding ``act(bn(y))`` on its x load). A consumer that folds takes
+its share of the rebuild without making it (:func:`load_with_input_folded`); the rebuild is made only if a
+consumer that cannot fold needs it, and one already made is used as it is.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ class _Rebuilt:
         self.value: torch.Tensor | None = None
         self.pending = 0
 
+    def pass_over(self) -> None:
+        """One consumer's share taken without the activation (it rebuilds it on its own loads)."""
+        self.pending -= 1
+        if self.pending <= 0:
+            self.value = None
+
     def take(self, build: Callable, tensors: Sequence) -> torch.Tensor:
         """The activation for one consumer: rebuilt by the first, handed on to the rest, dropped after the last
         (a consumer running its backward twice -- ``retain_graph`` -- just rebuilds)."""
@@ -57,14 +68,16 @@ class Recipe:
 
     ``shared``: the rebuild its consumers share (:class:`_Rebuilt`; a fresh one by default, ``None`` for a recipe
     that is not shared itself -- the identity, or a recipe over another one's rebuild); ``counts``: the rebuilds a
-    consumer saving this recipe will take (its own, or the inner recipe's)."""
+    consumer saving this recipe will take (its own, or the inner recipe's); ``fold``: a tag a consumer may apply
+    on load instead of the rebuild (see the module docstring), or None."""
 
-    __slots__ = ("build", "tensors", "shape", "versions", "shared", "counts")
+    __slots__ = ("build", "tensors", "shape", "versions", "shared", "counts", "fold")
 
     def __init__(
         self, build: Callable, tensors: Sequence[torch.Tensor | None], like: torch.Tensor, track: bool = True,
-        counts: tuple | None = None,
+        counts: tuple | None = None, fold=None,
     ):  # fmt: skip
+        self.fold = fold
         self.build = build
         self.tensors = tuple(tensors)
         self.shape = tuple(like.shape)
@@ -83,15 +96,15 @@ def _versions(t: torch.Tensor, tensors) -> tuple:
 
 def attach(
     t: torch.Tensor, build: Callable, tensors: Sequence[torch.Tensor | None], counts: tuple | None = None,
-    recording: bool | None = None,
+    recording: bool | None = None, fold=None,
 ) -> torch.Tensor:
     """Give ``t`` a recipe -- only when autograd records a graph (``recording``; default: grad mode is on, which
     inside an ``autograd.Function.forward`` it never is: pass ``any(ctx.needs_input_grad)`` there). ``counts``:
-    see :class:`Recipe` (from :func:`then`; default: the recipe's own shared rebuild)."""
+    see :class:`Recipe` (from :func:`then`; default: the recipe's own shared rebuild); ``fold``: its fold tag."""
     if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or t.is_inference():
         return t  # traced graphs save what they save; inference tensors have no version counter
     if torch.is_grad_enabled() if recording is None else recording:
-        _RECIPES[t] = Recipe(build, tensors, t, counts=counts)
+        _RECIPES[t] = Recipe(build, tensors, t, counts=counts, fold=fold)
     return t
 
 
@@ -117,18 +130,32 @@ def save_with_input(ctx, x: torch.Tensor, *others) -> None:
     r = recipe_of(x)
     for rebuilt in r.counts:
         rebuilt.pending += 1
-    ctx._recipe = (r.build, len(r.tensors), r.shared)
+    ctx._recipe = (r.build, len(r.tensors), r.shared, r.fold)
     ctx.save_for_backward(*r.tensors, *others)
 
 
 def load_with_input(ctx) -> tuple[torch.Tensor, tuple]:
     """The saved ``(x, others)`` of :func:`save_with_input`, rebuilding ``x`` from its recipe (or taking the
     rebuild another consumer of the same recipe made)."""
-    build, n, shared = ctx._recipe
+    x, _, others = load_with_input_folded(ctx, None)
+    return x, others
+
+
+def load_with_input_folded(ctx, fold: Callable | None) -> tuple[torch.Tensor | None, tuple | None, tuple]:
+    """:func:`load_with_input` for a consumer that can apply some recipes on load: ``fold(tag, tensors, others)``
+    is asked when x's recipe has a fold tag and no other consumer has rebuilt x yet; if it says yes, returns
+    ``(None, (tag, tensors), others)`` and nothing is rebuilt (this consumer's share of the rebuild is taken),
+    otherwise ``(x, None, others)``."""
+    build, n, shared, tag = ctx._recipe
     saved = ctx.saved_tensors
+    tensors, others = saved[:n], saved[n:]
+    if fold is not None and tag is not None and (shared is None or shared.value is None) and fold(tag, tensors, others):
+        if shared is not None:
+            shared.pass_over()
+        return None, (tag, tensors), others
     with torch.no_grad():
-        x = build(*saved[:n]) if shared is None else shared.take(build, saved[:n])
-    return x, saved[n:]
+        x = build(*tensors) if shared is None else shared.take(build, tensors)
+    return x, None, others
 
 
 def concat(parts: Sequence[tuple[int, int, torch.Tensor]], like: torch.Tensor) -> tuple[Callable, tuple]:

@@ -828,7 +828,7 @@ class _ConvBNActFn(torch.autograd.Function):
         # gets a recipe of its own for the layers that consume it (see ops._recompute)
         _recompute.save_with_input(ctx, x, weight, y, mean, invstd, gamma, beta)
         _recompute.attach(out, functools.partial(_rebuild_bn_act, relu), (y, mean, invstd, gamma, beta),
-                          recording=record)  # fmt: skip
+                          recording=record, fold=("bn_act", relu))  # fmt: skip
         ctx.conf = (stride, padding, relu)
         dispatch.remember_backend(ctx)
         return out
@@ -836,9 +836,17 @@ class _ConvBNActFn(torch.autograd.Function):
     @staticmethod
     @dispatch.on_forward_backend
     def backward(ctx, grad):
-        x, (weight, y, mean, invstd, gamma, beta) = _recompute.load_with_input(ctx)
         stride, padding, relu = ctx.conf
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False, False, False)
+        x, x_fold, (weight, y, mean, invstd, gamma, beta) = _recompute.load_with_input_folded(
+            ctx, functools.partial(_input_foldable, stride, padding, need)
+        )
+        x_bn = None
+        if x_fold is not None:
+            # x is the output of a conv_bn_act: its pre-BN tensor stands in for it (same shape), and the wgrad
+            # rebuilds it on its x load (no rebuild launch)
+            (_, x_relu), (x, x_mean, x_invstd, x_gamma, x_beta) = x_fold
+            x_bn = (x_mean, x_invstd, x_gamma, x_beta, x_relu)
         dx = dw = None
         impls = conv_ops.bwd_impls(x, weight, stride, padding, need)
         if conv_ops.folds_bn(impls, need) and grad.dtype == x.dtype and _impl(y, "bn_act") == "triton":
@@ -846,12 +854,12 @@ class _ConvBNActFn(torch.autograd.Function):
             _backend.check_interpretable(y)
             coef, dgamma, dbeta = bn_act_bwd_coefs(grad, y, mean, invstd, gamma, beta, relu)
             dx, dw, *_ = conv_ops.conv_bwd(grad, x, weight, None, y, 1.0, relu, stride, padding, need, impls=impls,
-                                           bn=coef)  # fmt: skip
+                                           bn=coef, x_bn=x_bn)  # fmt: skip
         else:
             gy, dgamma, dbeta = bn_act_backward(grad, y, mean, invstd, gamma, beta, relu)
             if any(need):
                 dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need,
-                                               impls=impls)  # fmt: skip
+                                               impls=impls, x_bn=x_bn)  # fmt: skip
         dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
         dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
         return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None, None, None
@@ -859,6 +867,21 @@ class _ConvBNActFn(torch.autograd.Function):
 
 def _rebuild_bn_act(relu, y, mean, invstd, gamma, beta, out=None):
     return bn_act(y, mean, invstd, gamma, beta, relu, out=out)
+
+
+def _input_foldable(stride, padding, need, tag, tensors, others) -> bool:
+    """Whether a conv_bn_act backward can take its input's recipe -- another conv_bn_act's output (``tag``
+    ("bn_act", relu), ``tensors`` (pre-BN y, mean, invstd, γ, β)) -- on its wgrad's x load instead of a rebuild:
+    the wgrad runs on Triton (or is not needed), y has the input's shape and our kernels run there, and the
+    per-channel vectors are float32 (γ and β present)."""
+    y, mean, invstd, gamma, beta = tensors
+    weight = others[0]
+    if tag[0] != "bn_act" or any(t is None or t.dtype != torch.float32 or not t.is_contiguous()
+                                 for t in (mean, invstd, gamma, beta)):  # fmt: skip
+        return False
+    if _impl(y, "bn_act") != "triton":
+        return False
+    return conv_ops.bwd_impls(y, weight, stride, padding, need)["wgrad"] in (None, "triton")
 
 
 def conv_bn_act_supported(x: torch.Tensor) -> bool:

@@ -45,7 +45,7 @@ def folds_bn(impls: dict, need) -> bool:
 
 def conv_bwd(
     grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None,
-    impls=None, bn=None,
+    impls=None, bn=None, x_bn=None,
 ):  # fmt: skip
     """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None.
 
@@ -62,7 +62,9 @@ def conv_bwd(
     ``bn``: the (6, K) coefficients of :func:`~inception_kernels.ops.batchnorm.bn_act_bwd_coefs`; then
     ``grad_out`` is the gradient of a training-mode BN (+ ReLU with ``relu``) applied to the conv's output ``y``
     (no scale, bias or residual), and dgrad and wgrad take the BN's backward in their loads (only where
-    :func:`folds_bn` holds and grad_out has x's dtype)."""
+    :func:`folds_bn` holds and grad_out has x's dtype). ``x_bn`` = (mean, invstd, γ, β, relu): ``x`` is the
+    pre-BN tensor of the training BN (+ ReLU) that produced the conv's input, which the Triton wgrad rebuilds on
+    load (``wgrad_triton(x_bn=...)``; dgrad reads only x's shape); wgrad, when needed, must run on Triton."""
     _backend.check_interpretable(x)
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
@@ -74,6 +76,8 @@ def conv_bwd(
                                and scale is None and residual_scale == 1.0):  # fmt: skip
         raise ValueError("conv_bwd(bn=...): the BN backward folds only into Triton dgrad / wgrad, with grad_out of "
                          "x's dtype, no scale, bias or residual")  # fmt: skip
+    if x_bn is not None and wg not in (None, "triton"):
+        raise ValueError(f"conv_bwd(x_bn=...): the input is rebuilt on load only by the Triton wgrad, not {wg!r}")
     epilogue = bn is not None or relu or need_bias or need_res or residual_scale != 1.0 or grad_out.dtype != x.dtype
     folded = (
         epilogue
@@ -95,7 +99,7 @@ def conv_bwd(
             kw = {"config": configs["wgrad"]} if "wgrad" in configs else {}
             kw.update({"splits": splits} if splits else {})
             got = wgrad_triton(grad_out, x, weight, stride, padding, **kw, **fold, need_bias=need_bias,
-                               need_res=need_res)  # fmt: skip
+                               need_res=need_res, x_bn=x_bn)  # fmt: skip
             g_unscaled, dbias, dres = got if (need_bias or need_res) else (got, None, None)
     else:
         if epilogue:
@@ -118,6 +122,7 @@ def conv_bwd(
                 kw = {"config": configs["wgrad"]} if "wgrad" in configs else {}
                 kw.update({"splits": splits} if splits else {})
                 wgrad = dispatch.implementations("conv_wgrad")[wg].fn
+                kw.update({"x_bn": x_bn} if x_bn is not None else {})
                 g_unscaled = wgrad(gp, x, weight, stride, padding, **kw)
     dw = dscale = None
     if need_w:

@@ -331,7 +331,7 @@ def _conv_dgrad(
 
 
 def _conv_wgrad(
-    x_ptr, g_ptr, ws_ptr, dw_ptr, y_ptr, db_ptr, cnt_ptr, dres_ptr, bn_ptr,
+    x_ptr, g_ptr, ws_ptr, dw_ptr, y_ptr, db_ptr, cnt_ptr, dres_ptr, bn_ptr, xm_ptr, xs_ptr, xw_ptr, xb_ptr,
     N, C, H, W, K, P, Q,
     sxn, sxc, sxh, sxw,
     sgn, sgk, sgp, sgq,
@@ -340,7 +340,7 @@ def _conv_wgrad(
     rows_per_split, num_splits, res_scale,
     R: tl.constexpr, S: tl.constexpr,
     RELU: tl.constexpr, SCALE_G: tl.constexpr, BIAS_GRAD: tl.constexpr, SPLIT: tl.constexpr,
-    WRITE_RES: tl.constexpr, BN_G: tl.constexpr,
+    WRITE_RES: tl.constexpr, BN_G: tl.constexpr, X_BN: tl.constexpr, X_RELU: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -362,7 +362,10 @@ def _conv_wgrad(
     once over the splits) also store the masked, unscaled g tile into ``dres``, the residual's gradient (a dense
     (N·P·Q, K) channels_last tensor of g's dtype): the residual case needs no pass over grad_out either.
     ``BN_G``: g through a training-mode BN's backward on load, as in ``_conv_dgrad`` (the coefficients of the
-    program's K-block loaded once).
+    program's K-block loaded once). ``X_BN``: x is the pre-BN tensor of the training BN (+ ReLU with ``X_RELU``)
+    that produced the conv's input, and the B operand is that input rebuilt on load, as ``batchnorm._bn_act_fwd``
+    computes it (mean, invstd, γ, β at ``xm_ptr``, ``xs_ptr``, ``xw_ptr``, ``xb_ptr``; zero on padded taps): the
+    backward needs no rebuild pass over the input.
     """
     pid_m = tl.program_id(0)
     pid_1 = tl.program_id(1)
@@ -384,6 +387,11 @@ def _conv_wgrad(
         bacc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if BN_G:
         mean, invstd, bw, bb, gb, gw = bn_coefs(bn_ptr, offs_k, mask_k, K)
+    if X_BN:
+        x_mean = tl.load(xm_ptr + offs_c, mask=mask_c, other=0.0)
+        x_scale = tl.load(xs_ptr + offs_c, mask=mask_c, other=0.0) * tl.load(
+            xw_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)  # fmt: skip
+        x_shift = tl.load(xb_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
     for m0 in range(start, stop, BLOCK_K):
         offs_r = m0 + tl.arange(0, BLOCK_K)
         mask_r = offs_r < stop
@@ -425,7 +433,13 @@ def _conv_wgrad(
             + (n * sxn + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None]
             + offs_c.to(IDX_T)[None, :] * sxc
         )
-        xv = tl.load(x_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
+        x_live = valid[:, None] & mask_c[None, :]
+        xv = tl.load(x_ptrs, mask=x_live, other=0.0)
+        if X_BN:
+            xz = (xv.to(tl.float32) - x_mean[None, :]) * x_scale[None, :] + x_shift[None, :]
+            if X_RELU:
+                xz = tl.maximum(xz, 0.0, propagate_nan=tl.PropagateNan.ALL)
+            xv = tl.where(x_live, xz, 0.0).to(x_ptr.dtype.element_ty)
         acc = tl.dot(tl.trans(g), xv, acc, input_precision=DOT_PRECISION)
     if SCALE_G:
         acc = acc * res_scale
@@ -564,7 +578,7 @@ _REG_TILE_BUDGET = {4: 128, 2: 144}
 _BN_TILE_BUDGET = {4: 128, 2: 112}
 
 # Kernel flags that route the grad_out tile through registers (mask, sum, store) instead of straight into the MMA.
-_FOLDED_FLAGS = ("RELU", "BIAS_GRAD", "WRITE_RES", "BN_G")
+_FOLDED_FLAGS = ("RELU", "BIAS_GRAD", "WRITE_RES", "BN_G", "X_BN")
 
 
 def folded(flags: dict) -> int:
@@ -827,7 +841,7 @@ def _dgrad_bn_arg_types(dt: str) -> dict[str, object]:
 def _wgrad_arg_types(dt: str) -> dict[str, object]:
     return _for(_conv_wgrad, {
         **_types("x_ptr, g_ptr, y_ptr, dres_ptr", f"*{dt}"),
-        **_types("ws_ptr, dw_ptr, db_ptr, bn_ptr", "*fp32"),
+        **_types("ws_ptr, dw_ptr, db_ptr, bn_ptr, xm_ptr, xs_ptr, xw_ptr, xb_ptr", "*fp32"),
         "cnt_ptr": "*i32",
         **_types("N, H, W, P, Q", "i32"),
         **_types("C, K", "i32:16"),
@@ -835,7 +849,7 @@ def _wgrad_arg_types(dt: str) -> dict[str, object]:
         **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split, num_splits", "i32"),
         "res_scale": "fp32",
         "R": 3, "S": 3, "RELU": False, "SCALE_G": False, "BIAS_GRAD": False, "SPLIT": True, "WRITE_RES": False,
-        "BN_G": False, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+        "BN_G": False, "X_BN": False, "X_RELU": False, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
 
 
@@ -849,6 +863,12 @@ def _wgrad_relu_bias_arg_types(dt: str) -> dict[str, object]:
 def _wgrad_bn_arg_types(dt: str) -> dict[str, object]:
     """The weight gradient of a conv → training BN → ReLU: the BN's backward on the g load, split-K."""
     return {**_wgrad_arg_types(dt), "RELU": True, "BN_G": True}
+
+
+@functools.cache
+def _wgrad_bn_xbn_arg_types(dt: str) -> dict[str, object]:
+    """... whose input is itself a training BN + ReLU's output, rebuilt on the x load."""
+    return {**_wgrad_bn_arg_types(dt), "X_BN": True, "X_RELU": True}
 
 
 @functools.cache
@@ -907,6 +927,8 @@ for _name, _fn, _configs, _types_of in [
     ("conv2d_wgrad_relu_bias", _conv_wgrad, WGRAD_CONFIGS, _wgrad_relu_bias_arg_types),
     ("conv2d_wgrad_bn", _conv_wgrad, tuple(launch_options(c, {"BN_G": True}) for c in WGRAD_CONFIGS),
      _wgrad_bn_arg_types),
+    ("conv2d_wgrad_bn_xbn", _conv_wgrad, tuple(launch_options(c, {"BN_G": True}) for c in WGRAD_CONFIGS),
+     _wgrad_bn_xbn_arg_types),
     ("conv2d_wgrad_1split", _conv_wgrad, WGRAD_CONFIGS, _wgrad_one_split_arg_types),
     ("conv2d_wgrad_residual", _conv_wgrad, WGRAD_CONFIGS, _wgrad_residual_arg_types),
 ]:

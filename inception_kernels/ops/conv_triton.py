@@ -250,6 +250,18 @@ def _bn_coefs_arg(bn, dummy):
     return bn
 
 
+def _x_bn_args(x_bn, C: int, dummy):
+    """The wgrad's (xm_ptr, xs_ptr, xw_ptr, xb_ptr): the input BN's mean, invstd, γ, β, or four unread dummies."""
+    if x_bn is None:
+        return (dummy,) * 4
+    vecs = x_bn[:4]
+    for name, t in zip(("mean", "invstd", "gamma", "beta"), vecs):
+        if t is None or t.dtype != torch.float32 or t.shape != (C,) or not t.is_contiguous():
+            raise ValueError(f"x_bn {name} must be a contiguous float32 ({C},) vector, got "
+                             f"{None if t is None else (t.dtype, tuple(t.shape))}")  # fmt: skip
+    return vecs
+
+
 _WGRAD_MIN_TILE = (
     min(c.kwargs["BLOCK_M"] for c in kernels.WGRAD_CONFIGS),
     min(c.kwargs["BLOCK_N"] for c in kernels.WGRAD_CONFIGS),
@@ -275,7 +287,7 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=None, relu=False,
-                 residual_scale=1.0, need_bias=False, need_res=False, bn=None):  # fmt: skip
+                 residual_scale=1.0, need_bias=False, need_res=False, bn=None, x_bn=None):  # fmt: skip
     """The weight gradient without scale, float32 (K, C, R, S): a deterministic split-K implicit GEMM in one
     launch (the slabs are summed in split order inside the kernel, see ``_conv_wgrad``).
 
@@ -285,7 +297,9 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     bias gradient Σ_m gp[m, k] (float32 (K,)), with ``need_res`` it also writes the residual's gradient (the
     masked, unscaled grad_out: a new channels_last tensor of its dtype), and returns (dw, dbias, dres), the
     ones not asked for None; without either, dw alone. ``bn``: a following training-mode BN's backward on the
-    g load, as in :func:`dgrad_triton` (not with ``need_bias`` / ``need_res``)."""
+    g load, as in :func:`dgrad_triton` (not with ``need_bias`` / ``need_res``). ``x_bn`` = (mean, invstd, γ, β,
+    relu), float32 (C,) vectors: ``x`` is the pre-BN tensor of the training BN (+ ReLU) whose output the conv read,
+    and the kernel rebuilds that input on load (``_conv_wgrad``'s ``X_BN``)."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
@@ -296,7 +310,7 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     if bn is not None and (need_bias or need_res):
         raise ValueError("wgrad_triton: bn does not combine with need_bias / need_res")
     flags = dict(RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), WRITE_RES=bool(need_res),
-                 BN_G=bn is not None)  # fmt: skip
+                 BN_G=bn is not None, X_BN=x_bn is not None, X_RELU=x_bn is not None and bool(x_bn[4]))  # fmt: skip
     probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split,
                                                kernels._num_sms(dev), kernels.folded(flags))  # fmt: skip
     tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
@@ -320,7 +334,7 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     kernels._launch(
         kernels._conv_wgrad_kernel, "wgrad", grid, wdims,
         x.element_size(), config, nsplit, dev,
-        x, gp, ws, dw, ysrc, dbias, cnt, dres, _bn_coefs_arg(bn, dw),
+        x, gp, ws, dw, ysrc, dbias, cnt, dres, _bn_coefs_arg(bn, dw), *_x_bn_args(x_bn, x.shape[1], dw),
         N, C, H, W, K, P, Q, *x.stride(), *gp.stride(), *ysrc.stride(),
         stride[0], stride[1], padding[0], padding[2],
         rows, nsplit, float(residual_scale),

@@ -12,7 +12,10 @@ Backward (``bn_act_backward``) recomputes the ReLU mask and x̂ from the saved p
 g' = g·[z > 0], z = x̂·γ + β, dβ = Σ g', dγ = Σ g'·x̂, dx = γ·invstd·(g' − dβ/M − x̂·dγ/M). Two launches: the
 reduction (each program sums a fixed set of pixel tiles; the last program of each channel block to finish adds
 the programs' partials in a fixed order), then the elementwise dx. ``grad_out`` may be a strided channel slice of
-a block's gradient.
+a block's gradient. Behind a conv on our Triton kernels (:func:`conv_bn_act`'s backward) the dx launch goes: the
+reduction also writes per-channel coefficients (:func:`bn_act_bwd_coefs`) and the conv's dgrad and wgrad apply
+the dx formula to grad_out as they load it; and when the conv's input is another ``conv_bn_act``'s output, its
+wgrad rebuilds that input on its x load instead of a BN-apply launch (``ops._recompute`` fold tags).
 
 :func:`conv_bn_act` is the training step of ``ConvBNAct``: our conv with the statistics epilogue, the finalize
 (which also updates the running statistics exactly like ``nn.BatchNorm2d``: momentum, unbiased variance), and

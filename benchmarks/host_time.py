@@ -3,8 +3,9 @@
     python benchmarks/host_time.py [--repeat 200] [--json PATH]
 
 * one fused ``ops.conv2d`` eval call (folded BN + ReLU, a tiny 1x16x8x8 input so the ATen side is mostly host
-  time), Triton launches stubbed out (``bench.counting.stubbed_launches``: our Python runs, no kernel does), vs
-  one ATen ``relu(conv2d(x))`` on the same tensor;
+  time), and the same call through its plan (``ops.conv.plan_forward``: decided once, as layers and blocks run
+  it), Triton launches stubbed out (``bench.counting.stubbed_launches``: our Python runs, no kernel does), vs one
+  ATen ``relu(conv2d(x))`` on the same tensor;
 * an inception_v3 eval forward and a training step (forward + backward, batch 2, 75x75) on our path with launches
   stubbed (after one warm call): host milliseconds, launches and host time per launch, vs the number of ATen ops
   eager PyTorch (torchvision) runs for the same model (counted on the meta device).
@@ -41,13 +42,19 @@ def conv_call(repeat: int) -> dict:
     from inception_kernels.bench.counting import stubbed_launches
     from inception_kernels.ops import conv2d
 
+    from inception_kernels.ops.conv import plan_forward
+
     x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     w, s, b = torch.randn(32, 16, 3, 3), torch.ones(32), torch.zeros(32)
     with torch.no_grad():
         with stubbed_launches():
             ours = _median_us(lambda: conv2d(x, w, padding=1, scale=s, bias=b, activation="relu"), repeat)
+            # the same call decided once (what a ConvBNAct layer and the block engine run after their first call)
+            run = plan_forward(x, w, padding=1, scale=s, bias=b, activation="relu")
+            planned = _median_us(lambda: run(x), repeat)
         aten = _median_us(lambda: F.relu(F.conv2d(x, w, padding=1)), repeat)
-    return {"ours_us": ours, "aten_us": aten, "ratio": ours / aten}
+    return {"ours_us": ours, "aten_us": aten, "ratio": ours / aten, "planned_us": planned,
+            "planned_ratio": planned / aten}  # fmt: skip
 
 
 def network(repeat: int) -> dict:

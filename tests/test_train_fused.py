@@ -296,7 +296,8 @@ class _Fan(torch.nn.Module):
 def test_consumers_of_one_recipe_share_one_rebuild(device, monkeypatch):
     """Three consumers (one through a pooling) save the same recipe: the backward rebuilds the activation once,
     drops it after the last consumer, and the gradients are the fp64 reference's (also on a second backward through
-    a retained graph, which rebuilds again). A wrong or stale rebuild moves the weight gradients by O(1); fp32
+    a retained graph, which rebuilds again). The conv consumers could fold the rebuild into their wgrad loads
+    (``X_BN``); the pooling consumer cannot, and once it has rebuilt the activation the others use that. A wrong or stale rebuild moves the weight gradients by O(1); fp32
     rounding moved them by at most 5.1e-6 over 20 seeds (input off the ReLU kinks): tolerance 1e-4."""
     from inception_kernels.ops import batchnorm
 
@@ -317,8 +318,10 @@ def test_consumers_of_one_recipe_share_one_rebuild(device, monkeypatch):
         ref(x.double()).sum().backward()
     for (k, p), (_, pr) in zip(fan.named_parameters(), ref.named_parameters(), strict=True):
         assert rel_err(p.grad.cpu(), pr.grad) < 1e-4, k
-    y.sum().backward()  # the retained graph: every consumer rebuilds, nothing is kept
-    assert len(rebuilds) == 4 and shared.value is None
+    # the retained graph: the pooling consumer rebuilds again (the two conv consumers rebuild the activation on
+    # their wgrad's loads, with or without a rebuild made), nothing is kept
+    y.sum().backward()
+    assert len(rebuilds) == 2 and shared.value is None
     for (k, p), (_, pr) in zip(fan.named_parameters(), ref.named_parameters(), strict=True):
         assert rel_err(p.grad.cpu(), 2 * pr.grad) < 1e-4, k
 

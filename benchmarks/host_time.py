@@ -41,7 +41,6 @@ def conv_call(repeat: int) -> dict:
 
     from inception_kernels.bench.counting import stubbed_launches
     from inception_kernels.ops import conv2d
-
     from inception_kernels.ops.conv import plan_forward
 
     x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)

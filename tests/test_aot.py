@@ -273,6 +273,7 @@ def test_local_spec():
 # ----------------------------------------------------------------------------------------------------------
 # conv v2: tensor descriptors lower to TMA, dots to wgmma, without spills (what the interpreter cannot show)
 # ----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # AOT compiles, as the other spill checks (11-26 s)
 def test_conv_v2_sm90_bf16_hgmma_utmaldg_no_spills():
     """A few v2 configs for sm_90a bf16: the descriptor variants (weights by TMA; the 1x1 GEMM with both operands
     by TMA) show UTMALDG and HGMMA and do not spill; the pointer twin shows HGMMA with LDGSTS (cp.async)."""
@@ -297,6 +298,7 @@ def test_conv_v2_sm90_bf16_hgmma_utmaldg_no_spills():
     assert aot.compile_all(arches=(80,), dtypes=("bf16",), specs=specs[1:]) == []
 
 
+@pytest.mark.slow  # AOT compiles, as the other spill checks (23-60 s)
 def test_conv_v2_persistent_configs_compile_without_spills():
     """The persistent configs (grid-stride tile loop) of the three v2 variants: sm_90 bf16 and sm_80 fp16 (the
     pointer twin), and fp32 on both, where only the configs :func:`conv_v2.configs_for` keeps for fp32 compile:

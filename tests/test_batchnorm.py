@@ -51,6 +51,36 @@ def test_bn_stats_large_mean_small_spread(device, poison):
     assert rel_err(var, xd.var((0, 2, 3), unbiased=False)) < 1e-3
 
 
+@pytest.mark.parametrize("programs", [1, 2, 3, 5, 60])
+def test_bn_finalize_row_chunks(programs, device, poison):
+    """The finalize merges the tile partials in ``programs`` row chunks in parallel, then the chunks in order in
+    the last program: any chunking (one row per chunk at 60; chunks of only empty rows behind a 64-row conv tile)
+    gives the fp64 statistics and running statistics, also with mean 1e3 and spread 1e-2, and a second launch
+    gives the same bits (the arrival counters were reset)."""
+    from inception_kernels.ops import conv_kernels, conv_triton
+
+    gen = torch.Generator().manual_seed(11)
+    x = _cl(1e3 + 1e-2 * torch.randn(4, 37, 16, 15, generator=gen)).to(device)  # M = 960: 60 partial rows
+    wt = torch.eye(37, device=device).view(37, 37, 1, 1)  # identity 1x1 conv: the partials of x itself
+    M = 4 * 16 * 15
+    (cfg,) = [c for c in conv_kernels.FWD_CONFIGS if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_C"])
+              == (64, 32, 16)]  # fmt: skip
+    parts = conv_triton.stats_partials(M, 37, x.device)
+    y = torch.empty_like(x)
+    conv_triton.conv_fwd_into(x, wt, None, None, None, (1, 1), (0, 0, 0, 0), 1.0, False, y, config=cfg, stats=parts)
+    assert (parts[0] == 0).any()  # a 64-row tile leaves 3 of its 4 partial rows empty
+    rm, rv = torch.zeros(37, device=device), torch.ones(37, device=device)
+    mean, var, invstd = bn.bn_finalize(parts, M, 1e-3, rm, rv, 0.25, programs=programs)
+    yd = y.double()
+    dmean, dvar = yd.mean((0, 2, 3)), yd.var((0, 2, 3), unbiased=False)
+    assert rel_err(mean, dmean) < 1e-7 and rel_err(var, dvar) < 1e-3
+    # (invstd's relative error is half var's scaled by var / (var + eps) ~ 0.1 here)
+    assert rel_err(invstd, 1 / (dvar + 1e-3).sqrt()) < 1e-4
+    assert rel_err(rm, 0.25 * dmean) < 1e-7 and rel_err(rv, 0.75 + 0.25 * dvar * M / (M - 1)) < 1e-6
+    again = bn.bn_finalize(parts, M, 1e-3, programs=programs)
+    assert all(torch.equal(a, b) for a, b in zip((mean, var, invstd), again))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("relu", [True, False])
 def test_bn_act_into_slice(shape, relu, device, poison):

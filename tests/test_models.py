@@ -83,6 +83,7 @@ def test_train_forward_backward_and_running_stats(name, monkeypatch):
     assert_same_grads_and_buffers(ours, ref)
 
 
+@pytest.mark.slow  # whole network in the interpreter: 48 s on 2 cores (test-slow; CI runs it)
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_eval_our_kernels_smallest_input(name, device):
     """Our kernels (interpreter without a GPU) with folded BN, slices and horizontal fusion vs fp64 reference."""

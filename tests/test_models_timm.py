@@ -81,6 +81,7 @@ def test_train_forward_backward_and_running_stats(name, monkeypatch):
     assert_same_grads_and_buffers(ours, ref)
 
 
+@pytest.mark.slow  # whole network in the interpreter: 88 s on 2 cores (test-slow; CI runs it)
 def test_eval_our_kernels_smallest_input(device):
     """Inception-v4 on our kernels (interpreter without a GPU: ~30 s) at 75×75, vs timm in fp64."""
     ours, ref = _pair("inception_v4")

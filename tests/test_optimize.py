@@ -390,6 +390,7 @@ def test_torch_compile_fullgraph(make, cin, size, mode, device):
     assert not [t for ts in rec.targets.values() for t in ts if "convolution" in t]
 
 
+@pytest.mark.slow  # a whole network through Inductor: 28-50 s on 2 cores (test-slow; CI runs it)
 def test_torch_compile_whole_optimized_network(device):
     """torch.compile(optimize(model), fullgraph=True): a whole torchvision GoogLeNet, no graph break."""
     torch._dynamo.reset()

@@ -6,7 +6,8 @@
 Statistics are numerically stable: each tile reduces its pixels to (count, mean, M2 = Σ(v − mean)²) with two
 passes over registers, and :func:`bn_finalize` combines the tiles in a fixed order with Chan et al.'s
 pairwise update, shifted by the first tile's mean -- no E[v²] − E[v]² cancellation when the mean dwarfs the
-spread, and the same bits on every run (no atomics).
+spread, and the same bits on every run (several programs merge chunks of the tile rows in parallel; the last to
+finish merges the chunks in order).
 
 Backward (``bn_act_backward``) recomputes the ReLU mask and x̂ from the saved pre-BN tensor: with M = N·H·W,
 g' = g·[z > 0], z = x̂·γ + β, dβ = Σ g', dγ = Σ g'·x̂, dx = γ·invstd·(g' − dβ/M − x̂·dγ/M). Two launches: the
@@ -69,57 +70,91 @@ def _bn_partials(
     _store_stats(v, mask_m, offs_c, mask_c, pid_m, pid_c == 0, M, C, cnt_ptr, mean_ptr, m2_ptr, BLOCK_M)
 
 
+@triton.jit
+def _merge_rows(acc_n, acc_mean, acc_m2, n, mu, m2):
+    """Chan et al.'s pairwise update: merge a block of partials ``n``, ``mu`` (shifted means), ``m2`` (each
+    (BLOCK_T, BLOCK_C); 0 on empty rows and masked channels) into the running (count, mean, M2) per channel."""
+    nb = tl.sum(n, axis=0)
+    mb = tl.sum(n * mu, axis=0) / tl.maximum(nb, 1.0)
+    d = tl.where(n > 0, mu - mb[None, :], 0.0)
+    m2b = tl.sum(m2, axis=0) + tl.sum(n * d * d, axis=0)
+    tot = acc_n + nb
+    frac = nb / tl.maximum(tot, 1.0)
+    delta = mb - acc_mean
+    return tot, acc_mean + delta * frac, acc_m2 + m2b + delta * delta * acc_n * frac
+
+
 def _bn_finalize(
     cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, var_ptr, invstd_ptr, rmean_ptr, rvar_ptr, nbt_ptr,
-    T, C, eps, momentum, unbias,
+    qn_ptr, qmean_ptr, qm2_ptr, arrive_ptr,
+    T, C, rows_per_program, eps, momentum, unbias,
     UPDATE_RUNNING: tl.constexpr, COUNT_BATCH: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Combine T tile partials per channel (fixed order) into mean, biased var, invstd; update running stats;
-    with ``COUNT_BATCH`` program 0 also adds 1 to ``num_batches_tracked`` (int64), as ``nn.BatchNorm2d`` does.
+    with ``COUNT_BATCH`` also add 1 to ``num_batches_tracked`` (int64), as ``nn.BatchNorm2d`` does.
 
+    Program (g, j) merges the partial rows [g·R, (g + 1)·R) (R = ``rows_per_program``) of channel block j in row
+    order into chunk g's (count, mean, M2) (``qn``, ``qmean``, ``qm2``: (G, C)); the last program of channel block j
+    to arrive (its counter, reset to 0 for the next launch) merges the G chunks in the order 0, 1, ... and writes
+    the results: the rows are read by G programs in parallel, in one launch, with the same bits on every run.
     Tiles with count 0 are empty (a conv config with tiles larger than the partial rows leaves some unused).
     Values are shifted by tile 0's mean (tile 0 is never empty) so the sums stay small.
     """
-    pid = tl.program_id(0)
+    pid_g = tl.program_id(0)
+    pid = tl.program_id(1)
+    G = tl.num_programs(0)
     offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     shift = tl.load(pmean_ptr + offs_c, mask=mask_c, other=0.0)
     acc_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
     acc_mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
     acc_m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    start = pid_g * rows_per_program
+    stop = tl.minimum(start + rows_per_program, T)
+    for t0 in range(start, stop, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
-        n = tl.load(cnt_ptr + offs_t, mask=offs_t < T, other=0.0)
+        n = tl.load(cnt_ptr + offs_t, mask=offs_t < stop, other=0.0)
         live = (n > 0)[:, None] & mask_c[None, :]
         ptrs = offs_t[:, None] * C + offs_c[None, :]
         mu = tl.where(live, tl.load(pmean_ptr + ptrs, mask=live, other=0.0) - shift[None, :], 0.0)
         m2 = tl.where(live, tl.load(pm2_ptr + ptrs, mask=live, other=0.0), 0.0)
-        nb = tl.sum(n, axis=0)
-        nb_safe = tl.maximum(nb, 1.0)
-        mb = tl.sum(n[:, None] * mu, axis=0) / nb_safe
-        d = tl.where(live, mu - mb[None, :], 0.0)
-        m2b = tl.sum(m2, axis=0) + tl.sum(n[:, None] * d * d, axis=0)
-        tot = acc_n + nb
-        frac = nb / tl.maximum(tot, 1.0)
-        delta = mb - acc_mean
-        acc_mean = acc_mean + delta * frac
-        acc_m2 = acc_m2 + m2b + delta * delta * acc_n * frac
-        acc_n = tot
-    mean = shift + acc_mean
-    var = acc_m2 / acc_n
-    tl.store(mean_ptr + offs_c, mean, mask=mask_c)
-    tl.store(var_ptr + offs_c, var, mask=mask_c)
-    tl.store(invstd_ptr + offs_c, 1.0 / tl.sqrt(var + eps), mask=mask_c)
-    if UPDATE_RUNNING:
-        rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        rm = (1.0 - momentum) * rm + momentum * mean
-        rv = (1.0 - momentum) * rv + momentum * (var * unbias)
-        tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
-        tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
-    if COUNT_BATCH:
-        if pid == 0:
-            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
+        acc_n, acc_mean, acc_m2 = _merge_rows(acc_n, acc_mean, acc_m2, tl.where(live, n[:, None], 0.0), mu, m2)
+    tl.store(qn_ptr + pid_g * C + offs_c, acc_n, mask=mask_c)
+    tl.store(qmean_ptr + pid_g * C + offs_c, acc_mean, mask=mask_c)
+    tl.store(qm2_ptr + pid_g * C + offs_c, acc_m2, mask=mask_c)
+    # every thread's chunk stores precede the arrival (CTA barrier, then the counter's release); the last to
+    # arrive acquires them all
+    tl.debug_barrier()
+    arrived = tl.atomic_add(arrive_ptr + pid, 1, sem="acq_rel", scope="gpu")
+    if arrived == G - 1:
+        tot_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        tot_mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        tot_m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for g0 in range(0, G, BLOCK_T):
+            rows = g0 + tl.arange(0, BLOCK_T)
+            here = (rows < G)[:, None] & mask_c[None, :]
+            off = rows[:, None] * C + offs_c[None, :]
+            qn = tl.load(qn_ptr + off, mask=here, other=0.0, cache_modifier=".cg")
+            live = here & (qn > 0)
+            qmu = tl.where(live, tl.load(qmean_ptr + off, mask=here, other=0.0, cache_modifier=".cg"), 0.0)
+            qm2 = tl.where(live, tl.load(qm2_ptr + off, mask=here, other=0.0, cache_modifier=".cg"), 0.0)
+            tot_n, tot_mean, tot_m2 = _merge_rows(tot_n, tot_mean, tot_m2, tl.where(live, qn, 0.0), qmu, qm2)
+        mean = shift + tot_mean
+        var = tot_m2 / tot_n
+        tl.store(mean_ptr + offs_c, mean, mask=mask_c)
+        tl.store(var_ptr + offs_c, var, mask=mask_c)
+        tl.store(invstd_ptr + offs_c, 1.0 / tl.sqrt(var + eps), mask=mask_c)
+        if UPDATE_RUNNING:
+            rm = tl.load(rmean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+            rv = tl.load(rvar_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+            rm = (1.0 - momentum) * rm + momentum * mean
+            rv = (1.0 - momentum) * rv + momentum * (var * unbias)
+            tl.store(rmean_ptr + offs_c, rm.to(rmean_ptr.dtype.element_ty), mask=mask_c)
+            tl.store(rvar_ptr + offs_c, rv.to(rvar_ptr.dtype.element_ty), mask=mask_c)
+        if COUNT_BATCH:
+            if pid == 0:
+                tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
+        tl.atomic_xchg(arrive_ptr + pid, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
 @triton.jit
@@ -290,23 +325,40 @@ def stats_partials_into(x: torch.Tensor, partials):
     return partials
 
 
+def finalize_programs(T: int, C: int, device: torch.device) -> int:
+    """Programs along the partial rows of :func:`bn_finalize` (G of ``_bn_finalize``): on a GPU about two per SM
+    over all channel blocks (at most 256, so the last program merges few chunks), none with fewer than
+    FINALIZE_BLOCK_T rows; in the interpreter up to 4, so that several chunks are merged there too."""
+    blocks = triton.cdiv(T, FINALIZE_BLOCK_T)
+    if device.type != "cuda":
+        return max(1, min(blocks, 4))
+    per_block = 2 * conv_triton.kernels._num_sms(device) // triton.cdiv(C, FINALIZE_BLOCK_C)
+    return max(1, min(blocks, 256, per_block))
+
+
 def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=None, momentum: float = 0.1,
-                batches=None):  # fmt: skip
+                batches=None, programs=None):  # fmt: skip
     """(mean, biased var, invstd), float32 (C,), from tile partials; updates running stats in place if given, and
     adds 1 to ``batches`` (a BN's ``num_batches_tracked``: one int64 element on this device) if given -- one
-    launch where the module would add in a second one."""
+    launch where the module would add in a second one. ``programs``: the row chunks merged in parallel
+    (:func:`finalize_programs` unless given)."""
     cnt, pmean, pm2 = partials
     T, C = pmean.shape
     dev = pmean.device
     mean, var, invstd = (_tile.new_buf((C,), dev) for _ in range(3))
     update = running_mean is not None
     unbias = M / (M - 1) if M > 1 else float("inf")
+    rows = triton.cdiv(T, programs or finalize_programs(T, C, dev))
+    G = triton.cdiv(T, rows)  # no chunk without rows
+    cb = triton.cdiv(C, FINALIZE_BLOCK_C)
+    chunks = _tile.new_buf((3, G, C), dev)
     record_launch()
     with _args.device_guard(pmean):
-        _bn_finalize_kernel[(triton.cdiv(C, FINALIZE_BLOCK_C),)](
+        _bn_finalize_kernel[(G, cb)](
             cnt, pmean, pm2, mean, var, invstd,
             running_mean if update else mean, running_var if update else var, mean if batches is None else batches,
-            T, C, float(eps), float(momentum), float(unbias),
+            chunks[0], chunks[1], chunks[2], conv_triton._tile_counters(dev, cb),
+            T, C, rows, float(eps), float(momentum), float(unbias),
             UPDATE_RUNNING=update, COUNT_BATCH=batches is not None, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS,
         )  # fmt: skip
     return mean, var, invstd
@@ -1040,9 +1092,9 @@ def _partials_types(dt: str) -> dict:
 @functools.cache
 def _finalize_types(dt: str) -> dict:
     return {**{p: "*fp32" for p in ("cnt_ptr", "pmean_ptr", "pm2_ptr", "mean_ptr", "var_ptr", "invstd_ptr",
-                                     "rmean_ptr", "rvar_ptr")},
-            "nbt_ptr": "*i64", "T": "i32", "C": "i32", "eps": "fp32", "momentum": "fp32", "unbias": "fp32",
-            "UPDATE_RUNNING": True, "COUNT_BATCH": True}  # fmt: skip
+                                     "rmean_ptr", "rvar_ptr", "qn_ptr", "qmean_ptr", "qm2_ptr")},
+            "nbt_ptr": "*i64", "arrive_ptr": "*i32", "T": "i32", "C": "i32", "rows_per_program": "i32",
+            "eps": "fp32", "momentum": "fp32", "unbias": "fp32", "UPDATE_RUNNING": True, "COUNT_BATCH": True}  # fmt: skip
 
 
 _AFFINE = {"mean_ptr": "*fp32", "invstd_ptr": "*fp32", "w_ptr": "*fp32", "b_ptr": "*fp32",

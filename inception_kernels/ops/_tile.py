@@ -38,6 +38,23 @@ def tile_2d(M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     return pid_m, offs_m, offs_c, mask_c, (offs_m < M)[:, None] & mask_c[None, :]
 
 
+@triton.jit
+def last_to_arrive(counter_ptr, arrivals):
+    """The handshake of the kernels whose last program finishes a reduction inside the launch (the BN backward's
+    reduction, the finalize, wgrad's split-K): after this program's partial stores, a CTA barrier (every thread's
+    stores precede the arrival) and an acq_rel arrival on ``counter_ptr`` (one int32, zero between launches).
+    True in the program that arrives last of ``arrivals``: it sees every other program's stores, and resets the
+    counter with :func:`reset_arrivals` when done."""
+    tl.debug_barrier()
+    return tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == arrivals - 1
+
+
+@triton.jit
+def reset_arrivals(counter_ptr):
+    """The last program's reset of its :func:`last_to_arrive` counter: ready for the next launch."""
+    tl.atomic_xchg(counter_ptr, 0, sem="relaxed", scope="gpu")
+
+
 def grid_2d(M: int, C: int):
     return (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
 

@@ -37,7 +37,7 @@ from ..utils import record_launch
 from . import _args, _library, _recompute, _tile, conv_triton, dispatch, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
-from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
+from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, last_to_arrive, pixel_offsets, reset_arrivals, tile_2d
 from ._triton import tl, triton
 from .conv_kernels import _store_stats, bn_grad
 
@@ -122,11 +122,7 @@ def _bn_finalize(
     tl.store(qn_ptr + pid_g * C + offs_c, acc_n, mask=mask_c)
     tl.store(qmean_ptr + pid_g * C + offs_c, acc_mean, mask=mask_c)
     tl.store(qm2_ptr + pid_g * C + offs_c, acc_m2, mask=mask_c)
-    # every thread's chunk stores precede the arrival (CTA barrier, then the counter's release); the last to
-    # arrive acquires them all
-    tl.debug_barrier()
-    arrived = tl.atomic_add(arrive_ptr + pid, 1, sem="acq_rel", scope="gpu")
-    if arrived == G - 1:
+    if last_to_arrive(arrive_ptr + pid, G):
         tot_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
         tot_mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
         tot_m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
@@ -154,7 +150,7 @@ def _bn_finalize(
         if COUNT_BATCH:
             if pid == 0:
                 tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
-        tl.atomic_xchg(arrive_ptr + pid, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+        reset_arrivals(arrive_ptr + pid)
 
 
 @triton.jit
@@ -240,11 +236,7 @@ def _bn_act_bwd_reduce(
         acc_w += tl.sum(tl.where(mask, g * xhat, 0.0), axis=0)
     tl.store(pb_ptr + pid_m * C + offs_c, acc_b, mask=mask_c)
     tl.store(pw_ptr + pid_m * C + offs_c, acc_w, mask=mask_c)
-    # every thread's partial stores precede the arrival (CTA barrier, then the counter's release); the last to
-    # arrive acquires them all
-    tl.debug_barrier()
-    arrived = tl.atomic_add(cnt_ptr + pid_c, 1, sem="acq_rel", scope="gpu")
-    if arrived == G - 1:
+    if last_to_arrive(cnt_ptr + pid_c, G):
         tot_b = tl.zeros((BLOCK_C,), dtype=tl.float32)
         tot_w = tl.zeros((BLOCK_C,), dtype=tl.float32)
         for t0 in range(0, G, BLOCK_T):
@@ -262,7 +254,7 @@ def _bn_act_bwd_reduce(
             tl.store(coef_ptr + 3 * C + offs_c, b, mask=mask_c)
             tl.store(coef_ptr + 4 * C + offs_c, tot_b * inv_m, mask=mask_c)
             tl.store(coef_ptr + 5 * C + offs_c, tot_w * inv_m, mask=mask_c)
-        tl.atomic_xchg(cnt_ptr + pid_c, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+        reset_arrivals(cnt_ptr + pid_c)
 
 
 def _bn_act_bwd_dx(

@@ -30,6 +30,7 @@ import torch
 from .. import _backend
 from ..utils import record_launch
 from ._registry import KernelSpec, register_kernel
+from ._tile import last_to_arrive, reset_arrivals
 from ._triton import tl, triton
 
 MAX_KERNEL = 7
@@ -454,12 +455,8 @@ def _conv_wgrad(
             bias_parts = ws_ptr + num_splits.to(IDX_T) * slab
             if pid_1 == 0:
                 tl.store(bias_parts + split * K + offs_k, bacc, mask=mask_k)
-        # every thread's slab stores precede the arrival (CTA barrier, then the counter's release); the last to
-        # arrive acquires them all
-        tl.debug_barrier()
         tile = pid_m * tl.num_programs(1) + pid_1
-        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-        if arrived == num_splits - 1:
+        if last_to_arrive(cnt_ptr + tile, num_splits):
             for k0 in range(0, BLOCK_M, 16):
                 rk = pid_m * BLOCK_M + k0 + tl.arange(0, 16)
                 off = (rk[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S) + rs
@@ -478,7 +475,7 @@ def _conv_wgrad(
                             bias_parts + i * K + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg"
                         )
                     tl.store(db_ptr + offs_k, btot, mask=mask_k)
-            tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+            reset_arrivals(cnt_ptr + tile)
     else:
         tl.store(dw_ptr + tile_off, acc, mask=tile_mask)
         if BIAS_GRAD:

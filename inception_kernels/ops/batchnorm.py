@@ -885,8 +885,9 @@ class _ConvBNActFn(torch.autograd.Function):
     def backward(ctx, grad):
         stride, padding, relu = ctx.conf
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False, False, False)
+        chosen = {}  # the GEMMs' implementations, when the fold question already chose them
         x, x_fold, (weight, y, mean, invstd, gamma, beta) = _recompute.load_with_input_folded(
-            ctx, functools.partial(_input_foldable, stride, padding, need)
+            ctx, functools.partial(_input_foldable, stride, padding, need, chosen)
         )
         x_bn = None
         if x_fold is not None:
@@ -895,7 +896,7 @@ class _ConvBNActFn(torch.autograd.Function):
             (_, x_relu), (x, x_mean, x_invstd, x_gamma, x_beta) = x_fold
             x_bn = (x_mean, x_invstd, x_gamma, x_beta, x_relu)
         dx = dw = None
-        impls = conv_ops.bwd_impls(x, weight, stride, padding, need)
+        impls = chosen.get("impls") or conv_ops.bwd_impls(x, weight, stride, padding, need)
         if conv_ops.folds_bn(impls, need) and grad.dtype == x.dtype and _impl(y, "bn_act") == "triton":
             # the BN's dx applied by dgrad / wgrad on load: reduction, dgrad, wgrad (three launches, no dz tensor)
             _backend.check_interpretable(y)
@@ -916,11 +917,12 @@ def _rebuild_bn_act(relu, y, mean, invstd, gamma, beta, out=None):
     return bn_act(y, mean, invstd, gamma, beta, relu, out=out)
 
 
-def _input_foldable(stride, padding, need, tag, tensors, others) -> bool:
+def _input_foldable(stride, padding, need, chosen, tag, tensors, others) -> bool:
     """Whether a conv_bn_act backward can take its input's recipe -- another conv_bn_act's output (``tag``
     ("bn_act", relu), ``tensors`` (pre-BN y, mean, invstd, γ, β)) -- on its wgrad's x load instead of a rebuild:
     the wgrad runs on Triton (or is not needed), y has the input's shape and our kernels run there, and the
-    per-channel vectors are float32 (γ and β present)."""
+    per-channel vectors are float32 (γ and β present). The implementations it chooses (y has the input's shape,
+    dtype and device: the same choice) go into ``chosen["impls"]`` for the backward to use."""
     y, mean, invstd, gamma, beta = tensors
     weight = others[0]
     if tag[0] != "bn_act" or any(t is None or t.dtype != torch.float32 or not t.is_contiguous()
@@ -928,7 +930,8 @@ def _input_foldable(stride, padding, need, tag, tensors, others) -> bool:
         return False
     if _impl(y, "bn_act") != "triton":
         return False
-    return conv_ops.bwd_impls(y, weight, stride, padding, need)["wgrad"] in (None, "triton")
+    chosen["impls"] = conv_ops.bwd_impls(y, weight, stride, padding, need)
+    return chosen["impls"]["wgrad"] in (None, "triton")
 
 
 def conv_bn_act_supported(x: torch.Tensor) -> bool:

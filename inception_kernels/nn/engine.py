@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import _recompute, dispatch, reference
+from ..ops import _recompute, amp, dispatch, reference
 from ..ops import conv as conv_ops
 from ..ops import pool as pool_ops
 from ..ops._args import device_guard, window_out_size
@@ -222,6 +222,7 @@ class _Plan:
     out_channels: int = 0
     hfuse: list = field(default_factory=list)  # indices of top-level branches fused at their first 1x1
     leaf_convs: list = field(default_factory=list)  # the Conv ending each leaf that does not end in a Pool
+    convless_leaf: bool = False  # a leaf with no conv on its path (a pool of the block input, or the input)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,6 +254,8 @@ class InceptionBlock(nn.Module):
             for chain in [fb.layers for fb in br.fork] if br.fork else [br.layers]:
                 if not chain or not isinstance(chain[-1], Pool):
                     plan.leaf_convs.append(chain[-1] if chain else None)
+                if not any(isinstance(layer, Conv) for layer in (*br.layers, *chain)):
+                    plan.convless_leaf = True
         if spec.merge == "residual":
             if spec.proj is None or spec.proj.bn:
                 raise ValueError("a residual block needs a linear (bn=False) up-projection `proj`")
@@ -359,8 +362,10 @@ class InceptionBlock(nn.Module):
         return self._hcache.get(tensors, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if dispatch.is_reference(x):
+        ac = amp.dtype_for(x)
+        if dispatch.is_reference(x) or (ac not in (None, x.dtype) and self._promotes()):
             return self.forward_reference(x)
+        x = amp.cast(x, ac)  # under autocast every conv of the block runs in its dtype (ops.amp), so its buffers too
         x = (
             x
             if x.is_contiguous(memory_format=torch.channels_last)
@@ -408,6 +413,13 @@ class InceptionBlock(nn.Module):
         return conv_ops.conv2d(out, proj.weight, bias=proj.bias, residual=x, residual_scale=self.spec.scale,
                                activation="relu" if self.spec.act else None)  # fmt: skip
 
+    def _promotes(self) -> bool:
+        """Whether, under autocast, eager's type promotion gives this block's output the dtype of an input that
+        is not in the autocast dtype: a residual sum with x, or a leaf without a conv (a pool of x) concatenated
+        with conv outputs. Such a call runs the reference path, so its dtypes are eager's; inside a network
+        every block's input is a conv output, in the autocast dtype already."""
+        return self.spec.merge != "concat" or self.plan.convless_leaf
+
     def _leaves_write_in_place(self, x) -> bool:
         """Whether every leaf's last op writes its slice of the block output inside its own autograd node."""
         return conv_ops._eager_direct(x) and all(
@@ -452,20 +464,22 @@ class InceptionBlock(nn.Module):
         """The fused 1x1 GEMM writing the leaf's slice ``dest`` and the temporary ``tmp``, decided once per input
         signature (``ops.conv.plan_forward``) until the backend or a tensor of the fused convs changes; while a
         dispatch recording runs, or for an empty batch, the unplanned call."""
+        ac = amp.dtype_for(x)  # (x is in it already: the fused weight is cast to it)
         if dispatch.recording_active() or not conv_ops.plannable(x):
             weight, scale, bias, _ = self._fused_1x1()
+            weight = amp.cast(weight, ac)
             return lambda x, dest, tmp: conv_ops.conv_forward(
                 x, weight, scale, bias, None, (1, 1), (0, 0, 0, 0), 1.0, True, dest, out2=tmp
             )
         key = (x.shape, x.stride(), x.dtype, x.device, dest.stride(), dispatch.requested(), dispatch.generation(),
-               torch.backends.cudnn.allow_tf32,
+               torch.backends.cudnn.allow_tf32, ac,
                versions(*(t for m in mods for t in (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean,
                                                     m.bn.running_var))))  # fmt: skip
         plans = plans_of(self)
         plan = plans.get(key)
         if plan is None:
             weight, scale, bias, _ = self._fused_1x1()
-            plan = plans.put(key, conv_ops.plan_forward(x, weight, scale=scale, bias=bias, activation="relu",
+            plan = plans.put(key, conv_ops.plan_forward(x, amp.cast(weight, ac), scale=scale, bias=bias, activation="relu",
                                                         out=dest, out2=tmp))  # fmt: skip
         return plan
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import amp, dispatch
 from ..ops import batchnorm as bn_ops
-from ..ops import dispatch
 from ..ops._args import FLOAT_DTYPES
 from ..ops._args import pair as _pair
 from ..ops._library import traced
@@ -122,13 +122,15 @@ class ConvBNAct(nn.Module):
         conv = self.conv
         stride, padding = _pair(conv.stride), _pair(conv.padding)
         activation = "relu" if self.act else None
+        ac = amp.dtype_for(x)  # under autocast the conv runs in its dtype, as nn.Conv2d's does (ops.amp)
+        x = amp.cast(x, ac)
         plain = conv.bias is None and type(self.bn) is nn.BatchNorm2d  # not SyncBatchNorm, no conv bias
         if plain and not self.bn.training and self.bn.running_mean is not None:
             # eval, or a frozen BN (eval-mode BN inside a training model): running statistics, folded into the
             # conv epilogue (differentiable: γ and β get their gradients through scale and bias). A BN without
             # running statistics normalizes with batch statistics in eval mode too, as nn.BatchNorm2d does.
             if not (torch.is_grad_enabled() and (x.requires_grad or self._trainable())):
-                plan = self._eval_plan(x, out, stride, padding, activation)
+                plan = self._eval_plan(x, out, stride, padding, activation, ac)
                 if plan is not None:
                     if out is not None:
                         _check_no_alias(out, x, None)
@@ -137,7 +139,7 @@ class ConvBNAct(nn.Module):
             return conv2d(x, conv.weight, stride=stride, padding=padding, scale=scale, bias=bias,
                           activation=activation, out=out)  # fmt: skip
         if plain and bn_ops.conv_bn_act_supported(x):
-            return self._forward_train_fused(x, out, stride, padding)
+            return self._forward_train_fused(x, out, stride, padding, ac)
         # (momentum=None averages with 1/num_batches_tracked: a float() of a tensor, which Dynamo cannot trace)
         counts = self.bn.momentum is not None or not self.bn.track_running_stats
         if plain and counts and bn_ops.traced_bn_supported(x):
@@ -157,7 +159,7 @@ class ConvBNAct(nn.Module):
     def _trainable(self) -> bool:
         return any(p.requires_grad for p in (self.conv.weight, self.bn.weight, self.bn.bias) if p is not None)
 
-    def _eval_plan(self, x, out, stride, padding, activation):
+    def _eval_plan(self, x, out, stride, padding, activation, ac):
         """The eval forward for this call signature decided once (``ops.conv.plan_forward``: BN folded, weight
         packed, implementation chosen, launch fixed) and kept until the signature, the backend, the dispatch tables
         (``dispatch.generation``), TF32, a parameter or a running statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
@@ -165,7 +167,7 @@ class ConvBNAct(nn.Module):
             return None
         conv, bn = self.conv, self.bn
         key = (x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
-               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32,
+               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, ac,
                versions(conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias))  # fmt: skip
         plans = plans_of(self)
         plan = plans.get(key)
@@ -173,7 +175,7 @@ class ConvBNAct(nn.Module):
             if not plannable(x):
                 return None
             scale, bias = self.folded()
-            plan = plans.put(key, plan_forward(x, conv.weight, stride=stride, padding=padding, scale=scale,
+            plan = plans.put(key, plan_forward(x, amp.cast(conv.weight, ac), stride=stride, padding=padding, scale=scale,
                                                bias=bias, activation=activation, out=out))  # fmt: skip
         return plan
 
@@ -213,14 +215,15 @@ class ConvBNAct(nn.Module):
         return (bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
                 momentum, bn.eps)  # fmt: skip
 
-    def _forward_train_fused(self, x, out, stride, padding):
+    def _forward_train_fused(self, x, out, stride, padding, ac):
         """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act, run from
-        the plan of this call signature (``ops.batchnorm.plan_conv_bn_act``) where one serves."""
-        plan = self._train_plan(x, out, stride, padding)
+        the plan of this call signature (``ops.batchnorm.plan_conv_bn_act``) where one serves. ``ac``: the
+        autocast dtype (``ops.amp.dtype_for``; the weight is cast to it, an autograd op) or None."""
+        plan = self._train_plan(x, out, stride, padding, ac)
         if plan is not None:
             counted = self._kernel_counts_batches(x)
             gamma, beta, rm, rv, momentum, eps = self._bn_step_args(count=not counted)
-            return plan(x, self.conv.weight, gamma, beta, rm, rv, momentum, out,
+            return plan(x, amp.cast(self.conv.weight, ac), gamma, beta, rm, rv, momentum, out,
                         batches=self.bn.num_batches_tracked if counted else None)  # fmt: skip
         gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
         return bn_ops.conv_bn_act(
@@ -228,7 +231,7 @@ class ConvBNAct(nn.Module):
             padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act, out=out,
         )  # fmt: skip
 
-    def _train_plan(self, x, out, stride, padding):
+    def _train_plan(self, x, out, stride, padding, ac):
         """The training step's plan for this call signature (:class:`~inception_kernels.ops.batchnorm.ConvBNActPlan`:
         checks, implementation and launch decided once; parameter values are read at every call), kept until the
         signature, the backend, the dispatch tables, TF32 or the identity / dtype of a parameter or running
@@ -238,14 +241,14 @@ class ConvBNAct(nn.Module):
         conv, bn = self.conv, self.bn
         tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
         key = ("train", x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
-               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, bn.eps,
+               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, ac, bn.eps,
                bn.track_running_stats, tuple(None if t is None else (id(t), t.dtype, t.stride()) for t in tensors))  # fmt: skip
         plans = plans_of(self)
         if key in plans:
             return plans[key]
         track = bn.track_running_stats
         plan = bn_ops.plan_conv_bn_act(
-            x, conv.weight, bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
+            x, amp.cast(conv.weight, ac), bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
             momentum=0.0, eps=bn.eps, stride=stride, padding=(padding[0], padding[0], padding[1], padding[1]),
             relu=self.act, out=out,
         )  # fmt: skip

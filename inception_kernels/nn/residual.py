@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import dispatch
+from ..ops import amp, dispatch
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -101,7 +101,10 @@ class ScaledResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body, conv = self._split()
-        if x.dtype not in _KERNEL_DTYPES or exporting() or dispatch.is_reference(x):
+        # (under autocast an input not in its dtype: eager's type promotion decides the sum's dtype)
+        if x.dtype not in _KERNEL_DTYPES or exporting() or dispatch.is_reference(x) or amp.dtype_for(x) not in (
+            None, x.dtype
+        ):  # fmt: skip
             return self.forward_reference(x)
         if conv is None:
             # any other branch: fn in PyTorch, then the sum, scale and ReLU as one fused kernel (under

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..utils import record_launch
-from . import _args, _library, _recompute, _tile, conv_triton, dispatch, reference
+from . import _args, _library, _recompute, _tile, amp, conv_triton, dispatch, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, last_to_arrive, pixel_offsets, reset_arrivals, tile_2d
@@ -939,6 +939,7 @@ def conv_bn_act_supported(x: torch.Tensor) -> bool:
     return conv_ops._eager_direct(x)
 
 
+@amp.conv_family
 @_args.on_input_device
 def conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: float, eps: float,
                 stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True, out=None) -> torch.Tensor:  # fmt: skip

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _backend
-from . import _args, _library, _recompute, _tile, dispatch, reference
+from . import _args, _library, _recompute, _tile, amp, dispatch, reference
 from .conv_kernels import MAX_KERNEL
 from .conv_reference import _reference_bwd, _reference_fwd
 from .conv_triton import epilogue_grad
@@ -450,6 +450,7 @@ def _check_no_alias(out, x, residual):
     _args.no_overlap(out, {"x": x, "residual": residual})
 
 
+@amp.conv_family
 @_args.on_input_device
 def conv2d(
     x: torch.Tensor,

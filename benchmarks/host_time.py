@@ -1,6 +1,6 @@
 """Host time of our path vs eager PyTorch on the same machine (no GPU needed): DESIGN.md §5, issue 12 item 3.
 
-    python benchmarks/host_time.py [--repeat 200] [--json PATH]
+    python benchmarks/host_time.py [--repeat 200] [--json PATH] [--autocast]
 
 * one fused ``ops.conv2d`` eval call (folded BN + ReLU, a tiny 1x16x8x8 input so the ATen side is mostly host
   time), and the same call through its plan (``ops.conv.plan_forward``: decided once, as layers and blocks run
@@ -8,7 +8,14 @@
   ATen ``relu(conv2d(x))`` on the same tensor;
 * an inception_v3 eval forward and a training step (forward + backward, batch 2, 75x75) on our path with launches
   stubbed (after one warm call): host milliseconds, launches and host time per launch, vs the number of ATen ops
-  eager PyTorch (torchvision) runs for the same model (counted on the meta device).
+  eager PyTorch (torchvision) runs for the same model (counted on the meta device). Before each training step
+  every parameter's version is moved on, as an optimizer step moves it (without its arithmetic), so the step packs
+  its weights again as it does in a real training loop (``train_*``); ``train_*_unchanged_weights`` are the same
+  figures with the weights left as they were (packs cached: what this script reported before 2026-12-04).
+
+``--autocast``: the network figures under CPU autocast (ours fp16, the dtype the interpreter's launch path
+takes; eager's op count bf16 on CPU tensors, as ATen's CPU conv backward has no fp16 kernel: the count does not
+depend on which 16-bit dtype), with the fp32 model: the casts autocast adds are in both.
 
 One thread (``torch.set_num_threads(1)``); medians. The ratios are what to compare across commits: absolute
 microseconds depend on the machine and its load, which the output states.
@@ -56,7 +63,9 @@ def conv_call(repeat: int) -> dict:
             "planned_ratio": planned / aten}  # fmt: skip
 
 
-def network(repeat: int) -> dict:
+def network(repeat: int, autocast: bool = False) -> dict:
+    import contextlib
+
     import torchvision
 
     from inception_kernels.bench.counting import OpCounter, count_eager_ops, stubbed_launches
@@ -67,40 +76,56 @@ def network(repeat: int) -> dict:
     ours = create_model("inception_v3", aux_logits=False)
     ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
     x = torch.randn(2, 3, 75, 75).contiguous(memory_format=torch.channels_last)
-    out = {}
+    out = {"autocast": "ours fp16, eager bf16 (CPU)" if autocast else None}
+
+    def amp(dtype):
+        return torch.autocast("cpu", dtype=dtype) if autocast else contextlib.nullcontext()
+
+    def fwd(model, x, dtype=torch.float16):
+        with amp(dtype):
+            return model(x)
+
     with stubbed_launches():
         ours.eval()
         with torch.no_grad():
-            ours(x)  # warm: weights packed and BN folded once, as in any second call
+            fwd(ours, x)  # warm: weights packed and BN folded once, as in any second call
         with torch.no_grad(), count_launches() as n, OpCounter() as aten:
-            ours(x)
+            fwd(ours, x)
         out["eval_launches"] = n.count
         out["eval_device_launches"] = n.count + aten.total - n.aten
         with torch.no_grad():
-            out["eval_host_ms"] = _median_us(lambda: ours(x), max(3, repeat // 20)) / 1e3
+            out["eval_host_ms"] = _median_us(lambda: fwd(ours, x), max(3, repeat // 20)) / 1e3
         ours.train()
 
-        def step():
+        params = list(ours.parameters())
+
+        def step(update=True):
+            if update:  # an optimizer step's effect on the versions (the weight packs are made again), no launch
+                torch._C._autograd._unsafe_set_version_counter(tuple(params), tuple(p._version + 1 for p in params))
             ours.zero_grad(set_to_none=True)
-            ours(x).float().sum().backward()
+            fwd(ours, x).float().sum().backward()
 
         step()
-        with count_launches() as n, OpCounter() as aten:
-            step()
-        out["train_launches"] = n.count
-        # every kernel of the step: ours (Triton and the ATen helpers our launchers call) and the ATen ops around
-        # them (BN running-stat counters, the head, the loss), each once
-        out["train_device_launches"] = n.count + aten.total - n.aten
-        out["train_host_ms"] = _median_us(step, max(3, repeat // 40)) / 1e3
+        for update, tag in ((True, ""), (False, "_unchanged_weights")):
+            step(update)
+            with count_launches() as n, OpCounter() as aten:
+                step(update)
+            out[f"train_launches{tag}"] = n.count
+            # every kernel of the step: ours (Triton and the ATen helpers our launchers call) and the ATen ops
+            # around them (BN running-stat counters, the head, the loss), each once
+            out[f"train_device_launches{tag}"] = n.count + aten.total - n.aten
+            out[f"train_host_ms{tag}"] = _median_us(lambda u=update: step(u), max(3, repeat // 40)) / 1e3
     # the ATen ops eager PyTorch runs for the same model (counted on the meta device: no arithmetic). Its whole-
     # network host time cannot be separated from CPU arithmetic here, so the host comparison is per call (above).
-    ref = ref.to("meta").to(memory_format=torch.channels_last)
-    xm = x.to("meta")
+    # (autocast casts CPU tensors only, so its count runs them)
+    ref = (ref if autocast else ref.to("meta")).to(memory_format=torch.channels_last)
+    xm = x if autocast else x.to("meta")
     ref.eval()
-    out["eager_eval_ops"] = sum(count_eager_ops(ref, xm).values())
+    with amp(torch.bfloat16):
+        out["eager_eval_ops"] = sum(count_eager_ops(ref, xm).values())
     ref.train()
     with OpCounter() as c:
-        ref(xm).float().sum().backward()
+        fwd(ref, xm, torch.bfloat16).float().sum().backward()
     out["eager_train_ops"] = sum(c.ops.values())
     out["eval_host_us_per_launch"] = out["eval_host_ms"] * 1e3 / out["eval_launches"]
     out["train_host_us_per_launch"] = out["train_host_ms"] * 1e3 / out["train_launches"]
@@ -112,11 +137,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=200)
     p.add_argument("--json")
     p.add_argument("--no-network", action="store_true")
+    p.add_argument("--autocast", action="store_true", help="the network figures under CPU autocast (see above)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     res = {"load_avg": os.getloadavg(), "cpu_count": os.cpu_count(), "conv_call": conv_call(args.repeat)}
     if not args.no_network:
-        res["inception_v3"] = network(args.repeat)
+        res["inception_v3"] = network(args.repeat, args.autocast)
     print(json.dumps(res, indent=1))
     if args.json:
         with open(args.json, "w") as f:

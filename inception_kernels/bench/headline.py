@@ -7,8 +7,9 @@ bf16, one row per implementation:
 * ``compile``          -- ``torch.compile`` (default mode) of that model;
 * ``ours[<route>]``    -- ``inception_kernels.optimize(model)`` with ``INCEPTION_KERNELS_BACKEND=<route>`` for every
   call (routes: :data:`ROUTES`, data-driven; a route that raises is recorded as ``route unavailable: <reason>``).
-  Ours runs bf16 weights and activations: our ops take weights in the input's dtype and do not follow autocast,
-  so under autocast with fp32 weights they would run in fp32;
+  Ours runs as the eager row does: fp32 weights and input under bf16 autocast, which our ops follow
+  (``ops.amp``: every conv in bf16, the BN / epilogue parameters in fp32; an eval plan keeps its weight cast and
+  packed, eager autocast without its weight cache casts every weight on every call);
 * ``ours[<route>]+compile`` -- ``torch.compile`` of that.
 
 Columns: eval img/s at batch 256 (CUDA events, host included), latency at batch 1 (events) and its CUDA-graph
@@ -53,7 +54,7 @@ PLANS = {
     # CPU dry run: toy sizes (inception_v3 needs >= 75²), every code path, seconds not minutes
     "dry": {"size": {"googlenet": 32, "inception_v3": 75, "inception_v4": 75, "inception_resnet_v2": 75},
             "eval_batch": 2, "latency_batch": 1, "train_batch": 2, "dtype": torch.float32,
-            "rounds": 1},  # fp32: CPU bf16 is slow, and the reference backend's conv returns fp32 for bf16 on a CPU
+            "rounds": 1},  # fp32 (no autocast): CPU bf16 is slow
 }  # fmt: skip
 
 # First-guess seconds (check + first call + timing) per (family, kind) on an H100/H200; each is replaced by what the
@@ -156,12 +157,6 @@ class _Network:
         self.ref_errs: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ models
-    def input_dtype(self, row):
-        return self.dtype if family(row).startswith("ours") else torch.float32
-
-    def uses_autocast(self, row):
-        return not family(row).startswith("ours")
-
     def build(self, row: str, train: bool):
         """The model of ``row`` for eval or train (each a fresh copy of the reference weights)."""
         key = (row, "train" if train else "eval")
@@ -175,7 +170,7 @@ class _Network:
             from ..convert import optimize
 
             with route_env(route_of(row)):
-                m = optimize(m, inplace=True).to(self.dtype)
+                m = optimize(m, inplace=True)
         m = m.train() if train else m.eval()
         if fam.endswith("compile"):
             m = self.compiler(m, None)
@@ -186,15 +181,16 @@ class _Network:
         k = num_sets(n * 3 * self.size * self.size * 4) if sets else 1
         g = torch.Generator(device="cpu").manual_seed(2)
         xs = [torch.randn(n, 3, self.size, self.size, generator=g) for _ in range(k)]
-        return [x.to(self.dev, self.input_dtype(row)).contiguous(memory_format=self.cl) for x in xs]
+        return [x.to(self.dev).contiguous(memory_format=self.cl) for x in xs]
 
     def ctx(self, row):
-        return self.ac if self.uses_autocast(row) else contextlib.nullcontext()
+        """Every row runs fp32 weights and input under the same autocast (none for an fp32 plan)."""
+        return self.ac
 
     # ------------------------------------------------------------------ checks
     def check_eval(self, row) -> dict:
         m = self.build(row, train=False)
-        x = self.x_check.to(self.input_dtype(row)).contiguous(memory_format=self.cl)
+        x = self.x_check.contiguous(memory_format=self.cl)
         with torch.no_grad(), self.ctx(row):
             got = _logits(m(x)).float()
         sync(self.dev)
@@ -207,7 +203,7 @@ class _Network:
 
     def check_train(self, row, m) -> dict:
         """One forward + backward of the train model from the reference weights (before any optimizer step)."""
-        x = self.x_train.to(self.input_dtype(row)).contiguous(memory_format=self.cl)
+        x = self.x_train.contiguous(memory_format=self.cl)
         m.zero_grad(set_to_none=True)
         loss = _loss(m, x, self.y_train, self.ctx(row))
         loss.backward()

@@ -26,13 +26,16 @@ def conv2d(
 
     x: (N, C, H, W); weight: (K, C, R, S); padding: (top, bottom, left, right) zeros; scale, bias: (K,);
     residual: (N, K, P, Q) or None (then it counts as 0); activation: None or "relu".
-    Returns (N, K, P, Q) in x's dtype and memory format.
+    Returns (N, K, P, Q) in x's dtype and memory format (a 16-bit x: the epilogue in float32 on the conv's
+    output, rounded once at the end, as our kernels do).
     """
     top, bottom, left, right = padding
     if top == bottom and left == right:
         y = F.conv2d(x, weight, stride=stride, padding=(top, left))
     else:
         y = F.conv2d(F.pad(x, (left, right, top, bottom)), weight, stride=stride)
+    if y.dtype in (torch.float16, torch.bfloat16):
+        y = y.float()
     if scale is not None:
         y = y * scale.view(1, -1, 1, 1)
     if bias is not None:
@@ -43,7 +46,7 @@ def conv2d(
         y = residual + y
     if activation == "relu":
         y = torch.relu(y)
-    return y
+    return y.to(x.dtype)
 
 
 def concat(tensors: list[torch.Tensor]) -> torch.Tensor:

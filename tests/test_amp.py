@@ -176,23 +176,43 @@ def test_conv_bn_act_module_plans_follow_autocast(mode, device, poison):
         assert torch.equal(back, y32)
 
 
-def test_conv_bn_act_module_train_gradients_under_autocast(device, poison):
-    """A training step of ``ConvBNAct`` under autocast: float32 parameter gradients (the weight cast is an
-    autograd op), equal to the step with the cast done by hand."""
+@pytest.mark.parametrize("route", ["triton", "cudnn"])
+def test_conv_bn_act_module_train_step_under_autocast(route, device, poison, monkeypatch):
+    """A planned training step of ``ConvBNAct`` under autocast takes the fp32 master weight (``plan_conv_bn_act(
+    master=True)``): the same output and BN gradients as the step with the weight cast by hand, bit for bit, and a
+    float32 weight gradient that is the hand-cast step's before its rounding to the autocast dtype (it rounds to
+    exactly that); on the triton route no cast of the weight or of its gradient runs (ATen ``_to_copy``: only the
+    input's)."""
+    from inception_kernels.bench.counting import OpCounter
+
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", route)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    if route == "cudnn" and not HAS_CUDA:
+        pytest.skip("ATen's CPU convolution backward has no float16 kernel")
     m = randomize_bn(ConvBNAct(6, 8, 3, padding=1)).to(device).train()
     hand = copy.deepcopy(m)
     x = _cl(torch.randn(2, 6, 5, 5, device=device))
     g = torch.randn(2, 8, 5, 5, device=device).to(AC)
     with autocast(device):
-        y = m(x)
-    (y.float() * g).sum().backward()
+        m(x)  # the plan is made on the first call
+    m.zero_grad(set_to_none=True)
+    with OpCounter() as ops_seen:
+        with autocast(device):
+            y = m(x)
+        (y * g).sum().backward()
+    if route == "triton":  # (the cudnn route casts the weight for its ATen GEMMs)
+        assert ops_seen.ops["_to_copy"] == 1  # x
     bn = hand.bn
     y_hand = ops.conv_bn_act(x.to(AC), hand.conv.weight.to(AC), bn.weight, bn.bias, bn.running_mean,
                              bn.running_var, momentum=0.1, eps=bn.eps, padding=1)  # fmt: skip
-    (y_hand.float() * g).sum().backward()
+    (y_hand * g).sum().backward()
     assert torch.equal(y, y_hand)
-    for (k, p), q in zip(m.named_parameters(), hand.parameters(), strict=True):
+    for k in ("bn.weight", "bn.bias"):
+        p, q = m.get_parameter(k), hand.get_parameter(k)
         assert p.grad.dtype == torch.float32 and torch.equal(p.grad, q.grad), k
+    dw, dw_hand = m.conv.weight.grad, hand.conv.weight.grad
+    assert dw.dtype == dw_hand.dtype == torch.float32
+    assert torch.equal(dw.to(AC).float(), dw_hand)
 
 
 def _tv_googlenet_block():
@@ -224,8 +244,8 @@ def test_optimized_block_under_autocast_matches_eager_autocast(mode, device, poi
 def test_optimized_block_train_under_autocast_is_the_block_cast_by_hand(device, poison):
     """A training step of an optimized block under autocast is, bit for bit, the step of the same block with its
     conv weights and its input cast to the autocast dtype by hand (BN parameters float32, as autocast leaves them):
-    output, input gradient, every parameter gradient (float32 under autocast: the cast's backward) and the running
-    statistics."""
+    output, input gradient, every parameter gradient (float32 under autocast; a conv weight's rounds to the
+    hand-cast one) and the running statistics."""
     fast = inception_kernels.optimize(_tv_googlenet_block()).to(device).train()
     hand = copy.deepcopy(fast)
     with torch.no_grad():
@@ -245,7 +265,9 @@ def test_optimized_block_train_under_autocast_is_the_block_cast_by_hand(device, 
     hand_params = dict(hand.named_parameters())
     for k, p in fast.named_parameters():
         assert p.grad.dtype == torch.float32, k
-        assert torch.equal(p.grad, hand_params[k].grad.float()), k
+        # a conv weight's gradient is returned as the wgrad accumulated it (fp32 master weight): it rounds to the
+        # hand-cast block's 16-bit one
+        assert torch.equal(p.grad.to(hand_params[k].dtype), hand_params[k].grad), k
     hand_buffers = dict(hand.named_buffers())
     for k, b in fast.named_buffers():
         assert torch.equal(b, hand_buffers[k]), k

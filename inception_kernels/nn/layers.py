@@ -218,12 +218,13 @@ class ConvBNAct(nn.Module):
     def _forward_train_fused(self, x, out, stride, padding, ac):
         """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act, run from
         the plan of this call signature (``ops.batchnorm.plan_conv_bn_act``) where one serves. ``ac``: the
-        autocast dtype (``ops.amp.dtype_for``; the weight is cast to it, an autograd op) or None."""
+        autocast dtype (``ops.amp.dtype_for``) or None; under autocast the plan takes the fp32 master weight
+        (cast in the copy that packs it, its gradient returned in fp32), the unplanned call a cast of it."""
         plan = self._train_plan(x, out, stride, padding, ac)
         if plan is not None:
             counted = self._kernel_counts_batches(x)
             gamma, beta, rm, rv, momentum, eps = self._bn_step_args(count=not counted)
-            return plan(x, amp.cast(self.conv.weight, ac), gamma, beta, rm, rv, momentum, out,
+            return plan(x, self.conv.weight, gamma, beta, rm, rv, momentum, out,
                         batches=self.bn.num_batches_tracked if counted else None)  # fmt: skip
         gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
         return bn_ops.conv_bn_act(
@@ -247,9 +248,10 @@ class ConvBNAct(nn.Module):
         if key in plans:
             return plans[key]
         track = bn.track_running_stats
+        # under autocast the plan takes the fp32 master weight: cast in its pack copy, its gradient in fp32
         plan = bn_ops.plan_conv_bn_act(
-            x, amp.cast(conv.weight, ac), bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
+            x, conv.weight, bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
             momentum=0.0, eps=bn.eps, stride=stride, padding=(padding[0], padding[0], padding[1], padding[1]),
-            relu=self.act, out=out,
+            relu=self.act, out=out, master=ac is not None,
         )  # fmt: skip
         return plans.put(key, plan)

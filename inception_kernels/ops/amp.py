@@ -15,7 +15,10 @@ what the same torchvision / timm model computes under autocast, in the same dtyp
 
 Modules that keep plans (``nn.layers``, ``nn.engine``) put :func:`dtype_for` in their plan keys: a plan made
 under autocast is never run outside it, nor the other way round. The cast of an fp32 weight is an autograd op, so
-the gradient reaches the fp32 parameter in fp32, as under eager autocast.
+the gradient reaches the fp32 parameter in fp32, as under eager autocast -- except in the planned training step of
+``ConvBNAct`` (``ops.batchnorm.plan_conv_bn_act(master=True)``), which takes the fp32 master weight itself: the
+copy that packs the weight for the GEMM casts it, and the weight gradient the wgrad accumulates in fp32 is returned
+as it is (three launches fewer per conv than cast, GEMM, the gradient rounded to 16 bits and cast back).
 """
 
 from __future__ import annotations

@@ -976,10 +976,11 @@ def _records(x, weight, gamma, beta) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, gamma, beta))
 
 
-def _conv_bn_act_args(x, weight, gamma, beta, momentum, eps, stride, padding, relu, out):
+def _conv_bn_act_args(x, weight, gamma, beta, momentum, eps, stride, padding, relu, out, master=False):
     """conv_bn_act's argument checks: (x as channels_last, γ, β, momentum, eps, relu, stride, padding, output
     shape)."""
-    stride, padding, _, _ = conv_ops._validate(x, weight, stride, padding, None, None, None, None, 1.0, None)
+    stride, padding, _, _ = conv_ops._validate(x, weight, stride, padding, None, None, None, None, 1.0, None,
+                                               master=master)  # fmt: skip
     K = weight.shape[0]
     gamma = None if gamma is None else _args.channel_vector(gamma, "gamma", K, x, what="K")
     beta = None if beta is None else _args.channel_vector(beta, "beta", K, x, what="K")
@@ -1015,7 +1016,7 @@ class ConvBNActPlan:
 
             def conv(x, weight, partials):
                 y = _tile.new_cl(shape, x)
-                wp = conv_triton.packed_weight(weight, (2, 3, 1, 0))
+                wp = conv_triton.packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)
                 launch(x, wp, y, wp, wp, y, y, *partials)
                 return y
 
@@ -1041,13 +1042,18 @@ class ConvBNActPlan:
 
 
 def plan_conv_bn_act(x, weight, gamma, beta, running_mean, running_var, *, momentum: float, eps: float,
-                     stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True, out=None) -> ConvBNActPlan | None:  # fmt: skip
+                     stride=(1, 1), padding=(0, 0, 0, 0), relu: bool = True, out=None,
+                     master: bool = False) -> ConvBNActPlan | None:  # fmt: skip
     """A :class:`ConvBNActPlan` for calls like ``conv_bn_act(x, weight, ...)`` with these arguments (checked here,
     as :func:`conv_bn_act` checks them), or None where a plan cannot serve them and :func:`conv_bn_act` must run:
     an input our fused step does not take (see :func:`conv_bn_act_supported`), an empty output, running
-    statistics that are not float32 contiguous, NCHW ``x``, a dispatch recording in progress."""
+    statistics that are not float32 contiguous, NCHW ``x``, a dispatch recording in progress.
+
+    ``master``: ``weight`` may be the float32 master weight of a 16-bit x (autocast, ``ops.amp``): the step casts
+    it in the copy that packs it for the GEMM, and its gradient comes back in float32 as the wgrad accumulates it
+    (no cast launch either way, and no rounding of the gradient to 16 bits)."""
     x2, gamma, beta, momentum, eps, relu, stride, padding, shape = _conv_bn_act_args(
-        x, weight, gamma, beta, momentum, eps, stride, padding, relu, out
+        x, weight, gamma, beta, momentum, eps, stride, padding, relu, out, master=master
     )
     if x2 is not x or shape[0] * shape[2] * shape[3] == 0 or not conv_bn_act_supported(x):
         return None

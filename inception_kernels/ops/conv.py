@@ -410,11 +410,14 @@ def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale,
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point and argument checking
 # ----------------------------------------------------------------------------------------------------------
-def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out):
+def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out, master=False):
     """Checks every argument of :func:`conv2d`; returns (stride, padding 4-tuple, scale, bias), the per-channel
-    tensors contiguous (the kernels read them with unit stride)."""
+    tensors contiguous (the kernels read them with unit stride). ``master``: the weight may be a float32 master
+    weight of a 16-bit x (a planned training step under autocast, ``ops.batchnorm.plan_conv_bn_act``)."""
     _args.float_activation(x, "x")
-    _args.tensor(weight, "weight", dims=4, like=x)
+    _args.tensor(weight, "weight", dims=4, like=x, dtype_of_like=not master)
+    if master and weight.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"weight has dtype {weight.dtype}: a master weight is float32 or x's dtype ({x.dtype})")
     N, C, H, W = x.shape
     K, Cw, R, S = weight.shape
     if Cw != C:

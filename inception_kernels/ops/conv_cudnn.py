@@ -79,7 +79,16 @@ def _aten_padding(x: torch.Tensor, padding):
     return xp, (0, 0)
 
 
+def _in_dtype_of(weight, x) -> torch.Tensor:
+    """``weight`` in x's dtype (an fp32 master weight under autocast, ``ops.amp``: one cast launch)."""
+    if weight.dtype == x.dtype:
+        return weight
+    record_launch(aten=True)
+    return weight.to(x.dtype)
+
+
 def _aten_conv(x, weight, stride, padding) -> torch.Tensor:
+    weight = _in_dtype_of(weight, x)
     xin, pad = _aten_padding(x, padding)
     record_launch(aten=True)
     y = torch.ops.aten.convolution(xin, weight, None, list(stride), list(pad), [1, 1], False, [0, 0], 1)
@@ -134,6 +143,7 @@ def _stats_into(y0: torch.Tensor, stats) -> None:
 def conv_bwd_cudnn(gp, x, weight, scale, stride, padding, need_x: bool, need_w: bool):
     """(dx, dw without scale, float32) through ``aten.convolution_backward`` from the epilogue gradient ``gp``
     (dense channels_last, already multiplied by residual_scale); scale is folded into the weight for dx."""
+    weight = _in_dtype_of(weight, x)
     w_eff = weight if scale is None or not need_x else weight * scale.to(weight.dtype).view(-1, 1, 1, 1)
     xin, pad = _aten_padding(x, padding)
     record_launch(aten=True)

@@ -46,9 +46,10 @@ _PACK_CACHE_MAX = 1024
 
 
 def packed_weight(
-    weight: torch.Tensor, perm: tuple[int, ...], scale: torch.Tensor | None = None
+    weight: torch.Tensor, perm: tuple[int, ...], scale: torch.Tensor | None = None, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given), in one kernel.
+    """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given) in ``dtype`` (default:
+    the weight's; an fp32 master weight under autocast is cast by the same copy), in one kernel.
 
     Packs are cached per weight tensor (for a scaled pack: and its scale tensor) and reused while their
     ``_version`` and storage are unchanged (an optimizer step, any in-place write or a ``.data`` rebinding
@@ -56,14 +57,15 @@ def packed_weight(
     A permutation that is already contiguous (a 1×1 weight in the (R, S, K, C) layout) is the weight itself: no
     copy.
     """
+    dtype = weight.dtype if dtype is None else dtype
     src = weight.permute(*perm)
-    if scale is None and src.is_contiguous():
+    if scale is None and dtype == weight.dtype and src.is_contiguous():
         return src
     cacheable = not torch.compiler.is_compiling() and not (
         weight.is_cuda and torch.cuda.is_current_stream_capturing()
     )
     # one entry per weight, layout and scaled-ness: a new scale tensor (a BN folded again) replaces the entry
-    key = (id(weight), perm, scale is not None)
+    key = (id(weight), perm, scale is not None, dtype)
     stamp = (weight._version, weight.data_ptr())
     if scale is not None:
         stamp += (scale._version, scale.data_ptr())
@@ -72,7 +74,7 @@ def packed_weight(
         if (hit is not None and hit[0]() is weight and (scale is None or hit[1]() is scale)
                 and hit[2] == stamp):  # fmt: skip
             return hit[3]
-    out = torch.empty(src.shape, dtype=weight.dtype, device=weight.device)
+    out = torch.empty(src.shape, dtype=dtype, device=weight.device)
     record_launch(aten=True)
     if scale is None:
         out.copy_(src)
@@ -141,7 +143,7 @@ def conv_fwd_into(
     _backend.check_interpretable(x)
     run = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config, out2,
                        stats)  # fmt: skip
-    wp = packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K)
+    wp = packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)  # (R, S, C, K)
     run(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
         residual if residual is not None else out, out2 if out2 is not None else out,
         *(stats if stats is not None else (wp, wp, wp)))  # fmt: skip
@@ -155,7 +157,7 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
     shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
     example = out if out is not None else _tile.new_cl(shape, x)
     run = fwd_launcher(x, weight, scale, bias, None, stride, padding, residual_scale, relu, example, out2=out2)
-    wp = packed_weight(weight, (2, 3, 1, 0))
+    wp = packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)
     s = scale if scale is not None else wp
     b = bias if bias is not None else wp
 
@@ -220,7 +222,7 @@ def dgrad_triton(
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
-    wd = packed_weight(weight, (2, 3, 0, 1), scale)  # (R, S, K, C), scale folded in
+    wd = packed_weight(weight, (2, 3, 0, 1), scale, dtype=x.dtype)  # (R, S, K, C), scale folded in
     dx = _tile.new_cl((N, C, H, W), x)
     phases = stride[0] * stride[1]
     Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])

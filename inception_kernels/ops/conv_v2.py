@@ -511,7 +511,7 @@ def conv_fwd_v2_into(
     _, K1, P, Q = out.shape
     if out2 is not None and (K1 + out2.shape[1] != K or residual is not None):
         raise ValueError("out and out2 must split the K output channels, without a residual")
-    wp = conv_triton.packed_weight(weight, (2, 3, 1, 0))  # (R, S, C, K), shared with v1's cache
+    wp = conv_triton.packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)  # (R, S, C, K), shared with v1's cache
     eb = x.element_size()
     sms, arch = conv_kernels._num_sms(x.device), _device_arch(x.device)
     if config is None:

@@ -395,3 +395,25 @@ def test_reference_route_returns_the_16_bit_dtype(how, monkeypatch):
             y, y_ref = fast.to(torch.bfloat16)(x.bfloat16()), ref.to(torch.bfloat16)(x.bfloat16())
     assert y.dtype == y_ref.dtype == torch.bfloat16
     assert rel_err(y, y_ref) < 5e-2
+
+
+@pytest.mark.parametrize("impl", ["triton", "cudnn", "reference"])
+@pytest.mark.parametrize("family", ["conv_dgrad", "conv_wgrad"])
+def test_backward_gemms_take_an_fp32_master_weight(family, impl, device, poison):
+    """Every dgrad / wgrad implementation the dispatch layer may pick for a planned autocast training step
+    (``plan_conv_bn_act(master=True)``) takes the fp32 master weight of a 16-bit x: the same result, bit for bit,
+    as with the weight cast by hand."""
+    from inception_kernels.ops import dispatch
+
+    chosen = dispatch.implementations(family)[impl]
+    x = _cl(torch.randn(2, 5, 7, 6, device=device)).to(AC)
+    w = torch.randn(4, 5, 3, 3, device=device)
+    gp = _cl(torch.randn(2, 4, 4, 3, device=device)).to(AC)
+    why = chosen.reasons(dispatch.backward_problem(dispatch.conv_problem(x, w, (2, 2), (1, 1, 1, 1))))
+    if why:
+        pytest.skip("; ".join(why))
+    if family == "conv_dgrad":
+        got, want = (chosen.fn(gp, x, ww, None, (2, 2), (1, 1, 1, 1)) for ww in (w, w.to(AC)))
+    else:
+        got, want = (chosen.fn(gp, x, ww, (2, 2), (1, 1, 1, 1)) for ww in (w, w.to(AC)))
+    assert got.dtype == want.dtype and torch.equal(got, want)

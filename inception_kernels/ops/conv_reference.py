@@ -15,7 +15,8 @@ def dgrad_reference(gp, x, weight, scale, stride, padding):
     top, bottom, left, right = padding
     g = gp if scale is None else gp * scale.to(gp.dtype).view(1, -1, 1, 1)
     shape = (x.shape[0], x.shape[1], x.shape[2] + top + bottom, x.shape[3] + left + right)
-    dxp = torch.nn.grad.conv2d_input(shape, weight, g, stride=tuple(stride))
+    # (an fp32 master weight of a 16-bit x: ops.amp, plan_conv_bn_act(master=True))
+    dxp = torch.nn.grad.conv2d_input(shape, weight.to(g.dtype), g, stride=tuple(stride))
     dx = dxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
     return dx.contiguous(memory_format=torch.channels_last)
 

@@ -251,10 +251,11 @@ class InceptionBlock(nn.Module):
                 offset += c
         plan.out_channels = offset
         for br in spec.branches:
+            trunk = br.layers if br.fork else ()  # a fork's leaves run the shared trunk first
             for chain in [fb.layers for fb in br.fork] if br.fork else [br.layers]:
                 if not chain or not isinstance(chain[-1], Pool):
                     plan.leaf_convs.append(chain[-1] if chain else None)
-                if not any(isinstance(layer, Conv) for layer in (*br.layers, *chain)):
+                if not any(isinstance(layer, Conv) for layer in (*trunk, *chain)):
                     plan.convless_leaf = True
         if spec.merge == "residual":
             if spec.proj is None or spec.proj.bn:
@@ -384,7 +385,7 @@ class InceptionBlock(nn.Module):
         leaf_outs = []
         started = {}
         if self.plan.hfuse and not self.training and not grad:
-            started = self._run_hfused(x, out)
+            started = self._run_hfused(x, out, ac)
         for i, br in enumerate(self.spec.branches):
             leaf = self.plan.leaves[i]
             layers = br.layers
@@ -426,8 +427,9 @@ class InceptionBlock(nn.Module):
             c is not None and c.bn and self._layer(c).writes_slice_under_autograd(x) for c in self.plan.leaf_convs
         )
 
-    def _run_hfused(self, x, out):
-        """One GEMM for the sibling 1x1 convs on x; returns {branch index: its output (a slice)}."""
+    def _run_hfused(self, x, out, ac):
+        """One GEMM for the sibling 1x1 convs on x (in the autocast dtype ``ac`` already, where not None); returns
+        {branch index: its output (a slice)}."""
         order = self.plan.hfuse
         first_is_leaf = (
             len(self.spec.branches[order[0]].layers) == 1 and not self.spec.branches[order[0]].fork
@@ -440,7 +442,7 @@ class InceptionBlock(nn.Module):
             dest = out[:, leaf.lo : leaf.hi]
             tmp = _new_like(x, sum(ks[1:]), x.shape[-2:])
             with device_guard(x):  # the launchers run on the current CUDA device: make it x's
-                self._hfused_plan(x, dest, tmp, mods)(x, dest, tmp)
+                self._hfused_plan(x, dest, tmp, mods, ac)(x, dest, tmp)
             started[order[0]] = dest
             lo = 0
             for i, k in zip(order[1:], ks[1:]):
@@ -460,11 +462,11 @@ class InceptionBlock(nn.Module):
         return started
 
 
-    def _hfused_plan(self, x, dest, tmp, mods):
+    def _hfused_plan(self, x, dest, tmp, mods, ac):
         """The fused 1x1 GEMM writing the leaf's slice ``dest`` and the temporary ``tmp``, decided once per input
         signature (``ops.conv.plan_forward``) until the backend or a tensor of the fused convs changes; while a
-        dispatch recording runs, or for an empty batch, the unplanned call."""
-        ac = amp.dtype_for(x)  # (x is in it already: the fused weight is cast to it)
+        dispatch recording runs, or for an empty batch, the unplanned call. ``ac``: the autocast dtype (the fused
+        weight is cast to it) or None."""
         if dispatch.recording_active() or not conv_ops.plannable(x):
             weight, scale, bias, _ = self._fused_1x1()
             weight = amp.cast(weight, ac)

@@ -28,10 +28,15 @@ import functools
 import torch
 
 
+def _castable(t) -> bool:
+    """A tensor autocast casts: floating point, not float64."""
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+
+
 def dtype_for(x) -> torch.dtype | None:
     """The dtype autocast runs a conv on ``x`` in: the autocast dtype of ``x``'s device type when autocast is on
-    there and ``x`` is a floating tensor autocast casts (not float64); None otherwise (nothing to cast)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dtype == torch.float64:
+    there and ``x`` is a tensor autocast casts; None otherwise (nothing to cast)."""
+    if not _castable(x):
         return None
     dev = x.device.type
     if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
@@ -41,7 +46,7 @@ def dtype_for(x) -> torch.dtype | None:
 
 def cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
     """``t`` in ``dtype`` where autocast would cast it (a floating tensor other than float64); else ``t``."""
-    if dtype is None or t is None or t.dtype == dtype or not t.is_floating_point() or t.dtype == torch.float64:
+    if dtype is None or not _castable(t) or t.dtype == dtype:
         return t
     return t.to(dtype)
 

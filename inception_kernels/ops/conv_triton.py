@@ -54,8 +54,8 @@ def packed_weight(
     Packs are cached per weight tensor (for a scaled pack: and its scale tensor) and reused while their
     ``_version`` and storage are unchanged (an optimizer step, any in-place write or a ``.data`` rebinding
     invalidates them), so inference repacks each weight once and a training step once per weight and layout.
-    A permutation that is already contiguous (a 1×1 weight in the (R, S, K, C) layout) is the weight itself: no
-    copy.
+    A permutation that is already contiguous (a 1×1 weight in the (R, S, K, C) layout), in the weight's own dtype,
+    is the weight itself: no copy.
     """
     dtype = weight.dtype if dtype is None else dtype
     src = weight.permute(*perm)

@@ -8,10 +8,12 @@
   ATen ``relu(conv2d(x))`` on the same tensor;
 * an inception_v3 eval forward and a training step (forward + backward, batch 2, 75x75) on our path with launches
   stubbed (after one warm call): host milliseconds, launches and host time per launch, vs the number of ATen ops
-  eager PyTorch (torchvision) runs for the same model (counted on the meta device). Before each training step
-  every parameter's version is moved on, as an optimizer step moves it (without its arithmetic), so the step packs
-  its weights again as it does in a real training loop (``train_*``); ``train_*_unchanged_weights`` are the same
-  figures with the weights left as they were (packs cached: what this script reported before 2026-12-04).
+  eager PyTorch (torchvision) runs for the same model (counted on the meta device). Both models are
+  channels_last (``model.to(memory_format=torch.channels_last)``, as the trainer does on CUDA: our kernels then
+  read every weight as it is). Before each training step every parameter's version is moved on, as an optimizer
+  step moves it (without its arithmetic), so any weight copy is made again as in a real training loop
+  (``train_*``); ``train_*_unchanged_weights``: the weights left as they were; ``train_*_nchw_weights``: our model
+  with (K, C, R, S)-contiguous weights (one channels_last copy per R×S weight per step).
 
 ``--autocast``: the network figures under CPU autocast (ours fp16, the dtype the interpreter's launch path
 takes; eager's op count bf16 on CPU tensors, as ATen's CPU conv backward has no fp16 kernel: the count does not
@@ -65,6 +67,7 @@ def conv_call(repeat: int) -> dict:
 
 def network(repeat: int, autocast: bool = False) -> dict:
     import contextlib
+    import copy
 
     import torchvision
 
@@ -73,7 +76,8 @@ def network(repeat: int, autocast: bool = False) -> dict:
     from inception_kernels.utils import count_launches
 
     torch.manual_seed(0)
-    ours = create_model("inception_v3", aux_logits=False)
+    ours_nchw = create_model("inception_v3", aux_logits=False)
+    ours = copy.deepcopy(ours_nchw).to(memory_format=torch.channels_last)
     ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
     x = torch.randn(2, 3, 75, 75).contiguous(memory_format=torch.channels_last)
     out = {"autocast": "ours fp16, eager bf16 (CPU)" if autocast else None}
@@ -95,26 +99,26 @@ def network(repeat: int, autocast: bool = False) -> dict:
         out["eval_device_launches"] = n.count + aten.total - n.aten
         with torch.no_grad():
             out["eval_host_ms"] = _median_us(lambda: fwd(ours, x), max(3, repeat // 20)) / 1e3
-        ours.train()
 
-        params = list(ours.parameters())
+        def step(model, update=True):
+            if update:  # an optimizer step's effect on the versions (weight copies are made again), no launch
+                params = tuple(model.parameters())
+                torch._C._autograd._unsafe_set_version_counter(params, tuple(p._version + 1 for p in params))
+            model.zero_grad(set_to_none=True)
+            fwd(model, x).float().sum().backward()
 
-        def step(update=True):
-            if update:  # an optimizer step's effect on the versions (the weight packs are made again), no launch
-                torch._C._autograd._unsafe_set_version_counter(tuple(params), tuple(p._version + 1 for p in params))
-            ours.zero_grad(set_to_none=True)
-            fwd(ours, x).float().sum().backward()
-
-        step()
-        for update, tag in ((True, ""), (False, "_unchanged_weights")):
-            step(update)
+        for model, update, tag in ((ours, True, ""), (ours, False, "_unchanged_weights"),
+                                   (ours_nchw, True, "_nchw_weights")):  # fmt: skip
+            model.train()
+            step(model)
+            step(model, update)
             with count_launches() as n, OpCounter() as aten:
-                step(update)
+                step(model, update)
             out[f"train_launches{tag}"] = n.count
             # every kernel of the step: ours (Triton and the ATen helpers our launchers call) and the ATen ops
             # around them (BN running-stat counters, the head, the loss), each once
             out[f"train_device_launches{tag}"] = n.count + aten.total - n.aten
-            out[f"train_host_ms{tag}"] = _median_us(lambda u=update: step(u), max(3, repeat // 40)) / 1e3
+            out[f"train_host_ms{tag}"] = _median_us(lambda m=model, u=update: step(m, u), max(3, repeat // 40)) / 1e3
     # the ATen ops eager PyTorch runs for the same model (counted on the meta device: no arithmetic). Its whole-
     # network host time cannot be separated from CPU arithmetic here, so the host comparison is per call (above).
     # (autocast casts CPU tensors only, so its count runs them)

@@ -164,9 +164,9 @@ class _Network:
             return self.models[key]
         m = _no_dropout(copy.deepcopy(self.ref)) if train else copy.deepcopy(self.ref)
         fam = family(row)
-        if not fam.startswith("ours"):  # ours keeps (K, C, R, S) weights (its launchers repack them)
-            m = m.to(memory_format=self.cl)
-        else:
+        # every row channels_last, weights included (ours then reads each weight as it is: no per-step copy)
+        m = m.to(memory_format=self.cl)
+        if fam.startswith("ours"):
             from ..convert import optimize
 
             with route_env(route_of(row)):

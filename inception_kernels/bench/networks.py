@@ -78,7 +78,7 @@ def bench_network(name: str, device, timers, *, eval_batches=(1, 32, 256), train
     randomize_(ref).eval()
     ours = zoo.our_model(name, "meta").to_empty(device=dev)
     ours.load_state_dict(ref.state_dict(), strict=True)
-    ours = ours.to(ours_dtype).eval()  # weights keep their (K, C, R, S) layout; our launchers repack them
+    ours = ours.to(ours_dtype).to(memory_format=cl).eval()  # channels_last weights: read as they are
     ref_cl = copy.deepcopy(ref).to(memory_format=cl)
     ac = autocast(dev, enabled=ours_dtype != torch.float32)  # fp32 runs (CPU structure tests): no autocast
     recs = []

@@ -59,10 +59,15 @@ def grid_2d(M: int, C: int):
     return (triton.cdiv(M, BLOCK_M), triton.cdiv(C, BLOCK_C))
 
 
+def fits_int32(t: torch.Tensor) -> bool:
+    """Whether every element offset of ``t`` (from its first element, through its strides) fits int32."""
+    return sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) < 2**31 - 1
+
+
 def tl_index_type(*tensors: torch.Tensor | None):
     """int32 offsets unless one of the tensors spans 2**31 elements (then int64)."""
     for t in tensors:
-        if t is not None and sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) >= 2**31 - 1:
+        if t is not None and not fits_int32(t):
             return tl.int64
     return tl.int32
 
@@ -72,6 +77,14 @@ def new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty(
         shape, device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last
     )
+
+
+def weight_format(weight: torch.Tensor) -> torch.memory_format:
+    """The memory format of ``weight``'s gradient: channels_last for a channels_last (and not also contiguous)
+    weight, else contiguous -- the layout autograd accumulates into ``.grad`` without a copy."""
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:

@@ -1016,7 +1016,7 @@ class ConvBNActPlan:
 
             def conv(x, weight, partials):
                 y = _tile.new_cl(shape, x)
-                wp = conv_triton.packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)
+                wp = conv_triton.weight_operand(weight, dtype=x.dtype)
                 launch(x, wp, y, wp, wp, y, y, *partials)
                 return y
 

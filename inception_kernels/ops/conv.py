@@ -263,7 +263,7 @@ def _grad_templates(grad_out, x, weight, scale):
     K = weight.shape[0]
     return (
         lambda: _tile.new_cl(x.shape, x),
-        lambda: torch.empty_like(weight, memory_format=torch.contiguous_format),
+        lambda: torch.empty_like(weight, memory_format=_tile.weight_format(weight)),
         lambda: torch.empty(K, dtype=torch.float32, device=x.device),
         lambda: torch.empty(K, dtype=torch.float32, device=x.device),
         lambda: _tile.new_cl(grad_out.shape, x, dtype=grad_out.dtype),

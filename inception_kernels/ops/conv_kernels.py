@@ -1,9 +1,11 @@
 """The v1 implicit-GEMM conv kernels (Triton), their tile configs and how one is chosen, and their AOT types.
 
-Layout: tensors are logical NCHW stored channels_last (physically NHWC); weights keep PyTorch's (K, C, R, S)
-layout and are repacked into the GEMM-friendly layouts the kernels read ((R, S, C, K) forward, (R, S, K, C) for
-dgrad). All kernels take explicit element strides, so an input, a residual, ``out`` and ``grad_out`` may each be a
-channel slice of a larger channels_last buffer.
+Layout: tensors are logical NCHW stored channels_last (physically NHWC). The forward and dgrad read the weight
+(K, C, R, S) in the channels_last layout (physically K, R, S, C, as CUTLASS's NHWC convs read it): a channels_last
+weight, or any contiguous 1×1 weight, is read as it is; another is copied once per version
+(``conv_triton.weight_operand``), one copy serving both. wgrad writes dw in the weight's layout (``DW_CL``), so
+autograd accumulates it without a copy. All kernels take explicit element strides, so an input, a residual,
+``out`` and ``grad_out`` may each be a channel slice of a larger channels_last buffer.
 
 GEMM views (M rows, N columns, reduction):
 * forward: M = N·P·Q output pixels, N = K output channels, reduction over (r, s, c) with c innermost.
@@ -181,7 +183,7 @@ def _conv_fwd(
         mask_c = cc < C
         a_ptrs = (x_row + h.to(IDX_T) * sxh + w.to(IDX_T) * sxw)[:, None] + cc.to(IDX_T)[None, :] * sxc
         a = tl.load(a_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
-        b_ptrs = w_ptr + (rs * C + cc)[:, None] * K + offs_n[None, :]
+        b_ptrs = w_ptr + (rs * C + cc)[:, None] + offs_n[None, :] * (R * S * C)
         b = tl.load(b_ptrs, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
@@ -241,7 +243,8 @@ def _conv_dgrad(
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """dx[n, h, w, c] = Σ_{r, s, k} g[n, p, q, k] · w[r, s, k, c] with h = p·stride_h − pad_t + r.
+    """dx[n, h, w, c] = Σ_{r, s, k} g[n, p, q, k] · w[k, r, s, c] (the channels_last weight) with
+    h = p·stride_h − pad_t + r.
 
     Program axis 1 is the stride phase (a, b): it owns the input pixels with (h + pad_t) % stride_h == a and
     (w + pad_l) % stride_w == b, which receive exactly the taps r ≡ a, s ≡ b; so every loaded row is a real
@@ -250,7 +253,7 @@ def _conv_dgrad(
     The forward epilogue's gradient folded in (the backward then needs no pass over grad_out): ``RELU`` masks
     g with [y > 0] in the A-operand load (y: the saved output, with its own strides; the one addition to the
     mainloop), ``SCALE_G`` multiplies the fp32 accumulator by ``res_scale`` (linear, so exact to do last). The
-    per-channel scale is always in the repacked weight. Both off: the mainloop is the plain GEMM, as before.
+    per-channel scale is always in the weight operand (a scaled copy). Both off: the mainloop is the plain GEMM, as before.
 
     ``BN_G``: g is the gradient of a training-mode BN (+ ReLU with ``RELU``) that follows the conv, y the BN's
     input (the conv's output), and the A operand is the gradient entering the BN (:func:`bn_grad` from the
@@ -317,7 +320,7 @@ def _conv_dgrad(
             g = tl.where(live, dz, 0.0).to(g_ptr.dtype.element_ty)
         elif RELU:
             g = tl.where(yv > 0, g, 0.0)
-        b_ptrs = w_ptr + ((r * S + s) * K + kk)[:, None] * C + offs_n[None, :]
+        b_ptrs = w_ptr + (kk * (R * S * C) + (r * S + s) * C)[:, None] + offs_n[None, :]
         wt = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(g, wt, acc, input_precision=DOT_PRECISION)
     if SCALE_G:
@@ -341,15 +344,16 @@ def _conv_wgrad(
     rows_per_split, num_splits, res_scale,
     R: tl.constexpr, S: tl.constexpr,
     RELU: tl.constexpr, SCALE_G: tl.constexpr, BIAS_GRAD: tl.constexpr, SPLIT: tl.constexpr,
-    WRITE_RES: tl.constexpr, BN_G: tl.constexpr, X_BN: tl.constexpr, X_RELU: tl.constexpr,
+    WRITE_RES: tl.constexpr, BN_G: tl.constexpr, X_BN: tl.constexpr, X_RELU: tl.constexpr, DW_CL: tl.constexpr,
     DOT_PRECISION: tl.constexpr, IDX_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Weight gradient dw[k, c, r, s] = Σ_m g[m, k] · x[m ⊕ (r, s), c] (fp32, unscaled), split-K, in one launch.
 
     Here BLOCK_M tiles K (output rows), BLOCK_N tiles C, BLOCK_K tiles the N·P·Q reduction; program axis 2 is
-    the split. Without ``SPLIT`` (one split) a program writes its tile of ``dw`` directly. With ``SPLIT`` each
-    program writes its fp32 partial into its slab of ``ws`` (num_splits, K, C, R, S); the last program of an
+    the split. ``dw`` is dense, contiguous or with ``DW_CL`` channels_last (the weight's layout). Without ``SPLIT``
+    (one split) a program writes its tile of ``dw`` directly. With ``SPLIT`` each program writes its fp32 partial
+    into its slab of ``ws`` (num_splits slabs in dw's layout); the last program of an
     output tile to finish (counted in ``cnt_ptr``, one int32 per tile, zero on entry and reset to zero by that
     program) sums the slabs in split order 0, 1, ..., num_splits − 1 and writes ``dw``: a fixed order whoever
     arrives last, so the same inputs give the same bits on every run.
@@ -446,7 +450,10 @@ def _conv_wgrad(
         acc = acc * res_scale
         if BIAS_GRAD:
             bacc = bacc * res_scale
-    tile_off = (offs_k[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S) + rs
+    if DW_CL:
+        tile_off = ((offs_k[:, None] * (R * S) + rs) * C + offs_c[None, :]).to(IDX_T)
+    else:
+        tile_off = (offs_k[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S) + rs
     tile_mask = mask_k[:, None] & mask_c[None, :]
     if SPLIT:
         slab = K * C * (R * S)
@@ -459,7 +466,10 @@ def _conv_wgrad(
         if last_to_arrive(cnt_ptr + tile, num_splits):
             for k0 in range(0, BLOCK_M, 16):
                 rk = pid_m * BLOCK_M + k0 + tl.arange(0, 16)
-                off = (rk[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S) + rs
+                if DW_CL:
+                    off = ((rk[:, None] * (R * S) + rs) * C + offs_c[None, :]).to(IDX_T)
+                else:
+                    off = (rk[:, None] * C + offs_c[None, :]).to(IDX_T) * (R * S) + rs
                 msk = (rk < K)[:, None] & mask_c[None, :]
                 tot = tl.zeros((16, BLOCK_N), dtype=tl.float32)
                 src = ws_ptr + off
@@ -566,7 +576,9 @@ _SMEM_BUDGET = 160 * 1024  # fits sm_80 (164 KB) and sm_90 (227 KB)
 # 16-bit ones up to 144 words compile without spills; the residual variant spilled (8-40 B) at 128-192 fp32 and
 # 160 16-bit words as counted below. Conservative at the edge: the plain fp32 wgrad BM64_BN128_BK64 (160 words,
 # 244-254 registers, no spill) and the residual variant's BM128_BN64_BK64 in 16-bit (208) are kept off too.
-_REG_TILE_BUDGET = {4: 128, 2: 144}
+# With the weight gradient written in the weight's layout (2026-12-04) the 16-bit wgrad_relu_bias BM128_BN64_BK64
+# (144 words, 255 registers) spilled 16 B on sm_90: the 16-bit budget is 136.
+_REG_TILE_BUDGET = {4: 128, 2: 136}
 # The BN-folded variants (``BN_G``: a training BN's backward on the g load) launch with ``.maxnreg`` PIN_REGS
 # (:func:`launch_options`): without it ptxas aims at the 168-register occupancy step and spilled 8 B in five
 # (config, dtype, arch) cases (among them BM128_BN32_BK32 16-bit and BM64_BN32_BK64 fp32 on sm_90); pinned, only
@@ -589,23 +601,30 @@ def folded(flags: dict) -> int:
     return int(any(bool(flags.get(name)) for name in _FOLDED_FLAGS))
 
 
+# The forward's budget in the same words (:func:`register_tile_words` with BLOCK_C as the reduction block): the
+# fp32 (TF32) BM128_BN64_BC64 on 4 warps (160 words, 255 registers) spilled 40-48 B on sm_80 with the (R, S, C, K)
+# weight and 32-88 B on sm_80 and sm_90 with the channels_last one (AOT check, triton 3.8, 2026-12-04); every other
+# forward config is at most 128 words in fp32. 16-bit forwards are not limited.
+_FWD_TILE_BUDGET = {4: 144}
+
+
 def register_tile_words(cfg: triton.Config, elem_bytes: int, is_folded: int) -> float:
     """32-bit words per thread of the tiles a backward mainloop step holds in registers: the fp32 accumulator
     (BLOCK_M x BLOCK_N), the A (BLOCK_M x BLOCK_K: grad_out) and B operands, and ``is_folded`` (:func:`folded`)
     more A-sized tiles: the saved output the ReLU mask reads, and for the residual's gradient the masked tile in
     the store's layout with its addresses."""
     kw = cfg.kwargs
-    bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
+    bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K", kw.get("BLOCK_C"))
     words = bm * bn + ((1 + int(is_folded)) * bm * bk + bk * bn) * elem_bytes / 4
     return words / (32 * cfg.num_warps)
 
 
 def fits_registers(cfg: triton.Config, elem_bytes: int, is_folded: int | None) -> bool:
-    """The one rule that keeps backward launches off configs that spill (``is_folded`` None: a forward config,
-    not limited). Used by :func:`prune_configs` (the heuristic, the autotuner's pruning) and by the AOT check's
-    ``applies`` of the dgrad / wgrad kernels, so neither picks nor compiles a config this rule rejects."""
+    """The one rule that keeps launches off configs that spill (``is_folded`` None: a forward config, limited by
+    :data:`_FWD_TILE_BUDGET`). Used by :func:`prune_configs` (the heuristic, the autotuner's pruning) and by the
+    AOT check's ``applies`` of the conv kernels, so neither picks nor compiles a config this rule rejects."""
     if is_folded is None:
-        return True
+        return register_tile_words(cfg, elem_bytes, 0) <= _FWD_TILE_BUDGET.get(elem_bytes, math.inf)
     budget = _BN_TILE_BUDGET if is_folded == 2 else _REG_TILE_BUDGET
     return register_tile_words(cfg, elem_bytes, is_folded) <= budget.get(elem_bytes, 128)
 
@@ -776,8 +795,9 @@ def _launch(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, dev
 # ----------------------------------------------------------------------------------------------------------
 # AOT registration: the Triton types of each kernel's runtime arguments per dtype
 # ----------------------------------------------------------------------------------------------------------
-# The AOT table describes the common run-time case: channels_last tensors whose channel counts are multiples of
-# 16. The JIT then specializes the channel stride to the constant 1 and marks the other strides 16-divisible.
+# The AOT table describes the common run-time case: channels_last tensors and weights whose channel counts are
+# multiples of 16. The JIT then specializes the channel stride to the constant 1 and marks the other strides
+# 16-divisible.
 _UNIT_STRIDES = {"sxc": 1, "sok": 1, "srk": 1, "sgk": 1, "sdc": 1, "syk": 1, "s2k": 1}
 
 
@@ -846,7 +866,7 @@ def _wgrad_arg_types(dt: str) -> dict[str, object]:
         **_types("stride_h, stride_w, pad_t, pad_l, rows_per_split, num_splits", "i32"),
         "res_scale": "fp32",
         "R": 3, "S": 3, "RELU": False, "SCALE_G": False, "BIAS_GRAD": False, "SPLIT": True, "WRITE_RES": False,
-        "BN_G": False, "X_BN": False, "X_RELU": False, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
+        "BN_G": False, "X_BN": False, "X_RELU": False, "DW_CL": True, "DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "IDX_T": tl.int32, **_UNIT_STRIDES,
     })  # fmt: skip
 
 
@@ -860,6 +880,12 @@ def _wgrad_relu_bias_arg_types(dt: str) -> dict[str, object]:
 def _wgrad_bn_arg_types(dt: str) -> dict[str, object]:
     """The weight gradient of a conv → training BN → ReLU: the BN's backward on the g load, split-K."""
     return {**_wgrad_arg_types(dt), "RELU": True, "BN_G": True}
+
+
+@functools.cache
+def _wgrad_bn_nchw_arg_types(dt: str) -> dict[str, object]:
+    """... for a (K, C, R, S)-contiguous weight: dw written in that layout."""
+    return {**_wgrad_bn_arg_types(dt), "DW_CL": False}
 
 
 @functools.cache
@@ -882,11 +908,11 @@ def _wgrad_residual_arg_types(dt: str) -> dict[str, object]:
 _ELEM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def _bwd_applies(arg_types):
-    """``KernelSpec.applies`` of a dgrad / wgrad variant: the configs :func:`fits_registers` lets it launch."""
+def _conv_applies(arg_types, forward: bool = False):
+    """``KernelSpec.applies`` of a conv variant: the configs :func:`fits_registers` lets it launch."""
 
     def applies(cfg, dt: str, arch: int) -> bool:
-        return fits_registers(cfg, _ELEM_BYTES[dt], folded(arg_types(dt)))
+        return fits_registers(cfg, _ELEM_BYTES[dt], None if forward else folded(arg_types(dt)))
 
     return applies
 
@@ -904,7 +930,7 @@ def _epi_arg_types(dt: str) -> dict[str, object]:
     })  # fmt: skip
 
 
-register_kernel(KernelSpec("conv2d_fwd", _conv_fwd, FWD_CONFIGS, _fwd_arg_types))
+register_kernel(KernelSpec("conv2d_fwd", _conv_fwd, FWD_CONFIGS, _fwd_arg_types, _conv_applies(None, forward=True)))
 
 
 @functools.cache
@@ -914,7 +940,8 @@ def _fwd_stats_arg_types(dt: str) -> dict[str, object]:
             "STATS": True, "R": 1, "S": 1}  # fmt: skip
 
 
-register_kernel(KernelSpec("conv2d_fwd_stats", _conv_fwd, FWD_CONFIGS, _fwd_stats_arg_types))
+register_kernel(KernelSpec("conv2d_fwd_stats", _conv_fwd, FWD_CONFIGS, _fwd_stats_arg_types,
+                           _conv_applies(None, forward=True)))
 for _name, _fn, _configs, _types_of in [
     ("conv2d_dgrad", _conv_dgrad, DGRAD_CONFIGS, _dgrad_arg_types),
     ("conv2d_dgrad_relu", _conv_dgrad, DGRAD_CONFIGS, _dgrad_relu_arg_types),
@@ -924,10 +951,12 @@ for _name, _fn, _configs, _types_of in [
     ("conv2d_wgrad_relu_bias", _conv_wgrad, WGRAD_CONFIGS, _wgrad_relu_bias_arg_types),
     ("conv2d_wgrad_bn", _conv_wgrad, tuple(launch_options(c, {"BN_G": True}) for c in WGRAD_CONFIGS),
      _wgrad_bn_arg_types),
+    ("conv2d_wgrad_bn_nchw", _conv_wgrad, tuple(launch_options(c, {"BN_G": True}) for c in WGRAD_CONFIGS),
+     _wgrad_bn_nchw_arg_types),
     ("conv2d_wgrad_bn_xbn", _conv_wgrad, tuple(launch_options(c, {"BN_G": True}) for c in WGRAD_CONFIGS),
      _wgrad_bn_xbn_arg_types),
     ("conv2d_wgrad_1split", _conv_wgrad, WGRAD_CONFIGS, _wgrad_one_split_arg_types),
     ("conv2d_wgrad_residual", _conv_wgrad, WGRAD_CONFIGS, _wgrad_residual_arg_types),
 ]:
-    register_kernel(KernelSpec(_name, _fn, _configs, _types_of, _bwd_applies(_types_of)))
+    register_kernel(KernelSpec(_name, _fn, _configs, _types_of, _conv_applies(_types_of)))
 register_kernel(KernelSpec("conv2d_epilogue_bwd", _epilogue_bwd, (EPILOGUE_BWD_CONFIG,), _epi_arg_types))

@@ -45,27 +45,50 @@ _PACK_CACHE: dict = {}
 _PACK_CACHE_MAX = 1024
 
 
+def weight_operand(weight: torch.Tensor, scale: torch.Tensor | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
+    """The (K, C, R, S) weight as the v1 forward and dgrad read it, channels_last (physically K, R, S, C): the
+    weight itself when it is channels_last-contiguous (any contiguous 1×1 weight is) in ``dtype`` (default: its
+    own) and no ``scale`` is folded in; else a channels_last copy, times ``scale`` over K if given, cast in the
+    same copy (an fp32 master weight under autocast). One copy serves the forward and the dgrad of a training
+    step: a (K, C, R, S)-contiguous R×S weight costs one copy per step, a channels_last one none. Cached as
+    :func:`packed_weight`."""
+    dtype = weight.dtype if dtype is None else dtype
+    if scale is None and dtype == weight.dtype and weight.is_contiguous(memory_format=torch.channels_last):
+        return weight
+    return _cached_copy(weight, "channels_last", scale, dtype,
+                        lambda: torch.empty_like(weight, dtype=dtype, memory_format=torch.channels_last),
+                        weight, 0)  # fmt: skip
+
+
 def packed_weight(
     weight: torch.Tensor, perm: tuple[int, ...], scale: torch.Tensor | None = None, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given) in ``dtype`` (default:
-    the weight's; an fp32 master weight under autocast is cast by the same copy), in one kernel.
+    the weight's; an fp32 master weight under autocast is cast by the same copy), in one kernel (forward v2's
+    (R, S, C, K) layout; v1 reads :func:`weight_operand`).
 
-    Packs are cached per weight tensor (for a scaled pack: and its scale tensor) and reused while their
+    Copies are cached per weight tensor (for a scaled copy: and its scale tensor) and reused while their
     ``_version`` and storage are unchanged (an optimizer step, any in-place write or a ``.data`` rebinding
-    invalidates them), so inference repacks each weight once and a training step once per weight and layout.
-    A permutation that is already contiguous (a 1×1 weight in the (R, S, K, C) layout), in the weight's own dtype,
-    is the weight itself: no copy.
+    invalidates them), so inference copies each weight once and a training step once per weight and layout.
+    A permutation that is already contiguous, in the weight's own dtype, is the weight itself: no copy.
     """
     dtype = weight.dtype if dtype is None else dtype
     src = weight.permute(*perm)
     if scale is None and dtype == weight.dtype and src.is_contiguous():
         return src
+    return _cached_copy(weight, perm, scale, dtype, lambda: torch.empty(src.shape, dtype=dtype, device=weight.device),
+                        src, perm.index(0))  # fmt: skip
+
+
+def _cached_copy(weight, layout, scale, dtype, make, src, k_dim):
+    """``make()`` filled with ``src`` (a view of ``weight``; times ``scale`` along ``k_dim``), cached per (weight,
+    layout, scaled-ness, dtype) while the weight's and the scale's versions and storages stay."""
     cacheable = not torch.compiler.is_compiling() and not (
         weight.is_cuda and torch.cuda.is_current_stream_capturing()
     )
     # one entry per weight, layout and scaled-ness: a new scale tensor (a BN folded again) replaces the entry
-    key = (id(weight), perm, scale is not None, dtype)
+    key = (id(weight), layout, scale is not None, dtype)
     stamp = (weight._version, weight.data_ptr())
     if scale is not None:
         stamp += (scale._version, scale.data_ptr())
@@ -74,12 +97,11 @@ def packed_weight(
         if (hit is not None and hit[0]() is weight and (scale is None or hit[1]() is scale)
                 and hit[2] == stamp):  # fmt: skip
             return hit[3]
-    out = torch.empty(src.shape, dtype=dtype, device=weight.device)
+    out = make()
     record_launch(aten=True)
     if scale is None:
         out.copy_(src)
     else:
-        k_dim = perm.index(0)
         view = [1] * weight.dim()
         view[k_dim] = -1
         torch.mul(src, scale.to(weight.dtype).view(view), out=out)
@@ -97,7 +119,7 @@ def fwd_launcher(
 ):  # fmt: skip
     """Everything about one forward launch that stays while the tensors keep their shapes, strides and flags,
     decided once: returns ``run(x, wp, out, scale, bias, res, o2, cnt, mean, m2)`` taking the tensors of one call
-    (``wp``: the packed weight; an absent operand is any tensor of the call, e.g. ``wp``; ``res`` / ``o2`` absent:
+    (``wp``: :func:`weight_operand` of the weight in x's dtype; an absent operand is any tensor of the call, e.g. ``wp``; ``res`` / ``o2`` absent:
     ``out``). Arguments as :func:`conv_fwd_into`, whose tensors only lend their shapes and strides here."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
@@ -143,7 +165,7 @@ def conv_fwd_into(
     _backend.check_interpretable(x)
     run = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config, out2,
                        stats)  # fmt: skip
-    wp = packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)  # (R, S, C, K)
+    wp = weight_operand(weight, dtype=x.dtype)
     run(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
         residual if residual is not None else out, out2 if out2 is not None else out,
         *(stats if stats is not None else (wp, wp, wp)))  # fmt: skip
@@ -157,7 +179,7 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
     shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
     example = out if out is not None else _tile.new_cl(shape, x)
     run = fwd_launcher(x, weight, scale, bias, None, stride, padding, residual_scale, relu, example, out2=out2)
-    wp = packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)
+    wp = weight_operand(weight, dtype=x.dtype)
     s = scale if scale is not None else wp
     b = bias if bias is not None else wp
 
@@ -172,6 +194,12 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
         return out
 
     return plan
+
+
+def grad_weight_buf(weight: torch.Tensor) -> torch.Tensor:
+    """An empty float32 buffer for ``weight``'s gradient in its memory format (channels_last for a channels_last
+    weight, else contiguous), so that autograd accumulates it into ``.grad`` without a layout copy."""
+    return torch.empty(weight.shape, dtype=torch.float32, device=weight.device, memory_format=_tile.weight_format(weight))
 
 
 def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
@@ -209,9 +237,9 @@ def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_re
 def dgrad_triton(
     gp, x, weight, scale, stride, padding, config=None, *, y=None, relu=False, residual_scale=1.0, bn=None
 ):
-    """dx of the conv from ``gp`` (any NHWC strides): stride-phase implicit GEMM, the scale folded into the
-    repacked (R, S, K, C) weight (cached while weight and scale keep their versions: one repack per training
-    step, none while they stay).
+    """dx of the conv from ``gp`` (any NHWC strides): stride-phase implicit GEMM reading
+    :func:`weight_operand` (with a scale: a scaled copy, cached while weight and scale keep their versions; without
+    one: the forward's operand, no copy of its own).
 
     As a dispatch implementation ``gp`` is the epilogue's gradient. With ``relu`` or ``residual_scale`` != 1,
     ``gp`` is the raw grad_out and the kernel applies the epilogue's gradient itself: the mask [y > 0] from the
@@ -222,7 +250,7 @@ def dgrad_triton(
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
-    wd = packed_weight(weight, (2, 3, 0, 1), scale, dtype=x.dtype)  # (R, S, K, C), scale folded in
+    wd = weight_operand(weight, scale, dtype=x.dtype)  # the scale folded in: a scaled channels_last copy
     dx = _tile.new_cl((N, C, H, W), x)
     phases = stride[0] * stride[1]
     Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
@@ -290,7 +318,8 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
 
 def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=None, relu=False,
                  residual_scale=1.0, need_bias=False, need_res=False, bn=None, x_bn=None):  # fmt: skip
-    """The weight gradient without scale, float32 (K, C, R, S): a deterministic split-K implicit GEMM in one
+    """The weight gradient without scale, float32 (K, C, R, S) in the weight's memory format
+    (:func:`grad_weight_buf`): a deterministic split-K implicit GEMM in one
     launch (the slabs are summed in split order inside the kernel, see ``_conv_wgrad``).
 
     As a dispatch implementation ``gp`` is the epilogue's gradient. With ``relu`` (mask [y > 0] from the saved
@@ -318,7 +347,7 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
     nsplit = splits or _wgrad_splits(tiles, M, dev)
     rows = triton.cdiv(M, nsplit)
-    dw = _tile.new_buf((K, C, R, S), dev)
+    dw = grad_weight_buf(weight)
     dbias = _tile.new_buf((K,), dev) if need_bias else dw
     if nsplit > 1:
         # the slabs, then the bias partials (num_splits, K)
@@ -340,7 +369,7 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
         N, C, H, W, K, P, Q, *x.stride(), *gp.stride(), *ysrc.stride(),
         stride[0], stride[1], padding[0], padding[2],
         rows, nsplit, float(residual_scale),
-        R=R, S=S, **flags, SPLIT=nsplit > 1,
+        R=R, S=S, **flags, SPLIT=nsplit > 1, DW_CL=not dw.is_contiguous(),
         DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x, ysrc, ws, dres),
     )  # fmt: skip
     if need_bias or need_res:

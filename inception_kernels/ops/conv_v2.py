@@ -511,7 +511,7 @@ def conv_fwd_v2_into(
     _, K1, P, Q = out.shape
     if out2 is not None and (K1 + out2.shape[1] != K or residual is not None):
         raise ValueError("out and out2 must split the K output channels, without a residual")
-    wp = conv_triton.packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)  # (R, S, C, K), shared with v1's cache
+    wp = conv_triton.packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)  # (R, S, C, K)
     eb = x.element_size()
     sms, arch = conv_kernels._num_sms(x.device), _device_arch(x.device)
     if config is None:
@@ -554,7 +554,7 @@ def _desc_type(dt: str, block: Sequence[int]) -> str:
 
 
 def _v2_arg_types(dt: str, config=None, *, R=3, S=3, a_desc=False, b_desc=False, **over) -> dict[str, object]:
-    base = {k: v for k, v in conv_kernels._fwd_arg_types(dt).items()}
+    base = conv_kernels._for(_conv_fwd_v2, conv_kernels._fwd_arg_types(dt))
     base.update(R=R, S=S, A_DESC=a_desc, B_DESC=b_desc, EVEN_C=True)
     kw = config.kwargs if config is not None else {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 64}
     base["x_desc"] = _desc_type(dt, (kw["BLOCK_M"], kw["BLOCK_C"])) if a_desc else f"*{dt}"

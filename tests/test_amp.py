@@ -215,6 +215,29 @@ def test_conv_bn_act_module_train_step_under_autocast(route, device, poison, mon
     assert torch.equal(dw.to(AC).float(), dw_hand)
 
 
+def test_cudnn_route_casts_a_master_weight_once_per_version(device):
+    """The cudnn route's forward and backward GEMMs cast an fp32 master weight through the cached channels_last
+    operand (``_weights.weight_operand``): one cast per weight version, shared by both calls and by the triton route,
+    with the values of ``weight.to(dtype)``; a new version casts again; a weight in x's dtype is not copied."""
+    from inception_kernels.ops import _weights, conv_cudnn
+
+    w = torch.randn(8, 6, 3, 3, device=device)
+    x = _cl(torch.randn(1, 6, 4, 4, device=device)).to(AC)
+    with count_launches() as n:
+        first = conv_cudnn._in_dtype_of(w, x)  # the forward's
+        again = conv_cudnn._in_dtype_of(w, x)  # the backward's
+    assert n.count == 1 and again is first and first is _weights.weight_operand(w, dtype=AC)
+    assert first.dtype == AC and first.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(first, w.to(AC))
+    with torch.no_grad():
+        w.mul_(2.0)  # an optimizer step
+    with count_launches() as n:
+        after = conv_cudnn._in_dtype_of(w, x)
+    assert n.count == 1 and torch.equal(after, w.to(AC))
+    w16 = w.to(AC)
+    assert conv_cudnn._in_dtype_of(w16, x) is w16
+
+
 def _tv_googlenet_block():
     from torchvision.models.googlenet import Inception
 

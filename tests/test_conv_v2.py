@@ -16,7 +16,7 @@ import torch
 import triton.language as tl
 from test_conv import TOL, make_inputs, reference_fp64
 
-from inception_kernels.ops import _args, _tile, batchnorm, conv, conv_triton, conv_v2
+from inception_kernels.ops import _args, _tile, _weights, batchnorm, conv, conv_triton, conv_v2
 from inception_kernels.utils import rel_err
 
 # (N, C, H, W, K, (R, S), stride, padding): K a multiple of 4 where the descriptor path should engage (fp32 rows
@@ -89,7 +89,7 @@ def ragged_programs(tiles):
 def _plan(x, w, stride, padding, path):
     if path == "ptr":
         return (False, False)
-    wp = conv_triton.packed_weight(w, (2, 3, 1, 0))
+    wp = _weights.packed_weight(w, (2, 3, 1, 0))
     return conv_v2.desc_plan(x, wp, _args.pair(stride, "s"), _args.conv_padding(padding), None)
 
 

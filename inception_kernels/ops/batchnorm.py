@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..utils import record_launch
-from . import _args, _library, _recompute, _tile, amp, conv_triton, dispatch, reference
+from . import _args, _library, _recompute, _tile, _weights, amp, conv_triton, dispatch, reference
 from . import conv as conv_ops
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, last_to_arrive, pixel_offsets, reset_arrivals, tile_2d
@@ -1016,7 +1016,7 @@ class ConvBNActPlan:
 
             def conv(x, weight, partials):
                 y = _tile.new_cl(shape, x)
-                wp = conv_triton.weight_operand(weight, dtype=x.dtype)
+                wp = _weights.weight_operand(weight, dtype=x.dtype)
                 launch(x, wp, y, wp, wp, y, y, *partials)
                 return y
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..utils import record_launch
-from . import _tile, dispatch
+from . import _tile, _weights, dispatch
 from ._registry import KernelSpec, register_kernel
 from ._tile import BLOCK_C, BLOCK_M, NUM_WARPS, pixel_offsets, tile_2d
 from ._triton import tl, triton
@@ -80,11 +80,12 @@ def _aten_padding(x: torch.Tensor, padding):
 
 
 def _in_dtype_of(weight, x) -> torch.Tensor:
-    """``weight`` in x's dtype (an fp32 master weight under autocast, ``ops.amp``: one cast launch)."""
+    """``weight`` in x's dtype: an fp32 master weight under autocast (``ops.amp``) is cast into the cached
+    channels_last operand (``_weights.weight_operand``), one cast per weight version that the forward and the
+    backward GEMM share (and the triton route, for the same weight)."""
     if weight.dtype == x.dtype:
         return weight
-    record_launch(aten=True)
-    return weight.to(x.dtype)
+    return _weights.weight_operand(weight, dtype=x.dtype)
 
 
 def _aten_conv(x, weight, stride, padding) -> torch.Tensor:

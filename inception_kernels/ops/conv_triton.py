@@ -1,11 +1,9 @@
 """The ``triton`` route of the conv families: launchers of the v1 kernels (``conv_kernels``) for the forward, dgrad
-and wgrad, the backward's epilogue-gradient pass (shared by every route), packed-weight caching, and the BN-statistics
-partial buffers. Tensors arrive validated and channels_last-strided (``conv.conv2d`` checks them).
+and wgrad, the backward's epilogue-gradient pass (shared by every route), and the BN-statistics partial buffers (the
+weight operands they read: ``ops._weights``). Tensors arrive validated and channels_last-strided (``conv.conv2d`` checks them).
 """
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 
@@ -14,6 +12,7 @@ from ..utils import record_launch
 from . import _args, _tile, dispatch
 from . import conv_kernels as kernels
 from ._triton import triton
+from ._weights import grad_weight_buf, weight_operand
 
 
 def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -39,78 +38,6 @@ def stats_partials(M: int, K: int, device: torch.device):
         _tile.new_buf((tiles, K), device),
         _tile.new_buf((tiles, K), device),
     )
-
-
-_PACK_CACHE: dict = {}
-_PACK_CACHE_MAX = 1024
-
-
-def weight_operand(weight: torch.Tensor, scale: torch.Tensor | None = None,
-                   dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
-    """The (K, C, R, S) weight as the v1 forward and dgrad read it, channels_last (physically K, R, S, C): the
-    weight itself when it is channels_last-contiguous (any contiguous 1×1 weight is) in ``dtype`` (default: its
-    own) and no ``scale`` is folded in; else a channels_last copy, times ``scale`` over K if given, cast in the
-    same copy (an fp32 master weight under autocast). One copy serves the forward and the dgrad of a training
-    step: a (K, C, R, S)-contiguous R×S weight costs one copy per step, a channels_last one none. Cached as
-    :func:`packed_weight`."""
-    dtype = weight.dtype if dtype is None else dtype
-    if scale is None and dtype == weight.dtype and weight.is_contiguous(memory_format=torch.channels_last):
-        return weight
-    return _cached_copy(weight, "channels_last", scale, dtype,
-                        lambda: torch.empty_like(weight, dtype=dtype, memory_format=torch.channels_last),
-                        weight, 0)  # fmt: skip
-
-
-def packed_weight(
-    weight: torch.Tensor, perm: tuple[int, ...], scale: torch.Tensor | None = None, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """``weight.permute(perm)`` materialized contiguously (times ``scale`` over K if given) in ``dtype`` (default:
-    the weight's; an fp32 master weight under autocast is cast by the same copy), in one kernel (forward v2's
-    (R, S, C, K) layout; v1 reads :func:`weight_operand`).
-
-    Copies are cached per weight tensor (for a scaled copy: and its scale tensor) and reused while their
-    ``_version`` and storage are unchanged (an optimizer step, any in-place write or a ``.data`` rebinding
-    invalidates them), so inference copies each weight once and a training step once per weight and layout.
-    A permutation that is already contiguous, in the weight's own dtype, is the weight itself: no copy.
-    """
-    dtype = weight.dtype if dtype is None else dtype
-    src = weight.permute(*perm)
-    if scale is None and dtype == weight.dtype and src.is_contiguous():
-        return src
-    return _cached_copy(weight, perm, scale, dtype, lambda: torch.empty(src.shape, dtype=dtype, device=weight.device),
-                        src, perm.index(0))  # fmt: skip
-
-
-def _cached_copy(weight, layout, scale, dtype, make, src, k_dim):
-    """``make()`` filled with ``src`` (a view of ``weight``; times ``scale`` along ``k_dim``), cached per (weight,
-    layout, scaled-ness, dtype) while the weight's and the scale's versions and storages stay."""
-    cacheable = not torch.compiler.is_compiling() and not (
-        weight.is_cuda and torch.cuda.is_current_stream_capturing()
-    )
-    # one entry per weight, layout and scaled-ness: a new scale tensor (a BN folded again) replaces the entry
-    key = (id(weight), layout, scale is not None, dtype)
-    stamp = (weight._version, weight.data_ptr())
-    if scale is not None:
-        stamp += (scale._version, scale.data_ptr())
-    if cacheable:
-        hit = _PACK_CACHE.get(key)
-        if (hit is not None and hit[0]() is weight and (scale is None or hit[1]() is scale)
-                and hit[2] == stamp):  # fmt: skip
-            return hit[3]
-    out = make()
-    record_launch(aten=True)
-    if scale is None:
-        out.copy_(src)
-    else:
-        view = [1] * weight.dim()
-        view[k_dim] = -1
-        torch.mul(src, scale.to(weight.dtype).view(view), out=out)
-    if cacheable:
-        if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
-            _PACK_CACHE.clear()
-        scale_ref = None if scale is None else weakref.ref(scale)
-        _PACK_CACHE[key] = (weakref.ref(weight), scale_ref, stamp, out)
-    return out
 
 
 def fwd_launcher(
@@ -194,12 +121,6 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
         return out
 
     return plan
-
-
-def grad_weight_buf(weight: torch.Tensor) -> torch.Tensor:
-    """An empty float32 buffer for ``weight``'s gradient in its memory format (channels_last for a channels_last
-    weight, else contiguous), so that autograd accumulates it into ``.grad`` without a layout copy."""
-    return torch.empty(weight.shape, dtype=torch.float32, device=weight.device, memory_format=_tile.weight_format(weight))
 
 
 def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:

@@ -52,7 +52,7 @@ import torch
 
 from .. import _backend
 from ..utils import record_launch
-from . import _args, _tile, conv_kernels, conv_triton, dispatch
+from . import _args, _tile, _weights, conv_kernels, conv_triton, dispatch
 from ._registry import KernelSpec, register_kernel
 from ._triton import tl, triton
 from .conv_kernels import _fwd_epilogue
@@ -511,7 +511,7 @@ def conv_fwd_v2_into(
     _, K1, P, Q = out.shape
     if out2 is not None and (K1 + out2.shape[1] != K or residual is not None):
         raise ValueError("out and out2 must split the K output channels, without a residual")
-    wp = conv_triton.packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)  # (R, S, C, K)
+    wp = _weights.packed_weight(weight, (2, 3, 1, 0), dtype=x.dtype)  # (R, S, C, K)
     eb = x.element_size()
     sms, arch = conv_kernels._num_sms(x.device), _device_arch(x.device)
     if config is None:

@@ -399,3 +399,47 @@ def test_conv_bn_act_takes_float64_on_the_reference_backend():
         assert y.dtype == torch.float64 and rel_err(y, F.relu(ref.bn(ref.conv(x)))) < 1e-12, mode
     with pytest.raises(TypeError, match="float32"):
         m(x)  # on our kernels: the dtype is refused, naming it
+
+
+def test_channels_last_weights_train_without_weight_copies(device, poison, monkeypatch):
+    """An optimized torchvision Inception block whose weights are channels_last (``model.to(memory_format=
+    torch.channels_last)``, as the trainer does on CUDA) trains without a single weight copy across two steps with
+    an optimizer-like weight change between them -- the kernels read its 1×1, 3×3 and 5×5 weights as they are --
+    and computes bit for bit what the same block with (K, C, R, S)-contiguous weights computes (which copies its
+    R×S weights): output, every gradient, running statistics. Each weight gradient comes back in its weight's
+    layout."""
+    import inception_kernels
+    from torchvision.models.googlenet import Inception
+
+    from inception_kernels.ops import _weights
+
+    copies = []
+    real = _weights._cached_copy
+    monkeypatch.setattr(_weights, "_cached_copy", lambda w, *a: copies.append(tuple(w.shape)) or real(w, *a))
+    torch.manual_seed(0)
+    ref = randomize_bn(Inception(12, 8, 6, 8, 4, 6, 4)).to(device).train()
+    cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    assert any(p.dim() == 4 and p.shape[2] > 1 and not p.is_contiguous() for p in cl.parameters())
+    x = _cl(2, 12, 7, 7, device=device)
+    g = torch.randn(2, 26, 7, 7, device=device)
+    results = {}
+    for name, model in (("contiguous", ref), ("channels_last", cl)):
+        fast = inception_kernels.optimize(model)
+        copies.clear()
+        for _ in range(2):
+            with torch.no_grad():
+                for p in fast.parameters():
+                    p.mul_(1.0)  # what an optimizer step does to the versions
+            fast.zero_grad(set_to_none=True)
+            y = fast(x)
+            (y * g).sum().backward()
+        results[name] = (y, {k: p.grad for k, p in fast.named_parameters()}, {k: b.clone() for k, b in fast.named_buffers()},
+                         list(copies))  # fmt: skip
+        for p in fast.parameters():  # the layout autograd keeps without a copy (strides of size-1 dims are free)
+            assert all(a == b for n, a, b in zip(p.shape, p.grad.stride(), p.stride()) if n > 1)
+    y0, g0, b0, c0 = results["contiguous"]
+    y1, g1, b1, c1 = results["channels_last"]
+    assert c1 == [] and c0 and all(s[2] * s[3] > 1 for s in c0)  # contiguous: only R×S weights are copied
+    assert not y1.isnan().any() and torch.equal(y0, y1)
+    assert g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)
+    assert all(torch.equal(b0[k], b1[k]) for k in b0)

@@ -87,5 +87,6 @@ def weight_format(weight: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def new_buf(shape, device, dtype=torch.float32) -> torch.Tensor:
-    return torch.empty(shape, device=device, dtype=dtype)
+def new_buf(shape, device, dtype=torch.float32, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """Every other buffer these launchers allocate (tests poison them with NaN, as :func:`new_cl`)."""
+    return torch.empty(shape, device=device, dtype=dtype, memory_format=memory_format)

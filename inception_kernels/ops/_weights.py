@@ -88,5 +88,4 @@ def _cached_copy(weight, layout, scale, dtype, make, src, k_dim):
 def grad_weight_buf(weight: torch.Tensor) -> torch.Tensor:
     """An empty float32 buffer for ``weight``'s gradient in its memory format (channels_last for a channels_last
     weight, else contiguous), so that autograd accumulates it into ``.grad`` without a layout copy."""
-    fmt = _tile.weight_format(weight)
-    return torch.empty(weight.shape, dtype=torch.float32, device=weight.device, memory_format=fmt)
+    return _tile.new_buf(weight.shape, weight.device, memory_format=_tile.weight_format(weight))

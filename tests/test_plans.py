@@ -408,9 +408,9 @@ def test_channels_last_weights_train_without_weight_copies(device, poison, monke
     and computes bit for bit what the same block with (K, C, R, S)-contiguous weights computes (which copies its
     R×S weights): output, every gradient, running statistics. Each weight gradient comes back in its weight's
     layout."""
-    import inception_kernels
     from torchvision.models.googlenet import Inception
 
+    import inception_kernels
     from inception_kernels.ops import _weights
 
     copies = []

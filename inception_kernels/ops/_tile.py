@@ -61,6 +61,8 @@ def grid_2d(M: int, C: int):
 
 def fits_int32(t: torch.Tensor) -> bool:
     """Whether every element offset of ``t`` (from its first element, through its strides) fits int32."""
+    if t.untyped_storage().nbytes() < 2**31 - 1:  # (no offset inside a storage this small can exceed it)
+        return True
     return sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) < 2**31 - 1
 
 

@@ -308,7 +308,7 @@ def stats_partials_into(x: torch.Tensor, partials):
     N, C, H, W = x.shape
     M = N * H * W
     cnt, pmean, pm2 = partials
-    if pmean.shape != (triton.cdiv(M, conv_triton.STATS_ROWS), C) or cnt.shape != pmean.shape[:1]:
+    if pmean.shape != (_tile.cdiv(M, conv_triton.STATS_ROWS), C) or cnt.shape != pmean.shape[:1]:
         raise ValueError(f"partials of shape {tuple(pmean.shape)} do not match the tiles of a {tuple(x.shape)} tensor")
     record_launch()
     _bn_partials_kernel[_tile.grid_2d(M, C)](
@@ -321,10 +321,10 @@ def finalize_programs(T: int, C: int, device: torch.device) -> int:
     """Programs along the partial rows of :func:`bn_finalize` (G of ``_bn_finalize``): on a GPU about two per SM
     over all channel blocks (at most 256, so the last program merges few chunks), none with fewer than
     FINALIZE_BLOCK_T rows; in the interpreter up to 4, so that several chunks are merged there too."""
-    blocks = triton.cdiv(T, FINALIZE_BLOCK_T)
+    blocks = _tile.cdiv(T, FINALIZE_BLOCK_T)
     if device.type != "cuda":
         return max(1, min(blocks, 4))
-    per_block = 2 * conv_triton.kernels._num_sms(device) // triton.cdiv(C, FINALIZE_BLOCK_C)
+    per_block = 2 * conv_triton.kernels._num_sms(device) // _tile.cdiv(C, FINALIZE_BLOCK_C)
     return max(1, min(blocks, 256, per_block))
 
 
@@ -340,9 +340,9 @@ def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=Non
     mean, var, invstd = (_tile.new_buf((C,), dev) for _ in range(3))
     update = running_mean is not None
     unbias = M / (M - 1) if M > 1 else float("inf")
-    rows = triton.cdiv(T, programs or finalize_programs(T, C, dev))
-    G = triton.cdiv(T, rows)  # no chunk without rows
-    cb = triton.cdiv(C, FINALIZE_BLOCK_C)
+    rows = _tile.cdiv(T, programs or finalize_programs(T, C, dev))
+    G = _tile.cdiv(T, rows)  # no chunk without rows
+    cb = _tile.cdiv(C, FINALIZE_BLOCK_C)
     chunks = _tile.new_buf((3, G, C), dev)
     record_launch()
     with _args.device_guard(pmean):
@@ -375,10 +375,10 @@ def reduce_programs(M: int, C: int, device: torch.device) -> int:
     """Programs along the rows of the BN backward's reduction (G of ``_bn_act_bwd_reduce``): on a GPU about four
     per SM over all channel blocks (at most 256, so the last program adds few partial rows); in the interpreter 4,
     so that programs loop over several row tiles there too."""
-    tiles = triton.cdiv(M, BLOCK_M)
+    tiles = _tile.cdiv(M, BLOCK_M)
     if device.type != "cuda":
         return min(tiles, 4)
-    per_block = 4 * conv_triton.kernels._num_sms(device) // triton.cdiv(C, BLOCK_C)
+    per_block = 4 * conv_triton.kernels._num_sms(device) // _tile.cdiv(C, BLOCK_C)
     return max(1, min(tiles, 256, per_block))
 
 
@@ -390,7 +390,7 @@ def _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, programs, coefs: 
     dummy = mean
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
     G = programs or reduce_programs(M, C, dev)
-    cb = triton.cdiv(C, BLOCK_C)
+    cb = _tile.cdiv(C, BLOCK_C)
     parts = _tile.new_buf((2, G + 1, C), dev)  # per-program partials (rows 0..G-1), then the sums (row G)
     coef = _tile.new_buf((6, C), dev) if coefs else dummy
     record_launch()
@@ -695,7 +695,7 @@ def _conv2d_stats_impl(
 
 def _conv2d_stats_fake(x, weight, stride, padding):
     N, K, P, Q = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
-    tiles = triton.cdiv(N * P * Q, conv_triton.STATS_ROWS)
+    tiles = _tile.cdiv(N * P * Q, conv_triton.STATS_ROWS)
     f32 = dict(dtype=torch.float32, device=x.device)
     return (_tile.new_cl((N, K, P, Q), x), x.new_empty(tiles, **f32), x.new_empty((tiles, K), **f32),
             x.new_empty((tiles, K), **f32))  # fmt: skip

@@ -11,7 +11,6 @@ from .. import _backend
 from ..utils import record_launch
 from . import _args, _tile, dispatch
 from . import conv_kernels as kernels
-from ._triton import triton
 from ._weights import grad_weight_buf, weight_operand
 
 
@@ -32,7 +31,7 @@ def stats_partials(M: int, K: int, device: torch.device):
     zero-filled here. The count buffer is (T,), mean and M2 are (T, K) float32; the mean and M2 of a row whose
     count is 0 are unspecified.
     """
-    tiles = triton.cdiv(M, STATS_ROWS)
+    tiles = _tile.cdiv(M, STATS_ROWS)
     return (
         _tile.new_buf((tiles,), device),
         _tile.new_buf((tiles, K), device),
@@ -55,7 +54,7 @@ def fwd_launcher(
         raise ValueError("out and out2 must split the K output channels, without a residual")
     res = residual if residual is not None else out
     o2 = out2 if out2 is not None else out
-    grid = lambda meta: (triton.cdiv(N * P * Q, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
+    grid = lambda meta: (_tile.cdiv(N * P * Q, meta["BLOCK_M"]) * _tile.cdiv(K, meta["BLOCK_N"]),)
     dims = {"BLOCK_M": N * P * Q, "BLOCK_N": K, "BLOCK_C": C}
     if stats is not None and config is None:
         # never the timing autotuner here: its trial runs of other tile sizes would leave partial-statistics rows
@@ -140,10 +139,10 @@ def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_re
     gres = _tile.new_cl((N, K, P, Q), x, dtype=grad_out.dtype) if need_res else gp
     cfg = kernels.EPILOGUE_BWD_CONFIG
     bm, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_K"]
-    gbias_part = _tile.new_buf((triton.cdiv(M, bm), K), x.device)
+    gbias_part = _tile.new_buf((_tile.cdiv(M, bm), K), x.device)
     ysrc = y if relu else grad_out
     record_launch()
-    kernels._epilogue_bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(K, bk))](
+    kernels._epilogue_bwd_kernel[(_tile.cdiv(M, bm), _tile.cdiv(K, bk))](
         grad_out, ysrc, gp, gres, gbias_part,
         M, K, P, Q, *grad_out.stride(), *ysrc.stride(),
         float(residual_scale),
@@ -174,9 +173,9 @@ def dgrad_triton(
     wd = weight_operand(weight, scale, dtype=x.dtype)  # the scale folded in: a scaled channels_last copy
     dx = _tile.new_cl((N, C, H, W), x)
     phases = stride[0] * stride[1]
-    Hs, Ws = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
+    Hs, Ws = _tile.cdiv(H, stride[0]), _tile.cdiv(W, stride[1])
     grid = lambda meta: (
-        triton.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"]),
+        _tile.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * _tile.cdiv(C, meta["BLOCK_N"]),
         phases,
     )
     ysrc = y if relu or bn is not None else gp
@@ -265,23 +264,23 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
                  BN_G=bn is not None, X_BN=x_bn is not None, X_RELU=x_bn is not None and bool(x_bn[4]))  # fmt: skip
     probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split,
                                                kernels._num_sms(dev), kernels.folded(flags))  # fmt: skip
-    tiles = triton.cdiv(K, probe.kwargs["BLOCK_M"]) * triton.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
+    tiles = _tile.cdiv(K, probe.kwargs["BLOCK_M"]) * _tile.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
     nsplit = splits or _wgrad_splits(tiles, M, dev)
-    rows = triton.cdiv(M, nsplit)
+    rows = _tile.cdiv(M, nsplit)
     dw = grad_weight_buf(weight)
     dbias = _tile.new_buf((K,), dev) if need_bias else dw
     if nsplit > 1:
         # the slabs, then the bias partials (num_splits, K)
         ws = _tile.new_buf((nsplit * (K * C * R * S + K),), dev)
         # sized for the smallest tiles any config may use (the timing autotuner tries them all)
-        most = triton.cdiv(K, _WGRAD_MIN_TILE[0]) * triton.cdiv(C, _WGRAD_MIN_TILE[1]) * R * S
+        most = _tile.cdiv(K, _WGRAD_MIN_TILE[0]) * _tile.cdiv(C, _WGRAD_MIN_TILE[1]) * R * S
         cnt = _tile_counters(dev, most)
     else:
         ws = cnt = dw
     ysrc = y if relu or bn is not None else gp
     dres = _tile.new_cl(gp.shape, x, dtype=gp.dtype) if need_res else dw
     grid = lambda meta: (
-        triton.cdiv(K, meta["BLOCK_M"]), R * S * triton.cdiv(C, meta["BLOCK_N"]), nsplit
+        _tile.cdiv(K, meta["BLOCK_M"]), R * S * _tile.cdiv(C, meta["BLOCK_N"]), nsplit
     )  # fmt: skip
     kernels._launch(
         kernels._conv_wgrad_kernel, "wgrad", grid, wdims,

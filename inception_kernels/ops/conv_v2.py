@@ -405,7 +405,7 @@ def launch_grid(cfg: triton.Config, M: int, K: int, elem_bytes: int, sms: int, a
     """The grid of one launch on ``sms`` SMs of ``arch``: a program per (BLOCK_M x BLOCK_N) tile of the (M, K)
     output; for a persistent config one per resident slot of every SM (:func:`resident_programs`), at most one per
     tile, or ``_FORCE_PROGRAMS`` (tests). The interpreter counts as 1 SM: 1-2 programs walk all the tiles."""
-    tiles = triton.cdiv(M, cfg.kwargs["BLOCK_M"]) * triton.cdiv(K, cfg.kwargs["BLOCK_N"])
+    tiles = _tile.cdiv(M, cfg.kwargs["BLOCK_M"]) * _tile.cdiv(K, cfg.kwargs["BLOCK_N"])
     if not is_persistent(cfg):
         return (tiles,)
     programs = _FORCE_PROGRAMS if _FORCE_PROGRAMS is not None else sms * resident_programs(cfg, elem_bytes, arch)

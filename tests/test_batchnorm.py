@@ -275,7 +275,7 @@ def test_conv_bn_backward_is_three_launches(device):
 
     conv_triton._tile_counters(device, 4096)  # the split-K / reduction counters: zero-filled once, not counted
     x = _cl(torch.randn(2, 8, 6, 6, device=device)).requires_grad_()
-    wt = (torch.randn(16, 8, 1, 1, device=device) / 3).requires_grad_()  # 1x1: no dgrad weight repack
+    wt = (torch.randn(16, 8, 1, 1, device=device) / 3).requires_grad_()  # 1x1: read as it is, no weight copy
     gamma, beta = torch.ones(16, device=device, requires_grad=True), torch.zeros(16, device=device, requires_grad=True)
     y = bn.conv_bn_act(x, wt, gamma, beta, None, None, momentum=0.1, eps=1e-3)
     with count_launches() as c:

@@ -493,7 +493,7 @@ def test_backward_folded_reads_saved_output_and_grad_slices(name, device, poison
 def test_one_conv_backward_is_two_launches(device):
     """ReLU epilogue with a bias: dgrad + wgrad (mask, bias gradient and split-K reduction inside), nothing
     else, also after the weight changed (an optimizer step): the forward's channels_last copy of an R×S weight
-    is the dgrad's operand too (before 2026-12-05 dgrad made its own (R, S, K, C) repack: 3 launches), and a 1×1
+    is the dgrad's operand too (before 2026-12-04 dgrad made its own (R, S, K, C) repack: 3 launches), and a 1×1
     or channels_last weight is read as it is. (Before: epilogue pass, its bias sum, dgrad, wgrad, the slab sum:
     5.) With a residual gradient too: wgrad writes dres, still 2 (it was 4: the epilogue pass writing dres and gp,
     its bias sum, dgrad, wgrad); a frozen weight (no wgrad) keeps the epilogue pass: pass, bias sum, dgrad = 3.

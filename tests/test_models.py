@@ -194,7 +194,7 @@ def test_training_merge_writes_leaves_in_place(device, monkeypatch):
 def test_frozen_bn_training_step_conv_backward_launches(monkeypatch):
     """Training an Inception-v3 (narrow) with frozen BNs (folded into each conv's epilogue: scale, bias, ReLU):
     every conv backward is dgrad + wgrad, with the ReLU mask, the bias gradient and the split-K reduction inside
-    them, plus dgrad's scaled weight repack after an optimizer step -- 3 launches, no epilogue pass (it was 6:
+    them, plus dgrad's scaled weight copy after an optimizer step -- 3 launches, no epilogue pass (it was 6:
     the pass over grad_out, its bias sum, the scaled repack, dgrad, wgrad, the slab sum; the stem's first conv
     4 -> 1). Structure only: the kernels are stubbed."""
     from inception_kernels.bench.counting import stubbed_launches

@@ -72,7 +72,7 @@ def bench_block(label: str, device, timers, *, batch: int = 32, size: int | None
     cl = torch.channels_last
     t0 = time.perf_counter()
     ours, ref = block_pair(label, dev)
-    ours = ours.to(ours_dtype)  # weights keep their (K, C, R, S) layout; our launchers repack them
+    ours = ours.to(ours_dtype).to(memory_format=cl)  # channels_last weights, as the eager rows: read as they are
     ref_cl = copy.deepcopy(ref).to(memory_format=cl)
     x0 = torch.randn(batch, cin, hw, hw, device=dev).contiguous(memory_format=cl)
     macs = count_macs(ref, x0.shape[-2:], in_channels=cin)

@@ -53,7 +53,7 @@ def conv_bwd(
     "wgrad": name}); ``configs``/``splits`` pin the Triton kernels' tiles (tests). When both run on our
     ``triton`` kernels, they apply the epilogue's gradient themselves (the ReLU mask from the saved output in
     their grad_out loads, residual_scale on their accumulators) and wgrad reduces the bias gradient and writes the
-    residual's (the masked grad_out, unscaled): dgrad + wgrad, two launches (plus dgrad's weight repack, cached,
+    residual's (the masked grad_out, unscaled): dgrad + wgrad, two launches (plus dgrad's scaled weight copy, cached,
     when the weight or the scale changed), with a residual too. Otherwise our epilogue-gradient pass over
     grad_out runs first (skipped when the epilogue is the identity): a bias or residual gradient without wgrad
     (the pass writes dres and the bias partials: pass, bias sum, dgrad -- three launches at most), a grad_out of

@@ -3,7 +3,7 @@
 Layout: tensors are logical NCHW stored channels_last (physically NHWC). The forward and dgrad read the weight
 (K, C, R, S) in the channels_last layout (physically K, R, S, C, as CUTLASS's NHWC convs read it): a channels_last
 weight, or any contiguous 1×1 weight, is read as it is; another is copied once per version
-(``conv_triton.weight_operand``), one copy serving both. wgrad writes dw in the weight's layout (``DW_CL``), so
+(``_weights.weight_operand``), one copy serving both. wgrad writes dw in the weight's layout (``DW_CL``), so
 autograd accumulates it without a copy. All kernels take explicit element strides, so an input, a residual,
 ``out`` and ``grad_out`` may each be a channel slice of a larger channels_last buffer.
 

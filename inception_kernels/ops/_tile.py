@@ -87,14 +87,6 @@ def new_cl(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
     )
 
 
-def weight_format(weight: torch.Tensor) -> torch.memory_format:
-    """The memory format of ``weight``'s gradient: channels_last for a channels_last (and not also contiguous)
-    weight, else contiguous -- the layout autograd accumulates into ``.grad`` without a copy."""
-    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def new_buf(shape, device, dtype=torch.float32, memory_format=torch.contiguous_format) -> torch.Tensor:
     """Every other buffer these launchers allocate (tests poison them with NaN, as :func:`new_cl`)."""
     return torch.empty(shape, device=device, dtype=dtype, memory_format=memory_format)

@@ -28,9 +28,7 @@ def weight_operand(weight: torch.Tensor, scale: torch.Tensor | None = None,
     dtype = weight.dtype if dtype is None else dtype
     if scale is None and dtype == weight.dtype and weight.is_contiguous(memory_format=torch.channels_last):
         return weight
-    return _cached_copy(weight, "channels_last", scale, dtype,
-                        lambda: torch.empty_like(weight, dtype=dtype, memory_format=torch.channels_last),
-                        weight, 0)  # fmt: skip
+    return _cached_copy(weight, "channels_last", scale, dtype, weight, 0, torch.channels_last)
 
 
 def packed_weight(
@@ -49,13 +47,13 @@ def packed_weight(
     src = weight.permute(*perm)
     if scale is None and dtype == weight.dtype and src.is_contiguous():
         return src
-    return _cached_copy(weight, perm, scale, dtype, lambda: torch.empty(src.shape, dtype=dtype, device=weight.device),
-                        src, perm.index(0))  # fmt: skip
+    return _cached_copy(weight, perm, scale, dtype, src, perm.index(0), torch.contiguous_format)
 
 
-def _cached_copy(weight, layout, scale, dtype, make, src, k_dim):
-    """``make()`` filled with ``src`` (a view of ``weight``; times ``scale`` along ``k_dim``), cached per (weight,
-    layout, scaled-ness, dtype) while the weight's and the scale's versions and storages stay."""
+def _cached_copy(weight, layout, scale, dtype, src, k_dim, memory_format):
+    """``src`` (a view of ``weight``; times ``scale`` along ``k_dim``) copied into a new ``dtype`` tensor of its
+    shape in ``memory_format``, cached per (weight, layout, scaled-ness, dtype) while the weight's and the scale's
+    versions and storages stay."""
     cacheable = not torch.compiler.is_compiling() and not (
         weight.is_cuda and torch.cuda.is_current_stream_capturing()
     )
@@ -69,7 +67,7 @@ def _cached_copy(weight, layout, scale, dtype, make, src, k_dim):
         if (hit is not None and hit[0]() is weight and (scale is None or hit[1]() is scale)
                 and hit[2] == stamp):  # fmt: skip
             return hit[3]
-    out = make()
+    out = torch.empty(src.shape, dtype=dtype, device=weight.device, memory_format=memory_format)
     record_launch(aten=True)
     if scale is None:
         out.copy_(src)
@@ -85,7 +83,15 @@ def _cached_copy(weight, layout, scale, dtype, make, src, k_dim):
     return out
 
 
+def weight_format(weight: torch.Tensor) -> torch.memory_format:
+    """The memory format of ``weight``'s gradient: channels_last for a channels_last (and not also contiguous)
+    weight, else contiguous -- the layout autograd accumulates into ``.grad`` without a copy."""
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def grad_weight_buf(weight: torch.Tensor) -> torch.Tensor:
-    """An empty float32 buffer for ``weight``'s gradient in its memory format (channels_last for a channels_last
-    weight, else contiguous), so that autograd accumulates it into ``.grad`` without a layout copy."""
-    return _tile.new_buf(weight.shape, weight.device, memory_format=_tile.weight_format(weight))
+    """An empty float32 buffer for ``weight``'s gradient in :func:`weight_format` (from ``_tile.new_buf``, which
+    the tests poison)."""
+    return _tile.new_buf(weight.shape, weight.device, memory_format=weight_format(weight))

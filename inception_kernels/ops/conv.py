@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _backend
-from . import _args, _library, _recompute, _tile, amp, dispatch, reference
+from . import _args, _library, _recompute, _tile, _weights, amp, dispatch, reference
 from .conv_kernels import MAX_KERNEL
 from .conv_reference import _reference_bwd, _reference_fwd
 from .conv_triton import epilogue_grad
@@ -263,7 +263,7 @@ def _grad_templates(grad_out, x, weight, scale):
     K = weight.shape[0]
     return (
         lambda: _tile.new_cl(x.shape, x),
-        lambda: torch.empty_like(weight, memory_format=_tile.weight_format(weight)),
+        lambda: torch.empty_like(weight, memory_format=_weights.weight_format(weight)),
         lambda: torch.empty(K, dtype=torch.float32, device=x.device),
         lambda: torch.empty(K, dtype=torch.float32, device=x.device),
         lambda: _tile.new_cl(grad_out.shape, x, dtype=grad_out.dtype),

@@ -19,6 +19,13 @@ AUTO_CUDA: dict[str, str] = {}
 CUDA_OPS = ("bn_stats", "bn_act", "pool2d", "scaled_residual")
 
 
+def autotune_enabled() -> bool:
+    """``INCEPTION_KERNELS_AUTOTUNE=1``: the dispatch layer times the implementations of a new shape on first sight
+    (on a GPU), and the Triton launchers time every surviving tile config per shape (slow first call, best speed);
+    otherwise one heuristic config per shape (no timing, one compile)."""
+    return os.environ.get("INCEPTION_KERNELS_AUTOTUNE", "0") not in ("", "0")
+
+
 def interpreter_active() -> bool:
     """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

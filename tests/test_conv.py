@@ -305,6 +305,36 @@ def test_input_slice_at_channel_offset(device):
     assert rel_err(y, y_ref) < TOL[torch.float32]
 
 
+def test_functional_calls_reuse_a_launch_only_for_the_same_geometry(device, poison, monkeypatch):
+    """A functional ``conv2d`` call reuses the launch decided by an earlier call of the same signature; another
+    layout of equal shape (x a channel slice), or tensors that need 64-bit offsets, get a launch of their own."""
+    import triton.language as tl
+
+    seen = []
+    real_launcher = conv_kernels.launcher
+
+    def spy(kernel, kind, *args, **kwargs):
+        seen.append(kwargs.get("IDX_T"))
+        return real_launcher(kernel, kind, *args, **kwargs)
+
+    monkeypatch.setattr(conv_kernels, "launcher", spy)
+    case = (2, 6, 5, 6, 9, (1, 3), 1, (0, 1))  # found in no other test: its first call here decides a launch
+    inp = make_inputs(case, device)
+    y_ref, _ = reference_fp64(inp, "relu", 1.0)
+    for _ in range(2):
+        assert rel_err(conv2d(**inp, activation="relu"), y_ref) < TOL[torch.float32]
+    assert seen == [tl.int32]  # decided once
+    N, C, H, W = inp["x"].shape
+    big = torch.randn(N, C + 5, H, W, device=device).to(memory_format=torch.channels_last)
+    big[:, 3 : 3 + C] = inp["x"]
+    for _ in range(2):
+        assert rel_err(conv2d(**{**inp, "x": big[:, 3 : 3 + C]}, activation="relu"), y_ref) < TOL[torch.float32]
+    assert seen == [tl.int32, tl.int32]  # the slice's strides: a launch of its own
+    monkeypatch.setattr(_tile, "fits_int32", lambda t: False)  # as if x spanned 2**31 elements
+    assert rel_err(conv2d(**inp, activation="relu"), y_ref) < TOL[torch.float32]
+    assert seen == [tl.int32, tl.int32, tl.int64]
+
+
 def test_reference_backend_switch(monkeypatch, device):
     inp = make_inputs(CASES["1x1"], device)
     called = []

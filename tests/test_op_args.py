@@ -740,6 +740,43 @@ def test_bad_input_raises_naming_the_argument(case, backend, monkeypatch):
     assert type(info.value) is exc  # not a subclass (e.g. an IndexError is no ValueError, but be exact)
 
 
+# Arguments equal as Python values to those of a passing call (True == 1, 1.0 == 1, (1, True) == (1, 1)), or of
+# another dtype, each of which conv2d refuses.
+LOOKALIKES = [
+    ({"stride": True}, TypeError, "stride"),
+    ({"stride": (1, True)}, TypeError, "stride"),
+    ({"padding": True}, TypeError, "padding"),
+    ({"padding": 1.0}, TypeError, "padding"),
+    ({"padding": (1, 1, 1, True)}, TypeError, "padding"),
+    ({"residual_scale": True}, TypeError, "residual_scale"),
+    ({"residual_scale": float("nan")}, ValueError, "residual_scale"),
+    ({"scale": torch.ones(4, dtype=torch.float64)}, TypeError, "scale"),
+    ({"activation": "Relu"}, ValueError, "activation"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_signature_memo_refuses_lookalikes(backend, monkeypatch, poison):
+    """conv2d remembers the signatures of calls that passed its checks (``_args.call_signature``); a call that
+    looks equal to one of them but is refused by the checks is refused every time, after it as before it."""
+    x, w = _x(1, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    good = {"stride": 1, "padding": 1, "residual_scale": 1, "scale": _dev(torch.ones(4)), "activation": "relu"}
+    want = F.relu(F.conv2d(x, w, padding=1))
+    with _backend(monkeypatch, backend):
+        for _ in range(2):  # the second call is served by the memo
+            assert_fp32_rule(ops.conv2d(_dev(x), _dev(w), **good), F.relu(F.conv2d(x.double(), w.double(), padding=1)),
+                             want)  # fmt: skip
+        for bad, exc, word in LOOKALIKES:
+            for _ in range(2):
+                with pytest.raises(exc, match=word):
+                    ops.conv2d(_dev(x), _dev(w), **{**good, **{k: _dev(v) if isinstance(v, torch.Tensor) else v for k, v in bad.items()}})
+        # a strided scale is copied (contiguous) on every call, not remembered as the strided view
+        scale = torch.ones(8)[::2]
+        for _ in range(2):
+            y = ops.conv2d(_dev(x), _dev(w), **{**good, "scale": _dev(scale)})
+            assert_fp32_rule(y, F.relu(F.conv2d(x.double(), w.double(), padding=1)), want)
+
+
 def test_the_reported_pool_padding_bug():
     """F.avg_pool2d accepts a one-element padding tuple; pool2d died with an IndexError."""
     x = _x(2, 3, 8, 8)

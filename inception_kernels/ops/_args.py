@@ -178,6 +178,34 @@ def flag(v, name: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # Tensors
 # ----------------------------------------------------------------------------------------------------------
+def _plain(v) -> bool:
+    """``v`` hashes and compares only like itself: an int, a str, a float that is not NaN, None, or a tuple of
+    ints (``True == 1`` and ``1.0 == 1`` hash alike, so anything else is compared by type too or not at all)."""
+    t = type(v)
+    if t is int or t is str or v is None:
+        return True
+    if t is float:
+        return v == v
+    return t is tuple and all(type(i) is int for i in v)
+
+
+def call_signature(*args) -> tuple | None:
+    """A memo key for an op call whose checks read only its tensors' metadata and its other arguments' values:
+    each tensor as (shape, strides, dtype, device), each other argument as (type, value); None when an
+    argument is neither a tensor nor :func:`_plain` (it is then checked on every call)."""
+    key = []
+    for a in args:
+        if a is None:
+            key.append(None)
+        elif isinstance(a, torch.Tensor):
+            key.append((a.shape, a.stride(), a.dtype, a.device))
+        elif _plain(a) or a is True or a is False:
+            key.append((type(a), a))
+        else:
+            return None
+    return tuple(key)
+
+
 def is_nhwc_strided(t: torch.Tensor) -> bool:
     """Channels innermost and (n, h, w) laid out without overlap: a channels_last tensor or a channel slice."""
     N, K, P, Q = t.shape

@@ -135,11 +135,14 @@ def conv_bwd(
 
 def conv_forward(
     x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out=None, out2=None, stats=None,
+    backend=None,
 ):  # fmt: skip
     """The fused conv forward by the implementation the dispatch layer chooses for this problem; returns the
-    output (``out`` when given, else a new channels_last tensor). Arguments as :func:`conv_fwd_into`."""
+    output (``out`` when given, else a new channels_last tensor). Arguments as :func:`conv_fwd_into`;
+    ``backend``: ``dispatch.requested()`` when the caller has read it."""
     impl = dispatch.choose_conv(
-        "conv_fwd", x, weight, stride, padding, residual, relu, scale, bias, stats is not None, out2 is not None
+        "conv_fwd", x, weight, stride, padding, residual, relu, scale, bias, stats is not None, out2 is not None,
+        backend,
     )
     return impl.fn(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats)
 
@@ -187,9 +190,10 @@ def plannable(x: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # torch.library registration
 # ----------------------------------------------------------------------------------------------------------
-def _ours(t: torch.Tensor) -> bool:
-    """Our kernels (either conv route) can run where ``t`` lives, and the reference backend is not forced."""
-    backend = dispatch.requested()
+def _ours(t: torch.Tensor, backend: str | None = None) -> bool:
+    """Our kernels (either conv route) can run where ``t`` lives, and the reference backend is not forced
+    (``backend``: ``dispatch.requested()``, when the caller has read it)."""
+    backend = backend if backend is not None else dispatch.requested()
     # a forced backend always takes our path, where the chooser raises if it cannot serve the input
     return backend != "reference" and (backend != "auto" or _backend.triton_can_run(t))
 
@@ -325,11 +329,11 @@ def _run_backward(
     return tuple(g if wanted else None for g, wanted in zip(grads, need))
 
 
-def _eager_direct(x: torch.Tensor) -> bool:
+def _eager_direct(x: torch.Tensor, backend: str | None = None) -> bool:
     """Outside torch.compile, call the launchers directly: the torch.library dispatch of a Python custom op
     costs tens of microseconds per call, more than a small Inception layer takes on the GPU. Under
     torch.compile the registered ops are used, so graphs see opaque, correctly-faked ops."""
-    return not _library.traced(x) and _ours(x)
+    return not _library.traced(x) and _ours(x, backend)
 
 
 def _save_conf(ctx, scale, bias, residual, stride, padding, residual_scale, relu):
@@ -410,10 +414,35 @@ def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale,
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point and argument checking
 # ----------------------------------------------------------------------------------------------------------
+_VALIDATED: dict = {}
+_VALIDATED_MAX = 4096  # distinct call signatures kept; past that the memo starts again (a shape sweep)
+
+
 def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out, master=False):
     """Checks every argument of :func:`conv2d`; returns (stride, padding 4-tuple, scale, bias), the per-channel
     tensors contiguous (the kernels read them with unit stride). ``master``: the weight may be a float32 master
-    weight of a 16-bit x (a planned training step under autocast, ``ops.batchnorm.plan_conv_bn_act``)."""
+    weight of a 16-bit x (a planned training step under autocast, ``ops.batchnorm.plan_conv_bn_act``).
+
+    A call without ``out`` whose signature (:func:`_args.call_signature`: every tensor's shape, strides, dtype and
+    device, the other arguments by type and value) passed before returns the stride and padding found then:
+    nothing the checks read differs. ``out`` is checked every call (its aliasing depends on addresses)."""
+    key = None
+    if out is None and not torch.compiler.is_compiling():  # a dict filled while Dynamo traces breaks its guards
+        key = _args.call_signature(x, weight, scale, bias, residual, stride, padding, activation, residual_scale,
+                                   master)  # fmt: skip
+        hit = _VALIDATED.get(key) if key is not None else None
+        if hit is not None:
+            return hit[0], hit[1], scale, bias
+    st, pad, scale_c, bias_c = _check_args(x, weight, stride, padding, scale, bias, activation, residual,
+                                           residual_scale, out, master)  # fmt: skip
+    if key is not None and scale_c is scale and bias_c is bias:  # nothing copied: the same call needs no copy
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.clear()
+        _VALIDATED[key] = (st, pad)
+    return st, pad, scale_c, bias_c
+
+
+def _check_args(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out, master):
     _args.float_activation(x, "x")
     _args.tensor(weight, "weight", dims=4, like=x, dtype_of_like=not master)
     if master and weight.dtype not in (x.dtype, torch.float32):
@@ -491,7 +520,8 @@ def conv2d(
     x = x.contiguous(memory_format=torch.channels_last) if not _args.is_nhwc_strided(x) else x
     relu = activation == "relu"
     rs = float(residual_scale)
-    if dispatch.is_reference(x) or x.numel() == 0 or weight.shape[0] == 0:
+    backend = dispatch.requested()  # read once: each read of the environment costs about a microsecond
+    if dispatch.is_reference(x, backend) or x.numel() == 0 or weight.shape[0] == 0:
         y = reference.conv2d(
             x, weight, stride=stride_t, padding=pad, scale=scale, bias=bias, activation=activation,
             residual=residual, residual_scale=rs,
@@ -502,14 +532,14 @@ def conv2d(
     tensors = (x, weight, scale, bias, residual)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if out is None:
-        if not _eager_direct(x):
+        if not _eager_direct(x, backend):
             # torch.compile / export / fake tensors: the registered op, with its registered autograd.
             return torch.ops.inception_kernels.conv2d_fwd(
                 x, weight, scale, bias, residual, list(stride_t), list(pad), rs, relu
             )
         if needs_grad:
             return _Conv2dFn.apply(x, weight, scale, bias, residual, stride_t, pad, rs, relu)
-        return conv_forward(x, weight, scale, bias, residual, stride_t, pad, rs, relu)
+        return conv_forward(x, weight, scale, bias, residual, stride_t, pad, rs, relu, backend=backend)
     if needs_grad:
         # Dynamo cannot trace autograd.Function.mark_dirty: under torch.compile use the functional form for
         # training (or the block engine, which owns its buffer's backward).

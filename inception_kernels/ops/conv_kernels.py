@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -752,19 +751,13 @@ def heuristic_config(
     return max(kept, key=lambda c: (programs(c), c.kwargs[red]))
 
 
-def autotune_enabled() -> bool:
-    """``INCEPTION_KERNELS_AUTOTUNE=1`` times every surviving config per shape (slow first call, best speed);
-    the default picks one config per shape with :func:`heuristic_config` (no timing, one compile)."""
-    return os.environ.get("INCEPTION_KERNELS_AUTOTUNE", "0") not in ("", "0")
-
-
 def launcher(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, **kwargs):
     """What launching ``kernel`` (a triton.autotune object) with these compile-time arguments takes, decided once:
     returns ``launch(*args)`` for the run-time arguments. The config: the given one; else the autotuner when enabled
     on a GPU; else the heuristic config -- also in the interpreter, which has no GPU to time configs on (every other
     config is exercised there by the tests that pass ``config`` explicitly)."""
     if config is None:
-        if autotune_enabled() and not _backend.interpreter_active():
+        if _backend.autotune_enabled() and not _backend.interpreter_active():
 
             def tuned(*args):
                 record_launch()

@@ -77,6 +77,29 @@ def fwd_launcher(
     return run
 
 
+_LAUNCHERS: dict = {}
+_LAUNCHERS_MAX = 4096  # distinct call signatures kept; past that the memo starts again (a shape sweep)
+
+
+def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
+    """:func:`fwd_launcher` (default config) memoized on everything it reads: the tensors' shapes, strides, dtype
+    and device, the flags, the index type (a view's offsets may need int64 where an equal-shaped tensor does
+    not), the TF32 switch and the autotune switch. A functional call (``ops.conv2d`` outside a plan) then skips
+    the launch decision after its first call per signature."""
+    key = (
+        _args.geometry(x, out, residual, out2), weight.shape, x.dtype, x.device, scale is None, bias is None,
+        stats is None, tuple(stride), tuple(padding), float(residual_scale), bool(relu),
+        _tile.tl_index_type(x, out, residual, out2), torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(),
+    )  # fmt: skip
+    run = _LAUNCHERS.get(key)
+    if run is None:
+        if len(_LAUNCHERS) >= _LAUNCHERS_MAX:
+            _LAUNCHERS.clear()
+        run = _LAUNCHERS[key] = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale,
+                                             relu, out, None, out2, stats)  # fmt: skip
+    return run
+
+
 def conv_fwd_into(
     x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config=None, out2=None,
     stats=None,
@@ -89,8 +112,12 @@ def conv_fwd_into(
     partial statistics of the output (see ``ops.batchnorm.bn_finalize``).
     """
     _backend.check_interpretable(x)
-    run = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config, out2,
-                       stats)  # fmt: skip
+    if config is None:
+        run = _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2,
+                                 stats)  # fmt: skip
+    else:
+        run = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config,
+                           out2, stats)  # fmt: skip
     wp = weight_operand(weight, dtype=x.dtype)
     run(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
         residual if residual is not None else out, out2 if out2 is not None else out,

@@ -513,11 +513,13 @@ LAYER_STACK: list[str] = []
 
 
 def choose_conv(family: str, x, weight, stride, padding, residual=None, relu=False, scale=None, bias=None,
-                stats=False, out2=False) -> Impl:
+                stats=False, out2=False, backend: str | None = None) -> Impl:
     """:func:`choose` for a conv call, memoized on a plain tuple of the call's signature (the
-    :class:`ConvProblem` is built the first time only): the per-call cost of the dispatch layer is one lookup."""
+    :class:`ConvProblem` is built the first time only): the per-call cost of the dispatch layer is one lookup.
+    ``backend``: :func:`requested`, when the caller has read it already."""
     key = (family, x.shape, weight.shape, tuple(stride), tuple(padding), x.dtype, x.device, residual is not None,
-           bool(relu), scale is not None, bias is not None, bool(stats), bool(out2), requested())  # fmt: skip
+           bool(relu), scale is not None, bias is not None, bool(stats), bool(out2),
+           backend if backend is not None else requested())  # fmt: skip
     impl = _FAST.get(key)
     if impl is None or _RECORDERS:
         problem = conv_problem(x, weight, stride, padding, residual=residual, relu=relu, scale=scale, bias=bias,
@@ -559,7 +561,7 @@ def _decide(family: str, problem, forced: str) -> Choice:
     if isinstance(problem, ConvProblem):
         key = problem.key(family)
         entry = table(problem.device).get(key)
-        if entry is None and problem.device.startswith("cuda") and _autotune_on():
+        if entry is None and problem.device.startswith("cuda") and _backend.autotune_enabled():
             from .. import tune
 
             tune.measure_and_store(family, problem)
@@ -582,14 +584,11 @@ def _decide(family: str, problem, forced: str) -> Choice:
     raise RuntimeError(f"no implementation of {family} can serve this input")  # pragma: no cover
 
 
-def _autotune_on() -> bool:
-    return os.environ.get("INCEPTION_KERNELS_AUTOTUNE", "0") not in ("", "0")
-
-
-def is_reference(t: torch.Tensor) -> bool:
+def is_reference(t: torch.Tensor, forced: str | None = None) -> bool:
     """Whether ops on tensors like ``t`` run the plain-PyTorch reference (decided by the conv forward's choice
-    of a typical problem: the models take their reference path when it does)."""
-    forced = requested()
+    of a typical problem: the models take their reference path when it does). ``forced``: :func:`requested`, when
+    the caller has read it already."""
+    forced = forced if forced is not None else requested()
     if forced == "reference":
         return True
     if forced != "auto":

@@ -306,33 +306,45 @@ def test_input_slice_at_channel_offset(device):
 
 
 def test_functional_calls_reuse_a_launch_only_for_the_same_geometry(device, poison, monkeypatch):
-    """A functional ``conv2d`` call reuses the launch decided by an earlier call of the same signature; another
-    layout of equal shape (x a channel slice), or tensors that need 64-bit offsets, get a launch of their own."""
-    import triton.language as tl
-
+    """A functional ``conv2d`` call reuses the launch decided by an earlier call of the same signature (with and
+    without gradients, through ``out=``); another layout of equal shape (x a channel slice) gets a launch of its
+    own."""
     seen = []
     real_launcher = conv_kernels.launcher
 
     def spy(kernel, kind, *args, **kwargs):
-        seen.append(kwargs.get("IDX_T"))
+        seen.append(kind)
         return real_launcher(kernel, kind, *args, **kwargs)
 
     monkeypatch.setattr(conv_kernels, "launcher", spy)
     case = (2, 6, 5, 6, 9, (1, 3), 1, (0, 1))  # found in no other test: its first call here decides a launch
     inp = make_inputs(case, device)
     y_ref, _ = reference_fp64(inp, "relu", 1.0)
-    for _ in range(2):
+    for _ in range(3):
         assert rel_err(conv2d(**inp, activation="relu"), y_ref) < TOL[torch.float32]
-    assert seen == [tl.int32]  # decided once
+    assert seen == ["fwd"]  # decided once
     N, C, H, W = inp["x"].shape
     big = torch.randn(N, C + 5, H, W, device=device).to(memory_format=torch.channels_last)
     big[:, 3 : 3 + C] = inp["x"]
     for _ in range(2):
         assert rel_err(conv2d(**{**inp, "x": big[:, 3 : 3 + C]}, activation="relu"), y_ref) < TOL[torch.float32]
-    assert seen == [tl.int32, tl.int32]  # the slice's strides: a launch of its own
-    monkeypatch.setattr(_tile, "fits_int32", lambda t: False)  # as if x spanned 2**31 elements
-    assert rel_err(conv2d(**inp, activation="relu"), y_ref) < TOL[torch.float32]
-    assert seen == [tl.int32, tl.int32, tl.int64]
+    assert seen == ["fwd", "fwd"]  # the slice's strides: a launch of its own
+    out = torch.full(y_ref.shape, float("nan"), device=device).to(memory_format=torch.channels_last)
+    for _ in range(2):  # the out= form and the autograd form: the launch memo below the call memo
+        assert rel_err(conv2d(**inp, activation="relu", out=out), y_ref) < TOL[torch.float32]
+        x = inp["x"].clone().requires_grad_()
+        assert rel_err(conv2d(**{**inp, "x": x}, activation="relu"), y_ref) < TOL[torch.float32]
+    assert seen == ["fwd", "fwd", "fwd"]  # the out= and autograd calls share the first call's launch
+
+
+def test_index_type_depends_only_on_shape_and_strides():
+    """The launch memos key on shapes and strides: the index type must follow from them, whatever the storage."""
+    import triton.language as tl
+
+    for shape, span_ok in (((8, 64, 35, 35), True), ((80, 16, 1300, 1300), False)):
+        small = torch.empty(shape, device="meta").to(memory_format=torch.channels_last)
+        in_huge = torch.empty(2**33, device="meta").as_strided(small.shape, small.stride(), 7)
+        assert _tile.tl_index_type(small) == _tile.tl_index_type(in_huge) == (tl.int32 if span_ok else tl.int64)
 
 
 def test_reference_backend_switch(monkeypatch, device):

@@ -294,6 +294,43 @@ def test_tuned_table_wins_and_bad_tables_are_ignored_with_one_warning(monkeypatc
     assert dispatch.choose("conv_fwd", p16).impl == "reference"  # the rule on a CPU; triton cannot do bf16 here
 
 
+def test_functional_call_memo_follows_the_backend_and_the_tables(monkeypatch, poison):
+    """``ops.conv2d`` remembers, per call signature, which implementation runs it: a forced backend, a scope, or a
+    tuning table read again (``dispatch.reload``) changes the answer for the same signature."""
+    from inception_kernels.ops import conv_cudnn
+
+    gemms = []
+    real_aten_conv = conv_cudnn._aten_conv
+    monkeypatch.setattr(conv_cudnn, "_aten_conv", lambda *a: gemms.append("cudnn") or real_aten_conv(*a))
+    real_reference = reference.conv2d
+    monkeypatch.setattr(reference, "conv2d", lambda *a, **k: gemms.append("reference") or real_reference(*a, **k))
+    torch.manual_seed(0)
+    x, w, b = _cl(torch.randn(2, 5, 6, 6)), torch.randn(7, 5, 3, 3), torch.randn(7)
+    want = _ref_fwd(x, w, (1, 1), (1, 1, 1, 1), bias=b, activation="relu")
+
+    def call(expect):
+        gemms.clear()
+        for _ in range(2):  # the second call is served by the memo
+            assert rel_err(conv.conv2d(x, w, padding=1, bias=b, activation="relu"), want) < TOL
+        assert gemms == [expect] * 2 if expect else gemms == []
+
+    for backend, expect in (("triton", None), ("cudnn", "cudnn"), ("reference", "reference"), ("triton", None)):
+        monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", backend)
+        call(expect)
+    with dispatch.use_backend("cudnn"):
+        call("cudnn")
+    # auto: a tuning table decides (our kernels taken to serve CPU tensors, as on a GPU, where a table applies)
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "auto")
+    monkeypatch.setattr(dispatch, "is_reference", lambda t, forced=None: False)
+    tag = "cpu-interpreter"
+    key = dispatch.conv_problem(x, w, (1, 1), (1, 1, 1, 1), relu=True, bias=True).key("conv_fwd")
+    for impl, expect in (("triton", None), ("cudnn", "cudnn"), ("triton", None)):
+        _write(dispatch.cache_path(tag), {"format": dispatch.TUNE_FORMAT, "version": dispatch.TUNE_VERSION,
+                                          "device": tag, "entries": {key: {"impl": impl}}})  # fmt: skip
+        dispatch.reload()
+        call(expect)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # tune
 # ----------------------------------------------------------------------------------------------------------

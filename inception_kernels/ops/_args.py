@@ -191,14 +191,14 @@ def _plain(v) -> bool:
 
 def call_signature(*args) -> tuple | None:
     """A memo key for an op call whose checks read only its tensors' metadata and its other arguments' values:
-    each tensor as (shape, strides, dtype, device), each other argument as (type, value); None when an
+    each tensor as (type, shape, strides, dtype, device), each other argument as (type, value); None when an
     argument is neither a tensor nor :func:`_plain` (it is then checked on every call)."""
     key = []
     for a in args:
         if a is None:
             key.append(None)
         elif isinstance(a, torch.Tensor):
-            key.append((a.shape, a.stride(), a.dtype, a.device))
+            key.append((type(a), a.shape, a.stride(), a.dtype, a.device))
         elif _plain(a) or a is True or a is False:
             key.append((type(a), a))
         else:

@@ -66,7 +66,9 @@ def cdiv(a: int, b: int) -> int:
 
 
 def fits_int32(t: torch.Tensor) -> bool:
-    """Whether every element offset of ``t`` (from its first element, through its strides) fits int32."""
+    """Whether every element offset of ``t`` (from its first element, through its strides) fits int32: a function
+    of its shape and strides alone (the storage-size test only answers the small cases early), so launches
+    memoized on shapes and strides keep the right index type."""
     if t.untyped_storage().nbytes() < 2**31 - 1:  # (no offset inside a storage this small can exceed it)
         return True
     return sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) < 2**31 - 1

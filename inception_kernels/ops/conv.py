@@ -414,6 +414,41 @@ def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale,
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point and argument checking
 # ----------------------------------------------------------------------------------------------------------
+_RUNS: dict = {}
+_RUNS_MAX = 4096  # distinct call signatures kept; past that the memo starts again (a shape sweep)
+
+
+def _run_key(x, weight, scale, bias, residual, stride, padding, activation, residual_scale, backend):
+    """The memo key of an eager, gradient-free :func:`conv2d` call without ``out``: its signature
+    (:func:`_args.call_signature`) and everything else that decides its implementation and launch (the explicit
+    backend, the dispatch tables' generation, TF32, autotuning, the interpreter switch for CPU tensors); None
+    for a call the memo does not serve (tracing, a dispatch recording, gradients, an argument that is neither a
+    tensor nor a plain value)."""
+    if torch.compiler.is_compiling() or dispatch.recording_active():
+        return None
+    sig = _args.call_signature(x, weight, scale, bias, residual, stride, padding, activation, residual_scale)
+    if sig is None:  # (before the gradient test: a non-tensor is refused by the checks, with its name)
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, scale, bias, residual)):
+        return None
+    cpu_interp = isinstance(x, torch.Tensor) and x.device.type == "cpu" and _backend.interpreter_active()
+    return (sig, backend, dispatch.generation(), torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(),
+            cpu_interp)  # fmt: skip
+
+
+def _functional_run(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, backend):
+    """What later calls of this signature run: ``run(x, weight, scale, bias, residual)``, the implementation
+    chosen (and on the triton route the launch fixed) now."""
+    if len(_RUNS) >= _RUNS_MAX:
+        _RUNS.clear()
+    impl = dispatch.choose_conv("conv_fwd", x, weight, stride, padding, residual, relu, scale, bias, False, False,
+                                backend)  # fmt: skip
+    if impl.runner is not None:
+        return impl.runner(x, weight, scale, bias, residual, stride, padding, residual_scale, relu)
+    return lambda x, weight, scale, bias, residual: impl.fn(x, weight, scale, bias, residual, stride, padding,
+                                                             residual_scale, relu, None, None, None)  # fmt: skip
+
+
 _VALIDATED: dict = {}
 _VALIDATED_MAX = 4096  # distinct call signatures kept; past that the memo starts again (a shape sweep)
 
@@ -514,13 +549,23 @@ def conv2d(
     Returns: (N, K, P, Q) channels_last tensor (``out`` when given). Accumulation is float32; float32 inputs
     use TF32 on the GPU only when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default for convs).
     """
-    stride_t, pad, scale, bias = _validate(
+    backend = dispatch.requested()  # read once: each read of the environment costs about a microsecond
+    key = None if out is not None else _run_key(x, weight, scale, bias, residual, stride, padding, activation,
+                                                residual_scale, backend)  # fmt: skip
+    if key is not None:
+        run = _RUNS.get(key)
+        if run is not None:
+            return run(x, weight, scale, bias, residual)
+    stride_t, pad, scale_c, bias_c = _validate(
         x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out
     )
-    x = x.contiguous(memory_format=torch.channels_last) if not _args.is_nhwc_strided(x) else x
+    if scale_c is not scale or bias_c is not bias:
+        key, scale, bias = None, scale_c, bias_c  # copied for this call: the next one copies again
+    x_cl = x.contiguous(memory_format=torch.channels_last) if not _args.is_nhwc_strided(x) else x
+    if x_cl is not x:
+        key, x = None, x_cl
     relu = activation == "relu"
     rs = float(residual_scale)
-    backend = dispatch.requested()  # read once: each read of the environment costs about a microsecond
     if dispatch.is_reference(x, backend) or x.numel() == 0 or weight.shape[0] == 0:
         y = reference.conv2d(
             x, weight, stride=stride_t, padding=pad, scale=scale, bias=bias, activation=activation,
@@ -539,6 +584,9 @@ def conv2d(
             )
         if needs_grad:
             return _Conv2dFn.apply(x, weight, scale, bias, residual, stride_t, pad, rs, relu)
+        if key is not None:
+            run = _RUNS[key] = _functional_run(x, weight, scale, bias, residual, stride_t, pad, rs, relu, backend)
+            return run(x, weight, scale, bias, residual)
         return conv_forward(x, weight, scale, bias, residual, stride_t, pad, rs, relu, backend=backend)
     if needs_grad:
         # Dynamo cannot trace autograd.Function.mark_dirty: under torch.compile use the functional form for

@@ -83,13 +83,13 @@ _LAUNCHERS_MAX = 4096  # distinct call signatures kept; past that the memo start
 
 def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
     """:func:`fwd_launcher` (default config) memoized on everything it reads: the tensors' shapes, strides, dtype
-    and device, the flags, the index type (a view's offsets may need int64 where an equal-shaped tensor does
-    not), the TF32 switch and the autotune switch. A functional call (``ops.conv2d`` outside a plan) then skips
-    the launch decision after its first call per signature."""
+    and device (the index type follows from them: :func:`_tile.fits_int32`), the flags, the TF32 switch and the
+    autotune switch. A call that no plan serves (an unplanned training step, an ``out=`` call) then skips the
+    launch decision after its first call per signature."""
     key = (
         _args.geometry(x, out, residual, out2), weight.shape, x.dtype, x.device, scale is None, bias is None,
         stats is None, tuple(stride), tuple(padding), float(residual_scale), bool(relu),
-        _tile.tl_index_type(x, out, residual, out2), torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(),
+        torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(),
     )  # fmt: skip
     run = _LAUNCHERS.get(key)
     if run is None:
@@ -147,6 +147,24 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
         return out
 
     return plan
+
+
+def _fwd_triton_runner(x, weight, scale, bias, residual, stride, padding, residual_scale, relu):
+    """The forward's ``dispatch.Impl.runner``: the launch of calls of this signature decided once; ``run(x, weight,
+    scale, bias, residual)`` then allocates the output and launches (the weight operand looked up per call)."""
+    _backend.check_interpretable(x)
+    shape = _args.conv_out_shape(x.shape, weight.shape, stride, padding)
+    launch = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu,
+                          _tile.new_cl(shape, x))  # fmt: skip
+
+    def run(x, weight, scale, bias, residual):
+        out = _tile.new_cl(shape, x)
+        wp = weight_operand(weight, dtype=x.dtype)
+        launch(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
+               residual if residual is not None else out, out, wp, wp, wp)  # fmt: skip
+        return out
+
+    return run
 
 
 def _wgrad_splits(tiles: int, rows: int, device: torch.device) -> int:
@@ -344,6 +362,7 @@ def _triton_reasons(problem) -> list[str]:
     return why
 
 
-dispatch.register(dispatch.Impl("conv_fwd", "triton", _triton_reasons, _fwd_triton, _fwd_triton_plan))
+dispatch.register(dispatch.Impl("conv_fwd", "triton", _triton_reasons, _fwd_triton, _fwd_triton_plan,
+                                _fwd_triton_runner))  # fmt: skip
 dispatch.register(dispatch.Impl("conv_dgrad", "triton", _triton_reasons, dgrad_triton))
 dispatch.register(dispatch.Impl("conv_wgrad", "triton", _triton_reasons, wgrad_triton))

@@ -170,13 +170,16 @@ class Impl:
     can); ``fn`` is what runs (its signature is the family's; see ops.conv / ops.conv_cudnn). ``plan``, where an
     implementation has one, does the per-signature work of ``fn`` once and returns what runs a call (the conv
     forward's: ``plan(x, weight, scale, bias, stride, padding, residual_scale, relu, out)`` -> ``run(x, out)``,
-    see ``ops.conv.plan_forward``)."""
+    see ``ops.conv.plan_forward``). ``runner``, likewise, decides a call signature's launch once without binding
+    its tensors (the conv forward's: ``runner(x, weight, scale, bias, residual, stride, padding, residual_scale,
+    relu)`` -> ``run(x, weight, scale, bias, residual)`` returning a new output; ``ops.conv.conv2d``'s memo)."""
 
     family: str
     name: str
     reasons: Callable[[object], list[str]]
     fn: Callable | None = None
     plan: Callable | None = None
+    runner: Callable | None = None
 
 
 _IMPLS: dict[str, dict[str, Impl]] = {f: {} for f in FAMILIES}

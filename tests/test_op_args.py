@@ -775,6 +775,54 @@ def test_conv2d_signature_memo_refuses_lookalikes(backend, monkeypatch, poison):
         for _ in range(2):
             y = ops.conv2d(_dev(x), _dev(w), **{**good, "scale": _dev(scale)})
             assert_fp32_rule(y, F.relu(F.conv2d(x.double(), w.double(), padding=1)), want)
+        # 0-d integer tensors as stride / padding (accepted like ints) are read on every call, never keyed by
+        # their metadata: tensor(1) and tensor(2) have the same shape, dtype and device
+        for _ in range(2):
+            for st, pad in ((1, 1), (2, 1), (1, 0), (2, 0)):
+                y = ops.conv2d(_dev(x), _dev(w), **{**good, "stride": torch.tensor(st), "padding": torch.tensor(pad)})
+                assert y.shape == F.conv2d(x, w, stride=st, padding=pad).shape
+            for bad, word in (({"stride": torch.tensor(3)}, "stride"), ({"padding": torch.tensor(-1)}, "padding")):
+                with pytest.raises(ValueError, match=word):
+                    ops.conv2d(_dev(x), _dev(w), **{**good, **bad})
+        # a plain value in a tensor's place is a TypeError naming it, also with gradients on
+        for name in ("scale", "bias", "residual"):
+            with pytest.raises(TypeError, match=name):
+                ops.conv2d(_dev(x), _dev(w), **{**good, name: 1.0})
+
+
+def test_call_signature_tells_apart_what_the_checks_tell_apart():
+    """The memo key (``_args.call_signature``): values by type and bits, tensors by metadata in tensor slots
+    only; fake / functional tensors and tensors in value slots give no key."""
+    sig = _args.call_signature
+    t = torch.ones(3)
+    assert sig((t,), (1,)) == sig((torch.zeros(3),), (1,))
+    for a, b in ((1, True), (1, 1.0), ((1, 1), (1, True)), (0.0, -0.0), ("1", 1.0), (None, 0)):
+        assert sig((t,), (a,)) != sig((t,), (b,)), (a, b)
+    assert sig((t,), (torch.tensor(1),)) is None and sig((1.0,), ()) is None and sig((t,), ([1, 1],)) is None
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        assert sig((torch.empty(3),), ()) is None
+
+
+def test_conv2d_traces_with_symbolic_shapes():
+    """make_fx with symbolic sizes (no torch.compile: the memo is not switched off by is_compiling) records our op;
+    the memo never sees its SymInt sizes."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, w = _x(1, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    for mode in ("fake", "symbolic"):
+        g = make_fx(lambda x, w: ops.conv2d(x, w, padding=1, activation="relu"), tracing_mode=mode)(x, w)
+        assert any("inception_kernels.conv2d_fwd" in str(n.target) for n in g.graph.nodes), mode
+
+
+def test_a_bad_backend_variable_is_reported_after_the_argument_checks(monkeypatch):
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "bogus")
+    x, w = _x(1, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        ops.conv2d(x, w, stride=3)
+    with pytest.raises(ValueError, match="INCEPTION_KERNELS_BACKEND"):
+        ops.conv2d(x, w)
 
 
 def test_the_reported_pool_padding_bug():

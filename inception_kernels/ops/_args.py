@@ -178,31 +178,46 @@ def flag(v, name: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # Tensors
 # ----------------------------------------------------------------------------------------------------------
-def _plain(v) -> bool:
-    """``v`` hashes and compares only like itself: an int, a str, a float that is not NaN, None, or a tuple of
-    ints (``True == 1`` and ``1.0 == 1`` hash alike, so anything else is compared by type too or not at all)."""
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not fake, functional or other tracing subclasses
+
+
+def _value_key(v):
+    """``v`` as a memo-key element that equals another only for an argument the checks treat alike, or
+    :data:`_NO_KEY`: an int, bool, str or None by (type, value) (``True == 1`` and ``1.0 == 1`` hash alike); a
+    float by its bits (``-0.0 == 0.0`` would share a key, NaN match none); a tuple of ints. Anything else (a
+    tensor, a list, a numpy scalar) has no key: such a call is checked every time."""
     t = type(v)
-    if t is int or t is str or v is None:
-        return True
+    if t is int or t is bool or t is str or v is None:
+        return (t, v)
     if t is float:
-        return v == v
-    return t is tuple and all(type(i) is int for i in v)
+        return v.hex()  # (a str: never equal to an int's or a str argument's (type, value) pair)
+    if t is tuple and all(type(i) is int for i in v):
+        return (t, v)
+    return _NO_KEY
 
 
-def call_signature(*args) -> tuple | None:
+_NO_KEY = object()
+
+
+def call_signature(tensors: tuple, values: tuple) -> tuple | None:
     """A memo key for an op call whose checks read only its tensors' metadata and its other arguments' values:
-    each tensor as (type, shape, strides, dtype, device), each other argument as (type, value); None when an
-    argument is neither a tensor nor :func:`_plain` (it is then checked on every call)."""
+    each of ``tensors`` (None or a plain tensor) as (shape, strides, dtype, device), each of ``values`` as
+    :func:`_value_key`. None when the call cannot be keyed (it is then checked on every call): a tensor slot
+    holding something else (the checks name it), a fake / functional / other tensor subclass (tracing: its sizes
+    may be symbolic), a value without a key."""
     key = []
-    for a in args:
+    for a in tensors:
         if a is None:
             key.append(None)
-        elif isinstance(a, torch.Tensor):
-            key.append((type(a), a.shape, a.stride(), a.dtype, a.device))
-        elif _plain(a) or a is True or a is False:
-            key.append((type(a), a))
+        elif type(a) in _PLAIN_TENSORS:
+            key.append((a.shape, a.stride(), a.dtype, a.device))
         else:
             return None
+    for v in values:
+        k = _value_key(v)
+        if k is _NO_KEY:
+            return None
+        key.append(k)
     return tuple(key)
 
 

@@ -426,8 +426,8 @@ def _run_key(x, weight, scale, bias, residual, stride, padding, activation, resi
     tensor nor a plain value)."""
     if torch.compiler.is_compiling() or dispatch.recording_active():
         return None
-    sig = _args.call_signature(x, weight, scale, bias, residual, stride, padding, activation, residual_scale)
-    if sig is None:  # (before the gradient test: a non-tensor is refused by the checks, with its name)
+    sig = _args.call_signature((x, weight, scale, bias, residual), (stride, padding, activation, residual_scale))
+    if sig is None or backend is None:  # (before the gradient test: a non-tensor is refused by the checks)
         return None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, scale, bias, residual)):
         return None
@@ -463,8 +463,8 @@ def _validate(x, weight, stride, padding, scale, bias, activation, residual, res
     nothing the checks read differs. ``out`` is checked every call (its aliasing depends on addresses)."""
     key = None
     if out is None and not torch.compiler.is_compiling():  # a dict filled while Dynamo traces breaks its guards
-        key = _args.call_signature(x, weight, scale, bias, residual, stride, padding, activation, residual_scale,
-                                   master)  # fmt: skip
+        key = _args.call_signature((x, weight, scale, bias, residual),
+                                   (stride, padding, activation, residual_scale, master))  # fmt: skip
         hit = _VALIDATED.get(key) if key is not None else None
         if hit is not None:
             return hit[0], hit[1], scale, bias
@@ -549,7 +549,10 @@ def conv2d(
     Returns: (N, K, P, Q) channels_last tensor (``out`` when given). Accumulation is float32; float32 inputs
     use TF32 on the GPU only when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default for convs).
     """
-    backend = dispatch.requested()  # read once: each read of the environment costs about a microsecond
+    try:  # read once: each read of the environment costs about a microsecond
+        backend = dispatch.requested()
+    except ValueError:  # a bad INCEPTION_KERNELS_BACKEND: raised below, after the argument checks, as ever
+        backend = None
     key = None if out is not None else _run_key(x, weight, scale, bias, residual, stride, padding, activation,
                                                 residual_scale, backend)  # fmt: skip
     if key is not None:
@@ -566,6 +569,7 @@ def conv2d(
         key, x = None, x_cl
     relu = activation == "relu"
     rs = float(residual_scale)
+    backend = backend if backend is not None else dispatch.requested()
     if dispatch.is_reference(x, backend) or x.numel() == 0 or weight.shape[0] == 0:
         y = reference.conv2d(
             x, weight, stride=stride_t, padding=pad, scale=scale, bias=bias, activation=activation,

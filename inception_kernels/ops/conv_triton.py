@@ -88,7 +88,7 @@ def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residu
     launch decision after its first call per signature."""
     key = (
         _args.geometry(x, out, residual, out2), weight.shape, x.dtype, x.device, scale is None, bias is None,
-        stats is None, tuple(stride), tuple(padding), float(residual_scale), bool(relu),
+        stats is None, tuple(stride), tuple(padding), float(residual_scale).hex(), bool(relu),
         torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(),
     )  # fmt: skip
     run = _LAUNCHERS.get(key)

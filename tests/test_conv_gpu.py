@@ -86,6 +86,20 @@ def test_gpu_tf32_when_allowed(monkeypatch):
     assert 1e-6 < rel_err(y, y_ref) < 3e-3  # TF32 really used, and within TF32 accuracy
 
 
+def test_gpu_tf32_switch_is_followed_by_repeated_calls(monkeypatch):
+    """The functional call's memo (``ops.conv.conv2d``: one decision per signature) keys on TF32: the same call
+    signature switches between IEEE and TF32 accuracy with ``torch.backends.cudnn.allow_tf32``, each way twice."""
+    inp = _inputs(SHAPES["v3_5b_3x3"], torch.float32, residual=False)
+    y_ref = reference.conv2d(**{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in inp.items()},
+                             activation="relu")  # fmt: skip
+    with torch.no_grad():
+        for allow in (False, True, False, True):
+            monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
+            for _ in range(2):
+                err = rel_err(conv2d(**inp, activation="relu"), y_ref)
+                assert (1e-6 < err < 3e-3) if allow else (err < 1e-5), (allow, err)
+
+
 def test_gpu_out_slice_poisoned():
     inp = _inputs(SHAPES["v3_6b_7x1"], torch.bfloat16, residual=False)
     N, K = inp["x"].shape[0], inp["weight"].shape[0]

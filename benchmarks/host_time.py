@@ -34,17 +34,6 @@ import time
 import torch
 
 
-def _median_us(fn, repeat: int) -> float:
-    for _ in range(max(5, repeat // 10)):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
-
-
 def _interleaved_us(fns: dict, repeat: int) -> dict:
     """Median microseconds of each of ``fns`` with their calls interleaved (one of each per round, the order
     rotating), so that the machine's drifting speed (a shared VM's) moves every figure alike and their ratios hold."""
@@ -59,6 +48,10 @@ def _interleaved_us(fns: dict, repeat: int) -> dict:
             fns[name]()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) * 1e6 for name, t in times.items()}
+
+
+def _median_us(fn, repeat: int) -> float:
+    return _interleaved_us({"fn": fn}, repeat)["fn"]
 
 
 def conv_call(repeat: int) -> dict:

@@ -221,6 +221,18 @@ def call_signature(tensors: tuple, values: tuple) -> tuple | None:
     return tuple(key)
 
 
+MEMO_MAX = 4096  # distinct call signatures a memo keeps; past that it starts again (a shape sweep)
+
+
+def remember(memo: dict, key, value):
+    """``memo[key] = value`` in one of the call memos keyed by :func:`call_signature`, bounded by
+    :data:`MEMO_MAX`; returns ``value``."""
+    if len(memo) >= MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 def is_nhwc_strided(t: torch.Tensor) -> bool:
     """Channels innermost and (n, h, w) laid out without overlap: a channels_last tensor or a channel slice."""
     N, K, P, Q = t.shape

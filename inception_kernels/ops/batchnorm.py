@@ -1017,7 +1017,7 @@ class ConvBNActPlan:
             def conv(x, weight, partials):
                 y = _tile.new_cl(shape, x)
                 wp = _weights.weight_operand(weight, dtype=x.dtype)
-                launch(x, wp, y, wp, wp, y, y, *partials)
+                launch(x, wp, y, stats=partials)
                 return y
 
         else:

@@ -415,23 +415,26 @@ def _fwd_into(x, weight, scale, bias, residual, stride, padding, residual_scale,
 # Public entry point and argument checking
 # ----------------------------------------------------------------------------------------------------------
 _RUNS: dict = {}
-_RUNS_MAX = 4096  # distinct call signatures kept; past that the memo starts again (a shape sweep)
 
 
-def _run_key(x, weight, scale, bias, residual, stride, padding, activation, residual_scale, backend):
-    """The memo key of an eager, gradient-free :func:`conv2d` call without ``out``: its signature
-    (:func:`_args.call_signature`) and everything else that decides its implementation and launch (the explicit
-    backend, the dispatch tables' generation, TF32, autotuning, the interpreter switch for CPU tensors); None
-    for a call the memo does not serve (tracing, a dispatch recording, gradients, an argument that is neither a
-    tensor nor a plain value)."""
-    if torch.compiler.is_compiling() or dispatch.recording_active():
+def _signature(x, weight, scale, bias, residual, stride, padding, activation, residual_scale, out):
+    """:func:`_args.call_signature` of a :func:`conv2d` call without ``out`` outside tracing (a dict filled while
+    Dynamo traces breaks its guards), else None: the key of its checks (:func:`_validate`) and of its run."""
+    if out is not None or torch.compiler.is_compiling():
         return None
-    sig = _args.call_signature((x, weight, scale, bias, residual), (stride, padding, activation, residual_scale))
-    if sig is None or backend is None:  # (before the gradient test: a non-tensor is refused by the checks)
+    return _args.call_signature((x, weight, scale, bias, residual), (stride, padding, activation, residual_scale))
+
+
+def _run_key(sig, x, weight, scale, bias, residual, backend):
+    """The memo key of an eager, gradient-free :func:`conv2d` call of signature ``sig`` (:func:`_signature`, not
+    None): with everything else that decides its implementation and launch (the explicit backend, the dispatch
+    tables' generation, TF32, autotuning, the interpreter switch for CPU tensors); None for a call the memo does
+    not serve (a dispatch recording, gradients, an unreadable backend variable)."""
+    if backend is None or dispatch.recording_active():
         return None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, scale, bias, residual)):
         return None
-    cpu_interp = isinstance(x, torch.Tensor) and x.device.type == "cpu" and _backend.interpreter_active()
+    cpu_interp = x.device.type == "cpu" and _backend.interpreter_active()
     return (sig, backend, dispatch.generation(), torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(),
             cpu_interp)  # fmt: skip
 
@@ -439,8 +442,6 @@ def _run_key(x, weight, scale, bias, residual, stride, padding, activation, resi
 def _functional_run(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, backend):
     """What later calls of this signature run: ``run(x, weight, scale, bias, residual)``, the implementation
     chosen (and on the triton route the launch fixed) now."""
-    if len(_RUNS) >= _RUNS_MAX:
-        _RUNS.clear()
     impl = dispatch.choose_conv("conv_fwd", x, weight, stride, padding, residual, relu, scale, bias, False, False,
                                 backend)  # fmt: skip
     if impl.runner is not None:
@@ -450,30 +451,30 @@ def _functional_run(x, weight, scale, bias, residual, stride, padding, residual_
 
 
 _VALIDATED: dict = {}
-_VALIDATED_MAX = 4096  # distinct call signatures kept; past that the memo starts again (a shape sweep)
+_UNSET = object()
 
 
-def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out, master=False):
+def _validate(x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out, master=False,
+              sig=_UNSET):  # fmt: skip
     """Checks every argument of :func:`conv2d`; returns (stride, padding 4-tuple, scale, bias), the per-channel
     tensors contiguous (the kernels read them with unit stride). ``master``: the weight may be a float32 master
     weight of a 16-bit x (a planned training step under autocast, ``ops.batchnorm.plan_conv_bn_act``).
 
     A call without ``out`` whose signature (:func:`_args.call_signature`: every tensor's shape, strides, dtype and
     device, the other arguments by type and value) passed before returns the stride and padding found then:
-    nothing the checks read differs. ``out`` is checked every call (its aliasing depends on addresses)."""
-    key = None
-    if out is None and not torch.compiler.is_compiling():  # a dict filled while Dynamo traces breaks its guards
-        key = _args.call_signature((x, weight, scale, bias, residual),
-                                   (stride, padding, activation, residual_scale, master))  # fmt: skip
-        hit = _VALIDATED.get(key) if key is not None else None
+    nothing the checks read differs. ``out`` is checked every call (its aliasing depends on addresses). ``sig``:
+    the call's :func:`_signature`, when the caller has it."""
+    if sig is _UNSET:
+        sig = _signature(x, weight, scale, bias, residual, stride, padding, activation, residual_scale, out)
+    key = None if sig is None else (sig, master)
+    if key is not None:
+        hit = _VALIDATED.get(key)
         if hit is not None:
             return hit[0], hit[1], scale, bias
     st, pad, scale_c, bias_c = _check_args(x, weight, stride, padding, scale, bias, activation, residual,
                                            residual_scale, out, master)  # fmt: skip
     if key is not None and scale_c is scale and bias_c is bias:  # nothing copied: the same call needs no copy
-        if len(_VALIDATED) >= _VALIDATED_MAX:
-            _VALIDATED.clear()
-        _VALIDATED[key] = (st, pad)
+        _args.remember(_VALIDATED, key, (st, pad))
     return st, pad, scale_c, bias_c
 
 
@@ -553,14 +554,14 @@ def conv2d(
         backend = dispatch.requested()
     except ValueError:  # a bad INCEPTION_KERNELS_BACKEND: raised below, after the argument checks, as ever
         backend = None
-    key = None if out is not None else _run_key(x, weight, scale, bias, residual, stride, padding, activation,
-                                                residual_scale, backend)  # fmt: skip
+    sig = _signature(x, weight, scale, bias, residual, stride, padding, activation, residual_scale, out)
+    key = None if sig is None else _run_key(sig, x, weight, scale, bias, residual, backend)
     if key is not None:
         run = _RUNS.get(key)
         if run is not None:
             return run(x, weight, scale, bias, residual)
     stride_t, pad, scale_c, bias_c = _validate(
-        x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out
+        x, weight, stride, padding, scale, bias, activation, residual, residual_scale, out, sig=sig
     )
     if scale_c is not scale or bias_c is not bias:
         key, scale, bias = None, scale_c, bias_c  # copied for this call: the next one copies again
@@ -589,7 +590,8 @@ def conv2d(
         if needs_grad:
             return _Conv2dFn.apply(x, weight, scale, bias, residual, stride_t, pad, rs, relu)
         if key is not None:
-            run = _RUNS[key] = _functional_run(x, weight, scale, bias, residual, stride_t, pad, rs, relu, backend)
+            run = _args.remember(_RUNS, key, _functional_run(x, weight, scale, bias, residual, stride_t, pad, rs,
+                                                             relu, backend))  # fmt: skip
             return run(x, weight, scale, bias, residual)
         return conv_forward(x, weight, scale, bias, residual, stride_t, pad, rs, relu, backend=backend)
     if needs_grad:

@@ -44,9 +44,10 @@ def fwd_launcher(
     stats=None,
 ):  # fmt: skip
     """Everything about one forward launch that stays while the tensors keep their shapes, strides and flags,
-    decided once: returns ``run(x, wp, out, scale, bias, res, o2, cnt, mean, m2)`` taking the tensors of one call
-    (``wp``: :func:`weight_operand` of the weight in x's dtype; an absent operand is any tensor of the call, e.g. ``wp``; ``res`` / ``o2`` absent:
-    ``out``). Arguments as :func:`conv_fwd_into`, whose tensors only lend their shapes and strides here."""
+    decided once: returns ``run(x, wp, out, scale=None, bias=None, res=None, o2=None, stats=None)`` taking the
+    tensors of one call (``wp``: :func:`weight_operand` of the weight in x's dtype; an absent operand is passed
+    to the kernel as a tensor of the call it never reads). Arguments as :func:`conv_fwd_into`, whose tensors only
+    lend their shapes and strides here."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, K1, P, Q = out.shape
@@ -71,14 +72,15 @@ def fwd_launcher(
         stride[0], stride[1], padding[0], padding[2], float(residual_scale), K1 if out2 is not None else K,
     )  # fmt: skip
 
-    def run(x, wp, out, scale, bias, res, o2, cnt, mean, m2):
-        launch(x, wp, out, scale, bias, res, o2, cnt, mean, m2, *ints)
+    def run(x, wp, out, scale=None, bias=None, res=None, o2=None, stats=None):
+        cnt, mean, m2 = stats if stats is not None else (wp, wp, wp)
+        launch(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
+               res if res is not None else out, o2 if o2 is not None else out, cnt, mean, m2, *ints)  # fmt: skip
 
     return run
 
 
 _LAUNCHERS: dict = {}
-_LAUNCHERS_MAX = 4096  # distinct call signatures kept; past that the memo starts again (a shape sweep)
 
 
 def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
@@ -93,10 +95,8 @@ def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residu
     )  # fmt: skip
     run = _LAUNCHERS.get(key)
     if run is None:
-        if len(_LAUNCHERS) >= _LAUNCHERS_MAX:
-            _LAUNCHERS.clear()
-        run = _LAUNCHERS[key] = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale,
-                                             relu, out, None, out2, stats)  # fmt: skip
+        run = _args.remember(_LAUNCHERS, key, fwd_launcher(x, weight, scale, bias, residual, stride, padding,
+                                                           residual_scale, relu, out, None, out2, stats))  # fmt: skip
     return run
 
 
@@ -118,10 +118,7 @@ def conv_fwd_into(
     else:
         run = fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, config,
                            out2, stats)  # fmt: skip
-    wp = weight_operand(weight, dtype=x.dtype)
-    run(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
-        residual if residual is not None else out, out2 if out2 is not None else out,
-        *(stats if stats is not None else (wp, wp, wp)))  # fmt: skip
+    run(x, weight_operand(weight, dtype=x.dtype), out, scale, bias, residual, out2, stats)
     return out
 
 
@@ -133,9 +130,6 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
     example = out if out is not None else _tile.new_cl(shape, x)
     run = fwd_launcher(x, weight, scale, bias, None, stride, padding, residual_scale, relu, example, out2=out2)
     wp = weight_operand(weight, dtype=x.dtype)
-    s = scale if scale is not None else wp
-    b = bias if bias is not None else wp
-
     planned = _args.geometry(x, out, out2)
 
     def plan(x, out=None, out2=None):
@@ -143,7 +137,7 @@ def _fwd_triton_plan(x, weight, scale, bias, stride, padding, residual_scale, re
             _args.check_plan_geometry(planned, x, out, out2, what="conv plan")
         if out is None:
             out = _tile.new_cl(shape, x)
-        run(x, wp, out, s, b, out, out2 if out2 is not None else out, wp, wp, wp)
+        run(x, wp, out, scale, bias, None, out2)
         return out
 
     return plan
@@ -159,9 +153,7 @@ def _fwd_triton_runner(x, weight, scale, bias, residual, stride, padding, residu
 
     def run(x, weight, scale, bias, residual):
         out = _tile.new_cl(shape, x)
-        wp = weight_operand(weight, dtype=x.dtype)
-        launch(x, wp, out, scale if scale is not None else wp, bias if bias is not None else wp,
-               residual if residual is not None else out, out, wp, wp, wp)  # fmt: skip
+        launch(x, weight_operand(weight, dtype=x.dtype), out, scale, bias, residual)
         return out
 
     return run

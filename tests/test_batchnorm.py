@@ -81,6 +81,44 @@ def test_bn_finalize_row_chunks(programs, device, poison):
     assert all(torch.equal(a, b) for a, b in zip((mean, var, invstd), again))
 
 
+def test_bn_launches_decided_once_per_geometry(device, poison, monkeypatch):
+    """The finalize, apply and backward-reduction launches are decided once per shapes, strides and flags
+    (``batchnorm._LAUNCHES``) and take every value at each call: three training steps with new inputs, new running
+    statistics, another momentum and another eps each match fp64; a grad_out of other strides (a channel slice)
+    decides a reduction launch of its own. Every ReLU input > 10x fp32 rounding from 0 in fp64 (a closer one flips
+    a mask entry by luck)."""
+    built = []
+    for name in ("_finalize_launcher", "_apply_launcher", "_reduce_launcher"):
+        real = getattr(bn, name)
+        monkeypatch.setattr(bn, name, lambda *a, _real=real, _name=name, **k: built.append(_name) or _real(*a, **k))
+    shape = (2, 29, 5, 3)  # found in no other test: its first step here decides the launches
+    N, C, H, W = shape
+    gen = torch.Generator().manual_seed(5)
+    for step, (momentum, eps) in enumerate(((0.1, 1e-3), (0.3, 1e-5), (0.7, 1e-2))):
+        x, w, b = draw_off_relu_kink(
+            lambda: tuple(t.to(device) for t in (_cl(torch.randn(shape, generator=gen) * 2 + 0.5),
+                                                 torch.randn(C, generator=gen), torch.randn(C, generator=gen))),
+            lambda x, w, b, eps=eps: _batch_norm(x, w, b, eps=eps))  # fmt: skip
+        rm, rv = torch.randn(C, device=device), torch.rand(C, device=device) + 0.5
+        rm_ref, rv_ref = rm.double().clone(), rv.double().clone()
+        ours = [t.clone().requires_grad_() for t in (x, w, b)]
+        refs = [t.double().requires_grad_() for t in (x, w, b)]
+        y = bn.batch_norm_act(*ours, rm, rv, momentum=momentum, eps=eps, relu=True)
+        y_ref = reference.batch_norm_act(*refs, rm_ref, rv_ref, momentum, eps, True)
+        assert rel_err(y, y_ref) < 1e-5, step
+        assert rel_err(rm, rm_ref) < 1e-6 and rel_err(rv, rv_ref) < 1e-6, step
+        g = _cl(torch.randn(shape, generator=gen).to(device))
+        for a, r in zip(torch.autograd.grad(y, ours, g), torch.autograd.grad(y_ref, refs, g.double())):
+            assert rel_err(a, r) < 1e-4, step
+    assert sorted(built) == ["_apply_launcher", "_finalize_launcher", "_reduce_launcher"]  # decided once
+    y = bn.batch_norm_act(*ours, rm, rv, momentum=0.1, eps=1e-2, relu=True)
+    g = _slice_of_buffer(g)
+    dx, dw, db = torch.autograd.grad(y, ours, g)
+    rdx, rdw, rdb = torch.autograd.grad(reference.batch_norm_act(*refs, None, None, 0.1, 1e-2, True), refs, g.double())
+    assert rel_err(dx, rdx) < 1e-4 and rel_err(dw, rdw) < 1e-4 and rel_err(db, rdb) < 1e-4
+    assert sorted(built) == ["_apply_launcher", "_finalize_launcher", "_reduce_launcher", "_reduce_launcher"]
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("relu", [True, False])
 def test_bn_act_into_slice(shape, relu, device, poison):

@@ -337,6 +337,40 @@ def test_functional_calls_reuse_a_launch_only_for_the_same_geometry(device, pois
     assert seen == ["fwd", "fwd", "fwd"]  # the out= and autograd calls share the first call's launch
 
 
+def test_backward_launches_decided_once_per_geometry(device, poison, monkeypatch):
+    """A conv backward's dgrad and wgrad launches are decided once per shapes, strides and flags (the launch memo)
+    and read every tensor at each call: three steps with new values each match fp64; a grad_out of other strides
+    (a channel slice) decides launches of its own."""
+    seen = []
+    real_launcher = conv_kernels.launcher
+
+    def spy(kernel, kind, *args, **kwargs):
+        seen.append(kind)
+        return real_launcher(kernel, kind, *args, **kwargs)
+
+    monkeypatch.setattr(conv_kernels, "launcher", spy)
+    case = (2, 7, 6, 5, 11, (3, 1), 2, (1, 0))  # found in no other test: its first step here decides the launches
+    for step in range(3):
+        inp = make_inputs(case, device, bias=True)
+        leaves = grads_of(inp)
+        for t in leaves.values():
+            t.requires_grad_()
+        y = conv2d(**inp, activation="relu")
+        y_ref, dref = reference_fp64(inp, "relu", 1.0)
+        g = torch.randn_like(y)
+        if step == 2:
+            g = torch.randn(*g.shape[:1], g.shape[1] + 4, *g.shape[2:], device=device)
+            g = g.to(memory_format=torch.channels_last)[:, 2 : 2 + y.shape[1]]
+        names = list(leaves)
+        ours = torch.autograd.grad(y, [leaves[k] for k in names], g)
+        theirs = torch.autograd.grad(y_ref, [dref[k] for k in names], g.double())
+        for k, a, b in zip(names, ours, theirs):
+            assert rel_err(a, b) < TOL[torch.float32], (step, k)
+        if step == 1:
+            assert sorted(seen) == ["dgrad", "fwd", "wgrad"]  # decided at the first step only
+    assert sorted(seen) == ["dgrad", "dgrad", "fwd", "wgrad", "wgrad"]  # the sliced grad_out: launches of its own
+
+
 def test_index_type_depends_only_on_shape_and_strides():
     """The launch memos key on shapes and strides: the index type must follow from them, whatever the storage."""
     import triton.language as tl

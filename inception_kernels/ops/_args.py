@@ -233,6 +233,14 @@ def remember(memo: dict, key, value):
     return value
 
 
+def memoized(memo: dict, key, build):
+    """``memo[key]``, made by ``build()`` the first time (:func:`remember`): a launch decided once per signature."""
+    value = memo.get(key)
+    if value is None:
+        value = remember(memo, key, build())
+    return value
+
+
 def is_nhwc_strided(t: torch.Tensor) -> bool:
     """Channels innermost and (n, h, w) laid out without overlap: a channels_last tensor or a channel slice."""
     N, K, P, Q = t.shape

@@ -328,6 +328,11 @@ def finalize_programs(T: int, C: int, device: torch.device) -> int:
     return max(1, min(blocks, 256, per_block))
 
 
+# The BN kernels' launch decisions (grid, programs, flags, index type, fixed arguments), memoized on the shapes and
+# strides of their tensors and their flags: a training step makes the same few launches per layer every step.
+_LAUNCHES: dict = {}
+
+
 def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=None, momentum: float = 0.1,
                 batches=None, programs=None):  # fmt: skip
     """(mean, biased var, invstd), float32 (C,), from tile partials; updates running stats in place if given, and
@@ -337,38 +342,63 @@ def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=Non
     cnt, pmean, pm2 = partials
     T, C = pmean.shape
     dev = pmean.device
-    mean, var, invstd = (_tile.new_buf((C,), dev) for _ in range(3))
     update = running_mean is not None
+    key = ("finalize", T, C, dev, update, batches is None, programs)
+    G, cb, launch = _args.memoized(_LAUNCHES, key, lambda: _finalize_launcher(T, C, dev, update, batches, programs))
+    mean, var, invstd = (_tile.new_buf((C,), dev) for _ in range(3))
     unbias = M / (M - 1) if M > 1 else float("inf")
-    rows = _tile.cdiv(T, programs or finalize_programs(T, C, dev))
-    G = _tile.cdiv(T, rows)  # no chunk without rows
-    cb = _tile.cdiv(C, FINALIZE_BLOCK_C)
-    chunks = _tile.new_buf((3, G, C), dev)
+    chunks = _tile.new_buf((3, G, C), dev).unbind(0)
     record_launch()
     with _args.device_guard(pmean):
-        _bn_finalize_kernel[(G, cb)](
+        launch(
             cnt, pmean, pm2, mean, var, invstd,
             running_mean if update else mean, running_var if update else var, mean if batches is None else batches,
-            chunks[0], chunks[1], chunks[2], conv_triton._tile_counters(dev, cb),
-            T, C, rows, float(eps), float(momentum), float(unbias),
-            UPDATE_RUNNING=update, COUNT_BATCH=batches is not None, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS,
+            *chunks, conv_triton._tile_counters(dev, cb), float(eps), float(momentum), float(unbias),
         )  # fmt: skip
     return mean, var, invstd
 
 
+def _finalize_launcher(T: int, C: int, dev, update: bool, batches, programs):
+    """:func:`bn_finalize`'s launch for (T, C) partials: (row chunks G, channel blocks, ``launch(*tensors, eps,
+    momentum, unbias)``)."""
+    rows = _tile.cdiv(T, programs or finalize_programs(T, C, dev))
+    G = _tile.cdiv(T, rows)  # no chunk without rows
+    cb = _tile.cdiv(C, FINALIZE_BLOCK_C)
+    kernel = _bn_finalize_kernel[(G, cb)]
+    flags = dict(UPDATE_RUNNING=update, COUNT_BATCH=batches is not None, BLOCK_T=FINALIZE_BLOCK_T,
+                 BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS)  # fmt: skip
+
+    def launch(*tensors_then_floats):
+        *tensors, eps, momentum, unbias = tensors_then_floats
+        kernel(*tensors, T, C, rows, eps, momentum, unbias, **flags)
+
+    return G, cb, launch
+
+
 @_args.on_input_device
 def bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out):
-    N, C, H, W = x.shape
-    M = N * H * W
+    key = ("apply", _args.geometry(x, out), x.dtype, out.dtype, x.device, weight is None, bias is None, bool(relu))
+    launch = _args.memoized(_LAUNCHES, key, lambda: _apply_launcher(x, weight, bias, relu, out))
     dummy = mean
     record_launch()
-    _bn_act_fwd_kernel[_tile.grid_2d(M, C)](
-        x, out, mean, invstd, weight if weight is not None else dummy, bias if bias is not None else dummy,
-        M, C, H, W, *x.stride(), *out.stride(),
-        HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu), IDX_T=_tile.tl_index_type(x, out),
-        **_tile_args(),
-    )  # fmt: skip
+    launch(x, out, mean, invstd, weight if weight is not None else dummy, bias if bias is not None else dummy)
     return out
+
+
+def _apply_launcher(x, weight, bias, relu, out):
+    """:func:`bn_act_fwd_into`'s launch for tensors of these shapes and strides: ``launch(x, out, mean, invstd,
+    weight, bias)``."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    kernel = _bn_act_fwd_kernel[_tile.grid_2d(M, C)]
+    ints = (M, C, H, W, *x.stride(), *out.stride())
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu), IDX_T=_tile.tl_index_type(x, out),
+                 **_tile_args())  # fmt: skip
+
+    def launch(*tensors):
+        kernel(*tensors, *ints, **flags)
+
+    return launch
 
 
 def reduce_programs(M: int, C: int, device: torch.device) -> int:
@@ -384,23 +414,41 @@ def reduce_programs(M: int, C: int, device: torch.device) -> int:
 
 def _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, programs, coefs: bool):
     """The BN backward's reduction launch: (dγ, dβ, the (6, C) coefficients or None, the kernel flags)."""
-    N, C, H, W = x.shape
-    M = N * H * W
+    C = x.shape[1]
     dev = x.device
-    dummy = mean
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
-    G = programs or reduce_programs(M, C, dev)
-    cb = _tile.cdiv(C, BLOCK_C)
-    parts = _tile.new_buf((2, G + 1, C), dev)  # per-program partials (rows 0..G-1), then the sums (row G)
+    key = ("reduce", _args.geometry(grad_out, x), grad_out.dtype, x.dtype, dev, tuple(flags.values()), programs,
+           bool(coefs))  # fmt: skip
+    G, cb, launch = _args.memoized(_LAUNCHES, key, lambda: _reduce_launcher(grad_out, x, programs, coefs, flags))
+    dummy = mean
+    # per-program partials (rows 0..G-1), then the sums (row G)
+    pb, pw = _tile.new_buf((2, G + 1, C), dev).unbind(0)
+    gb, gw = pb[G], pw[G]
     coef = _tile.new_buf((6, C), dev) if coefs else dummy
     record_launch()
-    _bn_act_bwd_reduce_kernel[(G, cb)](
+    launch(
         grad_out, x, mean, invstd, weight if weight is not None else dummy, bias if bias is not None else dummy,
-        parts[0], parts[1], parts[0, G], parts[1, G], conv_triton._tile_counters(dev, cb), coef,
-        M, C, H, W, 1.0 / M, *grad_out.stride(), *x.stride(),
-        IDX_T=_tile.tl_index_type(grad_out, x), **flags, COEFS=bool(coefs), BLOCK_T=REDUCE_BLOCK_T, **_tile_args(),
+        pb, pw, gb, gw, conv_triton._tile_counters(dev, cb), coef,
     )  # fmt: skip
-    return parts[1, G], parts[0, G], (coef if coefs else None), flags
+    return gw, gb, (coef if coefs else None), flags
+
+
+def _reduce_launcher(grad_out, x, programs, coefs, flags):
+    """:func:`_bwd_reduce`'s launch for tensors of these shapes and strides: (programs G, channel blocks,
+    ``launch(*tensors)``)."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    G = programs or reduce_programs(M, C, x.device)
+    cb = _tile.cdiv(C, BLOCK_C)
+    kernel = _bn_act_bwd_reduce_kernel[(G, cb)]
+    ints = (M, C, H, W, 1.0 / M, *grad_out.stride(), *x.stride())
+    kw = dict(IDX_T=_tile.tl_index_type(grad_out, x), **flags, COEFS=bool(coefs), BLOCK_T=REDUCE_BLOCK_T,
+              **_tile_args())  # fmt: skip
+
+    def launch(*tensors):
+        kernel(*tensors, *ints, **kw)
+
+    return G, cb, launch
 
 
 @_args.on_input_device

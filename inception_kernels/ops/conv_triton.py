@@ -80,18 +80,25 @@ def fwd_launcher(
     return run
 
 
+# Every launch decision of the v1 kernels for calls that no plan serves (an unplanned forward, an ``out=`` call, each
+# backward's dgrad and wgrad), memoized on what it reads: the kind, the tensors' shapes and strides (the index
+# type follows from them: :func:`_tile.fits_int32`), dtypes, device, flags, and :func:`_launch_env`. Bounded
+# (``_args.remember``).
 _LAUNCHERS: dict = {}
 
 
+def _launch_env() -> tuple:
+    """What a v1 launch decision reads besides its tensors and flags: the TF32 switch (``DOT_PRECISION``) and the
+    autotune switch (timing autotuner or heuristic config)."""
+    return torch.backends.cudnn.allow_tf32, _backend.autotune_enabled()
+
+
 def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):
-    """:func:`fwd_launcher` (default config) memoized on everything it reads: the tensors' shapes, strides, dtype
-    and device (the index type follows from them: :func:`_tile.fits_int32`), the flags, the TF32 switch and the
-    autotune switch. A call that no plan serves (an unplanned training step, an ``out=`` call) then skips the
-    launch decision after its first call per signature."""
+    """:func:`fwd_launcher` (default config) memoized in ``_LAUNCHERS``. A call that no plan serves (an unplanned
+    training step, an ``out=`` call) then skips the launch decision after its first call per signature."""
     key = (
-        _args.geometry(x, out, residual, out2), weight.shape, x.dtype, x.device, scale is None, bias is None,
-        stats is None, tuple(stride), tuple(padding), float(residual_scale).hex(), bool(relu),
-        torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(),
+        "fwd", _args.geometry(x, out, residual, out2), weight.shape, x.dtype, x.device, scale is None, bias is None,
+        stats is None, tuple(stride), tuple(padding), float(residual_scale).hex(), bool(relu), _launch_env(),
     )  # fmt: skip
     run = _LAUNCHERS.get(key)
     if run is None:
@@ -203,29 +210,51 @@ def dgrad_triton(
     saved output ``y`` in its A-operand load, ``residual_scale`` on its accumulator. With ``bn`` (the (6, K)
     coefficients of :func:`~inception_kernels.ops.batchnorm.bn_act_bwd_coefs`) ``gp`` is the gradient of the
     training-mode BN (+ ReLU with ``relu``) that follows the conv, ``y`` that BN's input, and the kernel takes the
-    BN's backward in its load."""
+    BN's backward in its load. The launch is decided once per signature (``_LAUNCHERS``) unless ``config`` is
+    given."""
+    wd = weight_operand(weight, scale, dtype=x.dtype)  # the scale folded in: a scaled channels_last copy
+    dx = _tile.new_cl(x.shape, x)
+    ysrc = y if relu or bn is not None else gp
+    bn_arg = _bn_coefs_arg(bn, wd)
+    if config is not None:
+        run = _dgrad_launcher(gp, x, weight, stride, padding, config, relu, residual_scale, bn is not None, ysrc, dx)
+    else:
+        key = ("dgrad", _args.geometry(gp, x, ysrc), weight.shape, x.dtype, gp.dtype, x.device, tuple(stride),
+               tuple(padding), bool(relu), float(residual_scale).hex(), bn is None, _launch_env())  # fmt: skip
+        run = _LAUNCHERS.get(key)
+        if run is None:
+            run = _args.remember(_LAUNCHERS, key, _dgrad_launcher(gp, x, weight, stride, padding, None, relu,
+                                                                  residual_scale, bn is not None, ysrc, dx))  # fmt: skip
+    run(gp, wd, dx, ysrc, bn_arg)
+    return dx
+
+
+def _dgrad_launcher(gp, x, weight, stride, padding, config, relu, residual_scale, has_bn, ysrc, dx):
+    """:func:`dgrad_triton`'s launch for tensors of these shapes and strides: ``run(gp, wd, dx, ysrc, bn)``."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
-    wd = weight_operand(weight, scale, dtype=x.dtype)  # the scale folded in: a scaled channels_last copy
-    dx = _tile.new_cl((N, C, H, W), x)
     phases = stride[0] * stride[1]
     Hs, Ws = _tile.cdiv(H, stride[0]), _tile.cdiv(W, stride[1])
     grid = lambda meta: (
         _tile.cdiv(N * Hs * Ws, meta["BLOCK_M"]) * _tile.cdiv(C, meta["BLOCK_N"]),
         phases,
     )
-    ysrc = y if relu or bn is not None else gp
-    kernels._launch(
+    launch = kernels.launcher(
         kernels._conv_dgrad_kernel, "dgrad", grid, {"BLOCK_M": N * Hs * Ws, "BLOCK_N": C, "BLOCK_K": K},
         x.element_size(), config, phases, x.device,
-        gp, wd, dx, ysrc, _bn_coefs_arg(bn, wd),
-        N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(), *ysrc.stride(),
-        stride[0], stride[1], padding[0], padding[2], float(residual_scale),
-        R=R, S=S, RELU=bool(relu), SCALE_G=residual_scale != 1.0, BN_G=bn is not None,
+        R=R, S=S, RELU=bool(relu), SCALE_G=residual_scale != 1.0, BN_G=has_bn,
         DOT_PRECISION=_dot_precision(x.dtype, x.device), IDX_T=_tile.tl_index_type(gp, x, dx, ysrc),
     )  # fmt: skip
-    return dx
+    ints = (
+        N, C, H, W, K, P, Q, *gp.stride(), *dx.stride(), *ysrc.stride(),
+        stride[0], stride[1], padding[0], padding[2], float(residual_scale),
+    )  # fmt: skip
+
+    def run(gp, wd, dx, ysrc, bn):
+        launch(gp, wd, dx, ysrc, bn, *ints)
+
+    return run
 
 
 def _bn_coefs_arg(bn, dummy):
@@ -288,50 +317,86 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     g load, as in :func:`dgrad_triton` (not with ``need_bias`` / ``need_res``). ``x_bn`` = (mean, invstd, γ, β,
     relu), float32 (C,) vectors: ``x`` is the pre-BN tensor of the training BN (+ ReLU) whose output the conv read,
     and the kernel rebuilds that input on load (``_conv_wgrad``'s ``X_BN``)."""
+    if bn is not None and (need_bias or need_res):
+        raise ValueError("wgrad_triton: bn does not combine with need_bias / need_res")
+    dev = x.device
+    flags = dict(RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), WRITE_RES=bool(need_res),
+                 BN_G=bn is not None, X_BN=x_bn is not None, X_RELU=x_bn is not None and bool(x_bn[4]))  # fmt: skip
+    ysrc = y if relu or bn is not None else gp
+    key = None
+    if config is None and splits is None:
+        key = ("wgrad", _args.geometry(gp, x, ysrc, weight), x.dtype, gp.dtype, dev, tuple(stride), tuple(padding),
+               float(residual_scale).hex(), tuple(flags.values()), _launch_env())  # fmt: skip
+    known = _LAUNCHERS.get(key) if key is not None else None
+    nsplit, most = known[:2] if known is not None else _wgrad_split_plan(gp, x, weight, config, splits, flags)
+    K, C, R, S = weight.shape
+    dw = grad_weight_buf(weight)
+    dbias = _tile.new_buf((K,), dev) if need_bias else dw
+    if nsplit > 1:
+        # the slabs, then the bias partials (num_splits, K)
+        ws = _tile.new_buf((nsplit * (K * C * R * S + K),), dev)
+        cnt = _tile_counters(dev, most)
+    else:
+        ws = cnt = dw
+    dres = _tile.new_cl(gp.shape, x, dtype=gp.dtype) if need_res else dw
+    if known is not None:
+        run = known[2]
+    else:
+        run = _wgrad_launcher(gp, x, weight, stride, padding, config, nsplit, flags, residual_scale, ysrc, ws, dw,
+                              dres)  # fmt: skip
+        if key is not None:
+            _args.remember(_LAUNCHERS, key, (nsplit, most, run))
+    run(x, gp, ws, dw, ysrc, dbias, cnt, dres, _bn_coefs_arg(bn, dw), *_x_bn_args(x_bn, C, dw))
+    if need_bias or need_res:
+        return dw, (dbias if need_bias else None), (dres if need_res else None)
+    return dw
+
+
+def _wgrad_split_plan(gp, x, weight, config, splits, flags) -> tuple[int, int]:
+    """(split-K count, arrival counters to reserve) of :func:`wgrad_triton`: ``splits`` or enough slabs to fill the
+    GPU with the tiles of the config it will run; counters for the smallest tiles any config may use (the timing
+    autotuner tries them all)."""
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    M = N * gp.shape[2] * gp.shape[3]
+    dev = x.device
+    wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
+    probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(),
+                                               _wgrad_splits(1, M, dev), kernels._num_sms(dev),
+                                               kernels.folded(flags))  # fmt: skip
+    tiles = _tile.cdiv(K, probe.kwargs["BLOCK_M"]) * _tile.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
+    nsplit = splits or _wgrad_splits(tiles, M, dev)
+    most = _tile.cdiv(K, _WGRAD_MIN_TILE[0]) * _tile.cdiv(C, _WGRAD_MIN_TILE[1]) * R * S
+    return nsplit, most
+
+
+def _wgrad_launcher(gp, x, weight, stride, padding, config, nsplit, flags, residual_scale, ysrc, ws, dw, dres):
+    """:func:`wgrad_triton`'s launch for tensors of these shapes and strides: ``run(x, gp, ws, dw, ysrc, dbias,
+    cnt, dres, bn, xm, xs, xw, xb)``."""
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
     _, _, P, Q = gp.shape
     M = N * P * Q
     dev = x.device
     wdims = {"BLOCK_M": K, "BLOCK_N": C, "BLOCK_K": M}
-    max_split = _wgrad_splits(1, M, dev)
-    if bn is not None and (need_bias or need_res):
-        raise ValueError("wgrad_triton: bn does not combine with need_bias / need_res")
-    flags = dict(RELU=bool(relu), SCALE_G=residual_scale != 1.0, BIAS_GRAD=bool(need_bias), WRITE_RES=bool(need_res),
-                 BN_G=bn is not None, X_BN=x_bn is not None, X_RELU=x_bn is not None and bool(x_bn[4]))  # fmt: skip
-    probe = config or kernels.heuristic_config("wgrad", tuple(wdims.items()), x.element_size(), max_split,
-                                               kernels._num_sms(dev), kernels.folded(flags))  # fmt: skip
-    tiles = _tile.cdiv(K, probe.kwargs["BLOCK_M"]) * _tile.cdiv(C, probe.kwargs["BLOCK_N"]) * R * S
-    nsplit = splits or _wgrad_splits(tiles, M, dev)
-    rows = _tile.cdiv(M, nsplit)
-    dw = grad_weight_buf(weight)
-    dbias = _tile.new_buf((K,), dev) if need_bias else dw
-    if nsplit > 1:
-        # the slabs, then the bias partials (num_splits, K)
-        ws = _tile.new_buf((nsplit * (K * C * R * S + K),), dev)
-        # sized for the smallest tiles any config may use (the timing autotuner tries them all)
-        most = _tile.cdiv(K, _WGRAD_MIN_TILE[0]) * _tile.cdiv(C, _WGRAD_MIN_TILE[1]) * R * S
-        cnt = _tile_counters(dev, most)
-    else:
-        ws = cnt = dw
-    ysrc = y if relu or bn is not None else gp
-    dres = _tile.new_cl(gp.shape, x, dtype=gp.dtype) if need_res else dw
     grid = lambda meta: (
         _tile.cdiv(K, meta["BLOCK_M"]), R * S * _tile.cdiv(C, meta["BLOCK_N"]), nsplit
     )  # fmt: skip
-    kernels._launch(
-        kernels._conv_wgrad_kernel, "wgrad", grid, wdims,
-        x.element_size(), config, nsplit, dev,
-        x, gp, ws, dw, ysrc, dbias, cnt, dres, _bn_coefs_arg(bn, dw), *_x_bn_args(x_bn, x.shape[1], dw),
-        N, C, H, W, K, P, Q, *x.stride(), *gp.stride(), *ysrc.stride(),
-        stride[0], stride[1], padding[0], padding[2],
-        rows, nsplit, float(residual_scale),
+    launch = kernels.launcher(
+        kernels._conv_wgrad_kernel, "wgrad", grid, wdims, x.element_size(), config, nsplit, dev,
         R=R, S=S, **flags, SPLIT=nsplit > 1, DW_CL=not dw.is_contiguous(),
         DOT_PRECISION=_dot_precision(x.dtype, dev), IDX_T=_tile.tl_index_type(gp, x, ysrc, ws, dres),
     )  # fmt: skip
-    if need_bias or need_res:
-        return dw, (dbias if need_bias else None), (dres if need_res else None)
-    return dw
+    ints = (
+        N, C, H, W, K, P, Q, *x.stride(), *gp.stride(), *ysrc.stride(),
+        stride[0], stride[1], padding[0], padding[2],
+        _tile.cdiv(M, nsplit), nsplit, float(residual_scale),
+    )  # fmt: skip
+
+    def run(*tensors):
+        launch(*tensors, *ints)
+
+    return run
 
 
 def _fwd_triton(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):

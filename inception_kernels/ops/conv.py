@@ -22,7 +22,7 @@ from .. import _backend
 from . import _args, _library, _recompute, _tile, _weights, amp, dispatch, reference
 from .conv_kernels import MAX_KERNEL
 from .conv_reference import _reference_bwd, _reference_fwd
-from .conv_triton import epilogue_grad
+from .conv_triton import dgrad_triton, epilogue_grad, wgrad_triton
 
 
 def bwd_impls(x, weight, stride, padding, need) -> dict:
@@ -89,8 +89,6 @@ def conv_bwd(
     )
     dx = g_unscaled = dbias = dres = None
     if folded:
-        from .conv_triton import dgrad_triton, wgrad_triton
-
         fold = {"y": y, "relu": relu, "residual_scale": residual_scale, "bn": bn}
         if dg is not None:
             kw = {"config": configs["dgrad"]} if "dgrad" in configs else {}

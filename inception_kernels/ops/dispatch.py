@@ -294,8 +294,16 @@ def on_forward_backend(backward: Callable) -> Callable:
 
     @functools.wraps(backward)
     def run(ctx, *grads):
-        with use_backend(getattr(ctx, "backend", None)):
+        name = getattr(ctx, "backend", None)
+        if name is None:
             return backward(ctx, *grads)
+        # use_backend's scope without its context-manager frame (once per backward node); the name was
+        # checked when remember_backend read it
+        _SCOPE.append(name)
+        try:
+            return backward(ctx, *grads)
+        finally:
+            _SCOPE.pop()
 
     return run
 

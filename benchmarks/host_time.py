@@ -15,6 +15,13 @@
   (``train_*``); ``train_*_unchanged_weights``: the weights left as they were; ``train_*_nchw_weights``: our model
   with (K, C, R, S)-contiguous weights (one channels_last copy per R×S weight per step).
 
+Eager PyTorch's host time for the same network cannot be read from its full-width CPU run (its convolutions do
+their arithmetic on this CPU). The proxy (``eager_narrow_*``): torchvision's inception_v3 with every channel
+count divided by 16 (the input's 3 channels and the classes kept), so the same 746 ATen ops with the same autograd
+graph run on 1/256 of the multiply-adds. What it still computes makes its figure an upper bound of eager's host
+time; a CUDA device adds a launch (a few µs) to each of its ops, as a GPU adds Triton's launch path to ours (both
+left out here). Ours and the proxy are timed interleaved (fp32 only).
+
 ``--autocast``: the network figures under CPU autocast (ours fp16, the dtype the interpreter's launch path
 takes; eager's op count bf16 on CPU tensors, as ATen's CPU conv backward has no fp16 kernel: the count does not
 depend on which 16-bit dtype), with the fp32 model: the casts autocast adds are in both.
@@ -76,6 +83,34 @@ def conv_call(repeat: int) -> dict:
             "planned_ratio": planned / aten}  # fmt: skip
 
 
+NARROW = 16  # the proxy's channel divisor (every inception_v3 width but the input's 3 is a multiple of 16)
+
+
+def narrowed(model: torch.nn.Module, f: int = NARROW) -> torch.nn.Module:
+    """``model`` with every conv / BN / linear width divided by ``f`` (a conv reading the 3 input channels keeps
+    them; the linear keeps its classes), fresh parameters of those shapes: the same graph of ATen ops, 1/f² of
+    the arithmetic."""
+    nn = torch.nn
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            if m.groups != 1 or m.out_channels % f or (m.in_channels != 3 and m.in_channels % f):
+                raise ValueError(f"{m}: widths not divisible by {f}")
+            m.in_channels = m.in_channels if m.in_channels == 3 else m.in_channels // f
+            m.out_channels //= f
+            m.weight = nn.Parameter(torch.randn(m.out_channels, m.in_channels, *m.kernel_size) * 0.1)
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.zeros(m.out_channels))
+        elif isinstance(m, nn.BatchNorm2d):
+            m.num_features //= f
+            c = m.num_features
+            m.weight, m.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+            m.running_mean, m.running_var = torch.zeros(c), torch.ones(c)
+        elif isinstance(m, nn.Linear):
+            m.in_features //= f
+            m.weight = nn.Parameter(torch.randn(m.out_features, m.in_features) * 0.01)
+    return model
+
+
 def network(repeat: int, autocast: bool = False) -> dict:
     import contextlib
     import copy
@@ -108,8 +143,17 @@ def network(repeat: int, autocast: bool = False) -> dict:
             fwd(ours, x)
         out["eval_launches"] = n.count
         out["eval_device_launches"] = n.count + aten.total - n.aten
+        narrow = None if autocast else narrowed(copy.deepcopy(ref)).to(memory_format=torch.channels_last)
         with torch.no_grad():
-            out["eval_host_ms"] = _median_us(lambda: fwd(ours, x), max(3, repeat // 20)) / 1e3
+            fns = {"ours": lambda: fwd(ours, x)}
+            if narrow is not None:
+                narrow.eval()
+                fns["eager_narrow"] = lambda: narrow(x)
+            t = _interleaved_us(fns, max(3, repeat // 20))
+        out["eval_host_ms"] = t["ours"] / 1e3
+        if narrow is not None:
+            out["eager_narrow_eval_host_ms"] = t["eager_narrow"] / 1e3
+            out["eval_host_ratio_to_eager_narrow"] = t["ours"] / t["eager_narrow"]
 
         def step(model, update=True):
             if update:  # an optimizer step's effect on the versions (weight copies are made again), no launch
@@ -129,7 +173,18 @@ def network(repeat: int, autocast: bool = False) -> dict:
             # every kernel of the step: ours (Triton and the ATen helpers our launchers call) and the ATen ops
             # around them (BN running-stat counters, the head, the loss), each once
             out[f"train_device_launches{tag}"] = n.count + aten.total - n.aten
-            out[f"train_host_ms{tag}"] = _median_us(lambda m=model, u=update: step(m, u), max(3, repeat // 40)) / 1e3
+            fns = {"ours": lambda m=model, u=update: step(m, u)}
+            if narrow is not None and tag == "":
+                narrow.train()
+                fns["eager_narrow"] = lambda: step(narrow)
+            t = _interleaved_us(fns, max(3, repeat // 40))
+            out[f"train_host_ms{tag}"] = t["ours"] / 1e3
+            if len(fns) > 1:
+                with OpCounter() as aten:
+                    step(narrow)
+                out["eager_narrow_train_ops"] = aten.total  # the same op graph as eager's at full width
+                out["eager_narrow_train_host_ms"] = t["eager_narrow"] / 1e3
+                out["train_host_ratio_to_eager_narrow"] = t["ours"] / t["eager_narrow"]
     # the ATen ops eager PyTorch runs for the same model (counted on the meta device: no arithmetic). Its whole-
     # network host time cannot be separated from CPU arithmetic here, so the host comparison is per call (above).
     # (autocast casts CPU tensors only, so its count runs them)

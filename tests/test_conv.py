@@ -305,10 +305,8 @@ def test_input_slice_at_channel_offset(device):
     assert rel_err(y, y_ref) < TOL[torch.float32]
 
 
-def test_functional_calls_reuse_a_launch_only_for_the_same_geometry(device, poison, monkeypatch):
-    """A functional ``conv2d`` call reuses the launch decided by an earlier call of the same signature (with and
-    without gradients, through ``out=``); another layout of equal shape (x a channel slice) gets a launch of its
-    own."""
+def _spy_launch_decisions(monkeypatch) -> list:
+    """The kinds ("fwd", "dgrad", "wgrad") of the v1 launch decisions made from now on, in order."""
     seen = []
     real_launcher = conv_kernels.launcher
 
@@ -317,6 +315,14 @@ def test_functional_calls_reuse_a_launch_only_for_the_same_geometry(device, pois
         return real_launcher(kernel, kind, *args, **kwargs)
 
     monkeypatch.setattr(conv_kernels, "launcher", spy)
+    return seen
+
+
+def test_functional_calls_reuse_a_launch_only_for_the_same_geometry(device, poison, monkeypatch):
+    """A functional ``conv2d`` call reuses the launch decided by an earlier call of the same signature (with and
+    without gradients, through ``out=``); another layout of equal shape (x a channel slice) gets a launch of its
+    own."""
+    seen = _spy_launch_decisions(monkeypatch)
     case = (2, 6, 5, 6, 9, (1, 3), 1, (0, 1))  # found in no other test: its first call here decides a launch
     inp = make_inputs(case, device)
     y_ref, _ = reference_fp64(inp, "relu", 1.0)
@@ -341,14 +347,7 @@ def test_backward_launches_decided_once_per_geometry(device, poison, monkeypatch
     """A conv backward's dgrad and wgrad launches are decided once per shapes, strides and flags (the launch memo)
     and read every tensor at each call: three steps with new values each match fp64; a grad_out of other strides
     (a channel slice) decides launches of its own."""
-    seen = []
-    real_launcher = conv_kernels.launcher
-
-    def spy(kernel, kind, *args, **kwargs):
-        seen.append(kind)
-        return real_launcher(kernel, kind, *args, **kwargs)
-
-    monkeypatch.setattr(conv_kernels, "launcher", spy)
+    seen = _spy_launch_decisions(monkeypatch)
     case = (2, 7, 6, 5, 11, (3, 1), 2, (1, 0))  # found in no other test: its first step here decides the launches
     for step in range(3):
         inp = make_inputs(case, device, bias=True)

@@ -88,9 +88,9 @@ _LAUNCHERS: dict = {}
 
 
 def _launch_env() -> tuple:
-    """What a v1 launch decision reads besides its tensors and flags: the TF32 switch (``DOT_PRECISION``) and the
-    autotune switch (timing autotuner or heuristic config)."""
-    return torch.backends.cudnn.allow_tf32, _backend.autotune_enabled()
+    """What a v1 launch decision reads besides its tensors and flags: the TF32 switch (``DOT_PRECISION``), and the
+    autotune and interpreter switches (``kernels.launcher``: the timing autotuner or the heuristic config)."""
+    return torch.backends.cudnn.allow_tf32, _backend.autotune_enabled(), _backend.interpreter_active()
 
 
 def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residual_scale, relu, out, out2, stats):

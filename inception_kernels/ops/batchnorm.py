@@ -344,32 +344,32 @@ def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=Non
     dev = pmean.device
     update = running_mean is not None
     key = ("finalize", T, C, dev, update, batches is None, programs)
-    G, cb, launch = _args.memoized(_LAUNCHES, key, lambda: _finalize_launcher(T, C, dev, update, batches, programs))
+    G, cb, launch = _args.memoized(_LAUNCHES, key, lambda: _finalize_launcher(T, C, dev, update, batches is not None,
+                                                                              programs))  # fmt: skip
     mean, var, invstd = (_tile.new_buf((C,), dev) for _ in range(3))
     unbias = M / (M - 1) if M > 1 else float("inf")
     chunks = _tile.new_buf((3, G, C), dev).unbind(0)
     record_launch()
     with _args.device_guard(pmean):
         launch(
-            cnt, pmean, pm2, mean, var, invstd,
-            running_mean if update else mean, running_var if update else var, mean if batches is None else batches,
-            *chunks, conv_triton._tile_counters(dev, cb), float(eps), float(momentum), float(unbias),
+            (cnt, pmean, pm2, mean, var, invstd, running_mean if update else mean, running_var if update else var,
+             mean if batches is None else batches, *chunks, conv_triton._tile_counters(dev, cb)),
+            float(eps), float(momentum), float(unbias),
         )  # fmt: skip
     return mean, var, invstd
 
 
-def _finalize_launcher(T: int, C: int, dev, update: bool, batches, programs):
-    """:func:`bn_finalize`'s launch for (T, C) partials: (row chunks G, channel blocks, ``launch(*tensors, eps,
+def _finalize_launcher(T: int, C: int, dev, update: bool, count_batch: bool, programs):
+    """:func:`bn_finalize`'s launch for (T, C) partials: (row chunks G, channel blocks, ``launch(tensors, eps,
     momentum, unbias)``)."""
     rows = _tile.cdiv(T, programs or finalize_programs(T, C, dev))
     G = _tile.cdiv(T, rows)  # no chunk without rows
     cb = _tile.cdiv(C, FINALIZE_BLOCK_C)
     kernel = _bn_finalize_kernel[(G, cb)]
-    flags = dict(UPDATE_RUNNING=update, COUNT_BATCH=batches is not None, BLOCK_T=FINALIZE_BLOCK_T,
-                 BLOCK_C=FINALIZE_BLOCK_C, num_warps=NUM_WARPS)  # fmt: skip
+    flags = dict(UPDATE_RUNNING=update, COUNT_BATCH=count_batch, BLOCK_T=FINALIZE_BLOCK_T, BLOCK_C=FINALIZE_BLOCK_C,
+                 num_warps=NUM_WARPS)  # fmt: skip
 
-    def launch(*tensors_then_floats):
-        *tensors, eps, momentum, unbias = tensors_then_floats
+    def launch(tensors, eps, momentum, unbias):
         kernel(*tensors, T, C, rows, eps, momentum, unbias, **flags)
 
     return G, cb, launch

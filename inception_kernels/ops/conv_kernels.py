@@ -780,11 +780,6 @@ def launcher(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, de
     return launch
 
 
-def _launch(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, *args, **kwargs):
-    """Launch ``kernel`` once (see :func:`launcher`)."""
-    launcher(kernel, kind, grid, dims, elem_bytes, config, programs_per_tile, device, **kwargs)(*args)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # AOT registration: the Triton types of each kernel's runtime arguments per dtype
 # ----------------------------------------------------------------------------------------------------------

@@ -100,11 +100,8 @@ def _memo_fwd_launcher(x, weight, scale, bias, residual, stride, padding, residu
         "fwd", _args.geometry(x, out, residual, out2), weight.shape, x.dtype, x.device, scale is None, bias is None,
         stats is None, tuple(stride), tuple(padding), float(residual_scale).hex(), bool(relu), _launch_env(),
     )  # fmt: skip
-    run = _LAUNCHERS.get(key)
-    if run is None:
-        run = _args.remember(_LAUNCHERS, key, fwd_launcher(x, weight, scale, bias, residual, stride, padding,
-                                                           residual_scale, relu, out, None, out2, stats))  # fmt: skip
-    return run
+    return _args.memoized(_LAUNCHERS, key, lambda: fwd_launcher(x, weight, scale, bias, residual, stride, padding,
+                                                                residual_scale, relu, out, None, out2, stats))  # fmt: skip
 
 
 def conv_fwd_into(
@@ -221,10 +218,8 @@ def dgrad_triton(
     else:
         key = ("dgrad", _args.geometry(gp, x, ysrc), weight.shape, x.dtype, gp.dtype, x.device, tuple(stride),
                tuple(padding), bool(relu), float(residual_scale).hex(), bn is None, _launch_env())  # fmt: skip
-        run = _LAUNCHERS.get(key)
-        if run is None:
-            run = _args.remember(_LAUNCHERS, key, _dgrad_launcher(gp, x, weight, stride, padding, None, relu,
-                                                                  residual_scale, bn is not None, ysrc, dx))  # fmt: skip
+        run = _args.memoized(_LAUNCHERS, key, lambda: _dgrad_launcher(gp, x, weight, stride, padding, None, relu,
+                                                                      residual_scale, bn is not None, ysrc, dx))  # fmt: skip
     run(gp, wd, dx, ysrc, bn_arg)
     return dx
 

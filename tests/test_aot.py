@@ -153,6 +153,22 @@ def test_toy_gemm_hmma_on_sm80_hgmma_on_sm90():
     assert hgmma90 > 0 and hmma90 == 0
 
 
+def test_bn_partials_clamp_keeps_nan():
+    """The BN partials clamp M2 at 0 with a NaN-propagating max (``max.NaN.f32``): a NaN or inf activation gives a
+    NaN variance, as torch's. The interpreter's max always propagates NaN, so only the compiled PTX shows it."""
+    script = (
+        "from inception_kernels import aot\n"
+        "(spec,) = [s for s in aot.registered_kernels() if s.name == 'bn_partials']\n"
+        "k = aot.compile_kernel(spec, spec.configs[0], 'fp32', 90)\n"
+        "print(sum('max.NaN.f32' in line for line in k.asm['ptx'].splitlines()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=_clean_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.strip().splitlines()[-1]) > 0
+
+
 def test_broken_kernel_fails_and_cli_exits_nonzero(tmp_path, monkeypatch, capsys):
     from inception_kernels.ops import _registry
 

@@ -43,12 +43,30 @@ def test_bn_stats(shape, sliced, device, poison):
 
 
 def test_bn_stats_large_mean_small_spread(device, poison):
-    """mean 1e3, std 1e-2: E[x²] − E[x]² in float32 would lose every digit of the variance."""
+    """mean 1e3, std 1e-2: E[x²] − E[x]² in float32 would lose every digit of the variance.
+
+    What is left is the float32 rounding of the tile means (half an ulp at 1e3 is 3e-5, against tile-mean
+    deviations of about 2.5e-3). Measured on this input over seeds 0-799 (interpreter): var error p50 1.1e-4, largest
+    1.7e-4; mean error at most 2.5e-8. The bound 5e-4 is far past that spread, and it fails the plain two-pass tile
+    mean that came before (p50 7.1e-4, largest 1.3e-3 over the same seeds: its rounded tile sums dominated)."""
     x = _cl(1e3 + 1e-2 * torch.randn(4, 19, 17, 13, device=device))
     mean, var = bn.bn_stats(x)
     xd = x.double()
     assert rel_err(mean, xd.mean((0, 2, 3))) < 1e-7
-    assert rel_err(var, xd.var((0, 2, 3), unbiased=False)) < 1e-3
+    assert rel_err(var, xd.var((0, 2, 3), unbiased=False)) < 5e-4
+
+
+def test_bn_stats_nan_and_inf_give_nan(device, poison):
+    """A NaN or an inf in a channel makes its mean or variance NaN, as torch's (the M2 clamp at 0 keeps NaN: the
+    compiled max is checked in test_aot); the other channels keep their fp64 statistics."""
+    x = _cl(torch.randn(3, 6, 5, 7, device=device))
+    x[1, 2, 3, 4], x[2, 4, 0, 0] = float("nan"), float("inf")
+    mean, var = bn.bn_stats(x)
+    xd = x.double()
+    assert var[2].isnan() and var[4].isnan() and mean[2].isnan()
+    ok = [0, 1, 3, 5]
+    assert rel_err(mean[ok], xd.mean((0, 2, 3))[ok]) < 1e-6
+    assert rel_err(var[ok], xd.var((0, 2, 3), unbiased=False)[ok]) < 1e-6
 
 
 @pytest.mark.parametrize("programs", [1, 2, 3, 5, 60])
@@ -73,7 +91,7 @@ def test_bn_finalize_row_chunks(programs, device, poison):
     mean, var, invstd = bn.bn_finalize(parts, M, 1e-3, rm, rv, 0.25, programs=programs)
     yd = y.double()
     dmean, dvar = yd.mean((0, 2, 3)), yd.var((0, 2, 3), unbiased=False)
-    assert rel_err(mean, dmean) < 1e-7 and rel_err(var, dvar) < 1e-3
+    assert rel_err(mean, dmean) < 1e-7 and rel_err(var, dvar) < 5e-4  # seeds 0-39: at most 1.4e-4 (this one 1.1e-4)
     # (invstd's relative error is half var's scaled by var / (var + eps) ~ 0.1 here)
     assert rel_err(invstd, 1 / (dvar + 1e-3).sqrt()) < 1e-4
     assert rel_err(rm, 0.25 * dmean) < 1e-7 and rel_err(rv, 0.75 + 0.25 * dvar * M / (M - 1)) < 1e-6

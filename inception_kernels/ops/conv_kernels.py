@@ -42,16 +42,20 @@ MAX_KERNEL = 7
 @triton.jit
 def _store_stats(v, mask_m, offs_c, mask_c, pid_m, first, M, C, cnt_ptr, mean_ptr, m2_ptr, BLOCK_M: tl.constexpr):
     """BN partial statistics of the fp32 tile ``v`` (rows ``mask_m`` of row tile ``pid_m``, channels ``offs_c``):
-    row count, mean and centred sum of squares M2 (two passes over registers: no cancellation when the mean dwarfs
-    the spread), combined later in a fixed order by ``bn_finalize`` (Chan et al.). Layout of
+    row count, mean and centred sum of squares M2 by the corrected two-pass algorithm over registers (Chan, Golub
+    and LeVeque): the deviations from the first mean are exact, their sum corrects the mean for the rounding of the
+    plain sum (on a mean that dwarfs the spread that rounding dominated the variance error) and M2 for the corrected
+    mean; the partials are combined later in a fixed order by ``bn_finalize`` (Chan et al.). Layout of
     ``conv_triton.stats_partials``: a row per STATS_ROWS output rows; the tile's partial goes to the first of its
     rows and (by the ``first`` program of the row tile) count 0 to the others, so nothing is zero-filled first."""
     cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M)
     t_mean = tl.sum(tl.where(mask_m[:, None], v, 0.0), axis=0) / cnt
     dev = tl.where(mask_m[:, None], v - t_mean[None, :], 0.0)
+    d_sum = tl.sum(dev, axis=0)
     row = pid_m * (BLOCK_M // STATS_ROWS)
-    tl.store(mean_ptr + row * C + offs_c, t_mean, mask=mask_c)
-    tl.store(m2_ptr + row * C + offs_c, tl.sum(dev * dev, axis=0), mask=mask_c)
+    tl.store(mean_ptr + row * C + offs_c, t_mean + d_sum / cnt, mask=mask_c)
+    m2 = tl.maximum(tl.sum(dev * dev, axis=0) - d_sum * d_sum / cnt, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    tl.store(m2_ptr + row * C + offs_c, m2, mask=mask_c)  # (M2 ≥ 0 exactly; a constant tile could round below)
     if first:
         tl.store(cnt_ptr + row, cnt.to(tl.float32))
         if BLOCK_M > STATS_ROWS:

@@ -130,6 +130,15 @@ def test_toy_gemm_sm80_sm90(tmp_path, monkeypatch):
         assert r["mma_instructions"] > 0
 
 
+def _last_line_of(script: str) -> str:
+    """Run ``script`` in a fresh Python (no interpreter mode, so it can compile); its last line of output."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=_clean_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def test_toy_gemm_hmma_on_sm80_hgmma_on_sm90():
     """bf16 tl.dot lowers to mma.sync (HMMA) on sm_80 and to wgmma (HGMMA) on sm_90a."""
     script = (
@@ -142,11 +151,7 @@ def test_toy_gemm_hmma_on_sm80_hgmma_on_sm90():
         "    out[arch] = [sum(f' {op}.' in line for line in sass.splitlines()) for op in ('HMMA', 'HGMMA')]\n"
         "print(json.dumps(out))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=_clean_env(), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    counts = json.loads(_last_line_of(script))
     hmma80, hgmma80 = counts["80"]
     hmma90, hgmma90 = counts["90"]
     assert hmma80 > 0 and hgmma80 == 0
@@ -162,11 +167,7 @@ def test_bn_partials_clamp_keeps_nan():
         "k = aot.compile_kernel(spec, spec.configs[0], 'fp32', 90)\n"
         "print(sum('max.NaN.f32' in line for line in k.asm['ptx'].splitlines()))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=_clean_env(), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert int(proc.stdout.strip().splitlines()[-1]) > 0
+    assert int(_last_line_of(script)) > 0
 
 
 def test_broken_kernel_fails_and_cli_exits_nonzero(tmp_path, monkeypatch, capsys):

@@ -3,8 +3,8 @@
     y   = conv(x)                                 (statistics of y from the conv epilogue, or bn_stats)
     out = act((y − mean) · invstd · γ + β)        (bn_act: written into any channels_last slice)
 
-Statistics are numerically stable: each tile reduces its pixels to (count, mean, M2 = Σ(v − mean)²) with two
-passes over registers, and :func:`bn_finalize` combines the tiles in a fixed order with Chan et al.'s
+Statistics are numerically stable: each tile reduces its pixels to (count, mean, M2 = Σ(v − mean)²) by the
+corrected two-pass algorithm over registers, and :func:`bn_finalize` combines the tiles in a fixed order with Chan et al.'s
 pairwise update, shifted by the first tile's mean -- no E[v²] − E[v]² cancellation when the mean dwarfs the
 spread, and the same bits on every run (several programs merge chunks of the tile rows in parallel; the last to
 finish merges the chunks in order).

@@ -71,6 +71,23 @@ def plans_of(module: nn.Module) -> _Plans:
     return plans
 
 
+_MISSING = object()
+
+
+def member(module: nn.Module, name: str):
+    """``module.<name>`` for a parameter, buffer or submodule, read from the module's own tables: the lookup
+    ``nn.Module.__getattr__`` makes costs about a microsecond, and a training layer call reads some twenty. A
+    name in none of the tables (a parametrization's property, a plain attribute) is read by ``getattr``."""
+    v = module._parameters.get(name, _MISSING)
+    if v is _MISSING:
+        v = module._buffers.get(name, _MISSING)
+        if v is _MISSING:
+            v = module._modules.get(name, _MISSING)
+            if v is _MISSING:
+                return getattr(module, name)
+    return v
+
+
 def versions(*tensors):
     """What changes when a tensor is replaced, rebound (``.data = ...``) or written in place."""
     return tuple((id(t), t._version, t.data_ptr()) if t is not None else None for t in tensors)
@@ -119,29 +136,29 @@ class ConvBNAct(nn.Module):
         if reference or (x.dtype not in FLOAT_DTYPES and dispatch.is_reference(x)):
             y = self.forward_reference(x)
             return y if out is None else out.copy_(y)
-        conv = self.conv
-        stride, padding = _pair(conv.stride), _pair(conv.padding)
+        conv, bn = member(self, "conv"), member(self, "bn")
         activation = "relu" if self.act else None
         ac = amp.dtype_for(x)  # under autocast the conv runs in its dtype, as nn.Conv2d's does (ops.amp)
         x = amp.cast(x, ac)
-        plain = conv.bias is None and type(self.bn) is nn.BatchNorm2d  # not SyncBatchNorm, no conv bias
-        if plain and not self.bn.training and self.bn.running_mean is not None:
+        plain = member(conv, "bias") is None and type(bn) is nn.BatchNorm2d  # not SyncBatchNorm, no conv bias
+        if plain and not bn.training and member(bn, "running_mean") is not None:
             # eval, or a frozen BN (eval-mode BN inside a training model): running statistics, folded into the
             # conv epilogue (differentiable: γ and β get their gradients through scale and bias). A BN without
             # running statistics normalizes with batch statistics in eval mode too, as nn.BatchNorm2d does.
             if not (torch.is_grad_enabled() and (x.requires_grad or self._trainable())):
-                plan = self._eval_plan(x, out, stride, padding, activation, ac)
+                plan = self._eval_plan(x, out, activation, ac)
                 if plan is not None:
                     if out is not None:
                         _check_no_alias(out, x, None)
                     return plan(x, out)
             scale, bias = self.folded()
-            return conv2d(x, conv.weight, stride=stride, padding=padding, scale=scale, bias=bias,
-                          activation=activation, out=out)  # fmt: skip
+            return conv2d(x, conv.weight, stride=_pair(conv.stride), padding=_pair(conv.padding), scale=scale,
+                          bias=bias, activation=activation, out=out)  # fmt: skip
         if plain and bn_ops.conv_bn_act_supported(x):
-            return self._forward_train_fused(x, out, stride, padding, ac)
+            return self._forward_train_fused(x, out, ac, conv, bn)
+        stride, padding = _pair(conv.stride), _pair(conv.padding)
         # (momentum=None averages with 1/num_batches_tracked: a float() of a tensor, which Dynamo cannot trace)
-        counts = self.bn.momentum is not None or not self.bn.track_running_stats
+        counts = bn.momentum is not None or not bn.track_running_stats
         if plain and counts and bn_ops.traced_bn_supported(x):
             # traced (torch.compile): our registered ops (conv with the batch statistics in its epilogue and the
             # running-stat update, BN-apply + act, their backward): the eager step's three launches
@@ -150,8 +167,8 @@ class ConvBNAct(nn.Module):
                                       padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act,
                                       out=out)  # fmt: skip
         # no Triton device, SyncBatchNorm, a conv bias or momentum=None traced: our conv, then the BN module
-        y = self.bn(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding) if conv.bias is not None
-                    else conv2d(x, conv.weight, stride=stride, padding=padding))  # fmt: skip
+        y = bn(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding) if conv.bias is not None
+               else conv2d(x, conv.weight, stride=stride, padding=padding))  # fmt: skip
         if self.act:
             y = F.relu(y)
         return y if out is None else out.copy_(y)
@@ -159,13 +176,15 @@ class ConvBNAct(nn.Module):
     def _trainable(self) -> bool:
         return any(p.requires_grad for p in (self.conv.weight, self.bn.weight, self.bn.bias) if p is not None)
 
-    def _eval_plan(self, x, out, stride, padding, activation, ac):
+    def _eval_plan(self, x, out, activation, ac):
         """The eval forward for this call signature decided once (``ops.conv.plan_forward``: BN folded, weight
         packed, implementation chosen, launch fixed) and kept until the signature, the backend, the dispatch tables
-        (``dispatch.generation``), TF32, a parameter or a running statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
+        (``dispatch.generation``), TF32, a parameter or a running statistic changes; None where a plan cannot serve
+        (tracing, recording, the reference route). The conv's stride and padding are read when a plan is made (a
+        module's geometry is fixed at construction)."""
         if traced(x) or dispatch.recording_active():
             return None
-        conv, bn = self.conv, self.bn
+        conv, bn = member(self, "conv"), member(self, "bn")
         key = (x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
                dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, ac,
                versions(conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias))  # fmt: skip
@@ -175,8 +194,9 @@ class ConvBNAct(nn.Module):
             if not plannable(x):
                 return None
             scale, bias = self.folded()
-            plan = plans.put(key, plan_forward(x, amp.cast(conv.weight, ac), stride=stride, padding=padding, scale=scale,
-                                               bias=bias, activation=activation, out=out))  # fmt: skip
+            plan = plans.put(key, plan_forward(x, amp.cast(conv.weight, ac), stride=_pair(conv.stride),
+                                               padding=_pair(conv.padding), scale=scale, bias=bias,
+                                               activation=activation, out=out))  # fmt: skip
         return plan
 
     def writes_slice_under_autograd(self, x: torch.Tensor) -> bool:
@@ -198,14 +218,6 @@ class ConvBNAct(nn.Module):
             return 1.0 / float(bn.num_batches_tracked)
         return bn.momentum
 
-    def _kernel_counts_batches(self, x: torch.Tensor) -> bool:
-        """Whether the planned step's finalize launch adds the batch to ``num_batches_tracked`` (a fixed momentum,
-        the counter one int64 element on x's device) instead of a separate ``add_``."""
-        bn = self.bn
-        nbt = bn.num_batches_tracked if bn.track_running_stats else None
-        return (bn.momentum is not None and isinstance(nbt, torch.Tensor) and nbt.dtype == torch.int64
-                and nbt.numel() == 1 and nbt.device == x.device)  # fmt: skip
-
     def _bn_step_args(self, count: bool = True) -> tuple:
         """(γ, β, running mean, running var, momentum, eps) of one training-mode BN step (counts the batch unless
         ``count`` is False)."""
@@ -215,43 +227,59 @@ class ConvBNAct(nn.Module):
         return (bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
                 momentum, bn.eps)  # fmt: skip
 
-    def _forward_train_fused(self, x, out, stride, padding, ac):
+    def _forward_train_fused(self, x, out, ac, conv, bn):
         """Training: conv with BN statistics in its epilogue → finalize (running stats) → BN-apply + act, run from
         the plan of this call signature (``ops.batchnorm.plan_conv_bn_act``) where one serves. ``ac``: the
         autocast dtype (``ops.amp.dtype_for``) or None; under autocast the plan takes the fp32 master weight
-        (cast in the copy that packs it, its gradient returned in fp32), the unplanned call a cast of it."""
-        plan = self._train_plan(x, out, stride, padding, ac)
-        if plan is not None:
-            counted = self._kernel_counts_batches(x)
-            gamma, beta, rm, rv, momentum, eps = self._bn_step_args(count=not counted)
-            return plan(x, self.conv.weight, gamma, beta, rm, rv, momentum, out,
-                        batches=self.bn.num_batches_tracked if counted else None)  # fmt: skip
+        (cast in the copy that packs it, its gradient returned in fp32), the unplanned call a cast of it.
+
+        Every parameter and buffer is read once, from the modules' own tables (:func:`member`); the plan's entry
+        also fixes whether its finalize launch counts the batch (a fixed momentum, ``num_batches_tracked`` one
+        int64 element on x's device) instead of a separate ``add_``."""
+        weight, gamma, beta = member(conv, "weight"), member(bn, "weight"), member(bn, "bias")
+        track, momentum = bn.track_running_stats, bn.momentum
+        if track:
+            rm, rv, nbt = member(bn, "running_mean"), member(bn, "running_var"), member(bn, "num_batches_tracked")
+        else:
+            rm = rv = nbt = None
+        entry = self._train_plan(x, out, ac, conv, bn, (weight, gamma, beta, rm, rv), nbt, track, momentum is None)
+        if entry is not None:
+            plan, counted = entry
+            if counted:
+                return plan(x, weight, gamma, beta, rm, rv, momentum, out, batches=nbt)
+            return plan(x, weight, gamma, beta, rm, rv, self._bn_momentum(), out)
+        stride, padding = _pair(conv.stride), _pair(conv.padding)
         gamma, beta, rm, rv, momentum, eps = self._bn_step_args()
         return bn_ops.conv_bn_act(
-            x, self.conv.weight, gamma, beta, rm, rv, momentum=momentum, eps=eps, stride=stride,
+            x, weight, gamma, beta, rm, rv, momentum=momentum, eps=eps, stride=stride,
             padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act, out=out,
         )  # fmt: skip
 
-    def _train_plan(self, x, out, stride, padding, ac):
-        """The training step's plan for this call signature (:class:`~inception_kernels.ops.batchnorm.ConvBNActPlan`:
-        checks, implementation and launch decided once; parameter values are read at every call), kept until the
-        signature, the backend, the dispatch tables, TF32 or the identity / dtype of a parameter or running
-        statistic changes; None where a plan cannot serve (tracing, recording, the reference route)."""
+    def _train_plan(self, x, out, ac, conv, bn, tensors, nbt, track, no_momentum):
+        """(the training step's plan for this call signature, whether its finalize counts the batch), or None
+        where a plan cannot serve (tracing, recording, the reference route). The plan
+        (:class:`~inception_kernels.ops.batchnorm.ConvBNActPlan`: checks, implementation and launch decided once;
+        parameter values are read at every call) is kept until the signature, the backend, the dispatch tables,
+        TF32, the identity / dtype / strides of a parameter or running statistic (``tensors``: conv weight, γ, β,
+        running mean, running var), eps, ``track_running_stats``, whether the momentum is None or the batch
+        counter ``nbt`` (its identity, dtype, shape and device) changes."""
         if traced(x) or dispatch.recording_active():
             return None
-        conv, bn = self.conv, self.bn
-        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
         key = ("train", x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
-               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, ac, bn.eps,
-               bn.track_running_stats, tuple(None if t is None else (id(t), t.dtype, t.stride()) for t in tensors))  # fmt: skip
+               dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, ac, bn.eps, track,
+               no_momentum, tuple(None if t is None else (id(t), t.dtype, t.stride()) for t in tensors),
+               None if nbt is None else (id(nbt), nbt.dtype, nbt.shape, nbt.device))  # fmt: skip
         plans = plans_of(self)
-        if key in plans:
-            return plans[key]
-        track = bn.track_running_stats
+        entry = plans.get(key)
+        if entry is not None or key in plans:
+            return entry
+        weight, gamma, beta, rm, rv = tensors
+        stride, padding = _pair(conv.stride), _pair(conv.padding)
         # under autocast the plan takes the fp32 master weight: cast in its pack copy, its gradient in fp32
         plan = bn_ops.plan_conv_bn_act(
-            x, conv.weight, bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
-            momentum=0.0, eps=bn.eps, stride=stride, padding=(padding[0], padding[0], padding[1], padding[1]),
-            relu=self.act, out=out, master=ac is not None,
+            x, weight, gamma, beta, rm, rv, momentum=0.0, eps=bn.eps, stride=stride,
+            padding=(padding[0], padding[0], padding[1], padding[1]), relu=self.act, out=out, master=ac is not None,
         )  # fmt: skip
-        return plans.put(key, plan)
+        counted = (not no_momentum and isinstance(nbt, torch.Tensor) and nbt.dtype == torch.int64
+                   and nbt.numel() == 1 and nbt.device == x.device)  # fmt: skip
+        return plans.put(key, None if plan is None else (plan, counted))

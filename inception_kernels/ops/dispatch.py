@@ -330,7 +330,7 @@ def requested() -> str:
     """The explicit backend in force: the innermost :func:`use_backend` scope, else the environment."""
     if _SCOPE:
         return _SCOPE[-1]
-    raw = os.environ.get("INCEPTION_KERNELS_BACKEND", "auto")
+    raw = _backend.getenv("INCEPTION_KERNELS_BACKEND", "auto")
     name = _ENV_PARSED.get(raw)
     if name is None:
         name = _check_backend(raw.strip().lower() or "auto", "INCEPTION_KERNELS_BACKEND")

@@ -238,6 +238,35 @@ def test_forced_backend_scope_and_environment(monkeypatch):
         dispatch.choose("conv_fwd", p)
 
 
+def test_environment_switches_are_read_afresh_at_every_call(monkeypatch):
+    """``_backend.getenv`` (the launch path's cheap read of the environment) answers what ``os.environ.get``
+    answers after each way a program changes the environment: ``setenv``, ``delenv``, ``mock.patch.dict``, a
+    plain assignment, and an ``os.environ`` replaced by a plain dict (read through ``get``)."""
+    import os
+    from unittest import mock
+
+    from inception_kernels import _backend
+
+    name = "INCEPTION_KERNELS_TEST_SWITCH"
+    monkeypatch.delenv(name, raising=False)
+    assert _backend.getenv(name) is None and _backend.getenv(name, "d") == "d"
+    monkeypatch.setenv(name, "1")
+    assert _backend.getenv(name, "0") == "1"
+    os.environ[name] = "é2"  # a value that is not ASCII decodes as os.environ decodes it
+    assert _backend.getenv(name) == os.environ.get(name) == "é2"
+    with mock.patch.dict(os.environ, {name: "3"}):
+        assert _backend.getenv(name) == "3"
+    assert _backend.getenv(name) == "é2"
+    del os.environ[name]
+    assert _backend.getenv(name, "gone") == "gone"
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "reference")
+    assert dispatch.requested() == "reference"
+    monkeypatch.setenv("INCEPTION_KERNELS_BACKEND", "cudnn")
+    assert dispatch.requested() == "cudnn"
+    monkeypatch.setattr(os, "environ", {name: "plain", "TRITON_INTERPRET": "0"})
+    assert _backend.getenv(name) == "plain" and not _backend.interpreter_active()
+
+
 def test_a_forced_backend_that_cannot_serve_raises_with_its_reasons(monkeypatch):
     p16 = _problem(device="cpu-interpreter", dtype=torch.bfloat16)
     for name in ("triton", "cudnn"):

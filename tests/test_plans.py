@@ -321,6 +321,50 @@ def test_planned_training_step_counts_batches_in_its_finalize(momentum, device):
         assert rel_err(m.bn.running_mean.cpu(), m64.bn.running_mean) < 1e-5
         assert rel_err(m.bn.running_var.cpu(), m64.bn.running_var) < 1e-5
 
+def test_planned_training_step_follows_a_momentum_switched_between_steps(device):
+    """The plan's entry fixes whether its finalize counts the batch (a fixed momentum) or the module adds it
+    (momentum=None): switching the momentum between steps (0.1 -> None -> 0.05 -> None) picks the matching entry
+    every step, and num_batches_tracked and the running statistics follow the fp64 reference (nn.BatchNorm2d's
+    own arithmetic) throughout."""
+    m = randomize_bn(ConvBNAct(4, 6, 3, padding=1)).train()
+    m64 = copy.deepcopy(m).double()
+    m = m.to(device)
+    for step, momentum in enumerate((0.1, None, 0.05, None)):
+        m.bn.momentum = m64.bn.momentum = momentum
+        x = _cl(2, 4, 5, 5, device=device)
+        m(x)
+        with torch.no_grad():
+            m64.bn(m64.conv(x.cpu().double()))
+        assert int(m.bn.num_batches_tracked) == step + 1 == int(m64.bn.num_batches_tracked), step
+        assert rel_err(m.bn.running_mean.cpu(), m64.bn.running_mean) < 1e-5, step
+        assert rel_err(m.bn.running_var.cpu(), m64.bn.running_var) < 1e-5, step
+
+
+def test_training_step_reads_a_parametrized_weight(device):
+    """A conv weight behind a parametrization (``torch.nn.utils.parametrize``: a class property, not an entry of
+    the conv's parameter table) is read through the property on every call: the training step equals the fp64
+    reference of the same parametrized module, also after the underlying parameter moves."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    m = randomize_bn(ConvBNAct(5, 7, 3, padding=1)).train()
+    parametrize.register_parametrization(m.conv, "weight", Doubled())
+    m64 = copy.deepcopy(m).double()
+    m = m.to(device)
+    for step in range(2):
+        x = _cl(2, 5, 6, 6, device=device)
+        y = m(x)
+        with torch.no_grad():
+            y_ref = F.relu(m64.bn(m64.conv(x.cpu().double())))
+        assert rel_err(y.detach().cpu(), y_ref) < 1e-5, step
+        with torch.no_grad():
+            m.conv.parametrizations.weight.original.mul_(0.5)
+            m64.conv.parametrizations.weight.original.mul_(0.5)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Pooling layers of the block engine and of the network stems
 # ----------------------------------------------------------------------------------------------------------

@@ -263,9 +263,30 @@ def test_planned_training_step_matches_fp64_and_is_planned_once(cin, cout, k, st
                 p64.sub_(0.1 * p64.grad)
                 p.grad = p64.grad = None
         if step == 0:
-            first = (validations.n, fwd_choices.count("conv_fwd"))
-    # (the backward still chooses its dgrad / wgrad per call)
-    assert plans.n == 1 and (validations.n, fwd_choices.count("conv_fwd")) == first == (1, 1), "re-planned"
+            first = (validations.n, *map(fwd_choices.count, ("conv_fwd", "conv_dgrad", "conv_wgrad")))
+    # the backward's dgrad / wgrad implementations are chosen once too (by the plan, on its first backward)
+    now = (validations.n, *map(fwd_choices.count, ("conv_fwd", "conv_dgrad", "conv_wgrad")))
+    assert plans.n == 1 and now == first == (1, 1, 1, 1), "re-planned"
+
+
+def test_training_backward_chooses_again_after_the_dispatch_tables_change(device, monkeypatch):
+    """The plan keeps its backward's dgrad / wgrad choice per dispatch-table generation: a ``dispatch.reload()``
+    between a forward and its backward makes the backward choose again (and the gradient stays right)."""
+    m = randomize_bn(ConvBNAct(4, 6, (3, 3), padding=1)).to(device).train()
+    m64 = copy.deepcopy(m).cpu().double()
+    x = _cl(2, 4, 5, 5, device=device).requires_grad_()
+    m(x).sum().backward()  # planned, and its backward chose
+    x.grad = None
+    families = []
+    choose = dispatch.choose_conv
+    monkeypatch.setattr(dispatch, "choose_conv", lambda family, *a: families.append(family) or choose(family, *a))
+    y = m(x)
+    dispatch.reload()
+    y.sum().backward()
+    assert families.count("conv_dgrad") == 1 and families.count("conv_wgrad") == 1, families
+    xd = x.detach().cpu().double().requires_grad_()
+    F.relu(m64.bn(m64.conv(xd))).sum().backward()
+    assert rel_err(x.grad.cpu(), xd.grad) < 1e-5
 
 
 def test_training_plan_follows_the_signature_the_backend_and_the_parameters(device, monkeypatch):

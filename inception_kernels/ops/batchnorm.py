@@ -925,6 +925,7 @@ class _ConvBNActFn(torch.autograd.Function):
         _recompute.attach(out, functools.partial(_rebuild_bn_act, relu), (y, mean, invstd, gamma, beta),
                           recording=record, fold=("bn_act", relu))  # fmt: skip
         ctx.conf = (stride, padding, relu)
+        ctx.plan = plan
         dispatch.remember_backend(ctx)
         return out
 
@@ -933,9 +934,10 @@ class _ConvBNActFn(torch.autograd.Function):
     def backward(ctx, grad):
         stride, padding, relu = ctx.conf
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False, False, False)
-        chosen = {}  # the GEMMs' implementations, when the fold question already chose them
+        plan = ctx.plan
+        chosen = []  # the implementations, when the fold question already chose them
         x, x_fold, (weight, y, mean, invstd, gamma, beta) = _recompute.load_with_input_folded(
-            ctx, functools.partial(_input_foldable, stride, padding, need, chosen)
+            ctx, functools.partial(_input_foldable, stride, padding, need, chosen, plan)
         )
         x_bn = None
         if x_fold is not None:
@@ -944,8 +946,8 @@ class _ConvBNActFn(torch.autograd.Function):
             (_, x_relu), (x, x_mean, x_invstd, x_gamma, x_beta) = x_fold
             x_bn = (x_mean, x_invstd, x_gamma, x_beta, x_relu)
         dx = dw = None
-        impls = chosen.get("impls") or conv_ops.bwd_impls(x, weight, stride, padding, need)
-        if conv_ops.folds_bn(impls, need) and grad.dtype == x.dtype and _impl(y, "bn_act") == "triton":
+        impls, bn_impl = chosen[0] if chosen else _backward_impls(plan, x, weight, stride, padding, need)
+        if conv_ops.folds_bn(impls, need) and grad.dtype == x.dtype and bn_impl == "triton":
             # the BN's dx applied by dgrad / wgrad on load: reduction, dgrad, wgrad (three launches, no dz tensor)
             _backend.check_interpretable(y)
             coef, dgamma, dbeta = bn_act_bwd_coefs(grad, y, mean, invstd, gamma, beta, relu)
@@ -956,30 +958,49 @@ class _ConvBNActFn(torch.autograd.Function):
             if any(need):
                 dx, dw, *_ = conv_ops.conv_bwd(gy, x, weight, None, None, 1.0, False, stride, padding, need,
                                                impls=impls, x_bn=x_bn)  # fmt: skip
-        dgamma = dgamma.to(gamma.dtype) if ctx.needs_input_grad[2] else None
-        dbeta = dbeta.to(beta.dtype) if ctx.needs_input_grad[3] else None
+        dgamma = _as_dtype(dgamma, gamma) if ctx.needs_input_grad[2] else None
+        dbeta = _as_dtype(dbeta, beta) if ctx.needs_input_grad[3] else None
         return dx, dw, dgamma, dbeta, None, None, None, None, None, None, None, None, None, None, None
 
 
 def _rebuild_bn_act(relu, y, mean, invstd, gamma, beta, out=None):
-    return bn_act(y, mean, invstd, gamma, beta, relu, out=out)
+    """The forward's BN-apply + act again, on the tensors it ran on (checked then: no argument checks here)."""
+    with _args.device_guard(y):
+        return _bn_act_into(y, mean, invstd, _f32(gamma), _f32(beta), relu, _tile.new_cl(y.shape, y) if out is None
+                            else out)  # fmt: skip
 
 
-def _input_foldable(stride, padding, need, chosen, tag, tensors, others) -> bool:
+def _as_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == like.dtype else t.to(like.dtype)
+
+
+def _backward_impls(plan, x, weight, stride, padding, need) -> tuple[dict, str]:
+    """({"dgrad": name or None, "wgrad": name or None}, the BN-apply implementation) of a conv_bn_act backward on
+    tensors like ``x`` (its shape, dtype and device: the input, or the pre-BN tensor standing in for it; the
+    BN-apply choice depends on the dtype and device only, so it holds for the layer's own pre-BN output too).
+    From the forward's plan, which decides them once per dispatch-table generation, else chosen now."""
+    if plan is None or dispatch.recording_active():  # (a recording must see every choice)
+        return conv_ops.bwd_impls(x, weight, stride, padding, need), _impl(x, "bn_act")
+    dgrad, wgrad, bn_impl = plan.backward_impls(x, weight)
+    return {"dgrad": dgrad if need[0] else None, "wgrad": wgrad if need[1] else None}, bn_impl
+
+
+def _input_foldable(stride, padding, need, chosen, plan, tag, tensors, others) -> bool:
     """Whether a conv_bn_act backward can take its input's recipe -- another conv_bn_act's output (``tag``
     ("bn_act", relu), ``tensors`` (pre-BN y, mean, invstd, γ, β)) -- on its wgrad's x load instead of a rebuild:
     the wgrad runs on Triton (or is not needed), y has the input's shape and our kernels run there, and the
     per-channel vectors are float32 (γ and β present). The implementations it chooses (y has the input's shape,
-    dtype and device: the same choice) go into ``chosen["impls"]`` for the backward to use."""
+    dtype and device: the same choice, :func:`_backward_impls`) go into ``chosen`` for the backward to use."""
     y, mean, invstd, gamma, beta = tensors
     weight = others[0]
     if tag[0] != "bn_act" or any(t is None or t.dtype != torch.float32 or not t.is_contiguous()
                                  for t in (mean, invstd, gamma, beta)):  # fmt: skip
         return False
-    if _impl(y, "bn_act") != "triton":
+    impls, bn_impl = _backward_impls(plan, y, weight, stride, padding, need)
+    if bn_impl != "triton":
         return False
-    chosen["impls"] = conv_ops.bwd_impls(y, weight, stride, padding, need)
-    return chosen["impls"]["wgrad"] in (None, "triton")
+    chosen.append((impls, bn_impl))
+    return impls["wgrad"] in (None, "triton")
 
 
 def conv_bn_act_supported(x: torch.Tensor) -> bool:
@@ -1074,6 +1095,20 @@ class ConvBNActPlan:
                 return impl.fn(x, weight, None, None, None, stride, padding, 1.0, False, None, None, partials)
 
         self.conv = conv
+        self._backward = None
+
+    def backward_impls(self, x, weight) -> tuple[str, str, str]:
+        """(dgrad, wgrad, BN-apply implementation names) of the backward of this plan's steps, chosen on the first
+        backward (``x``: the step's input or the pre-BN tensor standing in for it; ``weight``: its weight) and kept
+        while the dispatch tables (``dispatch.generation``) stay: every tensor they depend on has the plan's
+        signature."""
+        gen = dispatch.generation()
+        got = self._backward
+        if got is None or got[0] != gen:
+            got = self._backward = (gen, dispatch.choose_conv("conv_dgrad", x, weight, self.stride, self.padding).name,
+                                    dispatch.choose_conv("conv_wgrad", x, weight, self.stride, self.padding).name,
+                                    _impl(x, "bn_act"))  # fmt: skip
+        return got[1:]
 
     def __call__(self, x, weight, gamma, beta, running_mean, running_var, momentum, out=None, batches=None):
         """``batches``: the BN's ``num_batches_tracked`` (int64, one element, on x's device), counted by the

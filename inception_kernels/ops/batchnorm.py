@@ -339,16 +339,29 @@ def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=Non
     adds 1 to ``batches`` (a BN's ``num_batches_tracked``: one int64 element on this device) if given -- one
     launch where the module would add in a second one. ``programs``: the row chunks merged in parallel
     (:func:`finalize_programs` unless given)."""
-    cnt, pmean, pm2 = partials
+    _, pmean, _ = partials
     T, C = pmean.shape
     dev = pmean.device
     update = running_mean is not None
     key = ("finalize", T, C, dev, update, batches is None, programs)
-    G, cb, launch = _args.memoized(_LAUNCHES, key, lambda: _finalize_launcher(T, C, dev, update, batches is not None,
-                                                                              programs))  # fmt: skip
-    mean, var, invstd = (_tile.new_buf((C,), dev) for _ in range(3))
+    launcher = _args.memoized(_LAUNCHES, key, lambda: _finalize_launcher(T, C, dev, update, batches is not None,
+                                                                         programs))  # fmt: skip
+    return _finalize_into(launcher, partials, tuple(_tile.new_buf((C,), dev) for _ in range(3)), M, eps,
+                          running_mean, running_var, momentum, batches)  # fmt: skip
+
+
+def _finalize_into(launcher, partials, outs, M: int, eps: float, running_mean, running_var, momentum: float,
+                   batches):  # fmt: skip
+    """:func:`bn_finalize`'s launch by ``launcher`` (of :func:`_finalize_launcher`) writing ``outs`` = (mean,
+    var, invstd), float32 (C,) contiguous; returns ``outs``."""
+    G, cb, launch = launcher
+    cnt, pmean, pm2 = partials
+    C = pmean.shape[1]
+    dev = pmean.device
+    mean, var, invstd = outs
+    update = running_mean is not None
     unbias = M / (M - 1) if M > 1 else float("inf")
-    chunks = _tile.new_buf((3, G, C), dev).unbind(0)
+    chunks = _tile.new_buf((3 * G * C,), dev).split_with_sizes((G * C,) * 3)
     record_launch()
     with _args.device_guard(pmean):
         launch(
@@ -356,7 +369,7 @@ def bn_finalize(partials, M: int, eps: float, running_mean=None, running_var=Non
              mean if batches is None else batches, *chunks, conv_triton._tile_counters(dev, cb)),
             float(eps), float(momentum), float(unbias),
         )  # fmt: skip
-    return mean, var, invstd
+    return outs
 
 
 def _finalize_launcher(T: int, C: int, dev, update: bool, count_batch: bool, programs):
@@ -908,17 +921,17 @@ class _ConvBNActFn(torch.autograd.Function):
         partials = conv_triton.stats_partials(M, K, x.device)
         if plan is None:
             y = conv_ops.conv_forward(x, weight, None, None, None, stride, padding, 1.0, False, stats=partials)
+            mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum, batches)
         else:
             y = plan.conv(x, weight, partials)
-        mean, _, invstd = bn_finalize(partials, M, eps, running_mean, running_var, momentum, batches)
+            mean, _, invstd = plan.finalize(partials, running_mean, running_var, momentum, batches)
         # ``out`` is an input of this node: write and return an autograd-plain alias of it (a tensor returned
         # as-is would come back wrapped in a new view object, without the recipe attached below)
         out = None if out is None else out.detach()
         if plan is None:
             out = bn_act(y, mean, invstd, gamma, beta, relu, out=out)
         else:
-            out = _bn_act_into(y, mean, invstd, _f32(gamma), _f32(beta), relu, _tile.new_cl(shape, y) if out is None
-                               else out)  # fmt: skip
+            out = plan.apply(y, mean, invstd, gamma, beta, out)
         # x is saved as its recipe when it has one (the producer's pre-BN output and statistics); the output
         # gets a recipe of its own for the layers that consume it (see ops._recompute)
         _recompute.save_with_input(ctx, x, weight, y, mean, invstd, gamma, beta)
@@ -1095,7 +1108,43 @@ class ConvBNActPlan:
                 return impl.fn(x, weight, None, None, None, stride, padding, 1.0, False, None, None, partials)
 
         self.conv = conv
-        self._backward = None
+        self.M = shape[0] * shape[2] * shape[3]
+        self._backward = self._apply = None
+        self._finalizers: dict = {}
+
+    def finalize(self, partials, running_mean, running_var, momentum, batches):
+        """:func:`bn_finalize` of this step's partials, its launch decided once per (running statistics updated,
+        batches counted); mean, var and invstd are three views of one buffer."""
+        key = (running_mean is not None, batches is not None)
+        launcher = self._finalizers.get(key)
+        if launcher is None:
+            T, K = partials[1].shape
+            launcher = self._finalizers[key] = _finalize_launcher(T, K, partials[1].device, *key, None)
+        K = self.shape[1]
+        outs = _tile.new_buf((3 * K,), partials[1].device).split_with_sizes((K, K, K))
+        return _finalize_into(launcher, partials, outs, self.M, self.eps, running_mean, running_var, momentum,
+                              batches)  # fmt: skip
+
+    def apply(self, y, mean, invstd, gamma, beta, out):
+        """BN-apply + act of this step into ``out`` (None: a new channels_last tensor), by the implementation
+        chosen once per dispatch-table generation (on the triton route: its launch fixed; the plan's geometry
+        check fixed ``out``'s geometry, the plan's signature γ and β's presence)."""
+        gen = dispatch.generation()
+        got = self._apply
+        if got is None or got[0] != gen:
+            impl = _impl(y, "bn_act")
+            if impl == "triton":
+                _backend.check_interpretable(y)
+            launch = _apply_launcher(y, gamma, beta, self.relu, y if out is None else out) if impl == "triton" else None
+            got = self._apply = (gen, launch)
+        out = _tile.new_cl(self.shape, y) if out is None else out
+        launch = got[1]
+        if launch is None:
+            return _bn_act_into(y, mean, invstd, _f32(gamma), _f32(beta), self.relu, out)
+        record_launch()
+        launch(y, out, mean, invstd, _f32(gamma) if gamma is not None else mean,
+               _f32(beta) if beta is not None else mean)  # fmt: skip
+        return out
 
     def backward_impls(self, x, weight) -> tuple[str, str, str]:
         """(dgrad, wgrad, BN-apply implementation names) of the backward of this plan's steps, chosen on the first

@@ -269,6 +269,30 @@ def test_planned_training_step_matches_fp64_and_is_planned_once(cin, cout, k, st
     assert plans.n == 1 and now == first == (1, 1, 1, 1), "re-planned"
 
 
+def test_planned_backward_keeps_its_launches_per_gradient_geometry(device, poison):
+    """A plan keeps its backward's launch decisions (BN reduction, dgrad, wgrad) per gradient geometry: steps whose
+    incoming gradient alternates between channels_last and NCHW strides each get the launches made for their
+    strides (two kept, not one), and every step's input and parameter gradients equal the fp64 reference. The
+    second layer reads the first's output, so its wgrad rebuilds that input on load (the fold route)."""
+    a = randomize_bn(ConvBNAct(3, 6, (3, 3), padding=1)).to(device).train()
+    b = randomize_bn(ConvBNAct(6, 5, (1, 3), padding=(0, 1))).to(device).train()
+    a64, b64 = (copy.deepcopy(m).cpu().double() for m in (a, b))
+    for step, fmt in enumerate((torch.channels_last, torch.contiguous_format, torch.channels_last)):
+        x = _cl(2, 3, 5, 7, device=device).requires_grad_()
+        z = b(a(x))
+        g = torch.randn(z.shape, dtype=torch.float64)
+        z.backward(g.to(device, z.dtype).contiguous(memory_format=fmt))
+        xd = x.detach().cpu().double().requires_grad_()
+        F.relu(b64.bn(b64.conv(F.relu(a64.bn(a64.conv(xd)))))).backward(g)
+        assert rel_err(x.grad.cpu(), xd.grad) < 1e-5, step
+        for (name, p), p64 in zip([*a.named_parameters(), *b.named_parameters()], [*a64.parameters(),
+                                  *b64.parameters()], strict=True):  # fmt: skip
+            assert rel_err(p.grad.cpu(), p64.grad) < 1e-5, (step, name)
+            p.grad = p64.grad = None
+    (plan, _), = plans_of(b).values()
+    assert len(plan._slots) == 2
+
+
 def test_training_backward_chooses_again_after_the_dispatch_tables_change(device, monkeypatch):
     """The plan keeps its backward's dgrad / wgrad choice per dispatch-table generation: a ``dispatch.reload()``
     between a forward and its backward makes the backward choose again (and the gradient stays right)."""

@@ -425,14 +425,20 @@ def reduce_programs(M: int, C: int, device: torch.device) -> int:
     return max(1, min(tiles, 256, per_block))
 
 
-def _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, programs, coefs: bool):
-    """The BN backward's reduction launch: (dγ, dβ, the (6, C) coefficients or None, the kernel flags)."""
+def _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, programs, coefs: bool, slot=None):
+    """The BN backward's reduction launch: (dγ, dβ, the (6, C) coefficients or None, the kernel flags). ``slot``:
+    as in ``conv_triton.wgrad_triton`` (the launch kept under "reduce")."""
     C = x.shape[1]
     dev = x.device
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
-    key = ("reduce", _args.geometry(grad_out, x), grad_out.dtype, x.dtype, dev, tuple(flags.values()), programs,
-           bool(coefs))  # fmt: skip
-    G, cb, launch = _args.memoized(_LAUNCHES, key, lambda: _reduce_launcher(grad_out, x, programs, coefs, flags))
+    known = slot.get("reduce") if slot is not None else None
+    if known is None:
+        key = ("reduce", _args.geometry(grad_out, x), grad_out.dtype, x.dtype, dev, tuple(flags.values()), programs,
+               bool(coefs))  # fmt: skip
+        known = _args.memoized(_LAUNCHES, key, lambda: _reduce_launcher(grad_out, x, programs, coefs, flags))
+        if slot is not None:
+            slot["reduce"] = known
+    G, cb, launch = known
     dummy = mean
     # per-program partials (rows 0..G-1), then the sums (row G)
     pb, pw = _tile.new_buf((2, G + 1, C), dev).unbind(0)
@@ -465,10 +471,11 @@ def _reduce_launcher(grad_out, x, programs, coefs, flags):
 
 
 @_args.on_input_device
-def bn_act_bwd_coefs(grad_out, x, mean, invstd, weight, bias, relu):
+def bn_act_bwd_coefs(grad_out, x, mean, invstd, weight, bias, relu, slot=None):
     """(coefficients, dγ, dβ) of the BN backward in one launch, for a conv's dgrad / wgrad to apply dx on load
-    (``conv_ops.conv_bwd(bn=...)``): the reduction of :func:`bn_act_bwd_triton` without its dx launch."""
-    gw, gb, coef, _ = _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, None, True)
+    (``conv_ops.conv_bwd(bn=...)``): the reduction of :func:`bn_act_bwd_triton` without its dx launch. ``slot``:
+    see :func:`_bwd_reduce`."""
+    gw, gb, coef, _ = _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, None, True, slot)
     return coef, gw, gb
 
 
@@ -963,9 +970,10 @@ class _ConvBNActFn(torch.autograd.Function):
         if conv_ops.folds_bn(impls, need) and grad.dtype == x.dtype and bn_impl == "triton":
             # the BN's dx applied by dgrad / wgrad on load: reduction, dgrad, wgrad (three launches, no dz tensor)
             _backend.check_interpretable(y)
-            coef, dgamma, dbeta = bn_act_bwd_coefs(grad, y, mean, invstd, gamma, beta, relu)
+            slot = None if plan is None else plan.backward_slot(grad, x, y, need, x_bn)
+            coef, dgamma, dbeta = bn_act_bwd_coefs(grad, y, mean, invstd, gamma, beta, relu, slot)
             dx, dw, *_ = conv_ops.conv_bwd(grad, x, weight, None, y, 1.0, relu, stride, padding, need, impls=impls,
-                                           bn=coef, x_bn=x_bn)  # fmt: skip
+                                           bn=coef, x_bn=x_bn, slot=slot)  # fmt: skip
         else:
             gy, dgamma, dbeta = bn_act_backward(grad, y, mean, invstd, gamma, beta, relu)
             if any(need):
@@ -1111,6 +1119,22 @@ class ConvBNActPlan:
         self.M = shape[0] * shape[2] * shape[3]
         self._backward = self._apply = None
         self._finalizers: dict = {}
+        self._slots: dict = {}
+
+    def backward_slot(self, grad, x, y, need, x_bn) -> dict:
+        """The launch decisions of a backward of this plan's steps on the fold route (BN reduction, dgrad, wgrad:
+        see ``conv_triton.wgrad_triton``'s ``slot``), kept per what can differ between such backwards: the
+        incoming gradient's shape, strides and dtype, the input's (or the pre-BN tensor's standing in for it)
+        strides and dtype, the strides of the step's pre-BN output ``y``, which gradients are needed, whether and how the input's BN is rebuilt on load
+        (``x_bn``), and the launch switches (TF32, autotune, interpreter). Everything else is the plan's."""
+        key = (grad.shape, grad.stride(), grad.dtype, x.stride(), x.dtype, y.stride(), need, None if x_bn is None
+               else bool(x_bn[4]), conv_triton._launch_env())  # fmt: skip
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slots) >= 8:
+                self._slots.clear()
+            slot = self._slots[key] = {}
+        return slot
 
     def finalize(self, partials, running_mean, running_var, momentum, batches):
         """:func:`bn_finalize` of this step's partials, its launch decided once per (running statistics updated,

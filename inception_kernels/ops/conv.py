@@ -45,7 +45,7 @@ def folds_bn(impls: dict, need) -> bool:
 
 def conv_bwd(
     grad_out, x, weight, scale, y, residual_scale, relu, stride, padding, need, configs=None, splits=None,
-    impls=None, bn=None, x_bn=None,
+    impls=None, bn=None, x_bn=None, slot=None,
 ):  # fmt: skip
     """Gradients (dx, dw, dscale, dbias, dres) of the fused conv; entries not in ``need`` are None.
 
@@ -64,7 +64,9 @@ def conv_bwd(
     (no scale, bias or residual), and dgrad and wgrad take the BN's backward in their loads (only where
     :func:`folds_bn` holds and grad_out has x's dtype). ``x_bn`` = (mean, invstd, γ, β, relu): ``x`` is the
     pre-BN tensor of the training BN (+ ReLU) that produced the conv's input, which the Triton wgrad rebuilds on
-    load (``wgrad_triton(x_bn=...)``; dgrad reads only x's shape); wgrad, when needed, must run on Triton."""
+    load (``wgrad_triton(x_bn=...)``; dgrad reads only x's shape); wgrad, when needed, must run on Triton.
+    ``slot``: passed to the Triton dgrad / wgrad of the folded route (a plan's launch decisions, see
+    ``conv_triton.wgrad_triton``)."""
     _backend.check_interpretable(x)
     need_x, need_w, need_scale, need_bias, need_res = need
     configs = configs or {}
@@ -92,12 +94,12 @@ def conv_bwd(
         fold = {"y": y, "relu": relu, "residual_scale": residual_scale, "bn": bn}
         if dg is not None:
             kw = {"config": configs["dgrad"]} if "dgrad" in configs else {}
-            dx = dgrad_triton(grad_out, x, weight, scale, stride, padding, **kw, **fold)
+            dx = dgrad_triton(grad_out, x, weight, scale, stride, padding, **kw, **fold, slot=slot)
         if wg is not None:
             kw = {"config": configs["wgrad"]} if "wgrad" in configs else {}
             kw.update({"splits": splits} if splits else {})
             got = wgrad_triton(grad_out, x, weight, stride, padding, **kw, **fold, need_bias=need_bias,
-                               need_res=need_res, x_bn=x_bn)  # fmt: skip
+                               need_res=need_res, x_bn=x_bn, slot=slot)  # fmt: skip
             g_unscaled, dbias, dres = got if (need_bias or need_res) else (got, None, None)
     else:
         if epilogue:

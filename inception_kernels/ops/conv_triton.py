@@ -196,7 +196,8 @@ def epilogue_grad(grad_out, x, y, residual_scale, relu, need_bias: bool, need_re
 
 
 def dgrad_triton(
-    gp, x, weight, scale, stride, padding, config=None, *, y=None, relu=False, residual_scale=1.0, bn=None
+    gp, x, weight, scale, stride, padding, config=None, *, y=None, relu=False, residual_scale=1.0, bn=None,
+    slot=None,
 ):
     """dx of the conv from ``gp`` (any NHWC strides): stride-phase implicit GEMM reading
     :func:`weight_operand` (with a scale: a scaled copy, cached while weight and scale keep their versions; without
@@ -208,7 +209,8 @@ def dgrad_triton(
     coefficients of :func:`~inception_kernels.ops.batchnorm.bn_act_bwd_coefs`) ``gp`` is the gradient of the
     training-mode BN (+ ReLU with ``relu``) that follows the conv, ``y`` that BN's input, and the kernel takes the
     BN's backward in its load. The launch is decided once per signature (``_LAUNCHERS``) unless ``config`` is
-    given."""
+    given. ``slot``: a dict in which a caller that holds a plan keeps this launch (under "dgrad") for calls it knows
+    to have the same signature (see :func:`wgrad_triton`)."""
     wd = weight_operand(weight, scale, dtype=x.dtype)  # the scale folded in: a scaled channels_last copy
     dx = _tile.new_cl(x.shape, x)
     ysrc = y if relu or bn is not None else gp
@@ -216,10 +218,14 @@ def dgrad_triton(
     if config is not None:
         run = _dgrad_launcher(gp, x, weight, stride, padding, config, relu, residual_scale, bn is not None, ysrc, dx)
     else:
-        key = ("dgrad", _args.geometry(gp, x, ysrc), weight.shape, x.dtype, gp.dtype, x.device, tuple(stride),
-               tuple(padding), bool(relu), float(residual_scale).hex(), bn is None, _launch_env())  # fmt: skip
-        run = _args.memoized(_LAUNCHERS, key, lambda: _dgrad_launcher(gp, x, weight, stride, padding, None, relu,
-                                                                      residual_scale, bn is not None, ysrc, dx))  # fmt: skip
+        run = slot.get("dgrad") if slot is not None else None
+        if run is None:
+            key = ("dgrad", _args.geometry(gp, x, ysrc), weight.shape, x.dtype, gp.dtype, x.device, tuple(stride),
+                   tuple(padding), bool(relu), float(residual_scale).hex(), bn is None, _launch_env())  # fmt: skip
+            run = _args.memoized(_LAUNCHERS, key, lambda: _dgrad_launcher(gp, x, weight, stride, padding, None, relu,
+                                                                          residual_scale, bn is not None, ysrc, dx))  # fmt: skip
+            if slot is not None:
+                slot["dgrad"] = run
     run(gp, wd, dx, ysrc, bn_arg)
     return dx
 
@@ -298,7 +304,7 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=None, relu=False,
-                 residual_scale=1.0, need_bias=False, need_res=False, bn=None, x_bn=None):  # fmt: skip
+                 residual_scale=1.0, need_bias=False, need_res=False, bn=None, x_bn=None, slot=None):  # fmt: skip
     """The weight gradient without scale, float32 (K, C, R, S) in the weight's memory format
     (:func:`grad_weight_buf`): a deterministic split-K implicit GEMM in one
     launch (the slabs are summed in split order inside the kernel, see ``_conv_wgrad``).
@@ -311,7 +317,12 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
     ones not asked for None; without either, dw alone. ``bn``: a following training-mode BN's backward on the
     g load, as in :func:`dgrad_triton` (not with ``need_bias`` / ``need_res``). ``x_bn`` = (mean, invstd, γ, β,
     relu), float32 (C,) vectors: ``x`` is the pre-BN tensor of the training BN (+ ReLU) whose output the conv read,
-    and the kernel rebuilds that input on load (``_conv_wgrad``'s ``X_BN``)."""
+    and the kernel rebuilds that input on load (``_conv_wgrad``'s ``X_BN``).
+
+    ``slot`` (here and in :func:`dgrad_triton`): a dict in which a caller that holds a plan keeps the launch
+    decision (under "wgrad", "dgrad") for later calls it knows to have the same signature -- shapes, strides,
+    dtypes, device, flags and launch switches (``ops.batchnorm.ConvBNActPlan.backward_slot``) -- which then skip
+    building the memo's key."""
     if bn is not None and (need_bias or need_res):
         raise ValueError("wgrad_triton: bn does not combine with need_bias / need_res")
     dev = x.device
@@ -319,10 +330,13 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
                  BN_G=bn is not None, X_BN=x_bn is not None, X_RELU=x_bn is not None and bool(x_bn[4]))  # fmt: skip
     ysrc = y if relu or bn is not None else gp
     key = None
-    if config is None and splits is None:
+    known = slot.get("wgrad") if slot is not None and config is None and splits is None else None
+    if known is None and config is None and splits is None:
         key = ("wgrad", _args.geometry(gp, x, ysrc, weight), x.dtype, gp.dtype, dev, tuple(stride), tuple(padding),
                float(residual_scale).hex(), tuple(flags.values()), _launch_env())  # fmt: skip
-    known = _LAUNCHERS.get(key) if key is not None else None
+        known = _LAUNCHERS.get(key)
+        if known is not None and slot is not None:
+            slot["wgrad"] = known
     nsplit, most = known[:2] if known is not None else _wgrad_split_plan(gp, x, weight, config, splits, flags)
     K, C, R, S = weight.shape
     dw = grad_weight_buf(weight)
@@ -341,6 +355,8 @@ def wgrad_triton(gp, x, weight, stride, padding, config=None, splits=None, *, y=
                               dres)  # fmt: skip
         if key is not None:
             _args.remember(_LAUNCHERS, key, (nsplit, most, run))
+            if slot is not None:
+                slot["wgrad"] = (nsplit, most, run)
     run(x, gp, ws, dw, ysrc, dbias, cnt, dres, _bn_coefs_arg(bn, dw), *_x_bn_args(x_bn, C, dw))
     if need_bias or need_res:
         return dw, (dbias if need_bias else None), (dres if need_res else None)

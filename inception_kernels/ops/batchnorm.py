@@ -1125,8 +1125,9 @@ class ConvBNActPlan:
         """The launch decisions of a backward of this plan's steps on the fold route (BN reduction, dgrad, wgrad:
         see ``conv_triton.wgrad_triton``'s ``slot``), kept per what can differ between such backwards: the
         incoming gradient's shape, strides and dtype, the input's (or the pre-BN tensor's standing in for it)
-        strides and dtype, the strides of the step's pre-BN output ``y``, which gradients are needed, whether and how the input's BN is rebuilt on load
-        (``x_bn``), and the launch switches (TF32, autotune, interpreter). Everything else is the plan's."""
+        strides and dtype, the strides of the step's pre-BN output ``y``, which gradients are needed, whether and
+        how the input's BN is rebuilt on load (``x_bn``), and the launch switches (TF32, autotune, interpreter).
+        Everything else is the plan's."""
         key = (grad.shape, grad.stride(), grad.dtype, x.stride(), x.dtype, y.stride(), need, None if x_bn is None
                else bool(x_bn[4]), conv_triton._launch_env())  # fmt: skip
         slot = self._slots.get(key)

@@ -24,11 +24,15 @@ from inception_kernels.ops import amp, reference
 from inception_kernels.utils import count_launches
 
 AC = torch.bfloat16 if HAS_CUDA else torch.float16
-# fp64 comparisons of one op on inputs rounded to AC: float32 accumulation, one rounding of the output to AC (fp16
-# eps 2^-11, bf16 2^-8). Measured on CPU (fp16), test seeds 1-29 (INCEPTION_KERNELS_TEST_SEED), every rel_err of
-# this file: largest 3.9e-4 here against 1e-3, and at most 8.8e-4 against the 2e-2 of the comparisons with eager
-# autocast (which rounds the conv output before BN, we after it); the compiled step equals the eager one (0).
-TOL_OP = 8e-3 if AC == torch.bfloat16 else 1e-3
+# The comparisons with eager autocast (which rounds the conv output before BN, we after it): at most 8.8e-4 against
+# 2e-2, measured on CPU (fp16), test seeds 1-29 (INCEPTION_KERNELS_TEST_SEED); the compiled step equals the eager
+# one (0). fp64 comparisons of one op on inputs rounded to AC (unit roundoff: fp16 2^-11, bf16 2^-8), float32
+# accumulation: an op's output error, elementwise, in units of UNIT_ROUNDOFF x the magnitude of the terms the
+# output sums (|residual| + rs·(|conv·scale| + |bias|)), is at most 1 where our kernels round once (the output),
+# and 2 where the cudnn route rounds ATen's GEMM output to AC before our epilogue. Measured on CPU (fp16), seeds
+# 1-40, 16 cases each: largest 0.995 (triton) and 1.45 (cudnn); the bounds below are twice the analysis'.
+UNIT_ROUNDOFF = 2.0**-8 if AC == torch.bfloat16 else 2.0**-11
+ROUNDINGS_OP = {"triton": 2, "cudnn": 4}
 
 
 def autocast(device):
@@ -100,8 +104,16 @@ def test_conv2d_under_autocast_is_conv2d_of_the_cast_inputs(name, full, route, d
     r = {k: (t.to(AC) if k in ("x", "weight", "residual") else t).double() for k, t in tensors.items()}
     pad = geo["padding"] if isinstance(geo["padding"], tuple) else (geo["padding"],) * 2
     ref_kw = dict(kw, stride=(geo["stride"],) * 2, padding=(pad[0], pad[0], pad[1], pad[1]))
-    expected = reference.conv2d(r.pop("x"), r.pop("weight"), **r, **ref_kw)
-    assert rel_err(y, expected) < TOL_OP
+    x64, w64 = r.pop("x"), r.pop("weight")
+    expected = reference.conv2d(x64, w64, **r, **ref_kw)
+    # Elementwise, against the terms the output sums: our kernels round once (the output), the cudnn route twice
+    # (ATen's GEMM output in AC, then ours), and the epilogue's terms may cancel (HW1: 6 outputs, ReLU keeps 2), so
+    # a norm relative to the output is no bound (seed 11 gave 1.09e-3 > 1e-3 on the cudnn route that way).
+    mag = reference.conv2d(x64, w64, stride=ref_kw["stride"], padding=ref_kw["padding"]).abs()
+    if full:
+        mag = r["residual"].abs() + 0.3 * (mag * r["scale"].view(1, -1, 1, 1).abs() + r["bias"].view(1, -1, 1, 1).abs())
+    err = (y.double().cpu() - expected.cpu()).abs()
+    assert (err <= ROUNDINGS_OP[route] * UNIT_ROUNDOFF * mag.cpu() + 1e-6).all(), (err / (UNIT_ROUNDOFF * mag.cpu())).max()
 
 
 @pytest.mark.parametrize("route", ["triton", "cudnn"])

@@ -1094,7 +1094,11 @@ class ConvBNActPlan:
     grid, constexprs) fixed. ``plan(x, weight, gamma, beta, running_mean, running_var, momentum, out=None)`` then
     runs the step on tensors of the signature it was made for (the same shapes, strides, dtypes, device, the same
     presence of γ / β / running statistics and the same ``out`` view geometry); the tensors' values are read at
-    each call (nothing is folded: the parameters change every step). Made by :func:`plan_conv_bn_act`."""
+    each call (nothing is folded: the parameters change every step). Made by :func:`plan_conv_bn_act`.
+
+    The rest of the step is decided by the plan on first use and kept: the finalize launch (:meth:`finalize`), the
+    BN-apply's implementation and launch (:meth:`apply`), the backward's implementations (:meth:`backward_impls`)
+    and, per gradient geometry, its launches (:meth:`backward_slot`)."""
 
     def __init__(self, x, weight, eps, stride, padding, relu, shape, out):
         self.eps, self.stride, self.padding, self.relu, self.shape = eps, stride, padding, relu, shape

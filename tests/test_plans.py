@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import randomize_bn, rel_err
+from helpers import draw_input_off_kinks, randomize_bn, rel_err
 
 from inception_kernels.nn.layers import ConvBNAct, plans_of
 from inception_kernels.ops import conv as conv_ops
@@ -247,7 +247,9 @@ def test_planned_training_step_matches_fp64_and_is_planned_once(cin, cout, k, st
     monkeypatch.setattr(dispatch, "choose_conv", lambda family, *a: fwd_choices.append(family) or choose(family, *a))
     plans = _Calls(monkeypatch, batchnorm, "plan_conv_bn_act")
     for step in range(2):
-        x = _cl(2, cin, *hw, device=device).requires_grad_()
+        # off the ReLU kink (helpers.draw_input_off_kinks: a mask entry flipped by rounding moves a channel's gradient)
+        x = draw_input_off_kinks(m64, (2, cin, *hw), monkeypatch).to(device)
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
         y = m(x)
         g = torch.randn(y.shape, dtype=torch.float64)
         (y * g.to(device, y.dtype)).sum().backward()
@@ -269,16 +271,19 @@ def test_planned_training_step_matches_fp64_and_is_planned_once(cin, cout, k, st
     assert plans.n == 1 and now == first == (1, 1, 1, 1), "re-planned"
 
 
-def test_planned_backward_keeps_its_launches_per_gradient_geometry(device, poison):
+def test_planned_backward_keeps_its_launches_per_gradient_geometry(device, poison, monkeypatch):
     """A plan keeps its backward's launch decisions (BN reduction, dgrad, wgrad) per gradient geometry: steps whose
     incoming gradient alternates between channels_last and NCHW strides each get the launches made for their
     strides (two kept, not one), and every step's input and parameter gradients equal the fp64 reference. The
-    second layer reads the first's output, so its wgrad rebuilds that input on load (the fold route)."""
+    second layer reads the first's output, so its wgrad rebuilds that input on load (the fold route). Inputs are
+    drawn off the ReLU kinks (``helpers.draw_input_off_kinks``: a mask entry flipped by rounding moves a whole
+    channel's gradient)."""
     a = randomize_bn(ConvBNAct(3, 6, (3, 3), padding=1)).to(device).train()
     b = randomize_bn(ConvBNAct(6, 5, (1, 3), padding=(0, 1))).to(device).train()
     a64, b64 = (copy.deepcopy(m).cpu().double() for m in (a, b))
     for step, fmt in enumerate((torch.channels_last, torch.contiguous_format, torch.channels_last)):
-        x = _cl(2, 3, 5, 7, device=device).requires_grad_()
+        x = draw_input_off_kinks(torch.nn.Sequential(a64, b64), (2, 3, 5, 7), monkeypatch)
+        x = x.to(device).contiguous(memory_format=torch.channels_last).requires_grad_()
         z = b(a(x))
         g = torch.randn(z.shape, dtype=torch.float64)
         z.backward(g.to(device, z.dtype).contiguous(memory_format=fmt))

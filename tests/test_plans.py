@@ -303,7 +303,8 @@ def test_training_backward_chooses_again_after_the_dispatch_tables_change(device
     between a forward and its backward makes the backward choose again (and the gradient stays right)."""
     m = randomize_bn(ConvBNAct(4, 6, (3, 3), padding=1)).to(device).train()
     m64 = copy.deepcopy(m).cpu().double()
-    x = _cl(2, 4, 5, 5, device=device).requires_grad_()
+    x = draw_input_off_kinks(m64, (2, 4, 5, 5), monkeypatch)  # (a ReLU mask entry flipped by rounding: see above)
+    x = x.to(device).contiguous(memory_format=torch.channels_last).requires_grad_()
     m(x).sum().backward()  # planned, and its backward chose
     x.grad = None
     families = []

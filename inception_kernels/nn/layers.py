@@ -262,8 +262,9 @@ class ConvBNAct(nn.Module):
         parameter values are read at every call) is kept until the signature, the backend, the dispatch tables,
         TF32, the identity / dtype / strides of a parameter or running statistic (``tensors``: conv weight, γ, β,
         running mean, running var), eps, ``track_running_stats``, whether the momentum is None or the batch
-        counter ``nbt`` (its identity, dtype, shape and device) changes."""
-        if traced(x) or dispatch.recording_active():
+        counter ``nbt`` (its identity, dtype, shape and device) changes. (Only called where our kernels run directly:
+        the caller has checked ``conv_bn_act_supported(x)``, which holds no traced tensor.)"""
+        if dispatch.recording_active():
             return None
         key = ("train", x.shape, x.stride(), x.dtype, x.device, None if out is None else (out.shape, out.stride()),
                dispatch.requested(), dispatch.generation(), torch.backends.cudnn.allow_tf32, ac, bn.eps, track,

@@ -241,6 +241,17 @@ def memoized(memo: dict, key, build):
     return value
 
 
+def memoized_in(slot: dict | None, name: str, memo: dict, key, build):
+    """:func:`memoized` with the key made by ``key()``, and the value also kept in ``slot[name]``: a caller that
+    knows its calls share one signature (a plan) passes its ``slot`` and later calls skip building the key."""
+    value = slot.get(name) if slot is not None else None
+    if value is None:
+        value = memoized(memo, key(), build)
+        if slot is not None:
+            slot[name] = value
+    return value
+
+
 def is_nhwc_strided(t: torch.Tensor) -> bool:
     """Channels innermost and (n, h, w) laid out without overlap: a channels_last tensor or a channel slice."""
     N, K, P, Q = t.shape

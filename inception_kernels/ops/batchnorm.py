@@ -392,9 +392,14 @@ def _finalize_launcher(T: int, C: int, dev, update: bool, count_batch: bool, pro
 def bn_act_fwd_into(x, mean, invstd, weight, bias, relu, out):
     key = ("apply", _args.geometry(x, out), x.dtype, out.dtype, x.device, weight is None, bias is None, bool(relu))
     launch = _args.memoized(_LAUNCHES, key, lambda: _apply_launcher(x, weight, bias, relu, out))
-    dummy = mean
+    return _run_apply(launch, x, out, mean, invstd, weight, bias)
+
+
+def _run_apply(launch, x, out, mean, invstd, weight, bias):
+    """One BN-apply launch by ``launch`` (of :func:`_apply_launcher`); an absent γ or β is passed as an unread
+    tensor."""
     record_launch()
-    launch(x, out, mean, invstd, weight if weight is not None else dummy, bias if bias is not None else dummy)
+    launch(x, out, mean, invstd, weight if weight is not None else mean, bias if bias is not None else mean)
     return out
 
 
@@ -431,14 +436,12 @@ def _bwd_reduce(grad_out, x, mean, invstd, weight, bias, relu, programs, coefs: 
     C = x.shape[1]
     dev = x.device
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=bool(relu))
-    known = slot.get("reduce") if slot is not None else None
-    if known is None:
-        key = ("reduce", _args.geometry(grad_out, x), grad_out.dtype, x.dtype, dev, tuple(flags.values()), programs,
-               bool(coefs))  # fmt: skip
-        known = _args.memoized(_LAUNCHES, key, lambda: _reduce_launcher(grad_out, x, programs, coefs, flags))
-        if slot is not None:
-            slot["reduce"] = known
-    G, cb, launch = known
+    G, cb, launch = _args.memoized_in(
+        slot, "reduce", _LAUNCHES,
+        lambda: ("reduce", _args.geometry(grad_out, x), grad_out.dtype, x.dtype, dev, tuple(flags.values()), programs,
+                 bool(coefs)),
+        lambda: _reduce_launcher(grad_out, x, programs, coefs, flags),
+    )  # fmt: skip
     dummy = mean
     # per-program partials (rows 0..G-1), then the sums (row G)
     pb, pw = _tile.new_buf((2, G + 1, C), dev).unbind(0)
@@ -1167,13 +1170,9 @@ class ConvBNActPlan:
             launch = _apply_launcher(y, gamma, beta, self.relu, y if out is None else out) if impl == "triton" else None
             got = self._apply = (gen, launch)
         out = _tile.new_cl(self.shape, y) if out is None else out
-        launch = got[1]
-        if launch is None:
+        if got[1] is None:
             return _bn_act_into(y, mean, invstd, _f32(gamma), _f32(beta), self.relu, out)
-        record_launch()
-        launch(y, out, mean, invstd, _f32(gamma) if gamma is not None else mean,
-               _f32(beta) if beta is not None else mean)  # fmt: skip
-        return out
+        return _run_apply(got[1], y, out, mean, invstd, _f32(gamma), _f32(beta))
 
     def backward_impls(self, x, weight) -> tuple[str, str, str]:
         """(dgrad, wgrad, BN-apply implementation names) of the backward of this plan's steps, chosen on the first
@@ -1183,9 +1182,8 @@ class ConvBNActPlan:
         gen = dispatch.generation()
         got = self._backward
         if got is None or got[0] != gen:
-            got = self._backward = (gen, dispatch.choose_conv("conv_dgrad", x, weight, self.stride, self.padding).name,
-                                    dispatch.choose_conv("conv_wgrad", x, weight, self.stride, self.padding).name,
-                                    _impl(x, "bn_act"))  # fmt: skip
+            both = conv_ops.bwd_impls(x, weight, self.stride, self.padding, (True, True, False, False, False))
+            got = self._backward = (gen, both["dgrad"], both["wgrad"], _impl(x, "bn_act"))
         return got[1:]
 
     def __call__(self, x, weight, gamma, beta, running_mean, running_var, momentum, out=None, batches=None):

@@ -218,14 +218,13 @@ def dgrad_triton(
     if config is not None:
         run = _dgrad_launcher(gp, x, weight, stride, padding, config, relu, residual_scale, bn is not None, ysrc, dx)
     else:
-        run = slot.get("dgrad") if slot is not None else None
-        if run is None:
-            key = ("dgrad", _args.geometry(gp, x, ysrc), weight.shape, x.dtype, gp.dtype, x.device, tuple(stride),
-                   tuple(padding), bool(relu), float(residual_scale).hex(), bn is None, _launch_env())  # fmt: skip
-            run = _args.memoized(_LAUNCHERS, key, lambda: _dgrad_launcher(gp, x, weight, stride, padding, None, relu,
-                                                                          residual_scale, bn is not None, ysrc, dx))  # fmt: skip
-            if slot is not None:
-                slot["dgrad"] = run
+        run = _args.memoized_in(
+            slot, "dgrad", _LAUNCHERS,
+            lambda: ("dgrad", _args.geometry(gp, x, ysrc), weight.shape, x.dtype, gp.dtype, x.device, tuple(stride),
+                     tuple(padding), bool(relu), float(residual_scale).hex(), bn is None, _launch_env()),
+            lambda: _dgrad_launcher(gp, x, weight, stride, padding, None, relu, residual_scale, bn is not None, ysrc,
+                                    dx),
+        )  # fmt: skip
     run(gp, wd, dx, ysrc, bn_arg)
     return dx
 
